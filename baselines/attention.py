@@ -1,0 +1,200 @@
+"""Causal multi-head attention with RoPE, an optional sliding window and a KV cache.
+
+Kernels: PyTorch's scaled_dot_product_attention, pinned to one SDPA backend so it can never fall back
+silently, or ``"torch"``, an explicit softmax(QK^T) V reference for the tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from bench.layers import Rotary
+from bench.lm import Mixer, dtype_bytes
+
+SDPA_BACKENDS = {
+    "sdpa-flash": SDPBackend.FLASH_ATTENTION,
+    "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "sdpa-math": SDPBackend.MATH,
+}
+ATTENTION_BACKENDS = ("auto", "torch", *SDPA_BACKENDS)
+
+
+@dataclass
+class KVCache:
+    k: torch.Tensor  # [B, H, capacity, D], keys already rotated
+    v: torch.Tensor
+    length: int  # tokens seen so far; with a window the cache is a ring of `window` slots
+
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
+
+
+def reference_attention(q, k, v, window: int | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D) + causal/window mask) v, written out; q, k, v [B, H, T, D]."""
+    T = q.shape[-2]
+    i = torch.arange(T, device=q.device)
+    allowed = i[None, :] <= i[:, None]
+    if window is not None:
+        allowed &= i[None, :] > i[:, None] - window
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    return scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
+
+
+def windowed_sdpa(q, k, v, window: int) -> torch.Tensor:
+    """Exact sliding-window attention in blocks of `window` queries, each seeing its own block and the
+    previous one: O(T * window) memory instead of a T x T mask."""
+    B, H, T, D = q.shape
+    w = window
+    first = F.scaled_dot_product_attention(q[:, :, :w], k[:, :, :w], v[:, :, :w], is_causal=True)
+    if T <= w:
+        return first
+    pad = (-T) % w
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    nb = (T + pad) // w
+    qb = q.view(B, H, nb, w, D)[:, :, 1:]
+    kb, vb = k.view(B, H, nb, w, D), v.view(B, H, nb, w, D)
+    kb = torch.cat([kb[:, :, :-1], kb[:, :, 1:]], dim=3)  # [B, H, nb-1, 2w, D]: previous block + own block
+    vb = torch.cat([vb[:, :, :-1], vb[:, :, 1:]], dim=3)
+    qi = torch.arange(w, device=q.device)[:, None]
+    kj = torch.arange(2 * w, device=q.device)[None, :]
+    mask = (kj > qi) & (kj <= qi + w)  # key j of the pair is at distance w + qi - j in [0, w)
+    rest = F.scaled_dot_product_attention(
+        qb.reshape(B, H * (nb - 1), w, D),
+        kb.reshape(B, H * (nb - 1), 2 * w, D),
+        vb.reshape(B, H * (nb - 1), 2 * w, D),
+        attn_mask=mask,
+    ).view(B, H, nb - 1, w, D)
+    return torch.cat([first, rest.reshape(B, H, (nb - 1) * w, D)], dim=2)[:, :, :T]
+
+
+class Attention(Mixer):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        window: int | None = None,
+        backend: str = "auto",
+        rope_base: float = 10000.0,
+    ):
+        super().__init__()
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"unknown attention backend {backend!r}; choose from {', '.join(ATTENTION_BACKENDS)}"
+            )
+        if d_model % n_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
+        if window is not None and window < 1:
+            raise ValueError(f"window must be >= 1 or None, got {window}")
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.window = window
+        self.state_growth = "linear" if window is None else "bounded"
+        self.requested_backend = backend
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.rotary = Rotary(self.head_dim, rope_base)
+        nn.init.normal_(self.qkv.weight, std=0.02)
+        nn.init.normal_(self.out.weight, std=0.02)
+        self._resolved: str | None = None
+
+    @property
+    def backend(self) -> str:
+        return self._resolved or self._resolve(self.qkv.weight)
+
+    def _resolve(self, x: torch.Tensor) -> str:
+        """The SDPA backend to pin for inputs like x; fixed by rule, never by trying and falling back."""
+        if self.requested_backend != "auto":
+            return self.requested_backend
+        if x.is_cuda:
+            half = x.dtype in (torch.float16, torch.bfloat16)
+            # Flash takes no mask, so windowed attention (a block mask) uses the memory-efficient kernel.
+            return "sdpa-flash" if half and self.window is None and self.head_dim <= 256 else "sdpa-efficient"
+        return "sdpa-flash"  # PyTorch's CPU flash kernel: handles masks and every float dtype
+
+    def _attend(self, q, k, v) -> torch.Tensor:
+        name = self._resolved = self._resolve(q)
+        if name == "torch":
+            return reference_attention(q, k, v, self.window)
+        with sdpa_kernel([SDPA_BACKENDS[name]]):
+            if self.window is not None and self.window < q.shape[-2]:
+                return windowed_sdpa(q, k, v, self.window)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def _project(self, x: torch.Tensor, start: int):
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return self.rotary(q, start), self.rotary(k, start), v
+
+    def _merge(self, y: torch.Tensor) -> torch.Tensor:
+        B, H, T, D = y.shape
+        return self.out(y.transpose(1, 2).reshape(B, T, H * D))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._project(x, 0)
+        return self._merge(self._attend(q, k, v))
+
+    def prefill(self, x: torch.Tensor):
+        q, k, v = self._project(x, 0)
+        y = self._merge(self._attend(q, k, v))
+        T = x.shape[1]
+        if self.window is None:
+            cache = KVCache(k.contiguous(), v.contiguous(), T)
+        else:
+            cache = self.init_state(x.shape[0], x.device, k.dtype)
+            keep = min(T, self.window)
+            slots = torch.arange(T - keep, T, device=x.device) % self.window
+            cache.k[:, :, slots] = k[:, :, T - keep :]
+            cache.v[:, :, slots] = v[:, :, T - keep :]
+            cache.length = T
+        return y, cache
+
+    def init_state(self, batch_size: int, device, dtype) -> KVCache:
+        capacity = self.window or 0  # full attention grows its cache as tokens arrive
+        shape = (batch_size, self.n_heads, capacity, self.head_dim)
+        return KVCache(
+            torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype), 0
+        )
+
+    def step(self, x: torch.Tensor, cache: KVCache):
+        q, k, v = self._project(x.unsqueeze(1), cache.length)
+        pos = cache.length
+        if self.window is not None:
+            slot = pos % self.window
+        else:
+            slot = pos
+            if pos >= cache.k.shape[2]:  # grow geometrically so decoding stays amortised O(1) in copies
+                extra = max(16, cache.k.shape[2])
+                cache.k = F.pad(cache.k, (0, 0, 0, extra))
+                cache.v = F.pad(cache.v, (0, 0, 0, extra))
+        cache.k[:, :, slot] = k[:, :, 0]
+        cache.v[:, :, slot] = v[:, :, 0]
+        cache.length = pos + 1
+        n = min(cache.length, cache.k.shape[2]) if self.window else cache.length
+        # Keys in the ring are out of order, which softmax attention does not care about.
+        name = self._resolve(q)
+        keys, values = cache.k[:, :, :n], cache.v[:, :, :n]
+        if name == "torch":
+            y = ((q @ keys.transpose(-1, -2)) * self.head_dim**-0.5).softmax(-1) @ values
+        else:
+            with sdpa_kernel([SDPA_BACKENDS[name]]):
+                y = F.scaled_dot_product_attention(q, keys, values)
+        return self._merge(y)[:, 0], cache
+
+    def state_bytes(self, batch_size: int, seq_len: int, dtype: torch.dtype) -> int:
+        kept = seq_len if self.window is None else min(seq_len, self.window)
+        return 2 * batch_size * self.n_heads * self.head_dim * kept * dtype_bytes(dtype)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        d = self.n_heads * self.head_dim
+        if self.window is None:
+            context = (seq_len + 1) / 2
+        else:
+            w = min(self.window, seq_len)
+            context = (w * (w + 1) / 2 + (seq_len - w) * w) / seq_len
+        return 2.0 * 4 * d * d + 2.0 * 2 * d * context

@@ -1,0 +1,63 @@
+"""The Transformer baseline: SDPA paths equal the explicit reference, windows are honoured everywhere."""
+
+import pytest
+import torch
+
+from baselines.attention import reference_attention, windowed_sdpa
+from bench.errors import BenchError
+from tests.conftest import tiny_model
+
+
+@pytest.mark.parametrize("window", [1, 4, 8, 23, 40])
+def test_windowed_sdpa_equals_reference(window):
+    q, k, v = (torch.randn(2, 3, 23, 8, dtype=torch.float64) for _ in range(3))
+    torch.testing.assert_close(windowed_sdpa(q, k, v, window), reference_attention(q, k, v, window))
+
+
+def test_window_really_limits_attention():
+    q, k, v = (torch.randn(1, 1, 16, 4, dtype=torch.float64) for _ in range(3))
+    out = reference_attention(q, k, v, 4)
+    v2 = v.clone()
+    v2[:, :, 0] += 1.0  # token 0 is outside the window of every query from position 4 on
+    out2 = reference_attention(q, k, v2, 4)
+    torch.testing.assert_close(out[:, :, 4:], out2[:, :, 4:])
+    assert not torch.allclose(out[:, :, :4], out2[:, :, :4])
+
+
+@pytest.mark.parametrize("window", [None, 5])
+@pytest.mark.parametrize("backend", ["sdpa-flash", "sdpa-math"])
+def test_sdpa_backends_equal_reference_model(backend, window):
+    ref = tiny_model("transformer", backend="torch", window=window)
+    fast = tiny_model("transformer", backend=backend, window=window)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randint(0, 37, (2, 23))
+    torch.testing.assert_close(fast(x), ref(x))
+    assert fast.backend == backend and ref.backend == "torch"
+
+
+def test_windowed_model_decodes_like_forward():
+    model = tiny_model("transformer", window=5).eval()
+    x = torch.randint(0, 37, (2, 23))
+    full = model(x)
+    _, state = model.prefill(x[:, :11])
+    for t in range(11, 23):
+        logits, state = model.step(x[:, t], state)
+        torch.testing.assert_close(logits, full[:, t])
+    assert state[0].k.shape[2] == 5  # the cache is a ring of `window` slots, not the whole prefix
+
+
+def test_unavailable_backend_is_an_error_not_a_fallback():
+    if torch.cuda.is_available():
+        pytest.skip("on CUDA the efficient kernel exists")  # pragma: no cover - CPU CI never skips
+    model = tiny_model("transformer", backend="sdpa-efficient")
+    with pytest.raises(RuntimeError):
+        model(torch.randint(0, 37, (1, 8)))
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="not divisible"):
+        tiny_model("transformer", n_heads=5)
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        tiny_model("transformer", backend="flashy")
+    with pytest.raises(BenchError, match="does not accept"):
+        tiny_model("transformer", widnow=4)
