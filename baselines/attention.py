@@ -143,20 +143,17 @@ class Attention(Mixer):
         q, k, v = self._project(x, 0)
         y = self._merge(self._attend(q, k, v))
         T = x.shape[1]
-        if self.window is None:
-            cache = KVCache(k.contiguous(), v.contiguous(), T)
-        else:
-            cache = self.init_state(x.shape[0], x.device, k.dtype)
-            keep = min(T, self.window)
-            slots = torch.arange(T - keep, T, device=x.device) % self.window
-            cache.k[:, :, slots] = k[:, :, T - keep :]
-            cache.v[:, :, slots] = v[:, :, T - keep :]
-            cache.length = T
+        if self.window is None or T <= self.window:
+            return y, KVCache(k.contiguous(), v.contiguous(), T)
+        # A full window: keep the last `window` keys in ring order, slot = position % window.
+        slots = torch.arange(T - self.window, T, device=x.device) % self.window
+        cache = KVCache(torch.empty_like(k[:, :, : self.window]), torch.empty_like(v[:, :, : self.window]), T)
+        cache.k[:, :, slots] = k[:, :, T - self.window :]
+        cache.v[:, :, slots] = v[:, :, T - self.window :]
         return y, cache
 
     def init_state(self, batch_size: int, device, dtype) -> KVCache:
-        capacity = self.window or 0  # full attention grows its cache as tokens arrive
-        shape = (batch_size, self.n_heads, capacity, self.head_dim)
+        shape = (batch_size, self.n_heads, 0, self.head_dim)  # grows as tokens arrive, up to the window
         return KVCache(
             torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype), 0
         )
@@ -164,18 +161,18 @@ class Attention(Mixer):
     def step(self, x: torch.Tensor, cache: KVCache):
         q, k, v = self._project(x.unsqueeze(1), cache.length)
         pos = cache.length
-        if self.window is not None:
-            slot = pos % self.window
-        else:
-            slot = pos
-            if pos >= cache.k.shape[2]:  # grow geometrically so decoding stays amortised O(1) in copies
-                extra = max(16, cache.k.shape[2])
-                cache.k = F.pad(cache.k, (0, 0, 0, extra))
-                cache.v = F.pad(cache.v, (0, 0, 0, extra))
+        capacity = cache.k.shape[2]
+        limit = self.window or float("inf")
+        if pos >= capacity and capacity < limit:  # grow geometrically: amortised O(1) copies per token
+            extra = int(min(limit - capacity, max(16, capacity)))
+            cache.k = F.pad(cache.k, (0, 0, 0, extra))
+            cache.v = F.pad(cache.v, (0, 0, 0, extra))
+        slot = pos % self.window if self.window else pos  # a ring once the window is full
         cache.k[:, :, slot] = k[:, :, 0]
         cache.v[:, :, slot] = v[:, :, 0]
-        cache.length = pos + 1
-        n = min(cache.length, cache.k.shape[2]) if self.window else cache.length
+        cache.length = n = pos + 1
+        if self.window:
+            n = min(n, self.window)
         # Keys in the ring are out of order, which softmax attention does not care about.
         name = self._resolve(q)
         keys, values = cache.k[:, :, :n], cache.v[:, :, :n]

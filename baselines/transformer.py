@@ -44,3 +44,4 @@ def _available_backends() -> dict[str, bool | str]:
 
 
 build_transformer.available_backends = _available_backends
+build_transformer.reference_backend = "torch"

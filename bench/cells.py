@@ -1,4 +1,5 @@
-"""A cell is one measurement: model x seq_len x batch x dtype x mode on one device."""
+"""A cell is one measurement: model x seq_len x batch x dtype x mode on one device. An accuracy cell is
+model x task: a model trained from scratch at seq_len (the training length), evaluated at eval_lens."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bench.config import SweepSpec
+from bench.config import ModelEntry, SweepSpec, TrainSettings
 
 
 class Cell(BaseModel):
@@ -32,6 +33,12 @@ class Cell(BaseModel):
     decode_tokens: int = 32
     threads: int | None = None
     seed: int = 0
+    # Accuracy cells only (mode "accuracy"): the task, how the model is trained, where it is evaluated.
+    task: str | None = None
+    task_label: str | None = None
+    task_args: dict[str, Any] = Field(default_factory=dict)
+    eval_lens: list[int] = Field(default_factory=list)
+    train: TrainSettings | None = None
 
     IDENTITY: ClassVar[tuple[str, ...]] = (
         "model",
@@ -46,19 +53,26 @@ class Cell(BaseModel):
         "mode",
         "device",
     )
+    # Added only for accuracy cells, so the keys of timing cells stay what they were.
+    ACCURACY_IDENTITY: ClassVar[tuple[str, ...]] = ("task", "task_label", "task_args", "eval_lens", "train")
 
     @property
     def key(self) -> str:
         """Stable across runs and processes: a readable prefix and a hash of the full identity."""
-        identity = {name: getattr(self, name) for name in self.IDENTITY}
+        names = self.IDENTITY + (self.ACCURACY_IDENTITY if self.mode == "accuracy" else ())
+        identity = {name: getattr(self, name) for name in names}
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        task = f"{self.task_label}/" if self.mode == "accuracy" else ""
         return (
-            f"{self.label}/{self.mode}/T{self.seq_len}/B{self.batch_size}/{self.dtype}/{self.device}/{digest}"
+            f"{self.label}/{self.mode}/{task}T{self.seq_len}/B{self.batch_size}/{self.dtype}/{self.device}/"
+            f"{digest}"
         )
 
     @property
     def group(self) -> tuple:
         """Cells that differ only in seq_len: after an OOM at one length the longer ones are skipped."""
+        if self.mode == "accuracy":
+            return (self.label, self.mode, self.task_label, self.batch_size, self.dtype, self.device)
         return (self.label, self.mode, self.batch_size, self.dtype, self.device)
 
     def build_kwargs(self) -> dict[str, Any]:
@@ -73,6 +87,9 @@ def expand(spec: SweepSpec, models: list, device: str) -> list[Cell]:
     cells = []
     for entry in models:
         for mode in spec.modes:
+            if mode == "accuracy":
+                cells += accuracy_cells(spec, entry, device)
+                continue
             for batch in spec.batch_sizes:
                 for dtype in dtypes:
                     for seq_len in sorted(spec.seq_lens):
@@ -96,4 +113,44 @@ def expand(spec: SweepSpec, models: list, device: str) -> list[Cell]:
                                 seed=spec.seed,
                             )
                         )
+    return cells
+
+
+def accuracy_cells(spec: SweepSpec, entry: ModelEntry, device: str) -> list[Cell]:
+    """One cell per task for this model. The model is built with the task's vocabulary (a task defines
+    its tokens), and the sweep's width and depth unless the [accuracy] table sets its own."""
+    from bench.tasks import make_task  # imports torch; timing-only sweeps never need it
+
+    acc = spec.accuracy
+    settings = TrainSettings(**acc.model_dump(include=set(TrainSettings.model_fields)))
+    dtype = acc.dtype or ("bfloat16" if device == "cuda" else "float32")
+    cells = []
+    for job in spec.tasks:
+        task = make_task(job.name, job.args)
+        train_len = job.train_len or acc.train_len
+        eval_lens = sorted(train_len * f for f in acc.eval_factors)
+        for length in (train_len, *eval_lens):
+            task.check_len(length)
+        cells.append(
+            Cell(
+                model=entry.name,
+                label=entry.display,
+                model_args=entry.args,
+                vocab_size=task.vocab_size,
+                d_model=acc.d_model or spec.d_model,
+                n_layers=acc.n_layers or spec.n_layers,
+                seq_len=train_len,
+                batch_size=acc.batch_size,
+                dtype=dtype,
+                mode="accuracy",
+                device=device,
+                threads=acc.threads or spec.threads,
+                seed=spec.seed,
+                task=job.name,
+                task_label=job.display,
+                task_args=job.args,
+                eval_lens=eval_lens,
+                train=settings,
+            )
+        )
     return cells

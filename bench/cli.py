@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,report,list}``.
+"""Command line: ``python -m bench {run,report,compare,validate,list}``.
 
 Every user mistake ends as one line on stderr and exit code 2; results already written stay as they are.
 """
@@ -27,12 +27,22 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _tasks(spec, text: str) -> list:
+    """--tasks a,b: a task the spec already lists keeps its args there; any other gets its defaults."""
+    listed = {t.display: t for t in spec.tasks}
+    return [listed[n].model_dump() if n in listed else {"name": n} for n in _names(text)]
+
+
 def _spec_from_args(args: argparse.Namespace):
-    from bench.config import default_spec, load_spec, parse_spec
+    from bench.config import default_spec, load_spec, parse_spec, preset_spec
     from bench.sweep import resolve_device
 
+    if args.spec and args.preset:
+        raise BenchError("give a sweep file or --preset, not both")
     if args.spec:
         spec = load_spec(args.spec)
+    elif args.preset:
+        spec = preset_spec(args.preset)
     elif args.resume and (Path(args.resume) / "spec.json").exists():
         spec = parse_spec(json.loads((Path(args.resume) / "spec.json").read_text()), "spec.json")
     else:
@@ -54,10 +64,13 @@ def _spec_from_args(args: argparse.Namespace):
         "d_model": args.d_model,
         "n_layers": args.n_layers,
         "vocab_size": args.vocab_size,
+        "tasks": _tasks(spec, args.tasks) if args.tasks else None,
     }
     data.update({k: v for k, v in overrides.items() if v is not None})
     if data.get("models") is None:
         data.pop("models")
+    if args.tasks and "accuracy" not in data["modes"]:
+        raise BenchError("--tasks needs 'accuracy' among the modes (e.g. --modes accuracy)")
     return parse_spec(data, "command line" if not args.spec else args.spec)
 
 
@@ -80,6 +93,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         progress=not args.no_progress,
         command=command,
+        executor=args.executor,
+        ray_cpus_per_cell=args.ray_cpus_per_cell,
     )
     print(f"results: {run_dir / 'results.jsonl'}")
     if not args.no_report:
@@ -96,6 +111,31 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise BenchError(f"no results file at {str(path)!r}")
     print(write_report(path.parent))
     return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from bench.validate import run_validation
+
+    run_dir, ok = run_validation(_names(args.models) if args.models else None, args.device, args.seq_len, args.out)
+    print(f"saved: {run_dir / 'VALIDATE.md'}")
+    return 0 if ok else 1
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bench.compare import compare_runs, to_markdown
+
+    for name, value in (("--threshold", args.threshold), ("--mem-threshold", args.mem_threshold),
+                        ("--acc-threshold", args.acc_threshold)):
+        if value < 0:
+            raise BenchError(f"{name} must be >= 0, got {value}")
+    if not 0 < args.alpha < 1:
+        raise BenchError(f"--alpha must be in (0, 1), got {args.alpha}")
+    comp = compare_runs(args.base, args.new, args.threshold, args.alpha, args.mem_threshold, args.acc_threshold)
+    text = to_markdown(comp, show_unchanged=args.all)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+    return 1 if comp.regressions else 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -119,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-sizes", help="e.g. 1,4")
     run.add_argument("--dtypes", help="float32, bfloat16, float16, float64")
     run.add_argument("--modes", help="train, prefill, decode, accuracy")
+    run.add_argument("--tasks", help="accuracy tasks, e.g. mqar,niah-pk (see bench/tasks)")
+    run.add_argument(
+        "--preset", help="a packaged sweep as the base spec: 'paper' = the GPU accuracy sweep (larger)"
+    )
     run.add_argument("--device", choices=["auto", "cpu", "cuda"])
     run.add_argument("--out", help="run directory (default runs/<name>-<timestamp>)")
     run.add_argument("--name", help="sweep name")
@@ -132,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--isolation", choices=["process", "none"], help="one process per cell (default) or none"
     )
+    run.add_argument("--executor", choices=["local", "ray"], default="local",
+                     help="local: one cell at a time here; ray: cells as Ray tasks (RAY_ADDRESS or a local Ray)")
+    run.add_argument("--ray-cpus-per-cell", type=int, help="CPUs each Ray task reserves (default: all of a node's)")
     run.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run: only cells not yet done")
     run.add_argument("--retry-failed", action="store_true", help="with --resume, also re-run failed cells")
     run.add_argument("--no-progress", action="store_true")
@@ -141,6 +188,24 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write REPORT.md and plots for a run")
     report.add_argument("run", help="run directory or results.jsonl")
     report.set_defaults(func=cmd_report)
+
+    val = sub.add_parser("validate", help="check every backend of every model against its slow reference")
+    val.add_argument("--models", help="comma-separated names (default: all registered)")
+    val.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    val.add_argument("--seq-len", type=int, default=100, help="not a multiple of the chunk sizes, on purpose")
+    val.add_argument("--out", help="directory for VALIDATE.md and validate.json")
+    val.set_defaults(func=cmd_validate)
+
+    cmp = sub.add_parser("compare", help="compare two runs; exit 1 on a significant regression")
+    cmp.add_argument("base", help="run directory or results.jsonl of the baseline")
+    cmp.add_argument("new", help="run directory or results.jsonl to check")
+    cmp.add_argument("--threshold", type=float, default=0.10, help="timing ratio that counts (default 0.10)")
+    cmp.add_argument("--alpha", type=float, default=0.01, help="Mann-Whitney U significance level")
+    cmp.add_argument("--mem-threshold", type=float, default=0.10, help="relative memory/state growth that counts")
+    cmp.add_argument("--acc-threshold", type=float, default=0.05, help="absolute accuracy drop that counts")
+    cmp.add_argument("--markdown", help="also write the markdown table here (e.g. for a PR comment)")
+    cmp.add_argument("--all", action="store_true", help="list unchanged metrics too")
+    cmp.set_defaults(func=cmd_compare)
 
     lst = sub.add_parser("list", help="registered models and the backends available here")
     lst.set_defaults(func=cmd_list)

@@ -10,10 +10,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from bench.errors import BenchError
@@ -24,6 +27,7 @@ Device = Literal["auto", "cpu", "cuda"]
 TIMING_MODES = ("train", "prefill", "decode")
 
 SPEC_DIR = Path(__file__).parent / "specs"
+PRESETS = {"paper": "paper-accuracy.toml"}  # --preset NAME: a packaged sweep file used as the base spec
 
 
 class Strict(BaseModel):
@@ -40,6 +44,55 @@ class ModelEntry(Strict):
     @property
     def display(self) -> str:
         return self.label or self.name
+
+
+class TaskEntry(Strict):
+    """A task in a sweep: a registered task name with its own args (validated by the task)."""
+
+    name: str = Field(min_length=1)
+    label: str | None = None  # how results and reports name it; defaults to `name`
+    args: dict[str, Any] = Field(default_factory=dict)
+    train_len: PositiveInt | None = None  # None: the [accuracy] table's train_len
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+class TrainSettings(Strict):
+    """How an accuracy cell trains its model: all of it changes what is measured, so all of it is
+    part of the cell's identity."""
+
+    steps: PositiveInt = 2000  # the cosine schedule's length; training may stop earlier
+    max_seconds: PositiveFloat = 600.0  # wall-clock budget of the training loop (validation included)
+    lr: PositiveFloat = 3e-3
+    warmup_steps: NonNegativeInt = 50
+    weight_decay: NonNegativeFloat = 0.1
+    grad_clip: PositiveFloat | None = 1.0
+    threshold: float = Field(default=0.99, gt=0, le=1)  # stop once validation accuracy reaches it
+    eval_every: PositiveInt = 25  # steps between validations
+    val_samples: PositiveInt = 256  # held-out examples at the training length, for early stopping
+    eval_samples: PositiveInt = 256  # held-out examples per evaluation length, for the results
+
+
+class AccuracySettings(TrainSettings):
+    """The [accuracy] table: how accuracy cells are trained and evaluated."""
+
+    train_len: PositiveInt = 64
+    eval_factors: list[PositiveInt] = Field(default=[1, 2, 4], min_length=1)  # x train_len
+    batch_size: PositiveInt = 64
+    # The model shape of accuracy cells; None: the sweep's. The vocabulary is always the task's own.
+    d_model: PositiveInt | None = None
+    n_layers: PositiveInt | None = None
+    dtype: DType | None = None  # None: float32 on the CPU, bfloat16 autocast on CUDA
+    threads: PositiveInt | None = None  # CPU threads for torch; None: the sweep's
+
+    @field_validator("eval_factors")
+    @classmethod
+    def _unique(cls, value: list) -> list:
+        if len(set(value)) != len(value):
+            raise ValueError("contains duplicates")
+        return value
 
 
 class SweepSpec(Strict):
@@ -63,13 +116,31 @@ class SweepSpec(Strict):
     seed: int = 0
     isolation: Literal["process", "none"] = "process"
     out: str | None = None
+    # Accuracy mode: each model is trained from scratch on each task (see bench/accuracy.py).
+    tasks: list[TaskEntry] = Field(default_factory=list)
+    accuracy: AccuracySettings = Field(default_factory=AccuracySettings)
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "tasks", mode="before")
     @classmethod
     def _names_to_entries(cls, value: Any) -> Any:
         if isinstance(value, list):
             return [{"name": v} if isinstance(v, str) else v for v in value]
         return value
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_task_labels(cls, value: list[TaskEntry]) -> list[TaskEntry]:
+        labels = [t.display for t in value]
+        duplicates = sorted({x for x in labels if labels.count(x) > 1})
+        if duplicates:
+            raise ValueError(f"task label(s) used twice: {', '.join(duplicates)}; give each a label")
+        return value
+
+    @model_validator(mode="after")
+    def _accuracy_needs_tasks(self) -> SweepSpec:
+        if "accuracy" in self.modes and not self.tasks:
+            raise ValueError("modes include 'accuracy' but no tasks are given (tasks = [...] or --tasks)")
+        return self
 
     @field_validator("seq_lens", "batch_sizes", "modes")
     @classmethod
@@ -109,3 +180,10 @@ def load_spec(path: str | Path) -> SweepSpec:
 def default_spec(device: str) -> SweepSpec:
     """The sweep `python -m bench run` runs with no file: small on the CPU, 1K-16K tokens on CUDA."""
     return load_spec(SPEC_DIR / ("cuda-default.toml" if device == "cuda" else "cpu-default.toml"))
+
+
+def preset_spec(name: str) -> SweepSpec:
+    """A packaged sweep by name (`--preset paper`)."""
+    if name not in PRESETS:
+        raise BenchError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+    return load_spec(SPEC_DIR / PRESETS[name])

@@ -26,6 +26,8 @@ PACKAGES = (
     "ray",
 )
 
+ENV_PREFIXES = ("OMP_", "MKL_", "OPENBLAS_", "KMP_", "CUDA_VISIBLE_DEVICES", "PYTORCH_", "TORCH_")
+
 # Dense peak FLOP/s by GPU name fragment and dtype, from the vendors' data sheets, for MFU.
 PEAK_FLOPS = {
     "H200": {"bfloat16": 989.4e12, "float16": 989.4e12, "float32": 494.7e12},
@@ -132,6 +134,8 @@ def collect(seed: int | None = None) -> dict:
         "torch_cuda_available": torch.cuda.is_available(),
         **_gpu(),
         **numerics_flags(),
+        # Thread and allocator settings change CPU and GPU timings (busy-waiting OpenMP threads, say).
+        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)},
         "git_commit": commit,
         "git_dirty": bool(status) if status is not None else None,
     }

@@ -1,5 +1,5 @@
-"""Building blocks shared by every model family: RMSNorm, the SwiGLU MLP, a causal short convolution
-with a decoding state, and rotary position embeddings."""
+"""Building blocks shared by every model family: RMSNorm and its gated form, the SwiGLU MLP, a causal
+depthwise convolution with a decoding state, and rotary position embeddings."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in float32: bf16 sums of squares lose too much at d_model in the thousands.
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return x32.to(x.dtype) * self.weight
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))
+        wide = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)
+        return wide.to(x.dtype) * self.weight
 
 
 class SwiGLU(nn.Module):
@@ -44,40 +44,67 @@ def swiglu_hidden(dim: int, ratio: float = 8 / 3, multiple: int = 8) -> int:
     return multiple * ((hidden + multiple - 1) // multiple)
 
 
-class ShortConv(nn.Module):
-    """Causal depthwise 1-D convolution over time, as used after the q/k/v projections of linear
-    recurrent models. The decoding state is the last ``kernel_size - 1`` inputs."""
+class CausalConv1d(nn.Conv1d):
+    """Depthwise causal convolution over time, input and output [B, T, C]. An nn.Conv1d so that its
+    parameters are named and shaped as mamba_ssm's ``conv1d`` and fla's ``ShortConvolution``
+    (weight [C, 1, K], optional bias [C]). The decoding state is the last K - 1 inputs, [B, K - 1, C]."""
 
-    def __init__(self, channels: int, kernel_size: int = 4, activation: str | None = "silu"):
-        super().__init__()
+    def __init__(self, channels: int, kernel_size: int, bias: bool, activation: str | None = "silu"):
+        super().__init__(channels, channels, kernel_size, groups=channels, bias=bias)
         if activation not in (None, "silu"):
-            raise ValueError(f"ShortConv activation must be None or 'silu', got {activation!r}")
-        self.kernel_size = kernel_size
+            raise ValueError(f"conv activation must be None or 'silu', got {activation!r}")
         self.activation = activation
-        self.weight = nn.Parameter(torch.empty(channels, kernel_size))
-        nn.init.normal_(self.weight, std=kernel_size**-0.5)
 
     def _act(self, y: torch.Tensor) -> torch.Tensor:
         return F.silu(y) if self.activation == "silu" else y
 
     def forward(self, x: torch.Tensor, state: torch.Tensor | None = None):
-        """x [B, T, C]; state [B, K-1, C] of earlier inputs (zeros when None). Returns (y, new_state)."""
-        B, T, C = x.shape
-        K = self.kernel_size
+        """x [B, T, C], state [B, K - 1, C] or None (zeros) -> (y [B, T, C], new state)."""
+        keep = self.kernel_size[0] - 1
         if state is None:
-            state = x.new_zeros(B, K - 1, C)
-        padded = torch.cat([state.to(x.dtype), x], dim=1)  # [B, K-1+T, C]: left padding keeps it causal
-        y = F.conv1d(padded.transpose(1, 2), self.weight.unsqueeze(1), groups=C).transpose(1, 2)
-        return self._act(y), padded[:, -(K - 1) :] if K > 1 else padded[:, :0]
+            state = x.new_zeros(x.shape[0], keep, x.shape[2])
+        padded = torch.cat([state.to(x.dtype), x], dim=1)  # earlier inputs on the left keep it causal
+        # K shifted multiply-adds rather than F.conv1d, whose depthwise backward is very slow on the CPU
+        T, taps = x.shape[1], self.weight[:, 0]
+        y = sum(padded[:, k : k + T] * taps[:, k] for k in range(keep + 1))
+        if self.bias is not None:
+            y = y + self.bias
+        return self._act(y), padded[:, padded.shape[1] - keep :]
 
-    def step(self, x: torch.Tensor, state: torch.Tensor):
-        """x [B, C], state [B, K-1, C] -> (y [B, C], new_state)."""
-        window = torch.cat([state.to(x.dtype), x.unsqueeze(1)], dim=1)  # [B, K, C]
-        y = (window * self.weight.t()).sum(1)
+    def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, C], state [B, K - 1, C] -> (y [B, C], new state)."""
+        window = torch.cat([state.to(x.dtype), x[:, None]], dim=1)  # [B, K, C]
+        y = torch.einsum("bkc,ck->bc", window, self.weight[:, 0])
+        if self.bias is not None:
+            y = y + self.bias
         return self._act(y), window[:, 1:]
 
-    def init_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
-        return torch.zeros(batch_size, self.kernel_size - 1, self.weight.shape[0], device=device, dtype=dtype)
+    def init_state(self, batch_size: int, device, dtype) -> torch.Tensor:
+        return torch.zeros(batch_size, self.kernel_size[0] - 1, self.in_channels, device=device, dtype=dtype)
+
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm with a SiLU gate, per group of ``group_size`` channels: norm(x * silu(z)) * weight (Mamba2's
+    default) or, with ``norm_before_gate``, norm(x) * weight * silu(z) (fla's gated output norm)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, group_size: int | None = None, norm_before_gate=False):
+        super().__init__()
+        self.eps = eps
+        self.group_size = group_size or dim
+        self.norm_before_gate = norm_before_gate
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        wide = torch.promote_types(x.dtype, torch.float32)
+        y, gate = x.to(wide), F.silu(z.to(wide))
+        if not self.norm_before_gate:
+            y = y * gate
+        groups = y.unflatten(-1, (-1, self.group_size))
+        y = (groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2)
+        y = y * self.weight.to(wide)
+        if self.norm_before_gate:
+            y = y * gate
+        return y.to(x.dtype)
 
 
 class Rotary(nn.Module):

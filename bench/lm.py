@@ -190,6 +190,8 @@ def tensor_bytes(obj: Any) -> int:
         return sum(tensor_bytes(v) for v in obj)
     if hasattr(obj, "__dataclass_fields__"):
         return sum(tensor_bytes(getattr(obj, f)) for f in obj.__dataclass_fields__)
+    if callable(getattr(obj, "values", None)):  # mapping-like containers such as TensorDict
+        return sum(tensor_bytes(v) for v in obj.values())
     return 0
 
 

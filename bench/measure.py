@@ -34,7 +34,7 @@ def make_model(cell: Cell, device: torch.device):
     return model.to(device=device, dtype=getattr(torch, cell.dtype))
 
 
-def _step_fn(cell: Cell, model, device: torch.device):
+def step_callable(cell: Cell, model, device: torch.device):
     """The callable timed for the cell's mode, the tokens one call processes, and an untimed setup."""
     g = torch.Generator(device="cpu").manual_seed(cell.seed + 1)
     B, T, V = cell.batch_size, cell.seq_len, cell.vocab_size
@@ -82,7 +82,7 @@ def measure_cell(cell: Cell, isolated: bool = True) -> dict:
     if cell.threads:
         torch.set_num_threads(cell.threads)
     model = make_model(cell, device)
-    fn, work, setup = _step_fn(cell, model, device)
+    fn, work, setup = step_callable(cell, model, device)
     rss_before = _rss_bytes()
 
     record: dict[str, Any] = {}

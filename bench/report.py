@@ -121,8 +121,9 @@ def write_report(run_dir: str | Path) -> Path:
 
     counts = frame["status"].value_counts().to_dict()
     out += ["## Cells", "", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), ""]
-    if "d_model" in frame:
-        first = frame.iloc[0]
+    shaped = frame[frame["mode"] != "accuracy"] if "mode" in frame else frame  # accuracy has its own
+    if "d_model" in frame and len(shaped):
+        first = shaped.iloc[0]
         out += [
             f"Model shape: d_model {first['d_model']}, {first['n_layers']} layers, "
             f"vocabulary {first['vocab_size']}.",
@@ -175,6 +176,11 @@ def write_report(run_dir: str | Path) -> Path:
             _plot(data, y, ylabel, run_dir / filename, col)
             out += [f"![{ylabel}]({filename})", ""]
 
+    if "mode" in frame and (frame["mode"] == "accuracy").any():
+        from bench.report_accuracy import accuracy_section
+
+        out += accuracy_section(frame[frame["mode"] == "accuracy"], run_dir)
+
     failed = frame[frame["status"] != "ok"]
     if len(failed):
         out += [
@@ -185,8 +191,9 @@ def write_report(run_dir: str | Path) -> Path:
         ]
         for _, row in failed.iterrows():
             reason = str(row.get("error", "")).replace("|", "\\|").replace("\n", " ")[:160]
+            mode = f"accuracy: {row['task_label']}" if row["mode"] == "accuracy" else row["mode"]
             out.append(
-                f"| {row['label']} | {row['mode']} | {row['seq_len']} | {row['batch_size']} | "
+                f"| {row['label']} | {mode} | {row['seq_len']} | {row['batch_size']} | "
                 f"{row['status']} | {reason} |"
             )
         out.append("")

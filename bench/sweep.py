@@ -66,8 +66,62 @@ def new_run_dir(spec: SweepSpec, out: str | None) -> Path:
     return run_dir
 
 
-def _skip_record(cell: Cell, reason: str) -> dict:
+class Ledger:
+    """What the sweep has done and decides next: finished cells (from earlier runs too), the OOM skip
+    rule, and the durable append of every result."""
+
+    def __init__(self, cells: list[Cell], path: Path, resume: bool, retry_failed: bool):
+        self.path = path
+        self.retry_failed = retry_failed
+        self.done: dict[str, str] = {}
+        if resume and path.exists():
+            self.done = {r["key"]: r.get("status", "ok") for r in results.read_records(path) if "key" in r}
+        self.oom_at: dict[tuple, int] = {}  # group -> shortest length that ran out of memory
+        by_key = {c.key: c for c in cells}
+        for key, status in self.done.items():
+            if status == "oom" and key in by_key:
+                self._note_oom(by_key[key])
+
+    def _note_oom(self, cell: Cell) -> None:
+        self.oom_at[cell.group] = min(self.oom_at.get(cell.group, cell.seq_len), cell.seq_len)
+
+    def needs_run(self, cell: Cell) -> bool:
+        previous = self.done.get(cell.key)
+        return previous is None or (self.retry_failed and previous != "ok")
+
+    def skip_reason(self, cell: Cell) -> str | None:
+        shortest = self.oom_at.get(cell.group)
+        if shortest is not None and cell.seq_len > shortest:
+            return f"skipped: out of memory at seq_len {shortest}"
+        return None
+
+    def record(self, cell: Cell, outcome: dict) -> None:
+        if outcome["status"] == "oom":
+            self._note_oom(cell)
+        self.done[cell.key] = outcome["status"]
+        results.append(
+            self.path, {"key": cell.key, **cell.model_dump(), **outcome, "finished_at": time.time()}
+        )
+
+
+def skipped(reason: str) -> dict:
     return {"status": "skipped", "error": reason, "wall_s": 0.0}
+
+
+def run_local(cells: list[Cell], ledger: Ledger, spec: SweepSpec, bar) -> None:
+    """One cell at a time on this machine: timing cells never share a device."""
+    for cell in cells:
+        bar.set_postfix_str(f"{cell.label} {cell.mode} T={cell.seq_len}", refresh=False)
+        if ledger.needs_run(cell):
+            reason = ledger.skip_reason(cell)
+            if reason:
+                outcome = skipped(reason)
+            elif spec.isolation == "process":
+                outcome = run_isolated(cell, spec.timeout_s)
+            else:
+                outcome = run_in_process(cell)
+            ledger.record(cell, outcome)
+        bar.update()
 
 
 def run_sweep(
@@ -77,52 +131,32 @@ def run_sweep(
     retry_failed: bool = False,
     progress: bool = True,
     command: str | None = None,
+    executor: str = "local",
+    ray_cpus_per_cell: int | None = None,
 ) -> Path:
     device = resolve_device(spec.device)
     models = spec.models or [ModelEntry(name=n) for n in list_models()]
     check_models(spec, models)
     cells = expand(spec, models, device)
-    path = run_dir / results.RESULTS
-
-    done: dict[str, str] = {}
-    if resume and path.exists():
-        for record in results.read_records(path):
-            done[record["key"]] = record.get("status", "ok")
     if resume:
         spec_path = run_dir / "spec.json"
         if spec_path.exists() and json.loads(spec_path.read_text()) != json.loads(spec.model_dump_json()):
             raise BenchError(
                 f"{run_dir} was started with a different sweep spec; resume it with the same one"
             )
+    ledger = Ledger(cells, run_dir / results.RESULTS, resume, retry_failed)
     manifest = environment.collect(seed=spec.seed)
     if command:
         manifest["command"] = command
-    manifest.update(name=spec.name, device=device, n_cells=len(cells))
+    manifest.update(name=spec.name, device=device, n_cells=len(cells), executor=executor)
     results.write_manifest(run_dir, manifest)
     (run_dir / "spec.json").write_text(spec.model_dump_json(indent=2))
 
-    oom_at: dict[tuple, int] = {}  # group -> shortest length that ran out of memory
-    for key, status in done.items():
-        if status == "oom":
-            cell = next((c for c in cells if c.key == key), None)
-            if cell:
-                oom_at[cell.group] = min(oom_at.get(cell.group, cell.seq_len), cell.seq_len)
+    with tqdm(total=len(cells), desc=spec.name, unit="cell", disable=not progress, dynamic_ncols=True) as bar:
+        if executor == "ray":
+            from bench.ray_executor import run_ray
 
-    bar = tqdm(cells, desc=spec.name, unit="cell", disable=not progress, dynamic_ncols=True)
-    for cell in bar:
-        bar.set_postfix_str(f"{cell.label} {cell.mode} T={cell.seq_len}", refresh=False)
-        previous = done.get(cell.key)
-        if previous is not None and (previous == "ok" or not retry_failed):
-            continue
-        if cell.group in oom_at and cell.seq_len > oom_at[cell.group]:
-            record = _skip_record(cell, f"out of memory at seq_len {oom_at[cell.group]}")
-        elif spec.isolation == "process":
-            record = run_isolated(cell, spec.timeout_s)
+            run_ray(cells, ledger, spec, bar, ray_cpus_per_cell)
         else:
-            record = run_in_process(cell)
-        if record["status"] == "oom":
-            oom_at[cell.group] = min(oom_at.get(cell.group, cell.seq_len), cell.seq_len)
-        record = {"key": cell.key, **cell.model_dump(), **record, "finished_at": time.time()}
-        results.append(path, record)
-    bar.close()
+            run_local(cells, ledger, spec, bar)
     return run_dir

@@ -95,7 +95,7 @@ def test_faults_are_recorded_and_the_sweep_goes_on(tmp_path):
         (["--seq-lens", "ten"], "--seq-lens takes comma-separated integers"),
         (["--modes", "fly"], "field 'modes.0'"),
         (["--device", "cuda"], "no CUDA device"),
-        (["--models", "transformer", "--d-model", "30"], "cannot be built: d_model 30 is not divisible"),
+        (["--models", "transformer", "--d-model", "31"], "cannot be built: rotary embedding needs an even head"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message, capsys):

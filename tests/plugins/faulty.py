@@ -39,3 +39,26 @@ kill = _factory("kill")
 hang = _factory("hang")
 fail = _factory("raise")
 healthy = build_gru
+
+
+class _Slow(GRUMixer):
+    def forward(self, x):
+        time.sleep(0.3)
+        return super().forward(x)
+
+
+def slow(vocab_size=32, d_model=16, n_layers=1, backend="auto"):
+    return LanguageModel(vocab_size, d_model, n_layers, lambda i: _Slow(d_model))
+
+
+class _Sleepy(GRUMixer):
+    """Slower by TITANS_BENCH_TEST_DELAY seconds per forward: a stand-in for a code change that makes a
+    model slower without changing its configuration (so its cells keep their keys)."""
+
+    def forward(self, x):
+        time.sleep(float(os.environ.get("TITANS_BENCH_TEST_DELAY", "0")))
+        return super().forward(x)
+
+
+def sleepy(vocab_size=32, d_model=16, n_layers=1, backend="auto"):
+    return LanguageModel(vocab_size, d_model, n_layers, lambda i: _Sleepy(d_model))

@@ -1,0 +1,22 @@
+"""DeltaNet and Gated DeltaNet operators in pure PyTorch, layout [B, H, T, D].
+
+``*_recurrent`` are the per-token references (and ``*_step`` the single-token updates for decoding);
+``*_chunked`` are the fast chunkwise forms used for training and prefill.
+"""
+
+from baselines.deltanet.chunk import delta_rule_chunked, gated_delta_rule_chunked
+from baselines.deltanet.naive import (
+    delta_rule_recurrent,
+    delta_rule_step,
+    gated_delta_rule_recurrent,
+    gated_delta_rule_step,
+)
+
+__all__ = [
+    "delta_rule_chunked",
+    "delta_rule_recurrent",
+    "delta_rule_step",
+    "gated_delta_rule_chunked",
+    "gated_delta_rule_recurrent",
+    "gated_delta_rule_step",
+]

@@ -1,0 +1,503 @@
+"""Mamba (Gu & Dao 2023) and Mamba2 (Dao & Gu 2024) as mixers in the shared language-model shell.
+
+- ``mamba``: in_proj -> (x, z); x through a causal depthwise conv and SiLU; x_proj -> (dt, B, C), dt through
+  dt_proj; the selective scan with A = -exp(A_log), softplus(dt + dt_bias), the D skip and the SiLU(z) gate;
+  out_proj.
+- ``mamba2``: in_proj -> (z, xBC, dt); xBC through the conv and SiLU and split into x, B, C; the SSD scan
+  with a scalar decay per head, A = -exp(A_log), dt = softplus(dt + dt_bias), the D skip; the gated RMSNorm
+  norm(y * SiLU(z)); out_proj.
+
+Backends: "mamba_ssm" runs the field's own layers (CUDA selective scan, Triton SSD kernels); "torch-chunked"
+is our pure-PyTorch form (a blocked scan / chunked SSD, fast on the CPU); "torch-recurrent" the per-token
+reference. Our mixers name and shape every parameter as mamba_ssm's ``Mamba`` and ``Mamba2`` do, so a
+state_dict moves between backends.
+
+The pieces the DeltaNet family shares (the upstream wrapper and the backend resolution) live here too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines.mamba import (
+    selective_scan,
+    selective_scan_recurrent,
+    selective_state_update,
+    ssd_chunked,
+    ssd_recurrent,
+    ssd_step,
+)
+from bench.layers import CausalConv1d, GatedRMSNorm
+from bench.lm import LanguageModel, Mixer, dtype_bytes
+from bench.registry import register
+
+TORCH_BACKENDS = ("torch-chunked", "torch-recurrent")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Recurrences and decays run in at least float32 (bf16 drifts); float64 stays float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+# -- shared building blocks -------------------------------------------------------------------------------
+
+
+@dataclass
+class SSMState:
+    """Decoding state of one Mamba / Mamba2 mixer: the conv window and the SSM state."""
+
+    conv: torch.Tensor
+    ssm: torch.Tensor
+
+
+def init_projections(layer: nn.Module, skip: tuple[str, ...] = ()) -> None:
+    """The shell's init for a mixer's plain linear layers (N(0, 0.02), zero bias); ``skip`` names layers
+    with an init of their own, such as Mamba's dt_proj."""
+    for name, module in layer.named_children():
+        if isinstance(module, nn.Linear) and name not in skip:
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+def inverse_softplus_dt(n: int, dt_min: float = 1e-3, dt_max: float = 0.1, floor: float = 1e-4):
+    """dt biases such that softplus(bias) is log-uniform in [dt_min, dt_max], the Mamba papers' init."""
+    log_dt = torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+    dt = log_dt.exp().clamp(min=floor)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+def upstream_problem(package: str, modules: tuple[str, ...]) -> str | None:
+    """Why the upstream ``package``'s kernels cannot run here, or None when they can. Imports ``modules``
+    only when a CUDA device is there (on the CPU the import is slow and fails for the same reason)."""
+    if not torch.cuda.is_available():
+        return f"{package} needs a CUDA device and torch.cuda.is_available() is False"
+    if importlib.util.find_spec(package) is None:
+        return f"{package} is not installed (pip install 'titans-bench[gpu]')"
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # an ImportError, or an extension built against another torch or CUDA
+            return f"{module} does not import: {type(err).__name__}: {err}"
+    return None
+
+
+def resolve_backend(requested: str, upstream: str, problem: Callable[[], str | None]) -> str:
+    """The backend a model really runs, fixed at build time: "auto" is ``upstream`` where it can run, else
+    "torch-chunked"; an explicit ``upstream`` that cannot run here is an error, never a fallback."""
+    choices = ("auto", *TORCH_BACKENDS, upstream)
+    if requested not in choices:
+        raise ValueError(f"unknown backend {requested!r}; choose from {', '.join(choices)}")
+    if requested == "auto":
+        return upstream if problem() is None else "torch-chunked"
+    if requested == upstream:
+        reason = problem()
+        if reason is not None:
+            raise ValueError(f"backend {upstream!r} cannot run here: {reason}")
+    return requested
+
+
+def _drop_layer_prefix(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + "layer.")]:
+        state_dict[prefix + key[len(prefix) + len("layer.") :]] = state_dict.pop(key)
+
+
+def _add_layer_prefix(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + "layer.")]:
+        state_dict[prefix + "layer." + key[len(prefix) :]] = state_dict.pop(key)
+
+
+class UpstreamMixer(Mixer):
+    """An upstream package's own layer as the mixer. Its state_dict leaves out the "layer." level, so the
+    keys are the layer's own parameter names, the same as our torch mixers': weights move between
+    backends, and the upstream kernel can be checked against our path with identical weights."""
+
+    def __init__(self, layer: nn.Module, backend: str):
+        super().__init__()
+        self.layer = layer
+        self.backend = backend
+        self.register_state_dict_post_hook(_drop_layer_prefix)
+        self.register_load_state_dict_pre_hook(_add_layer_prefix)
+
+
+# -- FLOPs --------------------------------------------------------------------------------------------------
+# Multiply-adds count 2: projections, the conv taps and the recurrence's contractions; elementwise
+# activations, gates and norms are left out.
+
+
+def mamba_flops(d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int) -> float:
+    projections = 2.0 * d_model * 2 * d_inner + 2.0 * d_inner * (dt_rank + 2 * d_state)
+    projections += 2.0 * dt_rank * d_inner + 2.0 * d_inner * d_model
+    scan = 6.0 * d_inner * d_state  # decay the state, write dt B u into it, read it with C
+    return projections + 2.0 * d_conv * d_inner + scan
+
+
+def mamba2_flops(
+    d_model: int,
+    d_inner: int,
+    d_state: int,
+    n_groups: int,
+    n_heads: int,
+    d_conv: int,
+    chunk: int,
+    seq_len: int,
+) -> float:
+    conv_dim = d_inner + 2 * n_groups * d_state
+    projections = 2.0 * d_model * (d_inner + conv_dim + n_heads) + 2.0 * d_inner * d_model
+    c = min(chunk, seq_len)
+    head_dim = d_inner // n_heads
+    # per head: C.B scores and their weighted sum of x over the chunk, the chunk's state and the state read
+    ssd = n_heads * (2.0 * c * (d_state + head_dim) + 4.0 * head_dim * d_state)
+    return projections + 2.0 * d_conv * conv_dim + ssd
+
+
+# -- our pure-PyTorch mixers --------------------------------------------------------------------------------
+
+
+class Mamba(Mixer):
+    """Mamba's mixer in pure PyTorch, with mamba_ssm ``Mamba``'s parameter names and shapes."""
+
+    state_growth = "constant"
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | None = None,
+        backend: str = "torch-chunked",
+    ):
+        super().__init__()
+        if backend not in TORCH_BACKENDS:
+            raise ValueError(f"Mamba's torch mixer runs {', '.join(TORCH_BACKENDS)}, not {backend!r}")
+        self.backend = backend
+        self.scan = selective_scan if backend == "torch-chunked" else selective_scan_recurrent
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = dt_rank or math.ceil(d_model / 16)
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.conv1d = CausalConv1d(self.d_inner, d_conv, bias=True, activation="silu")
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        # S4D-real init: A[d, n] = -(n + 1) for every channel
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(A.log())
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+
+        init_projections(self, skip=("dt_proj",))
+        with torch.no_grad():
+            bound = self.dt_rank**-0.5
+            self.dt_proj.weight.uniform_(-bound, bound)
+            self.dt_proj.bias.copy_(inverse_softplus_dt(self.d_inner))
+
+    def _ssm_params(self, dtype: torch.dtype):
+        wide = compute_dtype(dtype)
+        return -self.A_log.to(wide).exp(), self.D.to(wide), self.dt_proj.bias.to(wide)
+
+    def _run(self, x: torch.Tensor, state: SSMState | None) -> tuple[torch.Tensor, SSMState]:
+        """The whole mixer on x [B, T, d] from a state (None: the empty one) -> (y [B, T, d], new state)."""
+        u, z = self.in_proj(x).chunk(2, dim=-1)
+        u, conv_state = self.conv1d(u, None if state is None else state.conv)
+        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight)  # its bias is added inside the scan, in float32, as upstream
+        A, D, dt_bias = self._ssm_params(x.dtype)
+        y, ssm_state = self.scan(
+            u.mT,
+            dt.mT,
+            A,
+            B.mT,
+            C.mT,
+            D,
+            z=z.mT,
+            delta_bias=dt_bias,
+            delta_softplus=True,
+            return_last_state=True,
+            initial_state=None if state is None else state.ssm,
+        )
+        return self.out_proj(y.mT), SSMState(conv_state, ssm_state)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, None)[0]
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, SSMState]:
+        return self._run(x, None)
+
+    def init_state(self, batch_size: int, device, dtype) -> SSMState:
+        ssm = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=compute_dtype(dtype))
+        return SSMState(self.conv1d.init_state(batch_size, device, dtype), ssm)
+
+    def step(self, x: torch.Tensor, state: SSMState) -> tuple[torch.Tensor, SSMState]:
+        u, z = self.in_proj(x).chunk(2, dim=-1)
+        u, conv_state = self.conv1d.step(u, state.conv)
+        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        A, D, dt_bias = self._ssm_params(x.dtype)
+        dt = F.linear(dt, self.dt_proj.weight)
+        y, ssm_state = selective_state_update(state.ssm, u, dt, A, B, C, D, z, dt_bias, dt_softplus=True)
+        return self.out_proj(y), SSMState(conv_state, ssm_state)
+
+    def state_bytes(self, batch_size: int, seq_len: int, dtype: torch.dtype) -> int:
+        conv = (self.d_conv - 1) * self.d_inner * dtype_bytes(dtype)
+        ssm = self.d_inner * self.d_state * dtype_bytes(compute_dtype(dtype))
+        return batch_size * (conv + ssm)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        return mamba_flops(self.d_model, self.d_inner, self.d_state, self.dt_rank, self.d_conv)
+
+
+class Mamba2(Mixer):
+    """Mamba2's mixer in pure PyTorch, with mamba_ssm ``Mamba2``'s parameter names and shapes (its defaults:
+    no MLP part, D per head, the gated RMSNorm applied as norm(y * silu(z)) per group, no dt limit)."""
+
+    state_growth = "constant"
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 128,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: int = 64,
+        ngroups: int = 1,
+        chunk_size: int = 64,
+        backend: str = "torch-chunked",
+    ):
+        super().__init__()
+        if backend not in TORCH_BACKENDS:
+            raise ValueError(f"Mamba2's torch mixer runs {', '.join(TORCH_BACKENDS)}, not {backend!r}")
+        self.d_inner = expand * d_model
+        if self.d_inner % headdim:
+            raise ValueError(f"expand * d_model = {self.d_inner} is not divisible by headdim {headdim}")
+        self.n_heads = self.d_inner // headdim
+        if self.n_heads % ngroups:
+            raise ValueError(f"{self.n_heads} heads do not split into ngroups = {ngroups} groups")
+        self.backend = backend
+        chunked = partial(ssd_chunked, chunk_size=chunk_size)
+        self.ssd = chunked if backend == "torch-chunked" else ssd_recurrent
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.headdim, self.ngroups, self.chunk_size = headdim, ngroups, chunk_size
+        conv_dim = self.d_inner + 2 * ngroups * d_state
+
+        self.in_proj = nn.Linear(d_model, self.d_inner + conv_dim + self.n_heads, bias=False)  # z, xBC, dt
+        self.conv1d = CausalConv1d(conv_dim, d_conv, bias=True, activation="silu")
+        self.dt_bias = nn.Parameter(inverse_softplus_dt(self.n_heads))
+        self.A_log = nn.Parameter(torch.empty(self.n_heads).uniform_(1, 16).log())
+        self.D = nn.Parameter(torch.ones(self.n_heads))
+        self.norm = GatedRMSNorm(self.d_inner, eps=1e-5, group_size=self.d_inner // ngroups)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        init_projections(self)
+
+    def _split(self, zxbcdt: torch.Tensor):
+        """in_proj's output -> z, xBC (before the conv) and dt (before softplus), on the last dim."""
+        return zxbcdt.split([self.d_inner, self.conv1d.in_channels, self.n_heads], dim=-1)
+
+    def _ssm_inputs(self, xBC: torch.Tensor, dt: torch.Tensor):
+        """After the conv: x [.., H, P] and the SSD's inputs, x * dt and A * dt, both in float32 or wider."""
+        wide = compute_dtype(xBC.dtype)
+        x, B, C = xBC.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        x = x.unflatten(-1, (self.n_heads, self.headdim))
+        dt = F.softplus(dt.to(wide) + self.dt_bias.to(wide))
+        A = -self.A_log.to(wide).exp()
+        B, C = B.unflatten(-1, (self.ngroups, self.d_state)), C.unflatten(-1, (self.ngroups, self.d_state))
+        return x, x.to(wide) * dt[..., None], A * dt, B, C
+
+    def _output(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        y = y + x.to(y.dtype) * self.D.to(y.dtype)[:, None]  # the D skip, per head
+        return self.out_proj(self.norm(y.flatten(-2), z).to(z.dtype))
+
+    def _run(self, u: torch.Tensor, state: SSMState | None) -> tuple[torch.Tensor, SSMState]:
+        z, xBC, dt = self._split(self.in_proj(u))
+        xBC, conv_state = self.conv1d(xBC, None if state is None else state.conv)
+        x, x_dt, A_dt, B, C = self._ssm_inputs(xBC, dt)
+        y, ssm_state = self.ssd(x_dt, A_dt, B, C, initial_states=None if state is None else state.ssm)
+        return self._output(y, x, z), SSMState(conv_state, ssm_state)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, None)[0]
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, SSMState]:
+        return self._run(x, None)
+
+    def init_state(self, batch_size: int, device, dtype) -> SSMState:
+        shape = (batch_size, self.n_heads, self.headdim, self.d_state)
+        ssm = torch.zeros(shape, device=device, dtype=compute_dtype(dtype))
+        return SSMState(self.conv1d.init_state(batch_size, device, dtype), ssm)
+
+    def step(self, u: torch.Tensor, state: SSMState) -> tuple[torch.Tensor, SSMState]:
+        z, xBC, dt = self._split(self.in_proj(u))
+        xBC, conv_state = self.conv1d.step(xBC, state.conv)
+        x, x_dt, A_dt, B, C = self._ssm_inputs(xBC, dt)
+        y, ssm_state = ssd_step(state.ssm, x_dt, A_dt, B, C)
+        return self._output(y, x, z), SSMState(conv_state, ssm_state)
+
+    def state_bytes(self, batch_size: int, seq_len: int, dtype: torch.dtype) -> int:
+        conv = (self.d_conv - 1) * self.conv1d.in_channels * dtype_bytes(dtype)
+        ssm = self.n_heads * self.headdim * self.d_state * dtype_bytes(compute_dtype(dtype))
+        return batch_size * (conv + ssm)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        return mamba2_flops(
+            self.d_model,
+            self.d_inner,
+            self.d_state,
+            self.ngroups,
+            self.n_heads,
+            self.d_conv,
+            self.chunk_size,
+            seq_len,
+        )
+
+
+# -- mamba_ssm's own layers ---------------------------------------------------------------------------------
+
+
+class UpstreamMamba(UpstreamMixer):
+    """mamba_ssm's ``Mamba`` or ``Mamba2`` layer (built with ``layer_idx=0``), decoding through its own
+    inference cache: ``allocate_inference_cache``, a forward with ``inference_params`` for the prompt (the
+    parallel kernels, filling the cache in place), then ``step`` per token (also in place)."""
+
+    state_growth = "constant"
+
+    def __init__(self, layer: nn.Module):
+        super().__init__(layer, "mamba_ssm")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, SSMState]:
+        from mamba_ssm.utils.generation import InferenceParams
+
+        state = self.init_state(x.shape[0], x.device, x.dtype)
+        params = InferenceParams(max_seqlen=x.shape[1], max_batch_size=x.shape[0])
+        params.key_value_memory_dict[self.layer.layer_idx] = (state.conv, state.ssm)
+        return self.layer(x, inference_params=params), state
+
+    def init_state(self, batch_size: int, device, dtype) -> SSMState:
+        conv, ssm = self.layer.allocate_inference_cache(batch_size, 1, dtype=dtype)
+        return SSMState(conv, ssm)
+
+    def step(self, x: torch.Tensor, state: SSMState) -> tuple[torch.Tensor, SSMState]:
+        y, _, _ = self.layer.step(x[:, None], state.conv, state.ssm)
+        return y[:, 0], state
+
+    def _is_mamba2(self) -> bool:
+        return hasattr(self.layer, "nheads")
+
+    def state_bytes(self, batch_size: int, seq_len: int, dtype: torch.dtype) -> int:
+        layer = self.layer
+        # mamba_ssm keeps the whole conv window, d_conv wide, and its SSM state in the model's dtype
+        ssm = layer.nheads * layer.headdim if self._is_mamba2() else layer.d_inner
+        conv = layer.conv1d.weight.shape[0] * layer.d_conv
+        return batch_size * (conv + ssm * layer.d_state) * dtype_bytes(dtype)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        layer = self.layer
+        if self._is_mamba2():
+            return mamba2_flops(
+                layer.d_model,
+                layer.d_inner,
+                layer.d_state,
+                layer.ngroups,
+                layer.nheads,
+                layer.d_conv,
+                layer.chunk_size,
+                seq_len,
+            )
+        return mamba_flops(layer.d_model, layer.d_inner, layer.d_state, layer.dt_rank, layer.d_conv)
+
+
+def mamba_ssm_problem() -> str | None:
+    """Why mamba_ssm cannot run here, or None. Importing mamba_ssm loads its compiled selective scan;
+    causal_conv1d is its conv kernel (both in the "gpu" extra)."""
+    return upstream_problem("mamba_ssm", ("mamba_ssm", "causal_conv1d"))
+
+
+def _upstream_mamba(version: int, d_model: int, **config) -> UpstreamMamba:
+    from mamba_ssm.modules.mamba2 import Mamba2 as UpstreamMamba2Layer
+    from mamba_ssm.modules.mamba_simple import Mamba as UpstreamMambaLayer
+
+    layer_class = UpstreamMambaLayer if version == 1 else UpstreamMamba2Layer
+    layer = layer_class(d_model, layer_idx=0, **config)
+    init_projections(layer, skip=("dt_proj",))  # the shell's init, as for our mixers
+    return UpstreamMamba(layer)
+
+
+@register("mamba")
+def build_mamba(
+    vocab_size: int = 256,
+    d_model: int = 256,
+    n_layers: int = 2,
+    backend: str = "auto",
+    d_state: int = 16,
+    d_conv: int = 4,
+    expand: int = 2,
+    dt_rank: int | None = None,
+    mlp_hidden: int | None = None,
+) -> LanguageModel:
+    """Mamba in every block. ``backend``: "auto" (mamba_ssm on CUDA when installed, else "torch-chunked"),
+    "mamba_ssm", "torch-chunked" or "torch-recurrent". ``dt_rank`` None means ceil(d_model / 16)."""
+    resolved = resolve_backend(backend, "mamba_ssm", mamba_ssm_problem)
+
+    def make(i: int) -> Mixer:
+        if resolved == "mamba_ssm":
+            return _upstream_mamba(
+                1, d_model, d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank or "auto"
+            )
+        return Mamba(d_model, d_state, d_conv, expand, dt_rank, backend=resolved)
+
+    return LanguageModel(vocab_size, d_model, n_layers, make, mlp_hidden=mlp_hidden)
+
+
+@register("mamba2")
+def build_mamba2(
+    vocab_size: int = 256,
+    d_model: int = 256,
+    n_layers: int = 2,
+    backend: str = "auto",
+    d_state: int = 128,
+    d_conv: int = 4,
+    expand: int = 2,
+    headdim: int = 64,
+    ngroups: int = 1,
+    chunk_size: int | None = None,
+    mlp_hidden: int | None = None,
+) -> LanguageModel:
+    """Mamba2 in every block; backends as for "mamba". ``chunk_size`` None means each kernel's own
+    default: 256 for mamba_ssm's Triton SSD, 64 for ours (smaller chunks suit the CPU)."""
+    resolved = resolve_backend(backend, "mamba_ssm", mamba_ssm_problem)
+
+    def make(i: int) -> Mixer:
+        if resolved == "mamba_ssm":
+            return _upstream_mamba(
+                2,
+                d_model,
+                d_state=d_state,
+                d_conv=d_conv,
+                expand=expand,
+                headdim=headdim,
+                ngroups=ngroups,
+                chunk_size=chunk_size or 256,
+            )
+        return Mamba2(d_model, d_state, d_conv, expand, headdim, ngroups, chunk_size or 64, backend=resolved)
+
+    return LanguageModel(vocab_size, d_model, n_layers, make, mlp_hidden=mlp_hidden)
+
+
+def _available_backends() -> dict[str, bool | str]:
+    problem = mamba_ssm_problem()
+    return {"auto": True, "torch-chunked": True, "torch-recurrent": True, "mamba_ssm": problem or True}
+
+
+for _factory in (build_mamba, build_mamba2):
+    _factory.available_backends = _available_backends
+    _factory.reference_backend = "torch-recurrent"

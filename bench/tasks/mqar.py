@@ -1,0 +1,87 @@
+"""MQAR, multi-query associative recall, as the Zoology paper defines it (Arora et al. 2023).
+
+    k1 v1 k2 v2 ... kN vN | . . k3 . . . k1 . k4 . . . k2 . . .
+                                   ^v3        ^v1 ^v4      ^v2     (asked at each key's query position)
+
+Keys come from [1, V/2) and values from [V/2, V), drawn without replacement within an example. After the
+N pairs the rest of the sequence is (L - 2N) // 2 slots of two tokens; every key is asked once, at a slot
+drawn without replacement with p(i) ∝ a·i^(a-1) (i = 1, 2, ..., a = ``power_a``; a < 1 favours short gaps),
+and the model must answer its value at that position. The other positions hold random tokens
+(``random_non_queries``, Zoology's default) or 0.
+
+Zoology also asserts V > L. That is not needed for an example to be well defined: the keys fit when
+N < V/2. We require only that, so the model trained at length L is evaluated at 2L, 4L, ... with the same
+vocabulary and the same N; longer sequences only add slots, so queries can sit further from their pair.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from bench.tasks import register_task
+from bench.tasks.base import IGNORE, Task, TaskConfig
+
+
+class MQARConfig(TaskConfig):
+    vocab_size: int = Field(default=8192, ge=4)
+    num_kv_pairs: int = Field(default=8, ge=1)
+    power_a: float = Field(default=0.01, gt=0)
+    random_non_queries: bool = True
+
+
+@register_task("mqar")
+class MQAR(Task):
+    Config = MQARConfig
+    config: MQARConfig
+
+    def __init__(self, config: MQARConfig):
+        super().__init__(config)
+        n, v = config.num_kv_pairs, config.vocab_size
+        if n > v // 2 - 1:
+            raise self.fail(
+                f"num_kv_pairs {n} needs at least {n} distinct keys in [1, vocab_size/2), "
+                f"but vocab_size {v} has {v // 2 - 1}; raise vocab_size to at least {2 * n + 2}"
+            )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    def check_len(self, seq_len: int) -> None:
+        n = self.config.num_kv_pairs
+        if seq_len % 2:
+            raise self.fail(f"seq_len {seq_len} must be even (queries sit in slots of two tokens)")
+        if 4 * n > seq_len:
+            raise self.fail(
+                f"num_kv_pairs {n} needs seq_len >= {4 * n} (the pairs, then a query slot for each key); "
+                f"got {seq_len}"
+            )
+
+    def generate(self, n: int, seq_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check_len(seq_len)
+        g = torch.Generator().manual_seed(seed)
+        pairs, vocab = self.config.num_kv_pairs, self.config.vocab_size
+        half = vocab // 2
+
+        # Without replacement within a row: the first `pairs` of a random permutation of the choices.
+        keys = torch.rand(n, half - 1, generator=g).argsort(1)[:, :pairs] + 1
+        values = torch.rand(n, vocab - half, generator=g).argsort(1)[:, :pairs] + half
+
+        slots = (seq_len - 2 * pairs) // 2
+        a = self.config.power_a
+        i = torch.arange(1, slots + 1, dtype=torch.float64)
+        p = a * i ** (a - 1)
+        gaps = torch.multinomial(p.expand(n, slots), pairs, replacement=False, generator=g)
+        query_pos = 2 * pairs + 2 * gaps  # [n, pairs]: where key j is asked
+
+        if self.config.random_non_queries:
+            inputs = torch.randint(0, vocab, (n, seq_len), generator=g)
+        else:
+            inputs = torch.zeros(n, seq_len, dtype=torch.long)
+        inputs[:, 0 : 2 * pairs : 2] = keys
+        inputs[:, 1 : 2 * pairs : 2] = values
+        inputs.scatter_(1, query_pos, keys)
+        targets = torch.full((n, seq_len), IGNORE, dtype=torch.long)
+        targets.scatter_(1, query_pos, values)
+        return inputs, targets

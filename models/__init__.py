@@ -1,0 +1,1 @@
+"""Sequence models compared by titans-bench."""

@@ -1,0 +1,339 @@
+"""Titans models (Behrouz, Zhong, Mirrokni 2024, §4.3-4.4) in the shared language-model shell.
+
+- ``titans-lmm``: the neural long-term memory alone as every block's mixer.
+- ``titans-mal``: memory as a layer: persistent tokens -> LMM -> sliding-window attention (Figure 5).
+
+The LMM mixer: q/k/v projections, each through a causal depthwise convolution and SiLU; q and k
+L2-normalised per head; per-head data-dependent gates theta (learning rate), eta (momentum) and alpha
+(forgetting), each sigmoid(linear(x_t)); a per-head MLP memory updated at test time by the memory op;
+then RMSNorm, a linear SiLU gate, and the output projection.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines.attention import Attention
+from bench.layers import CausalConv1d, RMSNorm
+from bench.lm import LanguageModel, Mixer, dtype_bytes
+from bench.registry import register
+from models.titans.chunk import memory_chunked
+from models.titans.naive import ACTIVATIONS, MemoryState, compute_dtype, initial_state, memory_recurrent
+
+MEMORY_BACKENDS = {"torch-chunked": memory_chunked, "torch-recurrent": memory_recurrent}
+
+
+class LMMState:
+    """Decoding state of one LMM mixer: the three short convolutions' windows and the memory."""
+
+    def __init__(self, conv: list[torch.Tensor], memory: MemoryState):
+        self.conv, self.memory = conv, memory
+
+    __dataclass_fields__ = {"conv": None, "memory": None}  # lets bench.lm.tensor_bytes walk it
+
+
+class LMM(Mixer):
+    state_growth = "constant"
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        head_dim: int,
+        memory_depth: int = 2,
+        memory_expansion: int = 4,
+        activation: str = "gelu",
+        chunk_size: int = 16,
+        max_lr: float = 0.1,
+        n_persistent: int = 0,
+        conv_size: int = 4,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        if backend not in ("auto", *MEMORY_BACKENDS):
+            raise ValueError(
+                f"unknown Titans backend {backend!r}; choose from auto, {', '.join(MEMORY_BACKENDS)}"
+            )
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown memory activation {activation!r}; choose from {', '.join(ACTIVATIONS)}"
+            )
+        for name, value in (
+            ("memory_depth", memory_depth),
+            ("chunk_size", chunk_size),
+            ("n_heads", n_heads),
+            ("head_dim", head_dim),
+            ("memory_expansion", memory_expansion),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if n_persistent < 0:
+            raise ValueError(f"n_persistent must be >= 0, got {n_persistent}")
+        self.backend = "torch-chunked" if backend == "auto" else backend
+        self.memory_op = MEMORY_BACKENDS[self.backend]
+        self.n_heads, self.head_dim = n_heads, head_dim
+        self.activation, self.chunk_size, self.max_lr = activation, chunk_size, max_lr
+        inner = n_heads * head_dim
+
+        self.qkv = nn.Linear(d_model, 3 * inner, bias=False)
+        self.convs = nn.ModuleList(
+            CausalConv1d(inner, conv_size, bias=False, activation="silu") for _ in range(3)
+        )
+        self.gates = nn.Linear(d_model, 3 * n_heads)  # theta, eta, alpha logits per head
+        self.out_norm = RMSNorm(head_dim)
+        self.out_gate = nn.Linear(d_model, inner, bias=False)
+        self.out = nn.Linear(inner, d_model, bias=False)
+
+        # The memory's initial weights are outer-loop parameters, one MLP per head: [H, d_out, d_in].
+        hidden = memory_expansion * head_dim
+        dims = [head_dim] + [hidden] * (memory_depth - 1) + [head_dim]
+        self.memory_init = nn.ParameterList(
+            nn.Parameter(torch.randn(n_heads, d_out, d_in) * d_in**-0.5)
+            for d_in, d_out in zip(dims, dims[1:], strict=False)
+        )
+        self.persistent = nn.Parameter(torch.randn(n_persistent, d_model) * 0.02) if n_persistent else None
+
+        for layer in (self.qkv, self.out_gate, self.out):
+            nn.init.normal_(layer.weight, std=0.02)
+        nn.init.normal_(self.gates.weight, std=0.02)
+        with torch.no_grad():
+            # Start with a moderate step size, strong momentum and little forgetting.
+            self.gates.bias.view(3, n_heads).copy_(torch.tensor([[0.0], [2.0], [-4.0]]).expand(3, n_heads))
+
+    # -- pieces -------------------------------------------------------------------------------------
+    def _with_persistent(self, x: torch.Tensor) -> torch.Tensor:
+        if self.persistent is None:
+            return x
+        return torch.cat([self.persistent.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:  # [B, T, H*D] -> [B, H, T, D]
+        B, T, _ = t.shape
+        return t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def _gates(self, x: torch.Tensor):
+        logits = self.gates(x).to(torch.promote_types(x.dtype, torch.float32))  # gates never in bf16
+        theta, eta, alpha = torch.sigmoid(logits).chunk(3, dim=-1)  # each [B, T, H]
+        return (self.max_lr * theta).transpose(1, 2), eta.transpose(1, 2), alpha.transpose(1, 2)
+
+    def _run(self, x: torch.Tensor, conv_state: list | None, memory_state: MemoryState | None):
+        """The whole mixer on x [B, T, d] from a given state; returns (y [B, T, d], new state)."""
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        conv_state = conv_state or [None, None, None]
+        q, cq = self.convs[0](q, conv_state[0])
+        k, ck = self.convs[1](k, conv_state[1])
+        v, cv = self.convs[2](v, conv_state[2])
+        q, k = F.normalize(self._heads(q), dim=-1), F.normalize(self._heads(k), dim=-1)
+        theta, eta, alpha = self._gates(x)
+        y, memory_state = self.memory_op(
+            q,
+            k,
+            self._heads(v),
+            theta,
+            eta,
+            alpha,
+            tuple(self.memory_init),
+            chunk_size=self.chunk_size,
+            activation=self.activation,
+            residual=True,
+            state=memory_state,
+        )
+        B, H, T, D = y.shape
+        y = self.out_norm(y.to(x.dtype)).transpose(1, 2).reshape(B, T, H * D)
+        return self.out(y * F.silu(self.out_gate(x))), LMMState([cq, ck, cv], memory_state)
+
+    # -- the mixer interface ------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self._run(self._with_persistent(x), None, None)
+        return y[:, y.shape[1] - x.shape[1] :]  # outputs at the persistent tokens are dropped
+
+    def prefill(self, x: torch.Tensor):
+        y, state = self._run(self._with_persistent(x), None, None)
+        return y[:, y.shape[1] - x.shape[1] :], state
+
+    def init_state(self, batch_size: int, device, dtype) -> LMMState:
+        if self.persistent is not None:  # the state a sequence starts from has already seen them
+            with torch.no_grad():
+                return self._run(self.persistent.to(dtype).expand(batch_size, -1, -1), None, None)[1]
+        conv = [c.init_state(batch_size, device, dtype) for c in self.convs]
+        params = tuple(p.to(device) for p in self.memory_init)
+        return LMMState(conv, initial_state(params, batch_size, compute_dtype(params[0].to(dtype), params)))
+
+    def step(self, x: torch.Tensor, state: LMMState):
+        y, state = self._run(x.unsqueeze(1), state.conv, state.memory)
+        return y[:, 0], state
+
+    def state_bytes(self, batch_size: int, seq_len: int, dtype: torch.dtype) -> int:
+        memory_dtype = torch.promote_types(dtype, torch.float32)
+        # current weights, momentum and the chunk-base weights, per sequence of the batch
+        memory = 3 * sum(p.numel() for p in self.memory_init) * dtype_bytes(memory_dtype)
+        conv = sum(c.init_state(1, "meta", dtype).numel() for c in self.convs) * dtype_bytes(dtype)
+        return batch_size * (memory + conv)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        d_model, inner, H = self.qkv.in_features, self.n_heads * self.head_dim, self.n_heads
+        projections = 2.0 * d_model * (3 * inner + 3 * H + inner) + 2.0 * inner * d_model
+        C = min(self.chunk_size, seq_len)
+        memory = 0.0
+        for p in self.memory_init:
+            _, d_out, d_in = p.shape
+            # per token: key forward, error backprop, retrieval with W and S, chunk-end W and S updates
+            # (amortised), and the dual-form terms against the chunk's C keys
+            memory += 12.0 * d_in * d_out + 2.0 * C * (d_in + d_out)
+        return projections + H * memory
+
+
+class MAL(Mixer):
+    """Memory as a layer: the LMM (with its persistent tokens) first, then sliding-window attention over
+    its output, each as a residual sub-layer."""
+
+    state_growth = "bounded"
+
+    def __init__(self, d_model: int, lmm: LMM, attention: Attention):
+        super().__init__()
+        self.lmm, self.attention = lmm, attention
+        self.norm = RMSNorm(d_model)
+
+    @property
+    def backend(self) -> str:
+        return f"{self.lmm.backend}+{self.attention.backend}"
+
+    def forward(self, x):
+        m = self.lmm(x)
+        return m + self.attention(self.norm(x + m))
+
+    def prefill(self, x):
+        m, s_mem = self.lmm.prefill(x)
+        a, s_att = self.attention.prefill(self.norm(x + m))
+        return m + a, (s_mem, s_att)
+
+    def init_state(self, batch_size, device, dtype):
+        return (
+            self.lmm.init_state(batch_size, device, dtype),
+            self.attention.init_state(batch_size, device, dtype),
+        )
+
+    def step(self, x, state):
+        m, s_mem = self.lmm.step(x, state[0])
+        a, s_att = self.attention.step(self.norm(x + m), state[1])
+        return m + a, (s_mem, s_att)
+
+    def state_bytes(self, batch_size, seq_len, dtype):
+        return self.lmm.state_bytes(batch_size, seq_len, dtype) + self.attention.state_bytes(
+            batch_size, seq_len, dtype
+        )
+
+    def flops_per_token(self, seq_len):
+        return self.lmm.flops_per_token(seq_len) + self.attention.flops_per_token(seq_len)
+
+
+def _lmm_factory(
+    d_model,
+    n_heads,
+    head_dim,
+    memory_depth,
+    memory_expansion,
+    activation,
+    chunk_size,
+    max_lr,
+    n_persistent,
+    backend,
+):
+    heads = n_heads or max(1, d_model // 64)
+    dim = head_dim or d_model // heads
+    return lambda: LMM(
+        d_model,
+        heads,
+        dim,
+        memory_depth,
+        memory_expansion,
+        activation,
+        chunk_size,
+        max_lr,
+        n_persistent,
+        backend=backend,
+    )
+
+
+@register("titans-lmm")
+def build_titans_lmm(
+    vocab_size: int = 256,
+    d_model: int = 256,
+    n_layers: int = 2,
+    backend: str = "auto",
+    n_heads: int | None = None,
+    head_dim: int | None = None,
+    memory_depth: int = 2,
+    memory_expansion: int = 4,
+    activation: str = "gelu",
+    chunk_size: int = 16,
+    max_lr: float = 0.1,
+    n_persistent: int = 0,
+    mlp_hidden: int | None = None,
+) -> LanguageModel:
+    """Titans (LMM): the neural memory alone in every block. ``backend``: "auto" (= "torch-chunked") or
+    "torch-recurrent" (the per-token reference). Heads default to d_model // 64."""
+    make = _lmm_factory(
+        d_model,
+        n_heads,
+        head_dim,
+        memory_depth,
+        memory_expansion,
+        activation,
+        chunk_size,
+        max_lr,
+        n_persistent,
+        backend,
+    )
+    return LanguageModel(vocab_size, d_model, n_layers, lambda i: make(), mlp_hidden=mlp_hidden)
+
+
+@register("titans-mal")
+def build_titans_mal(
+    vocab_size: int = 256,
+    d_model: int = 256,
+    n_layers: int = 2,
+    backend: str = "auto",
+    attention_backend: str = "auto",
+    n_heads: int | None = None,
+    head_dim: int | None = None,
+    memory_depth: int = 2,
+    memory_expansion: int = 4,
+    activation: str = "gelu",
+    chunk_size: int = 16,
+    max_lr: float = 0.1,
+    n_persistent: int = 4,
+    window: int = 512,
+    mlp_hidden: int | None = None,
+) -> LanguageModel:
+    """Titans (MAL): persistent tokens -> LMM -> sliding-window attention in every block."""
+    make = _lmm_factory(
+        d_model,
+        n_heads,
+        head_dim,
+        memory_depth,
+        memory_expansion,
+        activation,
+        chunk_size,
+        max_lr,
+        n_persistent,
+        backend,
+    )
+    heads = n_heads or max(1, d_model // 64)
+    return LanguageModel(
+        vocab_size,
+        d_model,
+        n_layers,
+        lambda i: MAL(d_model, make(), Attention(d_model, heads, window=window, backend=attention_backend)),
+        mlp_hidden=mlp_hidden,
+    )
+
+
+def _available_backends() -> dict[str, bool | str]:
+    return {"auto": True, "torch-chunked": True, "torch-recurrent": True}
+
+
+for _factory in (build_titans_lmm, build_titans_mal):
+    _factory.available_backends = _available_backends
+    _factory.reference_backend = "torch-recurrent"

@@ -1,0 +1,72 @@
+"""Titans LMM and MAL models: the fast memory path equals the per-token reference at model level, the
+persistent tokens and the window do what the paper says, and bf16 keeps a float32 memory."""
+
+import pytest
+import torch
+
+from tests.conftest import tiny_model
+
+X = torch.randint(0, 37, (2, 29), generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("name", ["titans-lmm", "titans-mal"])
+@pytest.mark.parametrize("chunk_size", [1, 4, 16])
+def test_chunked_model_equals_recurrent_reference(name, chunk_size):
+    fast = tiny_model(name, chunk_size=chunk_size, memory_depth=2)
+    slow = tiny_model(name, chunk_size=chunk_size, memory_depth=2, backend="torch-recurrent")
+    slow.load_state_dict(fast.state_dict())
+    torch.testing.assert_close(fast(X), slow(X), rtol=1e-10, atol=1e-10)
+    assert fast.backend.startswith("torch-chunked") and slow.backend.startswith("torch-recurrent")
+
+
+def test_gradients_of_chunked_model_equal_reference():
+    fast = tiny_model("titans-lmm", memory_depth=3, chunk_size=8)
+    slow = tiny_model("titans-lmm", memory_depth=3, chunk_size=8, backend="torch-recurrent")
+    slow.load_state_dict(fast.state_dict())
+    for model in (fast, slow):
+        model(X).pow(2).mean().backward()
+    for (name, p), q in zip(fast.named_parameters(), slow.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_persistent_tokens_shape_every_output():
+    model = tiny_model("titans-lmm", n_persistent=3)
+    before = model(X)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.mixer.persistent.add_(0.5)
+    assert not torch.allclose(model(X)[:, 0], before[:, 0])  # even the first token sees them
+
+
+def test_memory_learns_at_test_time():
+    """Retrieval depends on what the memory was written with earlier in the same sequence."""
+    model = tiny_model("titans-lmm", n_layers=1)
+    a, b = X.clone(), X.clone()
+    b[:, :5] = (b[:, :5] + 1) % 37
+    assert not torch.allclose(model(a)[:, -1], model(b)[:, -1])
+
+
+def test_mal_state_is_bounded_by_the_window():
+    model = tiny_model("titans-mal", window=8)
+    assert model.state_bytes(1, 8) == model.state_bytes(1, 10_000) > model.state_bytes(1, 4)
+
+
+def test_bf16_model_keeps_a_float32_memory():
+    model = tiny_model("titans-lmm").to(torch.bfloat16)
+    logits, state = model.prefill(X)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+    assert all(w.dtype == torch.float32 for w in state[0].memory.weights)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"backend": "triton"}, "unknown Titans backend"),
+        ({"activation": "relu6"}, "unknown memory activation"),
+        ({"memory_depth": 0}, "memory_depth must be >= 1"),
+        ({"n_persistent": -1}, "n_persistent must be >= 0"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model("titans-lmm", **kwargs)
