@@ -21,12 +21,16 @@ class PeerNeuralMemory(Mixer):
     backend = "titans-pytorch"
     state_growth = "constant"
 
-    def __init__(self, d_model: int, n_heads: int, chunk_size: int, memory_depth: int, memory_expansion: float):
+    def __init__(
+        self, d_model: int, n_heads: int, chunk_size: int, memory_depth: int, memory_expansion: float
+    ):
         super().__init__()
         try:
             from titans_pytorch import NeuralMemory
         except ImportError:
-            raise ValueError("the titans-pytorch peer needs its package: pip install 'titans-bench[peers]'") from None
+            raise ValueError(
+                "the titans-pytorch peer needs its package: pip install 'titans-bench[peers]'"
+            ) from None
         self.memory = NeuralMemory(
             dim=d_model, chunk_size=chunk_size, heads=n_heads, dim_head=d_model // n_heads,
             default_model_kwargs=dict(depth=memory_depth, expansion_factor=memory_expansion),
@@ -59,7 +63,9 @@ class PeerNeuralMemory(Mixer):
 
     def flops_per_token(self, seq_len):
         memory = sum(p.numel() for p in self.memory.memory_model.parameters())
-        return 2.0 * 4 * self.d_model**2 + 12.0 * memory  # projections + key forward/backward, update, retrieval
+        return (
+            2.0 * 4 * self.d_model**2 + 12.0 * memory
+        )  # projections + key forward/backward, update, retrieval
 
 
 def build(

@@ -1,0 +1,32 @@
+import torch
+
+from bench.cli import main
+from bench.validate import validate_model
+
+
+def test_transformer_backends_agree_with_the_reference():
+    rows = validate_model("transformer", torch.device("cpu"), 24, ["float32", "bfloat16"])
+    assert {r["backend"] for r in rows} == {"sdpa-flash", "sdpa-math", "torch"}
+    assert all(r["status"] == "ok" for r in rows), rows
+    assert all(r["forward_rel_err"] < 1e-5 for r in rows if r["dtype"] == "float32")
+
+
+def test_a_wrong_backend_is_caught_and_fails_the_command(tmp_path, capsys):
+    rows = validate_model("tests.plugins.two_backends:build", torch.device("cpu"), 16, ["float32"])
+    status = {r["backend"]: r["status"] for r in rows}
+    assert status == {"torch": "ok", "wrong": "MISMATCH"}  # the unavailable backend is not attempted
+    assert (
+        main(
+            [
+                "validate",
+                "--models",
+                "tests.plugins.two_backends:build",
+                "--seq-len",
+                "16",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 1
+    )
+    assert "MISMATCH" in (tmp_path / "VALIDATE.md").read_text()
