@@ -1,8 +1,7 @@
 """A test-only family with a reference backend and a deliberately wrong "fast" one, for `validate`."""
 
-from tests.plugins.gru import GRUMixer
-
 from bench.lm import LanguageModel
+from tests.plugins.gru import GRUMixer
 
 
 class _Wrong(GRUMixer):
