@@ -119,7 +119,7 @@ def expand(spec: SweepSpec, models: list, device: str) -> list[Cell]:
 def accuracy_cells(spec: SweepSpec, entry: ModelEntry, device: str) -> list[Cell]:
     """One cell per task for this model. The model is built with the task's vocabulary (a task defines
     its tokens), and the sweep's width and depth unless the [accuracy] table sets its own."""
-    from bench.tasks import make_task  # imports torch; timing-only sweeps never need it
+    from bench.tasks import make_task  # here, so that reading cells does not import torch
 
     acc = spec.accuracy
     settings = TrainSettings(**acc.model_dump(include=set(TrainSettings.model_fields)))

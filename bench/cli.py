@@ -116,7 +116,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from bench.validate import run_validation
 
-    run_dir, ok = run_validation(_names(args.models) if args.models else None, args.device, args.seq_len, args.out)
+    run_dir, ok = run_validation(
+        _names(args.models) if args.models else None, args.device, args.seq_len, args.out
+    )
     print(f"saved: {run_dir / 'VALIDATE.md'}")
     return 0 if ok else 1
 
@@ -124,13 +126,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from bench.compare import compare_runs, to_markdown
 
-    for name, value in (("--threshold", args.threshold), ("--mem-threshold", args.mem_threshold),
-                        ("--acc-threshold", args.acc_threshold)):
+    for name, value in (
+        ("--threshold", args.threshold),
+        ("--mem-threshold", args.mem_threshold),
+        ("--acc-threshold", args.acc_threshold),
+    ):
         if value < 0:
             raise BenchError(f"{name} must be >= 0, got {value}")
     if not 0 < args.alpha < 1:
         raise BenchError(f"--alpha must be in (0, 1), got {args.alpha}")
-    comp = compare_runs(args.base, args.new, args.threshold, args.alpha, args.mem_threshold, args.acc_threshold)
+    comp = compare_runs(
+        args.base, args.new, args.threshold, args.alpha, args.mem_threshold, args.acc_threshold
+    )
     text = to_markdown(comp, show_unchanged=args.all)
     print(text)
     if args.markdown:
@@ -176,9 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--isolation", choices=["process", "none"], help="one process per cell (default) or none"
     )
-    run.add_argument("--executor", choices=["local", "ray"], default="local",
-                     help="local: one cell at a time here; ray: cells as Ray tasks (RAY_ADDRESS or a local Ray)")
-    run.add_argument("--ray-cpus-per-cell", type=int, help="CPUs each Ray task reserves (default: all of a node's)")
+    run.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local: one cell at a time here; ray: cells as Ray tasks (RAY_ADDRESS or a local Ray)",
+    )
+    run.add_argument(
+        "--ray-cpus-per-cell", type=int, help="CPUs each Ray task reserves (default: all of a node's)"
+    )
     run.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run: only cells not yet done")
     run.add_argument("--retry-failed", action="store_true", help="with --resume, also re-run failed cells")
     run.add_argument("--no-progress", action="store_true")
@@ -201,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("new", help="run directory or results.jsonl to check")
     cmp.add_argument("--threshold", type=float, default=0.10, help="timing ratio that counts (default 0.10)")
     cmp.add_argument("--alpha", type=float, default=0.01, help="Mann-Whitney U significance level")
-    cmp.add_argument("--mem-threshold", type=float, default=0.10, help="relative memory/state growth that counts")
+    cmp.add_argument(
+        "--mem-threshold", type=float, default=0.10, help="relative memory/state growth that counts"
+    )
     cmp.add_argument("--acc-threshold", type=float, default=0.05, help="absolute accuracy drop that counts")
     cmp.add_argument("--markdown", help="also write the markdown table here (e.g. for a PR comment)")
     cmp.add_argument("--all", action="store_true", help="list unchanged metrics too")

@@ -65,8 +65,10 @@ class TrainSettings(Strict):
 
     steps: PositiveInt = 2000  # the cosine schedule's length; training may stop earlier
     max_seconds: PositiveFloat = 600.0  # wall-clock budget of the training loop (validation included)
+    # lr is the setting worth sweeping per model (Zoology does). A long warm-up matters: a small
+    # Transformer at lr 3e-3 with a short one stalls on MQAR's plateau and never learns recall.
     lr: PositiveFloat = 3e-3
-    warmup_steps: NonNegativeInt = 50
+    warmup_steps: NonNegativeInt = 300
     weight_decay: NonNegativeFloat = 0.1
     grad_clip: PositiveFloat | None = 1.0
     threshold: float = Field(default=0.99, gt=0, le=1)  # stop once validation accuracy reaches it

@@ -106,7 +106,7 @@ def plot_heatmap(long: pd.DataFrame, path: Path) -> None:
     columns = _columns(long)
     pivot = long.pivot_table(index="label", columns="column", values="accuracy", aggfunc="last", sort=False)
     pivot = 100 * pivot.reindex(columns=columns)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(columns), 1.0 + 0.5 * len(pivot)))
+    fig, ax = plt.subplots(figsize=(2.5 + 0.9 * len(columns), 2.0 + 0.4 * len(pivot)))
     sns.heatmap(
         pivot, annot=True, fmt=".0f", vmin=0, vmax=100, cmap="viridis", ax=ax, cbar_kws={"label": "%"}
     )
@@ -136,22 +136,21 @@ def plot_curves(cells: pd.DataFrame, path: Path) -> None:
         axes[1][j].set_xlabel("step")
     axes[0][0].set_ylabel("training loss")
     axes[1][0].set_ylabel("validation accuracy")
-    handles, names = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, names, loc="upper right", title="model")
+    if axes[1][-1].get_legend_handles_labels()[0]:
+        axes[1][-1].legend(title="model", loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def plot_frontier(long: pd.DataFrame, path: Path) -> None:
-    data = long.dropna(subset=["accuracy", "state_bytes"]).copy()
+    data = long.dropna(subset=["accuracy", "state_bytes"]).rename(columns={"label": "model"})
     data["evaluated at"] = "T=" + data["eval_len"].astype(str)
     grid = sns.relplot(
         data=data,
         x="state_bytes",
         y="accuracy",
-        hue="label",
+        hue="model",
         style="evaluated at",
         col="task_label",
         kind="scatter",

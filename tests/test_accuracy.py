@@ -171,28 +171,18 @@ def test_a_diverging_model_is_recorded_as_such():
 
 @pytest.mark.slow
 def test_transformer_learns_mqar():
-    """A real training run: a 2-layer Transformer must learn MQAR well past chance (~0.25). Recall
-    appears suddenly after a plateau; the step budget leaves a wide margin over where it appears."""
+    """A real training run: a 2-layer Transformer must learn MQAR far past chance (~0.25 after the
+    plateau). Recall appears suddenly; with this recipe (a long warm-up matters: without one, lr 3e-3
+    stalls at the plateau) 12 seeds reached 0.99 validation accuracy after 225-325 steps, one after 600.
+    Seed 0 takes 275 steps (~15 s on 2 shared cores); the 1,000-step budget leaves a wide margin."""
     task_args = {"vocab_size": 16, "num_kv_pairs": 4, "random_non_queries": False}
-    cell = _cell(
-        "transformer",
-        "mqar",
-        task_args,
-        64,
-        steps=500,
-        lr=2e-3,
-        warmup_steps=20,
-        eval_every=20,
-        val_samples=128,
-        eval_samples=256,
-        max_seconds=600,
-    )
-    record = run_accuracy_cell(cell)
+    settings = dict(steps=1000, lr=3e-3, warmup_steps=300, eval_every=25, val_samples=128, max_seconds=600)
+    record = run_accuracy_cell(_cell("transformer", "mqar", task_args, 64, **settings))
     assert record["status"] == "ok" and record["stop_reason"] == "threshold", record["val_curve"]
-    assert record["accuracy"] >= 0.95
+    assert record["accuracy"] >= 0.95 and record["steps_run"] < 1000
     assert record["acc_T64"] == record["accuracy"] and not math.isnan(record["acc_T128"])
     losses = [loss for _, loss in record["loss_curve"]]
-    assert losses[-1] < 0.2 * losses[0]
+    assert losses[-1] < 0.1 * min(losses[: len(losses) // 2])
 
 
 def test_accuracy_sweep_through_the_cli(tmp_path):

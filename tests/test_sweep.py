@@ -31,7 +31,18 @@ def run_cli(*args):
 def test_tiny_sweep_writes_results_and_report(tmp_path):
     out = tmp_path / "run"
     proc = run_cli(
-        "run", "--models", "transformer", "--seq-lens", "16,32", "--device", "cpu", "--out", str(out), *TINY
+        "run",
+        "--models",
+        "transformer",
+        "--modes",
+        "train,prefill,decode",
+        "--seq-lens",
+        "16,32",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *TINY,
     )
     assert proc.returncode == 0, proc.stderr
     frame = results.load(out)
@@ -95,7 +106,10 @@ def test_faults_are_recorded_and_the_sweep_goes_on(tmp_path):
         (["--seq-lens", "ten"], "--seq-lens takes comma-separated integers"),
         (["--modes", "fly"], "field 'modes.0'"),
         (["--device", "cuda"], "no CUDA device"),
-        (["--models", "transformer", "--d-model", "31"], "cannot be built: rotary embedding needs an even head"),
+        (
+            ["--models", "transformer", "--d-model", "31"],
+            "cannot be built: rotary embedding needs an even head",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message, capsys):

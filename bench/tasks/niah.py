@@ -25,7 +25,7 @@ import functools
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, PositiveInt
 
 from bench.tasks import register_task
 from bench.tasks.base import IGNORE, Task, TaskConfig
@@ -74,7 +74,7 @@ class PasskeyConfig(NumberConfig):
 
 
 class UUIDConfig(NiahConfig):
-    groups: list[int] = Field(default=[8, 4, 4, 4, 12], min_length=1)  # hex digits per group
+    groups: list[PositiveInt] = Field(default=[8, 4, 4, 4, 12], min_length=1)  # hex digits per group
 
 
 class Niah(Task):
