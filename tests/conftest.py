@@ -19,6 +19,11 @@ def _seed():
 TINY = dict(vocab_size=37, d_model=32, n_layers=2)
 
 
+# A sweep through the command line that runs in seconds: the smallest model, few repeats, on the CPU.
+TINY_SWEEP = ("--d-model 16 --n-layers 1 --vocab-size 32 --repeats 2 --warmup 1 --device cpu "
+              "--no-progress").split()
+
+
 def tiny_model(name: str, **overrides):
     # These tests hold the pure-PyTorch fast path to the contract in float64 on the CPU. On a CUDA machine
     # "auto" would pick the upstream kernels, which `python -m bench validate` checks against this path.

@@ -13,6 +13,7 @@ from bench import results
 from bench.cli import main
 from bench.compare import compare_runs, compare_timing
 from bench.stats import mann_whitney_u
+from tests.conftest import TINY_SWEEP
 
 
 def samples(center, n, seed, spread=0.02):
@@ -115,29 +116,8 @@ def test_cli_exit_codes_and_markdown(runs, tmp_path, capsys):
 
 def test_end_to_end_a_slowed_model_is_flagged_and_identical_runs_are_not(tmp_path):
     """The CI self-check: three real sweeps of a test-only model; the third made slower by a sleep."""
-    args = [
-        "run",
-        "--models",
-        "tests.plugins.faulty:sleepy",
-        "--seq-lens",
-        "16",
-        "--modes",
-        "prefill",
-        "--repeats",
-        "7",
-        "--warmup",
-        "1",
-        "--d-model",
-        "16",
-        "--n-layers",
-        "1",
-        "--vocab-size",
-        "32",
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--no-report",
-    ]
+    args = ["run", "--models", "tests.plugins.faulty:sleepy", "--seq-lens", "16", "--modes", "prefill",
+            *TINY_SWEEP, "--repeats", "7", "--no-report"]  # fmt: skip
     for name, delay in (("a", "0"), ("b", "0"), ("slow", "0.3")):
         env = {**os.environ, "TITANS_BENCH_TEST_DELAY": delay}
         proc = subprocess.run(

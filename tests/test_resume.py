@@ -9,23 +9,9 @@ import time
 
 from bench import results
 from bench.cli import main
+from tests.conftest import TINY_SWEEP
 
-ARGS = [
-    "--d-model",
-    "16",
-    "--n-layers",
-    "1",
-    "--vocab-size",
-    "32",
-    "--repeats",
-    "2",
-    "--warmup",
-    "1",
-    "--no-progress",
-    "--no-report",
-    "--device",
-    "cpu",
-]
+ARGS = [*TINY_SWEEP, "--no-report"]
 
 
 def test_killed_sweep_resumes_with_every_cell_exactly_once(tmp_path):

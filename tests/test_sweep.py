@@ -8,20 +8,9 @@ import pytest
 
 from bench import results
 from bench.cli import main
+from tests.conftest import TINY_SWEEP
 
-TINY = [
-    "--d-model",
-    "16",
-    "--n-layers",
-    "1",
-    "--vocab-size",
-    "32",
-    "--repeats",
-    "2",
-    "--warmup",
-    "1",
-    "--no-progress",
-]
+TINY = TINY_SWEEP
 
 
 def run_cli(*args):
