@@ -228,32 +228,11 @@ class MAL(Mixer):
         return self.lmm.flops_per_token(seq_len) + self.attention.flops_per_token(seq_len)
 
 
-def _lmm_factory(
-    d_model,
-    n_heads,
-    head_dim,
-    memory_depth,
-    memory_expansion,
-    activation,
-    chunk_size,
-    max_lr,
-    n_persistent,
-    backend,
-):
+def _lmm_maker(d_model: int, n_heads: int | None, head_dim: int | None, backend: str, **options):
+    """A function making one LMM mixer; heads default to d_model // 64, head_dim to d_model // heads."""
     heads = n_heads or max(1, d_model // 64)
     dim = head_dim or d_model // heads
-    return lambda: LMM(
-        d_model,
-        heads,
-        dim,
-        memory_depth,
-        memory_expansion,
-        activation,
-        chunk_size,
-        max_lr,
-        n_persistent,
-        backend=backend,
-    )
+    return lambda: LMM(d_model, heads, dim, backend=backend, **options)
 
 
 @register("titans-lmm")
@@ -274,18 +253,10 @@ def build_titans_lmm(
 ) -> LanguageModel:
     """Titans (LMM): the neural memory alone in every block. ``backend``: "auto" (= "torch-chunked") or
     "torch-recurrent" (the per-token reference). Heads default to d_model // 64."""
-    make = _lmm_factory(
-        d_model,
-        n_heads,
-        head_dim,
-        memory_depth,
-        memory_expansion,
-        activation,
-        chunk_size,
-        max_lr,
-        n_persistent,
-        backend,
-    )
+    make = _lmm_maker(
+        d_model, n_heads, head_dim, backend, memory_depth=memory_depth, memory_expansion=memory_expansion,
+        activation=activation, chunk_size=chunk_size, max_lr=max_lr, n_persistent=n_persistent,
+    )  # fmt: skip
     return LanguageModel(vocab_size, d_model, n_layers, lambda i: make(), mlp_hidden=mlp_hidden)
 
 
@@ -308,19 +279,11 @@ def build_titans_mal(
     mlp_hidden: int | None = None,
 ) -> LanguageModel:
     """Titans (MAL): persistent tokens -> LMM -> sliding-window attention in every block."""
-    make = _lmm_factory(
-        d_model,
-        n_heads,
-        head_dim,
-        memory_depth,
-        memory_expansion,
-        activation,
-        chunk_size,
-        max_lr,
-        n_persistent,
-        backend,
-    )
-    heads = n_heads or max(1, d_model // 64)
+    make = _lmm_maker(
+        d_model, n_heads, head_dim, backend, memory_depth=memory_depth, memory_expansion=memory_expansion,
+        activation=activation, chunk_size=chunk_size, max_lr=max_lr, n_persistent=n_persistent,
+    )  # fmt: skip
+    heads = n_heads or max(1, d_model // 64)  # the attention's heads, as the memory's
     return LanguageModel(
         vocab_size,
         d_model,
