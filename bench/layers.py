@@ -61,6 +61,9 @@ class CausalConv1d(nn.Conv1d):
     def forward(self, x: torch.Tensor, state: torch.Tensor | None = None):
         """x [B, T, C], state [B, K - 1, C] or None (zeros) -> (y [B, T, C], new state)."""
         keep = self.kernel_size[0] - 1
+        if state is not None and x.shape[1] == 1:  # one token after earlier ones: a decoding step
+            y, state = self.step(x[:, 0], state)
+            return y[:, None], state
         if state is None:
             state = x.new_zeros(x.shape[0], keep, x.shape[2])
         padded = torch.cat([state.to(x.dtype), x], dim=1)  # earlier inputs on the left keep it causal
@@ -74,7 +77,7 @@ class CausalConv1d(nn.Conv1d):
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, C], state [B, K - 1, C] -> (y [B, C], new state)."""
         window = torch.cat([state.to(x.dtype), x[:, None]], dim=1)  # [B, K, C]
-        y = torch.einsum("bkc,ck->bc", window, self.weight[:, 0])
+        y = (window * self.weight[:, 0].T).sum(1)  # half the time of the same einsum for one token
         if self.bias is not None:
             y = y + self.bias
         return self._act(y), window[:, 1:]

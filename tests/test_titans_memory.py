@@ -1,11 +1,12 @@
-"""The chunked Titans memory against the per-token reference: outputs, final state and gradients."""
+"""The chunked and the token-by-token (decoding) Titans memory against the per-token reference: outputs,
+final state and gradients."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from models.titans import MemoryState, memory_chunked, memory_grads, memory_recurrent
+from models.titans import MemoryState, memory_chunked, memory_fused_recurrent, memory_grads, memory_recurrent
 
 B, H, D, HIDDEN = 2, 3, 5, 7
 GATE_NAMES = ("theta", "eta", "alpha")
@@ -72,11 +73,13 @@ def assert_states_close(a: MemoryState, b: MemoryState, tol: float) -> None:
             assert rel_err(ta, tb) < tol
 
 
-def check_against_reference(inputs: dict, tol: float, with_state: bool = True, **kwargs) -> None:
+def check_against_reference(
+    inputs: dict, tol: float, with_state: bool = True, fn=memory_chunked, **kwargs
+) -> None:
     leaves = differentiable_leaves(inputs)
     y_ref, state_ref = call(memory_recurrent, inputs, **kwargs)
     grads_ref = torch.autograd.grad(scalar_loss(y_ref, state_ref, with_state), leaves)
-    y, state = call(memory_chunked, inputs, **kwargs)
+    y, state = call(fn, inputs, **kwargs)
     grads = torch.autograd.grad(scalar_loss(y, state, with_state), leaves)
     assert y.shape == y_ref.shape and y.dtype == y_ref.dtype
     assert rel_err(y, y_ref) < tol
@@ -121,7 +124,40 @@ def test_chunked_matches_reference_float32_chunk64(n_layers: int, gates: str) ->
     check_against_reference(inputs, 1e-4, chunk_size=64)
 
 
-@pytest.mark.parametrize("fn", [memory_chunked, memory_recurrent])
+@pytest.mark.parametrize("activation", ["gelu", "silu"])
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("chunk_size, T", [(1, 5), (4, 11)])
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+def test_fused_recurrent_matches_reference_float64(
+    n_layers: int, chunk_size: int, T: int, residual: bool, activation: str
+) -> None:
+    inputs = make_inputs(T, n_layers, torch.float64, seed=n_layers * 10 + chunk_size)
+    check_against_reference(
+        inputs, 1e-10, fn=memory_fused_recurrent, chunk_size=chunk_size, residual=residual, activation=activation
+    )
+
+
+@pytest.mark.parametrize("gates", ["plain", "strong"])
+def test_fused_recurrent_matches_reference_float32(gates: str) -> None:
+    inputs = make_inputs(20, 2, torch.float32, gates=gates, seed=8)
+    check_against_reference(inputs, 1e-5, fn=memory_fused_recurrent, chunk_size=8)
+
+
+def test_decoding_after_a_chunked_prefill() -> None:
+    # the model's path: prefill with the chunked op, then decode token by token from its state
+    T, split = 13, 6
+    inputs = make_inputs(T, 2, torch.float64, seed=12)
+    with torch.no_grad():
+        y_full, state_full = call(memory_recurrent, inputs, chunk_size=4)
+        ys, state = [], call(memory_chunked, inputs, slice(0, split), chunk_size=4)[1]
+        for t in range(split, T):
+            y, state = call(memory_fused_recurrent, inputs, slice(t, t + 1), chunk_size=4, state=state)
+            ys.append(y)
+    assert rel_err(torch.cat(ys, dim=2), y_full[:, :, split:]) < 1e-12
+    assert_states_close(state, state_full, 1e-12)
+
+
+@pytest.mark.parametrize("fn", [memory_chunked, memory_fused_recurrent, memory_recurrent])
 @pytest.mark.parametrize("split", [1, 3, 4, 6, 12])
 def test_split_call_equals_one_call(fn, split: int) -> None:
     inputs = make_inputs(13, 2, torch.float64, seed=split)
@@ -148,7 +184,7 @@ def test_state_is_shared_between_implementations() -> None:
     assert_states_close(state2, state_full, 1e-12)
 
 
-@pytest.mark.parametrize("fn", [memory_chunked, memory_recurrent])
+@pytest.mark.parametrize("fn", [memory_chunked, memory_fused_recurrent, memory_recurrent])
 def test_token_by_token_equals_one_call(fn) -> None:
     T = 11
     inputs = make_inputs(T, 2, torch.float64, seed=11)
@@ -170,7 +206,7 @@ def test_linear_memory_gradient_closed_form() -> None:
     assert rel_err(u, expected) < 1e-12
 
 
-@pytest.mark.parametrize("fn", [memory_chunked, memory_recurrent])
+@pytest.mark.parametrize("fn", [memory_chunked, memory_fused_recurrent, memory_recurrent])
 def test_unknown_activation_raises(fn) -> None:
     inputs = make_inputs(3, 2, torch.float64)
     with pytest.raises(ValueError, match="tanhh"):

@@ -20,15 +20,20 @@ from bench.layers import CausalConv1d, RMSNorm
 from bench.lm import LanguageModel, Mixer, dtype_bytes
 from bench.registry import register
 from models.titans.chunk import memory_chunked
+from models.titans.fused_recurrent import memory_fused_recurrent
 from models.titans.naive import ACTIVATIONS, MemoryState, compute_dtype, initial_state, memory_recurrent
 
-MEMORY_BACKENDS = {"torch-chunked": memory_chunked, "torch-recurrent": memory_recurrent}
+# backend -> (op for whole sequences, op for decoding one token at a time)
+MEMORY_BACKENDS = {
+    "torch-chunked": (memory_chunked, memory_fused_recurrent),
+    "torch-recurrent": (memory_recurrent, memory_recurrent),
+}
 
 
 class LMMState:
-    """Decoding state of one LMM mixer: the three short convolutions' windows and the memory."""
+    """Decoding state of one LMM mixer: the short convolution's window and the memory."""
 
-    def __init__(self, conv: list[torch.Tensor], memory: MemoryState):
+    def __init__(self, conv: torch.Tensor, memory: MemoryState):
         self.conv, self.memory = conv, memory
 
     __dataclass_fields__ = {"conv": None, "memory": None}  # lets bench.lm.tensor_bytes walk it
@@ -72,15 +77,14 @@ class LMM(Mixer):
         if n_persistent < 0:
             raise ValueError(f"n_persistent must be >= 0, got {n_persistent}")
         self.backend = "torch-chunked" if backend == "auto" else backend
-        self.memory_op = MEMORY_BACKENDS[self.backend]
+        self.memory_op, self.memory_step_op = MEMORY_BACKENDS[self.backend]
         self.n_heads, self.head_dim = n_heads, head_dim
         self.activation, self.chunk_size, self.max_lr = activation, chunk_size, max_lr
         inner = n_heads * head_dim
 
         self.qkv = nn.Linear(d_model, 3 * inner, bias=False)
-        self.convs = nn.ModuleList(
-            CausalConv1d(inner, conv_size, bias=False, activation="silu") for _ in range(3)
-        )
+        # q, k and v each through their own depthwise filters: one convolution over the three side by side
+        self.conv = CausalConv1d(3 * inner, conv_size, bias=False, activation="silu")
         self.gates = nn.Linear(d_model, 3 * n_heads)  # theta, eta, alpha logits per head
         self.out_norm = RMSNorm(head_dim)
         self.out_gate = nn.Linear(d_model, inner, bias=False)
@@ -117,16 +121,13 @@ class LMM(Mixer):
         theta, eta, alpha = torch.sigmoid(logits).chunk(3, dim=-1)  # each [B, T, H]
         return (self.max_lr * theta).transpose(1, 2), eta.transpose(1, 2), alpha.transpose(1, 2)
 
-    def _run(self, x: torch.Tensor, conv_state: list | None, memory_state: MemoryState | None):
+    def _run(self, x: torch.Tensor, conv_state, memory_state: MemoryState | None, memory_op=None):
         """The whole mixer on x [B, T, d] from a given state; returns (y [B, T, d], new state)."""
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        conv_state = conv_state or [None, None, None]
-        q, cq = self.convs[0](q, conv_state[0])
-        k, ck = self.convs[1](k, conv_state[1])
-        v, cv = self.convs[2](v, conv_state[2])
+        qkv, conv_state = self.conv(self.qkv(x), conv_state)
+        q, k, v = qkv.chunk(3, dim=-1)
         q, k = F.normalize(self._heads(q), dim=-1), F.normalize(self._heads(k), dim=-1)
         theta, eta, alpha = self._gates(x)
-        y, memory_state = self.memory_op(
+        y, memory_state = (memory_op or self.memory_op)(
             q,
             k,
             self._heads(v),
@@ -141,7 +142,7 @@ class LMM(Mixer):
         )
         B, H, T, D = y.shape
         y = self.out_norm(y.to(x.dtype)).transpose(1, 2).reshape(B, T, H * D)
-        return self.out(y * F.silu(self.out_gate(x))), LMMState([cq, ck, cv], memory_state)
+        return self.out(y * F.silu(self.out_gate(x))), LMMState(conv_state, memory_state)
 
     # -- the mixer interface ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,19 +157,19 @@ class LMM(Mixer):
         if self.persistent is not None:  # the state a sequence starts from has already seen them
             with torch.no_grad():
                 return self._run(self.persistent.to(dtype).expand(batch_size, -1, -1), None, None)[1]
-        conv = [c.init_state(batch_size, device, dtype) for c in self.convs]
+        conv = self.conv.init_state(batch_size, device, dtype)
         params = tuple(p.to(device) for p in self.memory_init)
         return LMMState(conv, initial_state(params, batch_size, compute_dtype(params[0].to(dtype), params)))
 
     def step(self, x: torch.Tensor, state: LMMState):
-        y, state = self._run(x.unsqueeze(1), state.conv, state.memory)
+        y, state = self._run(x.unsqueeze(1), state.conv, state.memory, self.memory_step_op)
         return y[:, 0], state
 
     def state_bytes(self, batch_size: int, seq_len: int, dtype: torch.dtype) -> int:
         memory_dtype = torch.promote_types(dtype, torch.float32)
         # current weights, momentum and the chunk-base weights, per sequence of the batch
         memory = 3 * sum(p.numel() for p in self.memory_init) * dtype_bytes(memory_dtype)
-        conv = sum(c.init_state(1, "meta", dtype).numel() for c in self.convs) * dtype_bytes(dtype)
+        conv = self.conv.init_state(1, "meta", dtype).numel() * dtype_bytes(dtype)
         return batch_size * (memory + conv)
 
     def flops_per_token(self, seq_len: int) -> float:
