@@ -133,7 +133,12 @@ def test_fused_recurrent_matches_reference_float64(
 ) -> None:
     inputs = make_inputs(T, n_layers, torch.float64, seed=n_layers * 10 + chunk_size)
     check_against_reference(
-        inputs, 1e-10, fn=memory_fused_recurrent, chunk_size=chunk_size, residual=residual, activation=activation
+        inputs,
+        1e-10,
+        fn=memory_fused_recurrent,
+        chunk_size=chunk_size,
+        residual=residual,
+        activation=activation,
     )
 
 

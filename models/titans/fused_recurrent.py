@@ -72,7 +72,9 @@ def memory_fused_recurrent(
     def flat(t: Tensor) -> Tensor:  # batch and heads as one dimension, for bmm
         return t.reshape(B * H, *t.shape[2:])
 
-    weights, momentum, base = ([flat(t) for t in group] for group in (state.weights, state.momentum, state.base))
+    weights, momentum, base = (
+        [flat(t) for t in group] for group in (state.weights, state.momentum, state.base)
+    )
     ys = []
     with torch.autocast(q.device.type, enabled=False):
         q, k, v = (flat(t).to(dtype) for t in (q, k, v))
