@@ -1,4 +1,5 @@
-"""Causal multi-head attention with RoPE, an optional sliding window and a KV cache.
+"""Causal multi-head attention with RoPE, an optional sliding window (optionally with the first tokens of
+the sequence kept visible to every query, as Titans MAG's persistent prefix) and a KV cache.
 
 Kernels: PyTorch's scaled_dot_product_attention, pinned to one SDPA backend so it can never fall back
 silently, or ``"torch"``, an explicit softmax(QK^T) V reference for the tests.
@@ -28,28 +29,30 @@ ATTENTION_BACKENDS = ("auto", "torch", *SDPA_BACKENDS)
 class KVCache:
     k: torch.Tensor  # [B, H, capacity, D], keys already rotated
     v: torch.Tensor
-    length: int  # tokens seen so far; with a window the cache is a ring of `window` slots
+    length: int  # tokens seen so far; with a window: `n_sink` fixed slots, then a ring of `window` slots
 
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
 
 
-def reference_attention(q, k, v, window: int | None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(D) + causal/window mask) v, written out; q, k, v [B, H, T, D]."""
+def reference_attention(q, k, v, window: int | None, n_sink: int = 0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D) + causal/window mask) v, written out; q, k, v [B, H, T, D]. With a window,
+    the first ``n_sink`` keys stay visible to every later query."""
     T = q.shape[-2]
     i = torch.arange(T, device=q.device)
     allowed = i[None, :] <= i[:, None]
     if window is not None:
-        allowed &= i[None, :] > i[:, None] - window
+        allowed &= (i[None, :] > i[:, None] - window) | (i[None, :] < n_sink)
     scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
     return scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
 
 
-def windowed_sdpa(q, k, v, window: int) -> torch.Tensor:
+def windowed_sdpa(q, k, v, window: int, n_sink: int = 0) -> torch.Tensor:
     """Exact sliding-window attention in blocks of `window` queries, each seeing its own block and the
-    previous one: O(T * window) memory instead of a T x T mask."""
+    previous one: O(T * window) memory instead of a T x T mask. The first ``n_sink`` keys are added to
+    every block, visible wherever the window no longer covers them."""
     B, H, T, D = q.shape
-    w = window
+    w, n_sink = window, min(n_sink, T)
     first = F.scaled_dot_product_attention(q[:, :, :w], k[:, :, :w], v[:, :, :w], is_causal=True)
     if T <= w:
         return first
@@ -64,10 +67,20 @@ def windowed_sdpa(q, k, v, window: int) -> torch.Tensor:
     qi = torch.arange(w, device=q.device)[:, None]
     kj = torch.arange(2 * w, device=q.device)[None, :]
     mask = (kj > qi) & (kj <= qi + w)  # key j of the pair is at distance w + qi - j in [0, w)
+    if n_sink:
+        # Sink j for the query at position i = b w + qi: through its own column only once the window has
+        # passed it (j <= i - w), so that no key is counted twice. One mask per block.
+        block = torch.arange(1, nb, device=q.device)[:, None, None]
+        sink_mask = torch.arange(n_sink, device=q.device) <= block * w + qi - w  # [nb-1, w, n_sink]
+        mask = torch.cat([sink_mask, mask.expand(nb - 1, w, 2 * w)], dim=-1)
+        # 4-D, as SDPA's kernels take a per-head mask only in that form
+        mask = mask.expand(H, nb - 1, w, n_sink + 2 * w).reshape(1, H * (nb - 1), w, n_sink + 2 * w)
+        kb = torch.cat([k[:, :, None, :n_sink].expand(B, H, nb - 1, n_sink, D), kb], dim=3)
+        vb = torch.cat([v[:, :, None, :n_sink].expand(B, H, nb - 1, n_sink, D), vb], dim=3)
     rest = F.scaled_dot_product_attention(
         qb.reshape(B, H * (nb - 1), w, D),
-        kb.reshape(B, H * (nb - 1), 2 * w, D),
-        vb.reshape(B, H * (nb - 1), 2 * w, D),
+        kb.reshape(B, H * (nb - 1), n_sink + 2 * w, D),
+        vb.reshape(B, H * (nb - 1), n_sink + 2 * w, D),
         attn_mask=mask,
     ).view(B, H, nb - 1, w, D)
     return torch.cat([first, rest.reshape(B, H, (nb - 1) * w, D)], dim=2)[:, :, :T]
@@ -81,6 +94,7 @@ class Attention(Mixer):
         window: int | None = None,
         backend: str = "auto",
         rope_base: float = 10000.0,
+        n_sink: int = 0,
     ):
         super().__init__()
         if backend not in ATTENTION_BACKENDS:
@@ -91,6 +105,9 @@ class Attention(Mixer):
             raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
         if window is not None and window < 1:
             raise ValueError(f"window must be >= 1 or None, got {window}")
+        if n_sink < 0:
+            raise ValueError(f"n_sink must be >= 0, got {n_sink}")
+        self.n_sink = n_sink if window is not None else 0  # without a window every key is visible anyway
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
         self.window = window
@@ -120,10 +137,10 @@ class Attention(Mixer):
     def _attend(self, q, k, v) -> torch.Tensor:
         name = self._resolved = self._resolve(q)
         if name == "torch":
-            return reference_attention(q, k, v, self.window)
+            return reference_attention(q, k, v, self.window, self.n_sink)
         with sdpa_kernel([SDPA_BACKENDS[name]]):
             if self.window is not None and self.window < q.shape[-2]:
-                return windowed_sdpa(q, k, v, self.window)
+                return windowed_sdpa(q, k, v, self.window, self.n_sink)
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
     def _project(self, x: torch.Tensor, start: int):
@@ -142,15 +159,30 @@ class Attention(Mixer):
     def prefill(self, x: torch.Tensor):
         q, k, v = self._project(x, 0)
         y = self._merge(self._attend(q, k, v))
-        T = x.shape[1]
-        if self.window is None or T <= self.window:
+        T, kept = x.shape[1], self._kept()
+        if T <= kept:
             return y, KVCache(k.contiguous(), v.contiguous(), T)
-        # A full window: keep the last `window` keys in ring order, slot = position % window.
-        slots = torch.arange(T - self.window, T, device=x.device) % self.window
-        cache = KVCache(torch.empty_like(k[:, :, : self.window]), torch.empty_like(v[:, :, : self.window]), T)
-        cache.k[:, :, slots] = k[:, :, T - self.window :]
-        cache.v[:, :, slots] = v[:, :, T - self.window :]
+        # A full window: the sinks, then the last `window` keys in ring order (see _slot).
+        positions = torch.cat(
+            [torch.arange(self.n_sink, device=x.device), torch.arange(T - self.window, T, device=x.device)]
+        )
+        slots = torch.tensor([self._slot(p) for p in positions.tolist()], device=x.device)
+        cache = KVCache(
+            k.new_empty(*k.shape[:2], kept, k.shape[3]), v.new_empty(*v.shape[:2], kept, v.shape[3]), T
+        )
+        cache.k[:, :, slots] = k[:, :, positions]
+        cache.v[:, :, slots] = v[:, :, positions]
         return y, cache
+
+    def _kept(self) -> float:
+        """How many keys the cache ever holds."""
+        return float("inf") if self.window is None else self.n_sink + self.window
+
+    def _slot(self, pos: int) -> int:
+        """Cache slot of the key at `pos`: sinks first, then a ring of `window` slots."""
+        if self.window is None or pos < self.n_sink:
+            return pos
+        return self.n_sink + (pos - self.n_sink) % self.window
 
     def init_state(self, batch_size: int, device, dtype) -> KVCache:
         shape = (batch_size, self.n_heads, 0, self.head_dim)  # grows as tokens arrive, up to the window
@@ -162,17 +194,16 @@ class Attention(Mixer):
         q, k, v = self._project(x.unsqueeze(1), cache.length)
         pos = cache.length
         capacity = cache.k.shape[2]
-        limit = self.window or float("inf")
+        limit = self._kept()
         if pos >= capacity and capacity < limit:  # grow geometrically: amortised O(1) copies per token
             extra = int(min(limit - capacity, max(16, capacity)))
             cache.k = F.pad(cache.k, (0, 0, 0, extra))
             cache.v = F.pad(cache.v, (0, 0, 0, extra))
-        slot = pos % self.window if self.window else pos  # a ring once the window is full
+        slot = self._slot(pos)
         cache.k[:, :, slot] = k[:, :, 0]
         cache.v[:, :, slot] = v[:, :, 0]
-        cache.length = n = pos + 1
-        if self.window:
-            n = min(n, self.window)
+        cache.length = pos + 1
+        n = int(min(pos + 1, limit))
         # Keys in the ring are out of order, which softmax attention does not care about.
         name = self._resolve(q)
         keys, values = cache.k[:, :, :n], cache.v[:, :, :n]
@@ -184,7 +215,7 @@ class Attention(Mixer):
         return self._merge(y)[:, 0], cache
 
     def state_bytes(self, batch_size: int, seq_len: int, dtype: torch.dtype) -> int:
-        kept = seq_len if self.window is None else min(seq_len, self.window)
+        kept = min(seq_len, self._kept())
         return 2 * batch_size * self.n_heads * self.head_dim * kept * dtype_bytes(dtype)
 
     def flops_per_token(self, seq_len: int) -> float:
@@ -194,4 +225,5 @@ class Attention(Mixer):
         else:
             w = min(self.window, seq_len)
             context = (w * (w + 1) / 2 + (seq_len - w) * w) / seq_len
+            context += min(self.n_sink, seq_len) * max(seq_len - w, 0) / seq_len  # sinks beyond the window
         return 2.0 * 4 * d * d + 2.0 * 2 * d * context

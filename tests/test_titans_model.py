@@ -1,19 +1,21 @@
-"""Titans LMM and MAL models: the fast memory path equals the per-token reference at model level, the
+"""Titans LMM, MAL and MAG models: the fast memory path equals the per-token reference at model level, the
 persistent tokens and the window do what the paper says, and bf16 keeps a float32 memory."""
 
 import pytest
 import torch
 
+from bench.lm import tensor_bytes
 from tests.conftest import tiny_model
 
 X = torch.randint(0, 37, (2, 29), generator=torch.Generator().manual_seed(3))
 
 
-@pytest.mark.parametrize("name", ["titans-lmm", "titans-mal"])
+@pytest.mark.parametrize("name", ["titans-lmm", "titans-mal", "titans-mag"])
 @pytest.mark.parametrize("chunk_size", [1, 4, 16])
 def test_chunked_model_equals_recurrent_reference(name, chunk_size):
-    fast = tiny_model(name, chunk_size=chunk_size, memory_depth=2)
-    slow = tiny_model(name, chunk_size=chunk_size, memory_depth=2, backend="torch-recurrent")
+    extra = {} if name == "titans-lmm" else {"window": 6}  # shorter than X, so the window matters
+    fast = tiny_model(name, chunk_size=chunk_size, memory_depth=2, **extra)
+    slow = tiny_model(name, chunk_size=chunk_size, memory_depth=2, backend="torch-recurrent", **extra)
     slow.load_state_dict(fast.state_dict())
     torch.testing.assert_close(fast(X), slow(X), rtol=1e-10, atol=1e-10)
     assert fast.backend.startswith("torch-chunked") and slow.backend.startswith("torch-recurrent")
@@ -46,9 +48,37 @@ def test_memory_learns_at_test_time():
     assert not torch.allclose(model(a)[:, -1], model(b)[:, -1])
 
 
-def test_mal_state_is_bounded_by_the_window():
-    model = tiny_model("titans-mal", window=8)
-    assert model.state_bytes(1, 8) == model.state_bytes(1, 10_000) > model.state_bytes(1, 4)
+@pytest.mark.parametrize("name", ["titans-mal", "titans-mag"])
+def test_state_is_bounded_by_the_window(name):
+    model = tiny_model(name, window=8)
+    assert model.state_bytes(1, 8) == model.state_bytes(1, 10_000) > model.state_bytes(1, 2)
+
+
+@pytest.mark.parametrize("prompt", [0, 1, 11])
+def test_mag_with_a_small_window_decodes_like_forward(prompt):
+    model = tiny_model("titans-mag", window=4, n_persistent=3, chunk_size=4).eval()
+    full = model(X)
+    if prompt:
+        logits, state = model.prefill(X[:, :prompt])
+        torch.testing.assert_close(logits, full[:, :prompt], rtol=1e-9, atol=1e-9)
+    else:
+        state = model.init_state(X.shape[0])
+    for t in range(prompt, X.shape[1]):
+        logits, state = model.step(X[:, t], state)
+        torch.testing.assert_close(logits, full[:, t], rtol=1e-9, atol=1e-9)
+    assert tensor_bytes(state) == model.state_bytes(X.shape[0], X.shape[1])
+
+
+def test_mag_attention_keeps_the_persistent_tokens_in_view():
+    """With a window of 2, only the persistent tokens carry the attention branch beyond it."""
+    model = tiny_model("titans-mag", window=2, n_persistent=2, n_layers=1)
+    mixer = model.blocks[0].mixer
+    h = torch.randn(1, 12, 32, dtype=torch.float64)
+    before = mixer.attention(mixer._with_persistent(h))[:, -1]
+    with torch.no_grad():
+        mixer.persistent.add_(0.5)
+    after = mixer.attention(mixer._with_persistent(h))[:, -1]
+    assert not torch.allclose(before, after)
 
 
 def test_bf16_model_keeps_a_float32_memory():

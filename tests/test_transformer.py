@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from baselines.attention import reference_attention, windowed_sdpa
+from baselines.attention import Attention, reference_attention, windowed_sdpa
 from bench.errors import BenchError
 from tests.conftest import tiny_model
 
@@ -12,6 +12,46 @@ from tests.conftest import tiny_model
 def test_windowed_sdpa_equals_reference(window):
     q, k, v = (torch.randn(2, 3, 23, 8, dtype=torch.float64) for _ in range(3))
     torch.testing.assert_close(windowed_sdpa(q, k, v, window), reference_attention(q, k, v, window))
+
+
+@pytest.mark.parametrize("window, n_sink", [(1, 1), (4, 2), (4, 4), (4, 7), (8, 3), (23, 5), (40, 2)])
+def test_windowed_sdpa_with_sinks_equals_reference(window, n_sink):
+    q, k, v = (torch.randn(2, 3, 23, 8, dtype=torch.float64) for _ in range(3))
+    torch.testing.assert_close(
+        windowed_sdpa(q, k, v, window, n_sink), reference_attention(q, k, v, window, n_sink)
+    )
+
+
+def test_sinks_stay_visible_beyond_the_window():
+    q, k, v = (torch.randn(1, 1, 16, 4, dtype=torch.float64) for _ in range(3))
+    v2 = v.clone()
+    v2[:, :, 1] += 1.0  # a sink: every query sees it
+    v2[:, :, 2] += 1.0  # not a sink: only queries 2..5 see it through the window of 4
+    out, out2 = reference_attention(q, k, v, 4, 2), reference_attention(q, k, v2, 4, 2)
+    assert not torch.isclose(out[:, :, 1:], out2[:, :, 1:]).all(-1).any()
+    v3 = v2.clone()
+    v3[:, :, 1] -= 1.0
+    out3 = reference_attention(q, k, v3, 4, 2)
+    torch.testing.assert_close(out3[:, :, 6:], out[:, :, 6:])
+
+
+@pytest.mark.parametrize("prompt", [0, 3, 6, 15])
+@pytest.mark.parametrize("backend", ["sdpa-flash", "torch"])
+def test_attention_with_sinks_decodes_like_forward(backend, prompt):
+    torch.manual_seed(0)
+    attention = Attention(16, 2, window=4, backend=backend, n_sink=3).double()
+    x = torch.randn(2, 21, 16, dtype=torch.float64)
+    full = attention(x)
+    if prompt:
+        y, cache = attention.prefill(x[:, :prompt])
+        torch.testing.assert_close(y, full[:, :prompt])
+    else:
+        cache = attention.init_state(2, "cpu", torch.float64)
+    for t in range(prompt, 21):
+        y, cache = attention.step(x[:, t], cache)
+        torch.testing.assert_close(y, full[:, t])
+    assert cache.k.shape[2] == 3 + 4  # the sinks and a ring of `window` slots
+    assert attention.state_bytes(2, 21, torch.float64) == cache.nbytes()
 
 
 def test_window_really_limits_attention():

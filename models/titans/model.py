@@ -2,6 +2,7 @@
 
 - ``titans-lmm``: the neural long-term memory alone as every block's mixer.
 - ``titans-mal``: memory as a layer: persistent tokens -> LMM -> sliding-window attention (Figure 5).
+- ``titans-mag``: memory as a gate: sliding-window attention and the LMM side by side, the memory gating.
 
 The LMM mixer: q/k/v projections, each through a causal depthwise convolution and SiLU; q and k
 L2-normalised per head; per-head data-dependent gates theta (learning rate), eta (momentum) and alpha
@@ -229,6 +230,73 @@ class MAL(Mixer):
         return self.lmm.flops_per_token(seq_len) + self.attention.flops_per_token(seq_len)
 
 
+class MAG(Mixer):
+    """Memory as a gate: two branches over [persistent tokens] || x, sliding-window attention that always
+    sees the persistent prefix and the LMM, combined as norm(attention) * sigmoid(norm(memory)).
+
+    The paper says only "normalise both with learnable vectors, then a non-linearity"; the RMSNorm weights are
+    those vectors and the sigmoid makes the memory branch a gate on the attention branch.
+    """
+
+    state_growth = "bounded"
+
+    def __init__(self, d_model: int, lmm: LMM, attention: Attention, n_persistent: int):
+        super().__init__()
+        if lmm.persistent is not None:
+            raise ValueError("MAG owns the persistent tokens; build its LMM with n_persistent=0")
+        if attention.n_sink != n_persistent:
+            raise ValueError(f"MAG's attention must keep its {n_persistent} persistent tokens as sinks")
+        self.lmm, self.attention = lmm, attention
+        self.persistent = nn.Parameter(torch.randn(n_persistent, d_model) * 0.02) if n_persistent else None
+        self.attention_norm, self.memory_norm = RMSNorm(d_model), RMSNorm(d_model)
+
+    @property
+    def backend(self) -> str:
+        return f"{self.lmm.backend}+{self.attention.backend}"
+
+    def _gate(self, a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return self.attention_norm(a) * torch.sigmoid(self.memory_norm(m))
+
+    def _with_persistent(self, x: torch.Tensor) -> torch.Tensor:
+        if self.persistent is None:
+            return x
+        return torch.cat([self.persistent.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+
+    def forward(self, x):
+        xp = self._with_persistent(x)
+        return self._gate(self.attention(xp), self.lmm(xp))[:, xp.shape[1] - x.shape[1] :]
+
+    def prefill(self, x):
+        xp = self._with_persistent(x)
+        a, s_att = self.attention.prefill(xp)
+        m, s_mem = self.lmm.prefill(xp)
+        return self._gate(a, m)[:, xp.shape[1] - x.shape[1] :], (s_mem, s_att)
+
+    def init_state(self, batch_size, device, dtype):
+        if self.persistent is not None:  # the state a sequence starts from has already seen them
+            with torch.no_grad():
+                empty = torch.zeros(batch_size, 0, self.persistent.shape[1], device=device, dtype=dtype)
+                return self.prefill(empty)[1]
+        return (
+            self.lmm.init_state(batch_size, device, dtype),
+            self.attention.init_state(batch_size, device, dtype),
+        )
+
+    def step(self, x, state):
+        m, s_mem = self.lmm.step(x, state[0])
+        a, s_att = self.attention.step(x, state[1])
+        return self._gate(a, m), (s_mem, s_att)
+
+    def state_bytes(self, batch_size, seq_len, dtype):
+        n_p = 0 if self.persistent is None else self.persistent.shape[0]
+        return self.lmm.state_bytes(batch_size, seq_len, dtype) + self.attention.state_bytes(
+            batch_size, seq_len + n_p, dtype
+        )
+
+    def flops_per_token(self, seq_len):
+        return self.lmm.flops_per_token(seq_len) + self.attention.flops_per_token(seq_len)
+
+
 def _lmm_maker(d_model: int, n_heads: int | None, head_dim: int | None, backend: str, **options):
     """A function making one LMM mixer; heads default to d_model // 64, head_dim to d_model // heads."""
     heads = n_heads or max(1, d_model // 64)
@@ -294,10 +362,43 @@ def build_titans_mal(
     )
 
 
+@register("titans-mag")
+def build_titans_mag(
+    vocab_size: int = 256,
+    d_model: int = 256,
+    n_layers: int = 2,
+    backend: str = "auto",
+    attention_backend: str = "auto",
+    n_heads: int | None = None,
+    head_dim: int | None = None,
+    memory_depth: int = 2,
+    memory_expansion: int = 4,
+    activation: str = "gelu",
+    chunk_size: int = 16,
+    max_lr: float = 0.1,
+    n_persistent: int = 4,
+    window: int = 512,
+    mlp_hidden: int | None = None,
+) -> LanguageModel:
+    """Titans (MAG): in every block, sliding-window attention and the LMM side by side over the persistent
+    tokens and the input, the memory gating the attention."""
+    make = _lmm_maker(
+        d_model, n_heads, head_dim, backend, memory_depth=memory_depth, memory_expansion=memory_expansion,
+        activation=activation, chunk_size=chunk_size, max_lr=max_lr, n_persistent=0,
+    )  # fmt: skip
+    heads = n_heads or max(1, d_model // 64)
+
+    def make_mixer(i: int) -> MAG:
+        attention = Attention(d_model, heads, window=window, backend=attention_backend, n_sink=n_persistent)
+        return MAG(d_model, make(), attention, n_persistent)
+
+    return LanguageModel(vocab_size, d_model, n_layers, make_mixer, mlp_hidden=mlp_hidden)
+
+
 def _available_backends() -> dict[str, bool | str]:
     return {"auto": True, "torch-chunked": True, "torch-recurrent": True}
 
 
-for _factory in (build_titans_lmm, build_titans_mal):
+for _factory in (build_titans_lmm, build_titans_mal, build_titans_mag):
     _factory.available_backends = _available_backends
     _factory.reference_backend = "torch-recurrent"
