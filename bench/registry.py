@@ -23,6 +23,7 @@ BUILTIN_MODULES = (
     "baselines.mamba.model",
     "baselines.deltanet.model",
     "models.titans.model",
+    "models.titans.mac",
 )
 
 _factories: dict[str, Callable[..., Any]] = {}

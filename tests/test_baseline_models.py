@@ -111,8 +111,14 @@ def test_bf16_model_keeps_a_float32_recurrent_state(name):
 # -- against the upstream packages --------------------------------------------------------------------------
 
 
-MAMBA_SSM_MODULES = ("modules.mamba_simple", "modules.mamba2", "utils.generation", "modules.ssd_minimal",
-                     "ops.selective_scan_interface", "ops.triton.layernorm_gated")
+MAMBA_SSM_MODULES = (
+    "modules.mamba_simple",
+    "modules.mamba2",
+    "utils.generation",
+    "modules.ssd_minimal",
+    "ops.selective_scan_interface",
+    "ops.triton.layernorm_gated",
+)
 
 
 def missing(package: str) -> None:
@@ -191,8 +197,20 @@ def mamba_ssm_on_cpu(monkeypatch):
     selective_scan_ref = modules["ops.selective_scan_interface"].selective_scan_ref
     layernorm_gated = modules["ops.triton.layernorm_gated"]
 
-    def ssd_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False,
-                 return_final_states=False, **unused):
+    def ssd_scan(
+        x,
+        dt,
+        A,
+        B,
+        C,
+        chunk_size,
+        D=None,
+        z=None,
+        dt_bias=None,
+        dt_softplus=False,
+        return_final_states=False,
+        **unused,
+    ):
         assert z is None and dt_softplus
         dt = F.softplus(dt + dt_bias)
         heads = x.shape[2]

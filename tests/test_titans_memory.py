@@ -203,6 +203,20 @@ def test_token_by_token_equals_one_call(fn) -> None:
     assert_states_close(state, state_full, 1e-12)
 
 
+def test_inner_gradient_treats_keys_and_values_as_data() -> None:
+    # In MAC the keys come from attention over the memory's own retrieval, so they depend on the weights;
+    # the memory's update must still be the partial derivative with k and v held fixed.
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(B, H, D, D, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(B, H, D, generator=gen, dtype=torch.float64)
+    k = torch.tanh((w @ x.unsqueeze(-1)).squeeze(-1))  # keys and values that depend on w
+    v = k.flip(-1)
+    (u,) = memory_grads((w,), k, v, residual=False)
+    (expected,) = memory_grads((w.detach(),), k.detach(), v.detach(), residual=False)
+    assert rel_err(u, expected) < 1e-14
+    assert u.requires_grad  # and the outer loop can still train through it
+
+
 def test_linear_memory_gradient_closed_form() -> None:
     gen = torch.Generator().manual_seed(0)
     w, k, v = (torch.randn(B, H, *s, generator=gen, dtype=torch.float64) for s in ((D, D), (D,), (D,)))

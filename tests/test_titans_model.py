@@ -1,19 +1,29 @@
-"""Titans LMM, MAL and MAG models: the fast memory path equals the per-token reference at model level, the
-persistent tokens and the window do what the paper says, and bf16 keeps a float32 memory."""
+"""Titans LMM, MAL, MAG and MAC models: the fast memory path equals the per-token reference at model level,
+the persistent tokens, windows and segments do what the paper says, and bf16 keeps a float32 memory."""
 
 import pytest
 import torch
 
+import bench
 from bench.lm import tensor_bytes
 from tests.conftest import tiny_model
 
 X = torch.randint(0, 37, (2, 29), generator=torch.Generator().manual_seed(3))
 
 
-@pytest.mark.parametrize("name", ["titans-lmm", "titans-mal", "titans-mag"])
+# Windows and segments shorter than X, so that they matter.
+SHORT = {
+    "titans-lmm": {},
+    "titans-mal": {"window": 6},
+    "titans-mag": {"window": 6},
+    "titans-mac": {"segment": 6},
+}
+
+
+@pytest.mark.parametrize("name", list(SHORT))
 @pytest.mark.parametrize("chunk_size", [1, 4, 16])
 def test_chunked_model_equals_recurrent_reference(name, chunk_size):
-    extra = {} if name == "titans-lmm" else {"window": 6}  # shorter than X, so the window matters
+    extra = SHORT[name]
     fast = tiny_model(name, chunk_size=chunk_size, memory_depth=2, **extra)
     slow = tiny_model(name, chunk_size=chunk_size, memory_depth=2, backend="torch-recurrent", **extra)
     slow.load_state_dict(fast.state_dict())
@@ -48,25 +58,27 @@ def test_memory_learns_at_test_time():
     assert not torch.allclose(model(a)[:, -1], model(b)[:, -1])
 
 
-@pytest.mark.parametrize("name", ["titans-mal", "titans-mag"])
+@pytest.mark.parametrize("name", ["titans-mal", "titans-mag", "titans-mac"])
 def test_state_is_bounded_by_the_window(name):
-    model = tiny_model(name, window=8)
-    assert model.state_bytes(1, 8) == model.state_bytes(1, 10_000) > model.state_bytes(1, 2)
+    model = tiny_model(name, **({"segment": 8} if name == "titans-mac" else {"window": 8}))
+    assert model.state_bytes(1, 8) == model.state_bytes(1, 10_000 * 8) > model.state_bytes(1, 2)
 
 
-@pytest.mark.parametrize("prompt", [0, 1, 11])
-def test_mag_with_a_small_window_decodes_like_forward(prompt):
-    model = tiny_model("titans-mag", window=4, n_persistent=3, chunk_size=4).eval()
+@pytest.mark.parametrize("name", ["titans-mag", "titans-mac"])
+@pytest.mark.parametrize("prompt", [0, 1, 5, 6, 11])
+def test_short_windows_and_segments_decode_like_forward(name, prompt):
+    extra = {"window": 4, "n_persistent": 3} if name == "titans-mag" else {"segment": 6, "n_persistent": 2}
+    model = tiny_model(name, chunk_size=4, **extra).eval()
     full = model(X)
     if prompt:
         logits, state = model.prefill(X[:, :prompt])
         torch.testing.assert_close(logits, full[:, :prompt], rtol=1e-9, atol=1e-9)
+        assert tensor_bytes(state) == model.state_bytes(X.shape[0], prompt)
     else:
         state = model.init_state(X.shape[0])
     for t in range(prompt, X.shape[1]):
         logits, state = model.step(X[:, t], state)
         torch.testing.assert_close(logits, full[:, t], rtol=1e-9, atol=1e-9)
-    assert tensor_bytes(state) == model.state_bytes(X.shape[0], X.shape[1])
 
 
 def test_mag_attention_keeps_the_persistent_tokens_in_view():
@@ -79,6 +91,30 @@ def test_mag_attention_keeps_the_persistent_tokens_in_view():
         mixer.persistent.add_(0.5)
     after = mixer.attention(mixer._with_persistent(h))[:, -1]
     assert not torch.allclose(before, after)
+
+
+def test_mac_is_causal_across_and_inside_segments():
+    model = tiny_model("titans-mac", segment=5)
+    base = model(X)
+    for t in (0, 3, 5, 12):  # the first, inside, and the start of a segment
+        changed = X.clone()
+        changed[:, t] = (changed[:, t] + 1) % 37
+        out = model(changed)
+        torch.testing.assert_close(out[:, :t], base[:, :t], rtol=0, atol=1e-12)
+        assert not torch.allclose(out[:, t], base[:, t])
+
+
+def test_mac_carries_earlier_segments_only_through_the_memory():
+    """Attention sees one segment; a token three segments back still matters, through the memory."""
+    model = tiny_model("titans-mac", segment=4, n_layers=1)
+    changed = X.clone()
+    changed[:, 0] = (changed[:, 0] + 1) % 37
+    assert not torch.allclose(model(changed)[:, 12:], model(X)[:, 12:])
+    with torch.no_grad():
+        theta, _, alpha = model.blocks[0].mixer.lmm.gates.bias.view(3, -1)
+        theta.fill_(-1e4)  # no step size and no forgetting: a memory that never changes
+        alpha.fill_(-1e4)
+    torch.testing.assert_close(model(changed)[:, 12:], model(X)[:, 12:], rtol=0, atol=1e-12)
 
 
 def test_bf16_model_keeps_a_float32_memory():
@@ -100,3 +136,13 @@ def test_bf16_model_keeps_a_float32_memory():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         tiny_model("titans-lmm", **kwargs)
+
+
+@pytest.mark.parametrize("name", ["titans-lmm", "titans-mal", "titans-mag", "titans-mac"])
+def test_memory_stays_finite_at_initialisation_on_long_inputs(name):
+    """With aligned keys (MAC's memory reads attention outputs) a too-large initial step size diverged."""
+    torch.manual_seed(1)
+    model = bench.build(name, d_model=128, n_layers=4, vocab_size=64)
+    with torch.no_grad():
+        logits = model(torch.randint(0, 64, (1, 1024), generator=torch.Generator().manual_seed(0)))
+    assert torch.isfinite(logits).all()

@@ -104,8 +104,13 @@ class LMM(Mixer):
             nn.init.normal_(layer.weight, std=0.02)
         nn.init.normal_(self.gates.weight, std=0.02)
         with torch.no_grad():
-            # Start with a moderate step size, strong momentum and little forgetting.
-            self.gates.bias.view(3, n_heads).copy_(torch.tensor([[0.0], [2.0], [-4.0]]).expand(3, n_heads))
+            # Start with a small step size (theta ~ max_lr / 20), strong momentum and little forgetting.
+            # Inside a chunk every gradient is taken at the same base weights while momentum keeps applying
+            # them, so with aligned keys one chunk moves the memory by ~80 theta-sized steps (chunk 16,
+            # eta 0.88). Keys are aligned at initialisation wherever the memory reads attention outputs (MAC,
+            # and MAG's later blocks); from theta = max_lr / 2 it diverged within a few hundred tokens.
+            bias = torch.tensor([[-3.0], [2.0], [-4.0]])  # theta, eta, alpha logits
+            self.gates.bias.view(3, n_heads).copy_(bias.expand(3, n_heads))
 
     # -- pieces -------------------------------------------------------------------------------------
     def _with_persistent(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,6 +158,13 @@ class LMM(Mixer):
     def prefill(self, x: torch.Tensor):
         y, state = self._run(self._with_persistent(x), None, None)
         return y[:, y.shape[1] - x.shape[1] :], state
+
+    def extend(self, x: torch.Tensor, state: LMMState | None):
+        """Continue a sequence: x [B, T, d] after ``state`` (None: from the start, persistent tokens not
+        included) -> (y [B, T, d], new state). MAC feeds its memory one segment at a time through this."""
+        if state is None:
+            return self._run(x, None, None)
+        return self._run(x, state.conv, state.memory, self.memory_step_op if x.shape[1] == 1 else None)
 
     def init_state(self, batch_size: int, device, dtype) -> LMMState:
         if self.persistent is not None:  # the state a sequence starts from has already seen them
@@ -230,13 +242,25 @@ class MAL(Mixer):
         return self.lmm.flops_per_token(seq_len) + self.attention.flops_per_token(seq_len)
 
 
+class MemoryGate(nn.Module):
+    """o = W_o (norm(y) * sigmoid(norm(m))): the memory branch m gating y (MAG and MAC). The paper says only
+    "normalise both with learnable vectors, then a non-linearity"; the RMSNorm weights are those vectors.
+    The output projection, small at initialisation like every mixer's, keeps the normalised product from
+    swamping the residual stream."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.norm, self.memory_norm = RMSNorm(d_model), RMSNorm(d_model)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+        nn.init.normal_(self.out.weight, std=0.02)
+
+    def forward(self, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return self.out(self.norm(y) * torch.sigmoid(self.memory_norm(m)))
+
+
 class MAG(Mixer):
     """Memory as a gate: two branches over [persistent tokens] || x, sliding-window attention that always
-    sees the persistent prefix and the LMM, combined as norm(attention) * sigmoid(norm(memory)).
-
-    The paper says only "normalise both with learnable vectors, then a non-linearity"; the RMSNorm weights are
-    those vectors and the sigmoid makes the memory branch a gate on the attention branch.
-    """
+    sees the persistent prefix and the LMM, the memory gating the attention (MemoryGate)."""
 
     state_growth = "bounded"
 
@@ -248,14 +272,11 @@ class MAG(Mixer):
             raise ValueError(f"MAG's attention must keep its {n_persistent} persistent tokens as sinks")
         self.lmm, self.attention = lmm, attention
         self.persistent = nn.Parameter(torch.randn(n_persistent, d_model) * 0.02) if n_persistent else None
-        self.attention_norm, self.memory_norm = RMSNorm(d_model), RMSNorm(d_model)
+        self.gate = MemoryGate(d_model)
 
     @property
     def backend(self) -> str:
         return f"{self.lmm.backend}+{self.attention.backend}"
-
-    def _gate(self, a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        return self.attention_norm(a) * torch.sigmoid(self.memory_norm(m))
 
     def _with_persistent(self, x: torch.Tensor) -> torch.Tensor:
         if self.persistent is None:
@@ -264,13 +285,13 @@ class MAG(Mixer):
 
     def forward(self, x):
         xp = self._with_persistent(x)
-        return self._gate(self.attention(xp), self.lmm(xp))[:, xp.shape[1] - x.shape[1] :]
+        return self.gate(self.attention(xp), self.lmm(xp))[:, xp.shape[1] - x.shape[1] :]
 
     def prefill(self, x):
         xp = self._with_persistent(x)
         a, s_att = self.attention.prefill(xp)
         m, s_mem = self.lmm.prefill(xp)
-        return self._gate(a, m)[:, xp.shape[1] - x.shape[1] :], (s_mem, s_att)
+        return self.gate(a, m)[:, xp.shape[1] - x.shape[1] :], (s_mem, s_att)
 
     def init_state(self, batch_size, device, dtype):
         if self.persistent is not None:  # the state a sequence starts from has already seen them
@@ -285,7 +306,7 @@ class MAG(Mixer):
     def step(self, x, state):
         m, s_mem = self.lmm.step(x, state[0])
         a, s_att = self.attention.step(x, state[1])
-        return self._gate(a, m), (s_mem, s_att)
+        return self.gate(a, m), (s_mem, s_att)
 
     def state_bytes(self, batch_size, seq_len, dtype):
         n_p = 0 if self.persistent is None else self.persistent.shape[0]

@@ -81,10 +81,13 @@ def memory_grads(
     act = get_activation(activation)
     create_graph = torch.is_grad_enabled()
     with torch.enable_grad():
+        # The inner loop's gradient is a partial derivative: k and v are data. When they depend on the
+        # weights themselves (MAC's keys come from attention over the memory's own retrieval), autograd
+        # w.r.t. the weights would add those paths, so it differentiates w.r.t. fresh aliases instead.
         # Fresh leaves when no graph is wanted or the weights carry none (views made under no_grad may still
         # say requires_grad while recording nothing).
         weights = tuple(
-            w if create_graph and w.requires_grad else w.detach().requires_grad_() for w in weights
+            w.view_as(w) if create_graph and w.requires_grad else w.detach().requires_grad_() for w in weights
         )
         out = mlp_forward(weights, k.unsqueeze(-2), act, residual).squeeze(-2)
         # Summing over batch and heads is harmless: every (b, h) has its own weight slice.

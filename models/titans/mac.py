@@ -1,0 +1,195 @@
+"""Titans MAC, memory as context (Behrouz et al. 2024, §4.1), registered as ``titans-mac``.
+
+The sequence is cut into segments. For each segment S:
+    h   = M*_prev(q(S))                 retrieval from the memory left by the previous segments, no update
+    y   = Attn([p] || h || S)           full causal attention inside the segment, persistent tokens first
+    m   = LMM(y)                        the memory is written with the attention output, token by token
+    o   = y (x) m                       the memory gates the attention output (MemoryGate)
+
+Causality: h_j is computed from token j's query, so a token must not see h of later tokens. We order the
+segment as [p, h_0, x_0, h_1, x_1, ...]; plain causal attention over that order lets x_i see p, h_j and
+x_j for j <= i and nothing later, and decoding is two ordinary attention steps per token (h_t, then x_t).
+Outputs are kept at the x positions only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines.attention import Attention, KVCache
+from bench.layers import RMSNorm
+from bench.lm import LanguageModel, Mixer, dtype_bytes
+from bench.registry import register
+from models.titans.model import LMM, LMMState, MemoryGate, _available_backends, _lmm_maker
+from models.titans.naive import compute_dtype, get_activation, initial_state, mlp_forward
+
+
+@dataclass
+class MACState:
+    pos: int  # tokens of the current segment seen, 0..segment; at `segment` the next token starts a new one
+    cache: KVCache  # attention keys of the current segment: persistent tokens, then h_0, x_0, h_1, x_1, ...
+    snapshot: tuple[torch.Tensor, ...]  # the memory's weights when the current segment began (retrieval)
+    memory: LMMState
+
+
+class MAC(Mixer):
+    state_growth = "bounded"
+
+    def __init__(self, d_model: int, lmm: LMM, attention: Attention, n_persistent: int, segment: int):
+        super().__init__()
+        if lmm.persistent is not None:
+            raise ValueError("MAC owns the persistent tokens; build its LMM with n_persistent=0")
+        if attention.window is not None:
+            raise ValueError("MAC attends to the whole segment; build its attention without a window")
+        if segment < 1:
+            raise ValueError(f"segment must be >= 1, got {segment}")
+        self.lmm, self.attention, self.segment = lmm, attention, segment
+        self.persistent = nn.Parameter(torch.randn(n_persistent, d_model) * 0.02) if n_persistent else None
+        H, D = lmm.n_heads, lmm.head_dim
+        # retrieval: its own query projection, then the memory, a per-head norm and a projection back
+        self.query = nn.Linear(d_model, H * D, bias=False)
+        self.retrieved_norm = RMSNorm(D)
+        self.retrieved_out = nn.Linear(H * D, d_model, bias=False)
+        self.gate = MemoryGate(d_model)
+        nn.init.normal_(self.query.weight, std=0.02)
+        nn.init.normal_(self.retrieved_out.weight, std=0.02)
+
+    @property
+    def backend(self) -> str:
+        return f"{self.lmm.backend}+{self.attention.backend}"
+
+    @property
+    def n_persistent(self) -> int:
+        return 0 if self.persistent is None else self.persistent.shape[0]
+
+    # -- pieces -------------------------------------------------------------------------------------
+    def _start_weights(self, batch_size: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        params = tuple(self.lmm.memory_init)
+        return initial_state(params, batch_size, compute_dtype(params[0].to(dtype), params)).weights
+
+    def _retrieve(self, x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """h = M*(q(x)) without updating the memory: x [B, n, d] -> [B, n, d]."""
+        B, n, _ = x.shape
+        H, D = self.lmm.n_heads, self.lmm.head_dim
+        q = F.normalize(self.query(x).view(B, n, H, D).transpose(1, 2), dim=-1)
+        with torch.autocast(x.device.type, enabled=False):  # memory math in float32 at least, as in the LMM
+            h = mlp_forward(weights, q.to(weights[0].dtype), get_activation(self.lmm.activation), True)
+        h = self.retrieved_norm(h.to(x.dtype)).transpose(1, 2).reshape(B, n, H * D)
+        return self.retrieved_out(h)
+
+    def _with_persistent(self, x: torch.Tensor) -> torch.Tensor:
+        if self.persistent is None:
+            return x
+        return torch.cat([self.persistent.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+
+    def _persistent_cache(self, batch_size: int, device, dtype) -> KVCache:
+        if self.persistent is None:
+            return self.attention.init_state(batch_size, device, dtype)
+        return self.attention.prefill(self.persistent.to(dtype).expand(batch_size, -1, -1))[1]
+
+    def _run(self, x: torch.Tensor, keep_state: bool):
+        """Every segment in turn: (outputs [B, T, d], state after the last segment if keep_state)."""
+        B, T, d = x.shape
+        memory, weights, cache, outs, n = None, self._start_weights(B, x.dtype), None, [], 0
+        for start in range(0, T, self.segment):
+            xs = x[:, start : start + self.segment]
+            n = xs.shape[1]
+            if memory is not None:
+                weights = memory.memory.weights
+            h = self._retrieve(xs, weights)
+            seq = self._with_persistent(torch.stack([h, xs], dim=2).reshape(B, 2 * n, d))
+            last = start + self.segment >= T
+            if keep_state and last:
+                a, cache = self.attention.prefill(seq)
+            else:
+                a = self.attention(seq)
+            y = a[:, self.n_persistent + 1 :: 2]  # the x positions
+            m, memory = self.lmm.extend(y, memory)
+            outs.append(self.gate(y, m))
+        y = torch.cat(outs, dim=1)
+        return y, (MACState(n, cache, weights, memory) if keep_state else None)
+
+    # -- the mixer interface ------------------------------------------------------------------------
+    def forward(self, x):
+        return self._run(x, keep_state=False)[0]
+
+    def prefill(self, x):
+        if x.shape[1] == 0:
+            return x, self.init_state(x.shape[0], x.device, x.dtype)
+        return self._run(x, keep_state=True)
+
+    def init_state(self, batch_size, device, dtype):
+        with torch.no_grad():
+            memory = self.lmm.init_state(batch_size, device, dtype)
+            return MACState(
+                0, self._persistent_cache(batch_size, device, dtype), memory.memory.weights, memory
+            )
+
+    def step(self, x, state: MACState):
+        pos, cache, weights, memory = state.pos, state.cache, state.snapshot, state.memory
+        if pos == self.segment:  # a new segment: fresh attention context, retrieval from the memory now
+            pos, cache, weights = (
+                0,
+                self._persistent_cache(x.shape[0], x.device, x.dtype),
+                memory.memory.weights,
+            )
+        h = self._retrieve(x[:, None], weights)[:, 0]
+        _, cache = self.attention.step(h, cache)
+        y, cache = self.attention.step(x, cache)
+        m, memory = self.lmm.step(y, memory)
+        return self.gate(y, m), MACState(pos + 1, cache, weights, memory)
+
+    def state_bytes(self, batch_size, seq_len, dtype):
+        in_segment = (seq_len - 1) % self.segment + 1 if seq_len > 0 else 0
+        keys = self.attention.state_bytes(batch_size, self.n_persistent + 2 * in_segment, dtype)
+        memory_bytes = dtype_bytes(torch.promote_types(dtype, torch.float32))
+        snapshot = batch_size * sum(p.numel() for p in self.lmm.memory_init) * memory_bytes
+        return self.lmm.state_bytes(batch_size, seq_len, dtype) + keys + snapshot
+
+    def flops_per_token(self, seq_len):
+        d_model, inner = self.query.in_features, self.query.out_features
+        retrieval = 2.0 * 2 * d_model * inner + sum(2.0 * p[0].numel() for p in self.lmm.memory_init)
+        # two attention positions per token (h and x), over a context of the persistent tokens and the segment
+        context = self.n_persistent + 2 * min(self.segment, seq_len)
+        return self.lmm.flops_per_token(seq_len) + retrieval + 2 * self.attention.flops_per_token(context)
+
+
+@register("titans-mac")
+def build_titans_mac(
+    vocab_size: int = 256,
+    d_model: int = 256,
+    n_layers: int = 2,
+    backend: str = "auto",
+    attention_backend: str = "auto",
+    n_heads: int | None = None,
+    head_dim: int | None = None,
+    memory_depth: int = 2,
+    memory_expansion: int = 4,
+    activation: str = "gelu",
+    chunk_size: int = 16,
+    max_lr: float = 0.1,
+    n_persistent: int = 4,
+    segment: int = 512,
+    mlp_hidden: int | None = None,
+) -> LanguageModel:
+    """Titans (MAC): in every block, attention over each segment with the memory's retrieval for it as
+    context; the memory is then written with the attention output and gates it."""
+    make = _lmm_maker(
+        d_model, n_heads, head_dim, backend, memory_depth=memory_depth, memory_expansion=memory_expansion,
+        activation=activation, chunk_size=chunk_size, max_lr=max_lr, n_persistent=0,
+    )  # fmt: skip
+    heads = n_heads or max(1, d_model // 64)
+
+    def make_mixer(i: int) -> MAC:
+        attention = Attention(d_model, heads, backend=attention_backend)
+        return MAC(d_model, make(), attention, n_persistent, segment)
+
+    return LanguageModel(vocab_size, d_model, n_layers, make_mixer, mlp_hidden=mlp_hidden)
+
+
+build_titans_mac.available_backends = _available_backends
+build_titans_mac.reference_backend = "torch-recurrent"
