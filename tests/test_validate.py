@@ -30,3 +30,12 @@ def test_a_wrong_backend_is_caught_and_fails_the_command(tmp_path, capsys):
         == 1
     )
     assert "MISMATCH" in (tmp_path / "VALIDATE.md").read_text()
+
+
+def test_windows_and_segments_bind_and_hybrids_use_the_explicit_attention_reference():
+    rows = validate_model("titans-mac", torch.device("cpu"), 30, ["float32"])
+    assert {r["backend"] for r in rows} == {"torch-chunked", "torch-recurrent"}
+    assert all(r["args"] == {"segment": 10} and r["status"] == "ok" for r in rows), rows
+    assert all(r["reference_used"] == "torch-recurrent+torch" for r in rows)
+    assert validate_model("titans-mal", torch.device("cpu"), 30, ["float32"])[0]["args"] == {"window": 10}
+    assert validate_model("transformer", torch.device("cpu"), 30, ["float32"])[0]["args"] == {}
