@@ -95,6 +95,7 @@ class Attention(Mixer):
         backend: str = "auto",
         rope_base: float = 10000.0,
         n_sink: int = 0,
+        max_keys: int | None = None,
     ):
         super().__init__()
         if backend not in ATTENTION_BACKENDS:
@@ -108,6 +109,9 @@ class Attention(Mixer):
         if n_sink < 0:
             raise ValueError(f"n_sink must be >= 0, got {n_sink}")
         self.n_sink = n_sink if window is not None else 0  # without a window every key is visible anyway
+        # Without a window, the most keys a decoding cache will hold, when the caller knows (MAC restarts
+        # its cache every segment): the cache then never grows past it.
+        self.max_keys = max_keys
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
         self.window = window
@@ -176,7 +180,9 @@ class Attention(Mixer):
 
     def _kept(self) -> float:
         """How many keys the cache ever holds."""
-        return float("inf") if self.window is None else self.n_sink + self.window
+        if self.window is None:
+            return float("inf") if self.max_keys is None else self.max_keys
+        return self.n_sink + self.window
 
     def _slot(self, pos: int) -> int:
         """Cache slot of the key at `pos`: sinks first, then a ring of `window` slots."""

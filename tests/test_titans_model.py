@@ -146,3 +146,18 @@ def test_memory_stays_finite_at_initialisation_on_long_inputs(name):
     with torch.no_grad():
         logits = model(torch.randint(0, 64, (1, 1024), generator=torch.Generator().manual_seed(0)))
     assert torch.isfinite(logits).all()
+
+
+def test_mac_decoding_cache_never_outgrows_one_segment():
+    model = tiny_model("titans-mac", segment=5, n_persistent=2).eval()
+    state = model.init_state(2)
+    for t in range(X.shape[1]):
+        _, state = model.step(X[:, t], state)
+        assert all(s.cache.k.shape[2] <= 2 + 2 * 5 for s in state)
+
+
+def test_empty_inputs_and_a_windowless_mag():
+    for name in ("titans-mac", "titans-mag"):
+        assert tiny_model(name)(X[:, :0]).shape == (2, 0, 37)
+    full = tiny_model("titans-mag", window=None)  # every token in view: the persistent tokens need no sinks
+    torch.testing.assert_close(full.prefill(X)[0], full(X), rtol=1e-9, atol=1e-9)

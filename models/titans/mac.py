@@ -94,6 +94,8 @@ class MAC(Mixer):
     def _run(self, x: torch.Tensor, keep_state: bool):
         """Every segment in turn: (outputs [B, T, d], state after the last segment if keep_state)."""
         B, T, d = x.shape
+        if T == 0:
+            return x, None
         memory, weights, cache, outs, n = None, self._start_weights(B, x.dtype), None, [], 0
         for start in range(0, T, self.segment):
             xs = x[:, start : start + self.segment]
@@ -154,7 +156,8 @@ class MAC(Mixer):
         d_model, inner = self.query.in_features, self.query.out_features
         retrieval = 2.0 * 2 * d_model * inner + sum(2.0 * p[0].numel() for p in self.lmm.memory_init)
         # two attention positions per token (h and x), over a context of the persistent tokens and the segment
-        context = self.n_persistent + 2 * min(self.segment, seq_len)
+        # (the attention's count averages (context + 1) / 2 keys; a MAC position sees p + ~S of them)
+        context = 2 * self.n_persistent + 2 * min(self.segment, seq_len)
         return self.lmm.flops_per_token(seq_len) + retrieval + 2 * self.attention.flops_per_token(context)
 
 
@@ -185,7 +188,7 @@ def build_titans_mac(
     heads = n_heads or max(1, d_model // 64)
 
     def make_mixer(i: int) -> MAC:
-        attention = Attention(d_model, heads, backend=attention_backend)
+        attention = Attention(d_model, heads, backend=attention_backend, max_keys=n_persistent + 2 * segment)
         return MAC(d_model, make(), attention, n_persistent, segment)
 
     return LanguageModel(vocab_size, d_model, n_layers, make_mixer, mlp_hidden=mlp_hidden)

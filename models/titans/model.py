@@ -268,8 +268,10 @@ class MAG(Mixer):
         super().__init__()
         if lmm.persistent is not None:
             raise ValueError("MAG owns the persistent tokens; build its LMM with n_persistent=0")
-        if attention.n_sink != n_persistent:
-            raise ValueError(f"MAG's attention must keep its {n_persistent} persistent tokens as sinks")
+        if attention.window is not None and attention.n_sink != n_persistent:
+            raise ValueError(
+                f"MAG's windowed attention must keep its {n_persistent} persistent tokens as sinks"
+            )
         self.lmm, self.attention = lmm, attention
         self.persistent = nn.Parameter(torch.randn(n_persistent, d_model) * 0.02) if n_persistent else None
         self.gate = MemoryGate(d_model)
