@@ -53,6 +53,8 @@ def windowed_sdpa(q, k, v, window: int, n_sink: int = 0) -> torch.Tensor:
     every block, visible wherever the window no longer covers them."""
     B, H, T, D = q.shape
     w, n_sink = window, min(n_sink, T)
+    if 0 < n_sink <= w:
+        return _windowed_sdpa_few_sinks(q, k, v, w, n_sink)
     first = F.scaled_dot_product_attention(q[:, :, :w], k[:, :, :w], v[:, :, :w], is_causal=True)
     if T <= w:
         return first
@@ -84,6 +86,41 @@ def windowed_sdpa(q, k, v, window: int, n_sink: int = 0) -> torch.Tensor:
         attn_mask=mask,
     ).view(B, H, nb - 1, w, D)
     return torch.cat([first, rest.reshape(B, H, (nb - 1) * w, D)], dim=2)[:, :, :T]
+
+
+def _windowed_sdpa_few_sinks(q, k, v, w: int, n_sink: int) -> torch.Tensor:
+    """windowed_sdpa when n_sink <= window: past the first two blocks every sink lies outside every query's
+    window, so one 2-D mask [w, n_sink + 2w] serves all those blocks (the general path needs one per block
+    and head, which at 16K tokens is hundreds of MB). The first two blocks take one explicit mask."""
+    B, H, T, D = q.shape
+    head = min(T, 2 * w)
+    i = torch.arange(head, device=q.device)
+    allowed = (i[None, :] <= i[:, None]) & ((i[None, :] > i[:, None] - w) | (i[None, :] < n_sink))
+    first = F.scaled_dot_product_attention(q[:, :, :head], k[:, :, :head], v[:, :, :head], attn_mask=allowed)
+    if T <= 2 * w:
+        return first
+    pad = (-T) % w
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    nb = (T + pad) // w
+    qb = q.view(B, H, nb, w, D)[:, :, 2:]
+    kb, vb = k.view(B, H, nb, w, D), v.view(B, H, nb, w, D)
+    sink_k = k[:, :, None, :n_sink].expand(B, H, nb - 2, n_sink, D)
+    sink_v = v[:, :, None, :n_sink].expand(B, H, nb - 2, n_sink, D)
+    kb = torch.cat([sink_k, kb[:, :, 1:-1], kb[:, :, 2:]], dim=3)  # sinks, previous block, own block
+    vb = torch.cat([sink_v, vb[:, :, 1:-1], vb[:, :, 2:]], dim=3)
+    qi = torch.arange(w, device=q.device)[:, None]
+    kj = torch.arange(2 * w, device=q.device)[None, :]
+    mask = torch.cat(
+        [torch.ones(w, n_sink, dtype=torch.bool, device=q.device), (kj > qi) & (kj <= qi + w)], -1
+    )
+    rest = F.scaled_dot_product_attention(
+        qb.reshape(B, H * (nb - 2), w, D),
+        kb.reshape(B, H * (nb - 2), n_sink + 2 * w, D),
+        vb.reshape(B, H * (nb - 2), n_sink + 2 * w, D),
+        attn_mask=mask,
+    ).view(B, H, nb - 2, w, D)
+    return torch.cat([first, rest.reshape(B, H, (nb - 2) * w, D)], dim=2)[:, :, :T]
 
 
 class Attention(Mixer):

@@ -14,9 +14,10 @@ def test_windowed_sdpa_equals_reference(window):
     torch.testing.assert_close(windowed_sdpa(q, k, v, window), reference_attention(q, k, v, window))
 
 
-@pytest.mark.parametrize("window, n_sink", [(1, 1), (4, 2), (4, 4), (4, 7), (8, 3), (23, 5), (40, 2)])
-def test_windowed_sdpa_with_sinks_equals_reference(window, n_sink):
-    q, k, v = (torch.randn(2, 3, 23, 8, dtype=torch.float64) for _ in range(3))
+@pytest.mark.parametrize("T", [5, 16, 23])
+@pytest.mark.parametrize("window, n_sink", [(1, 1), (4, 2), (4, 4), (4, 5), (4, 7), (8, 3), (23, 5), (40, 2)])
+def test_windowed_sdpa_with_sinks_equals_reference(window, n_sink, T):
+    q, k, v = (torch.randn(2, 3, T, 8, dtype=torch.float64) for _ in range(3))
     torch.testing.assert_close(
         windowed_sdpa(q, k, v, window, n_sink), reference_attention(q, k, v, window, n_sink)
     )
