@@ -43,7 +43,8 @@ class Mixer(nn.Module):
         raise NotImplementedError
 
     def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-        """One token: x [B, d] -> (y [B, d], new state)."""
+        """One token: x [B, d] -> (y [B, d], new state). The given state may be updated in place (KV caches
+        are, to avoid a copy per token): deep-copy a state before stepping it if it is needed again."""
         raise NotImplementedError
 
     def state_bytes(self, batch_size: int, seq_len: int, dtype: torch.dtype) -> int:
