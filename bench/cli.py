@@ -168,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--modes", help="train, prefill, decode, accuracy")
     run.add_argument("--tasks", help="accuracy tasks, e.g. mqar,niah-pk (see bench/tasks)")
     run.add_argument(
-        "--preset", help="a packaged sweep as the base spec: 'paper' = the GPU accuracy sweep (larger)"
+        "--preset",
+        help="a packaged sweep as the base spec: 'paper' = the GPU accuracy sweep (larger); 'cpu-accuracy' = "
+        "the default run's recall tasks with equal training steps for every model",
     )
     run.add_argument("--device", choices=["auto", "cpu", "cuda"])
     run.add_argument("--out", help="run directory (default runs/<name>-<timestamp>)")

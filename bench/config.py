@@ -27,7 +27,8 @@ Device = Literal["auto", "cpu", "cuda"]
 TIMING_MODES = ("train", "prefill", "decode")
 
 SPEC_DIR = Path(__file__).parent / "specs"
-PRESETS = {"paper": "paper-accuracy.toml"}  # --preset NAME: a packaged sweep file used as the base spec
+# --preset NAME: a packaged sweep file used as the base spec
+PRESETS = {"paper": "paper-accuracy.toml", "cpu-accuracy": "cpu-accuracy.toml"}
 
 
 class Strict(BaseModel):

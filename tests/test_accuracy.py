@@ -102,7 +102,7 @@ def test_bad_tasks_are_named_before_anything_runs(tasks, message):
     "args, message",
     [
         (["--modes", "accuracy", "--tasks", "mqar,bogus"], "unknown task 'bogus'"),
-        (["--preset", "huge"], "unknown preset 'huge'; known presets: paper"),
+        (["--preset", "huge"], "unknown preset 'huge'; known presets: cpu-accuracy, paper"),
         (["x.toml", "--preset", "paper"], "give a sweep file or --preset, not both"),
         (["--modes", "train", "--tasks", "mqar"], "--tasks needs 'accuracy' among the modes"),
     ],
@@ -123,6 +123,10 @@ def test_presets_and_defaults():
     spec = _spec_from_args(args)
     assert [t.display for t in spec.tasks] == ["mqar-128", "niah-pk"]
     assert spec.tasks[0].train_len == 128 and spec.tasks[0].args["num_kv_pairs"] == 8  # kept from the preset
+
+    equal_steps = preset_spec("cpu-accuracy")
+    assert equal_steps.accuracy.max_seconds >= 600 and equal_steps.accuracy.steps == 600
+    assert equal_steps.tasks == default_spec("cpu").tasks  # the default run's tasks, with steps as the budget
 
     cpu = default_spec("cpu")
     assert "accuracy" in cpu.modes and [t.name for t in cpu.tasks] == ["mqar", "niah-pk"]
