@@ -61,19 +61,26 @@ def precision(cell: Cell, model: torch.nn.Module, device: torch.device) -> Calla
 
 
 @torch.no_grad()  # not inference_mode: a memory that learns at test time may need autograd inside
-def evaluate(model, task: Task, data: Data, batch_tokens: int, autocast: Callable[[], Any]) -> float:
-    """Mean per-example score of the greedy (argmax) predictions; chunks of at most ``batch_tokens``."""
+def evaluate(
+    model, task: Task, data: Data, batch_tokens: int, autocast: Callable[[], Any], stats: dict | None = None
+) -> float:
+    """Mean per-example score of the greedy (argmax) predictions; chunks of at most ``batch_tokens``.
+    ``stats``, if given, receives ``nonfinite``: the fraction of examples whose logits were not all finite
+    (their argmax is meaningless: a model that diverges beyond its training length scores 0 without it)."""
     was_training = model.training
     model.eval()
     inputs, targets = data
     device = next(model.parameters()).device
     chunk = max(1, batch_tokens // inputs.shape[1])
-    scores = []
+    scores, bad = [], 0
     for i in range(0, len(inputs), chunk):
         with autocast():
             logits = model(inputs[i : i + chunk].to(device))
+        bad += int((~torch.isfinite(logits)).flatten(1).any(1).sum())
         scores.append(task.score(logits.argmax(-1).cpu(), targets[i : i + chunk]))
     model.train(was_training)
+    if stats is not None:
+        stats["nonfinite"] = bad / len(inputs)
     return torch.cat(scores).mean().item()
 
 
@@ -183,7 +190,7 @@ def run_accuracy_cell(cell: Cell) -> dict[str, Any]:
             if length not in tests:
                 tests[length] = task.generate(s.eval_samples, length, derive_seed(cell.seed, "test", length))
             try:
-                entry["accuracy"] = evaluate(model, task, tests[length], cell.batch_size * T, autocast)
+                entry["accuracy"] = evaluate(model, task, tests[length], cell.batch_size * T, autocast, entry)
             except Exception as err:  # noqa: BLE001 - a longer length may not fit; the shorter ones stand
                 if not _is_oom(err):
                     raise

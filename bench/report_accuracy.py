@@ -42,6 +42,7 @@ def by_length(cells: pd.DataFrame) -> pd.DataFrame:
                     "accuracy": e.get("accuracy"),
                     "state_bytes": e.get("state_bytes"),
                     "status": cell["status"],
+                    "nonfinite": e.get("nonfinite") or 0.0,
                 }
             )
     frame = pd.DataFrame(rows)
@@ -61,7 +62,10 @@ def _columns(long: pd.DataFrame) -> list[str]:
 def _cell_text(row) -> str:
     if row["status"] != "ok":
         return "div." if row["status"] == "diverged" else row["status"]
-    return "–" if pd.isna(row["accuracy"]) else f"{100 * row['accuracy']:.1f}"
+    if pd.isna(row["accuracy"]):
+        return "–"
+    text = f"{100 * row['accuracy']:.1f}"
+    return f"{text} (NaN {100 * row['nonfinite']:.0f}%)" if row.get("nonfinite", 0) > 0 else text
 
 
 def table(long: pd.DataFrame) -> str:
@@ -174,7 +178,8 @@ def accuracy_section(cells: pd.DataFrame, run_dir: Path) -> list[str]:
         "",
         "Each model is trained from scratch on each task at the training length, then scored on held-out "
         "examples at that length and beyond it (T = evaluation length). Accuracy %: MQAR counts queries "
-        "answered; S-NIAH counts needles whose whole value is generated exactly. `div.`: training diverged.",
+        "answered; S-NIAH counts needles whose whole value is generated exactly. `div.`: training diverged. "
+        "`(NaN x%)`: the model's outputs were not finite on x% of the examples at that length.",
         "",
         f"Model shape: d_model {first['d_model']}, {first['n_layers']} layers, each task's own vocabulary.",
         "",

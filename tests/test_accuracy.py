@@ -2,6 +2,7 @@
 
 import math
 
+import pandas as pd
 import pytest
 
 from bench import results
@@ -171,6 +172,20 @@ def test_a_diverging_model_is_recorded_as_such():
     assert record["error"] == "loss nan at step 3" and record["steps_run"] == 3
     assert [e["accuracy"] for e in record["accuracy_by_len"]] == [None, None]
     assert record["state_bytes"] > 0
+
+
+def test_outputs_that_turn_nan_beyond_the_training_length_are_flagged():
+    cell = _cell("tests.plugins.unstable:build", "mqar", {"vocab_size": 16, "num_kv_pairs": 2}, 16, steps=5)
+    cell = cell.model_copy(update={"model_args": {"after": 10**9, "nan_beyond": 16}})
+    record = run_accuracy_cell(cell)
+    assert record["status"] == "ok"
+    assert [e["nonfinite"] for e in record["accuracy_by_len"]] == [0.0, 1.0]
+
+    from bench.report_accuracy import by_length, table
+
+    row = {**record, "label": "unstable", "task_label": "mqar", "seq_len": 16}
+    cells = table(by_length(pd.DataFrame([row]))).splitlines()[-1].split("|")[2:4]
+    assert "(NaN" not in cells[0] and cells[1].strip() == f"{100 * record['acc_T32']:.1f} (NaN 100%)"
 
 
 @pytest.mark.slow
