@@ -89,12 +89,36 @@ def check_against_reference(
         assert rel_err(g, g_ref) < tol, name
 
 
+@pytest.mark.parametrize("norm", [False, True])
 @pytest.mark.parametrize("residual", [True, False])
 @pytest.mark.parametrize("chunk_size, T", [(1, 9), (4, 23), (16, 37), (64, 70)])
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
-def test_chunked_matches_reference_float64(n_layers: int, chunk_size: int, T: int, residual: bool) -> None:
+def test_chunked_matches_reference_float64(
+    n_layers: int, chunk_size: int, T: int, residual: bool, norm: bool
+) -> None:
     inputs = make_inputs(T, n_layers, torch.float64, seed=n_layers * 100 + chunk_size)
-    check_against_reference(inputs, 1e-10, chunk_size=chunk_size, residual=residual)
+    check_against_reference(inputs, 1e-10, chunk_size=chunk_size, residual=residual, norm=norm)
+
+
+@pytest.mark.parametrize("with_state", [True, False])
+@pytest.mark.parametrize("activation", ["gelu", "silu"])
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_layer_normed_memory_matches_reference(n_layers: int, activation: str, with_state: bool) -> None:
+    inputs = make_inputs(13, n_layers, torch.float64, gates="strong", seed=21)
+    for fn in (memory_chunked, memory_fused_recurrent):
+        check_against_reference(
+            inputs, 1e-10, with_state, fn=fn, chunk_size=4, activation=activation, norm=True
+        )
+
+
+def test_layer_norm_keeps_retrieval_bounded_when_the_weights_blow_up() -> None:
+    inputs = make_inputs(9, 2, torch.float64, seed=3)
+    with torch.no_grad():
+        y, state = call(memory_chunked, inputs, chunk_size=4, norm=True)
+        huge = MemoryState(*(tuple(1e6 * w for w in group) for group in state[:3]), state.pos)
+        y_huge, _ = call(memory_chunked, inputs, slice(0, 4), chunk_size=4, norm=True, state=huge)
+    q = inputs["q"][:, :, :4]
+    assert ((y_huge - q).norm(dim=-1) <= inputs["q"].shape[-1] ** 0.5 + 1e-6).all()  # |LN(h)| = sqrt(D)
 
 
 @pytest.mark.parametrize("gates", ["no_momentum", "no_decay", "plain"])
@@ -162,15 +186,16 @@ def test_decoding_after_a_chunked_prefill() -> None:
     assert_states_close(state, state_full, 1e-12)
 
 
+@pytest.mark.parametrize("norm", [False, True])
 @pytest.mark.parametrize("fn", [memory_chunked, memory_fused_recurrent, memory_recurrent])
 @pytest.mark.parametrize("split", [1, 3, 4, 6, 12])
-def test_split_call_equals_one_call(fn, split: int) -> None:
+def test_split_call_equals_one_call(fn, split: int, norm: bool) -> None:
     inputs = make_inputs(13, 2, torch.float64, seed=split)
     leaves = differentiable_leaves(inputs)
-    y_full, state_full = call(fn, inputs, chunk_size=4)
-    y1, state1 = call(fn, inputs, slice(0, split), chunk_size=4)
+    y_full, state_full = call(fn, inputs, chunk_size=4, norm=norm)
+    y1, state1 = call(fn, inputs, slice(0, split), chunk_size=4, norm=norm)
     assert state1.pos == split % 4
-    y2, state2 = call(fn, inputs, slice(split, None), chunk_size=4, state=state1)
+    y2, state2 = call(fn, inputs, slice(split, None), chunk_size=4, state=state1, norm=norm)
     y_split = torch.cat([y1, y2], dim=2)
     assert rel_err(y_split, y_full) < 1e-12
     assert_states_close(state2, state_full, 1e-12)

@@ -161,3 +161,13 @@ def test_empty_inputs_and_a_windowless_mag():
         assert tiny_model(name)(X[:, :0]).shape == (2, 0, 37)
     full = tiny_model("titans-mag", window=None)  # every token in view: the persistent tokens need no sinks
     torch.testing.assert_close(full.prefill(X)[0], full(X), rtol=1e-9, atol=1e-9)
+
+
+def test_memory_without_its_layer_norm_also_equals_the_reference():
+    fast = tiny_model("titans-lmm", memory_norm=False, chunk_size=4)
+    slow = tiny_model("titans-lmm", memory_norm=False, chunk_size=4, backend="torch-recurrent")
+    slow.load_state_dict(fast.state_dict())
+    torch.testing.assert_close(fast(X), slow(X), rtol=1e-10, atol=1e-10)
+    normed = tiny_model("titans-lmm", chunk_size=4)
+    normed.load_state_dict(fast.state_dict())  # the same weights: only the norm differs, and it matters
+    assert not torch.allclose(fast(X), normed(X))

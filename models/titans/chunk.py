@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .naive import MemoryState, compute_dtype, get_activation, initial_state
+from .naive import LN_EPS, MemoryState, compute_dtype, get_activation, initial_state, layer_norm
 
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -71,6 +71,15 @@ class DecayProducts(torch.autograd.Function):
         return (prod[..., :, 1:] * q[..., :, :-1]).sum(-2)
 
 
+def layer_norm_backward(grad: Tensor, h: Tensor) -> Tensor:
+    """grad through layer_norm at h: J^T grad, with J = (I - 1/D - n n^T / D) / sigma symmetric (no affine
+    parameters), n = layer_norm(h). Plain tensor algebra, so autograd can differentiate it again."""
+    u = h - h.mean(-1, keepdim=True)
+    rstd = torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + LN_EPS)
+    n = u * rstd
+    return rstd * (grad - grad.mean(-1, keepdim=True) - n * (grad * n).mean(-1, keepdim=True))
+
+
 def _dot(x: Tensor, y: Tensor) -> Tensor:
     """Per-batch Frobenius inner product of [N, a, b] tensors -> [N], as one gemv pass without a temporary."""
     return (x.flatten(1).unsqueeze(1) @ y.flatten(1).unsqueeze(2)).view(-1)
@@ -96,6 +105,9 @@ def chunk_coefficients(theta: Tensor, eta: Tensor, alpha: Tensor) -> tuple[Tenso
 class ChunkStep(torch.autograd.Function):
     """One chunk of the memory, forward and a hand-written backward.
 
+    With ``norm`` the memory's output is layer_norm(last layer) (see naive.py): the output error and the
+    retrieval pass through it, and so do their backward passes (the error's by a small local autograd).
+
     Shapes (N = batch * heads, n = tokens in this chunk): q, k, v [N, n, D]; coefficients from
     chunk_coefficients, A, c, s [N, n], G [N, n, n], e [N]; then per layer the current weights
     W [N, d_out, d_in], the momentum S, and the chunk-base weights Wb unless base_is_weights.
@@ -107,7 +119,7 @@ class ChunkStep(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, n_layers, activation, residual, base_is_weights, q, k, v, A, c, G, s, e, *mats):
+    def forward(ctx, n_layers, activation, residual, norm, base_is_weights, q, k, v, A, c, G, s, e, *mats):
         L, n = n_layers, q.shape[1]
         act, act_bwd, _ = ACT_FNS[activation]
         W, S = mats[:L], mats[L : 2 * L]
@@ -125,7 +137,9 @@ class ChunkStep(torch.autograd.Function):
             xs.append(act(ps[-1]))
             ps.append(xs[i] @ Wb[i].mT)
         deltas = [None] * L
-        deltas[-1] = 2.0 * (ps[-1] + k - v if residual else ps[-1] - v)
+        out_k = layer_norm(ps[-1]) if norm else ps[-1]
+        err = 2.0 * (out_k + k - v if residual else out_k - v)  # gradient of the loss at M(k)
+        deltas[-1] = layer_norm_backward(err, ps[-1]) if norm else err
         ms = [None] * (L - 1)  # ms[i] = delta_{i+1} Wb_{i+1}
         for i in range(L - 2, -1, -1):
             ms[i] = deltas[i + 1] @ Wb[i + 1]
@@ -141,7 +155,9 @@ class ChunkStep(torch.autograd.Function):
             zm.append(zs[i] @ S[i].mT)
             pz.append(zs[i] @ xs[i].mT)  # [N, n, n]
             outs.append(torch.addcmul(A_ * zw[i], c_, zm[i]).baddbmm_(G * pz[i], deltas[i], alpha=-1.0))
-        y = outs[-1] + q if residual else outs[-1]
+        y = layer_norm(outs[-1]) if norm else outs[-1]
+        if residual:
+            y = y + q
 
         # Weights and momentum at the end of the chunk, updated in place on one fresh buffer each.
         a_end, c_end, e_end = A[:, -1, None, None], c[:, -1, None, None], e[:, None, None]
@@ -152,16 +168,16 @@ class ChunkStep(torch.autograd.Function):
             new_w.append((a_end * W[i]).addcmul_(c_end, S[i]).baddbmm_(dt, g_row * xs[i], alpha=-1.0))
             new_s.append((e_end * S[i]).baddbmm_(dt, s_ * xs[i], alpha=-1.0))
 
-        ctx.meta = (L, activation, residual, base_is_weights)
+        ctx.meta = (L, activation, residual, norm, base_is_weights)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(A, c, G, s, e, *W, *S, *(() if base_is_weights else Wb), *xs, *ps, *deltas,
-                              *ms, *zs, *outs[:-1], *zw, *zm, *pz)  # fmt: skip
+                              *ms, *zs, *outs, *zw, *zm, *pz, err if norm else None)  # fmt: skip
         return (y, *new_w, *new_s)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, *dstate):
-        L, activation, residual, base_is_weights = ctx.meta
+        L, activation, residual, norm, base_is_weights = ctx.meta
         _, act_bwd, act_grad2 = ACT_FNS[activation]
         saved = list(ctx.saved_tensors)
 
@@ -174,7 +190,8 @@ class ChunkStep(torch.autograd.Function):
         W, S = take(L), take(L)
         Wb = W if base_is_weights else take(L)
         xs, ps, deltas, ms = take(L), take(L), take(L), take(L - 1)
-        zs, outs, zw, zm, pz = take(L), take(L - 1), take(L), take(L), take(L)
+        zs, outs, zw, zm, pz = take(L), take(L), take(L), take(L), take(L)
+        (err,) = take(1)
         dW_new, dS_new = dstate[:L], dstate[L:]
         if dy is None:
             dy = torch.zeros_like(zs[0])
@@ -189,7 +206,7 @@ class ChunkStep(torch.autograd.Function):
         dxs, ddeltas = [None] * L, [None] * L
 
         # Retrieval, last layer first: out = A * (z W^T) + c * (z S^T) - (G * (z x^T)) delta.
-        dout = dy
+        dout = layer_norm_backward(dy, outs[-1]) if norm else dy
         for i in range(L - 1, -1, -1):
             dA += (dout * zw[i]).sum(-1)
             dc += (dout * zm[i]).sum(-1)
@@ -234,15 +251,25 @@ class ChunkStep(torch.autograd.Function):
             dps[i] = ddeltas[i] * ms[i] * act_grad2(ps[i])
             ddeltas[i + 1].baddbmm_(dm, Wb[i + 1].mT)
             base_terms[i + 1].append((deltas[i + 1], dm))
-        dps[-1] = 2.0 * ddeltas[-1]
-        dv = -dps[-1]
+        if norm:
+            # delta = J(p)^T err(p, k, v), err = 2 (LN(p) + k - v): through err, J is symmetric so the
+            # k, v and p parts share a = J ddelta; through J's own dependence on p, a local autograd.
+            a = layer_norm_backward(ddeltas[-1], ps[-1])
+            with torch.enable_grad():
+                p = ps[-1].detach().requires_grad_()
+                (dp_jacobian,) = torch.autograd.grad(layer_norm_backward(err, p), p, ddeltas[-1])
+            dps[-1] = 2.0 * layer_norm_backward(a, ps[-1]) + dp_jacobian
+            dk_out, dv = 2.0 * a, -2.0 * a
+        else:
+            dps[-1] = 2.0 * ddeltas[-1]
+            dk_out, dv = dps[-1], -dps[-1]
         # Forward through the layers at the base, last layer first.
         for i in range(L - 1, -1, -1):
             dxs[i].baddbmm_(dps[i], Wb[i])
             base_terms[i].append((dps[i], xs[i]))
             if i > 0:
                 dps[i - 1] += act_bwd(dxs[i], ps[i - 1])
-        dk = dxs[0] + dps[-1] if residual else dxs[0]
+        dk = dxs[0] + dk_out if residual else dxs[0]
 
         def gram(init: Tensor | None, scale: Tensor, terms: list[tuple[Tensor, Tensor]]) -> Tensor:
             left = torch.cat([t[0] for t in terms], dim=1).mT
@@ -263,7 +290,7 @@ class ChunkStep(torch.autograd.Function):
             if dW_new[i] is not None:
                 grad_s.addcmul_(c_end, dW_new[i])
             dS.append(grad_s)
-        return (None, None, None, None, dq, dk, dv, dA, dc, dG, ds, de, *dW, *dS, *dWb)
+        return (None, None, None, None, None, dq, dk, dv, dA, dc, dG, ds, de, *dW, *dS, *dWb)
 
 
 def memory_chunked(
@@ -278,6 +305,7 @@ def memory_chunked(
     activation: str = "gelu",
     residual: bool = True,
     state: MemoryState | None = None,
+    norm: bool = False,
 ) -> tuple[Tensor, MemoryState]:
     """Titans memory, chunk by chunk; same contract and results as memory_recurrent.
 
@@ -322,7 +350,7 @@ def memory_chunked(
         p = pos
         for i, coef in enumerate(coefs):
             mats = (*weights, *momentum, *(() if p == 0 else base))
-            y, *new = ChunkStep.apply(L, activation, residual, p == 0, q[i], k[i], v[i], *coef, *mats)
+            y, *new = ChunkStep.apply(L, activation, residual, norm, p == 0, q[i], k[i], v[i], *coef, *mats)
             if p == 0:
                 base = weights
             weights, momentum = new[:L], new[L:]

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .naive import ACTIVATIONS, MemoryState, compute_dtype, get_activation, initial_state
+from .chunk import layer_norm_backward
+from .naive import ACTIVATIONS, MemoryState, compute_dtype, get_activation, initial_state, layer_norm
 
 
 def _silu_backward(grad: Tensor, h: Tensor) -> Tensor:
@@ -27,7 +28,7 @@ def _silu_backward(grad: Tensor, h: Tensor) -> Tensor:
 ACT_BACKWARDS = {"gelu": torch.ops.aten.gelu_backward, "silu": _silu_backward}
 
 
-def token_grads(base: list[Tensor], k: Tensor, v: Tensor, activation: str, residual: bool):
+def token_grads(base: list[Tensor], k: Tensor, v: Tensor, activation: str, residual: bool, norm: bool):
     """Per layer, the factors (delta_i, x_i) of the gradient u_i = delta_i^T x_i of ||M_base(k) - v||^2.
 
     base: per layer [N, d_out, d_in]; k, v: [N, 1, D]. Returns two lists of [N, 1, d_out] and [N, 1, d_in].
@@ -37,7 +38,10 @@ def token_grads(base: list[Tensor], k: Tensor, v: Tensor, activation: str, resid
     for w in base[1:]:
         xs.append(act(ps[-1]))
         ps.append(torch.bmm(xs[-1], w.mT))
-    delta = 2.0 * (ps[-1] + k - v if residual else ps[-1] - v)
+    out = layer_norm(ps[-1]) if norm else ps[-1]
+    delta = 2.0 * (out + k - v if residual else out - v)
+    if norm:
+        delta = layer_norm_backward(delta, ps[-1])
     deltas = [delta]
     for i in range(len(base) - 1, 0, -1):
         deltas.insert(0, act_bwd(torch.bmm(deltas[0], base[i]), ps[i - 1]))
@@ -56,6 +60,7 @@ def memory_fused_recurrent(
     activation: str = "gelu",
     residual: bool = True,
     state: MemoryState | None = None,
+    norm: bool = False,
 ) -> tuple[Tensor, MemoryState]:
     """Titans memory, one token at a time with hand-written gradients; same contract as memory_recurrent.
 
@@ -83,7 +88,7 @@ def memory_fused_recurrent(
             if pos == 0:
                 base = weights
             q_t, k_t, v_t = q[:, t : t + 1], k[:, t : t + 1], v[:, t : t + 1]  # [N, 1, D]
-            deltas, xs = token_grads(base, k_t, v_t, activation, residual)
+            deltas, xs = token_grads(base, k_t, v_t, activation, residual, norm)
             th, et, kp = (g[:, t] for g in gates)  # each [N, 1, 1]
             # S = eta S - theta delta^T x;  W = (1 - alpha) W + S
             momentum = [
@@ -94,6 +99,8 @@ def memory_fused_recurrent(
             h = q_t
             for i, w in enumerate(weights):
                 h = torch.bmm(act(h) if i > 0 else h, w.mT)
+            if norm:
+                h = layer_norm(h)
             ys.append(h + q_t if residual else h)
             pos = (pos + 1) % chunk_size
         y = torch.cat(ys, dim=1) if ys else q.new_zeros(B * H, 0, D)

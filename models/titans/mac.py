@@ -77,7 +77,8 @@ class MAC(Mixer):
         H, D = self.lmm.n_heads, self.lmm.head_dim
         q = F.normalize(self.query(x).view(B, n, H, D).transpose(1, 2), dim=-1)
         with torch.autocast(x.device.type, enabled=False):  # memory math in float32 at least, as in the LMM
-            h = mlp_forward(weights, q.to(weights[0].dtype), get_activation(self.lmm.activation), True)
+            act = get_activation(self.lmm.activation)
+            h = mlp_forward(weights, q.to(weights[0].dtype), act, True, self.lmm.memory_norm)
         h = self.retrieved_norm(h.to(x.dtype)).transpose(1, 2).reshape(B, n, H * D)
         return self.retrieved_out(h)
 
@@ -173,6 +174,7 @@ def build_titans_mac(
     memory_depth: int = 2,
     memory_expansion: int = 4,
     activation: str = "gelu",
+    memory_norm: bool = True,
     chunk_size: int = 16,
     max_lr: float = 0.1,
     n_persistent: int = 4,
@@ -183,7 +185,8 @@ def build_titans_mac(
     context; the memory is then written with the attention output and gates it."""
     make = _lmm_maker(
         d_model, n_heads, head_dim, backend, memory_depth=memory_depth, memory_expansion=memory_expansion,
-        activation=activation, chunk_size=chunk_size, max_lr=max_lr, n_persistent=0,
+        activation=activation, memory_norm=memory_norm, chunk_size=chunk_size, max_lr=max_lr,
+        n_persistent=0,
     )  # fmt: skip
     heads = n_heads or max(1, d_model // 64)
 

@@ -56,6 +56,7 @@ class LMM(Mixer):
         n_persistent: int = 0,
         conv_size: int = 4,
         backend: str = "auto",
+        memory_norm: bool = True,
     ):
         super().__init__()
         if backend not in ("auto", *MEMORY_BACKENDS):
@@ -81,6 +82,7 @@ class LMM(Mixer):
         self.memory_op, self.memory_step_op = MEMORY_BACKENDS[self.backend]
         self.n_heads, self.head_dim = n_heads, head_dim
         self.activation, self.chunk_size, self.max_lr = activation, chunk_size, max_lr
+        self.memory_norm = memory_norm  # M(x) = x + LN(MLP(x)), the paper's camera-ready memory
         inner = n_heads * head_dim
 
         self.qkv = nn.Linear(d_model, 3 * inner, bias=False)
@@ -145,6 +147,7 @@ class LMM(Mixer):
             activation=self.activation,
             residual=True,
             state=memory_state,
+            norm=self.memory_norm,
         )
         B, H, T, D = y.shape
         y = self.out_norm(y.to(x.dtype)).transpose(1, 2).reshape(B, T, H * D)
@@ -250,12 +253,12 @@ class MemoryGate(nn.Module):
 
     def __init__(self, d_model: int):
         super().__init__()
-        self.norm, self.memory_norm = RMSNorm(d_model), RMSNorm(d_model)
+        self.y_norm, self.m_norm = RMSNorm(d_model), RMSNorm(d_model)
         self.out = nn.Linear(d_model, d_model, bias=False)
         nn.init.normal_(self.out.weight, std=0.02)
 
     def forward(self, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        return self.out(self.norm(y) * torch.sigmoid(self.memory_norm(m)))
+        return self.out(self.y_norm(y) * torch.sigmoid(self.m_norm(m)))
 
 
 class MAG(Mixer):
@@ -338,6 +341,7 @@ def build_titans_lmm(
     memory_depth: int = 2,
     memory_expansion: int = 4,
     activation: str = "gelu",
+    memory_norm: bool = True,
     chunk_size: int = 16,
     max_lr: float = 0.1,
     n_persistent: int = 0,
@@ -347,7 +351,8 @@ def build_titans_lmm(
     "torch-recurrent" (the per-token reference). Heads default to d_model // 64."""
     make = _lmm_maker(
         d_model, n_heads, head_dim, backend, memory_depth=memory_depth, memory_expansion=memory_expansion,
-        activation=activation, chunk_size=chunk_size, max_lr=max_lr, n_persistent=n_persistent,
+        activation=activation, memory_norm=memory_norm, chunk_size=chunk_size, max_lr=max_lr,
+        n_persistent=n_persistent,
     )  # fmt: skip
     return LanguageModel(vocab_size, d_model, n_layers, lambda i: make(), mlp_hidden=mlp_hidden)
 
@@ -364,6 +369,7 @@ def build_titans_mal(
     memory_depth: int = 2,
     memory_expansion: int = 4,
     activation: str = "gelu",
+    memory_norm: bool = True,
     chunk_size: int = 16,
     max_lr: float = 0.1,
     n_persistent: int = 4,
@@ -373,7 +379,8 @@ def build_titans_mal(
     """Titans (MAL): persistent tokens -> LMM -> sliding-window attention in every block."""
     make = _lmm_maker(
         d_model, n_heads, head_dim, backend, memory_depth=memory_depth, memory_expansion=memory_expansion,
-        activation=activation, chunk_size=chunk_size, max_lr=max_lr, n_persistent=n_persistent,
+        activation=activation, memory_norm=memory_norm, chunk_size=chunk_size, max_lr=max_lr,
+        n_persistent=n_persistent,
     )  # fmt: skip
     heads = n_heads or max(1, d_model // 64)  # the attention's heads, as the memory's
     return LanguageModel(
@@ -397,6 +404,7 @@ def build_titans_mag(
     memory_depth: int = 2,
     memory_expansion: int = 4,
     activation: str = "gelu",
+    memory_norm: bool = True,
     chunk_size: int = 16,
     max_lr: float = 0.1,
     n_persistent: int = 4,
@@ -407,7 +415,8 @@ def build_titans_mag(
     tokens and the input, the memory gating the attention."""
     make = _lmm_maker(
         d_model, n_heads, head_dim, backend, memory_depth=memory_depth, memory_expansion=memory_expansion,
-        activation=activation, chunk_size=chunk_size, max_lr=max_lr, n_persistent=0,
+        activation=activation, memory_norm=memory_norm, chunk_size=chunk_size, max_lr=max_lr,
+        n_persistent=0,
     )  # fmt: skip
     heads = n_heads or max(1, d_model // 64)
 

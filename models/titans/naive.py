@@ -5,7 +5,9 @@ Semantics (Behrouz et al. 2024, §3.1-3.2, mini-batch gradient descent inside a 
     S_t = eta_t S_{t-1} - theta_t u_t           (momentum, "surprise")
     M_t = (1 - alpha_t) M_{t-1} + S_t           (forgetting)
     y_t = M_t(q_t)                              (retrieval with the updated memory)
-The memory M is a bias-free MLP, M(x) = x + W_L act(... act(W_1 x)) with the residual, else without it.
+The memory M is a bias-free MLP, M(x) = x + W_L act(... act(W_1 x)) with the residual, else without it;
+with ``norm``, M(x) = x + LN(W_L act(...)), the paper's camera-ready form: a LayerNorm without affine
+parameters on the last layer's output, which keeps retrieval bounded however large the weights grow.
 This file also defines MemoryState, shared with the chunked implementation in chunk.py.
 """
 
@@ -60,18 +62,33 @@ def initial_state(params: tuple[Tensor, ...], batch: int, dtype: torch.dtype) ->
     return MemoryState(weights, momentum, weights, 0)
 
 
-def mlp_forward(weights: tuple[Tensor, ...], x: Tensor, act, residual: bool) -> Tensor:
+LN_EPS = 1e-5
+
+
+def layer_norm(h: Tensor) -> Tensor:
+    """LayerNorm over the last dimension, without affine parameters."""
+    return F.layer_norm(h, h.shape[-1:], eps=LN_EPS)
+
+
+def mlp_forward(weights: tuple[Tensor, ...], x: Tensor, act, residual: bool, norm: bool = False) -> Tensor:
     """Memory forward. weights: per layer [B, H, d_out, d_in]; x: [B, H, N, D] -> [B, H, N, D]."""
     h = x
     for i, w in enumerate(weights):
         if i > 0:
             h = act(h)
         h = h @ w.transpose(-1, -2)
+    if norm:
+        h = layer_norm(h)
     return x + h if residual else h
 
 
 def memory_grads(
-    weights: tuple[Tensor, ...], k: Tensor, v: Tensor, activation: str = "gelu", residual: bool = True
+    weights: tuple[Tensor, ...],
+    k: Tensor,
+    v: Tensor,
+    activation: str = "gelu",
+    residual: bool = True,
+    norm: bool = False,
 ) -> tuple[Tensor, ...]:
     """Gradient of ||M(k) - v||^2 w.r.t. each layer, by autograd, one token per batch entry and head.
 
@@ -89,7 +106,7 @@ def memory_grads(
         weights = tuple(
             w.view_as(w) if create_graph and w.requires_grad else w.detach().requires_grad_() for w in weights
         )
-        out = mlp_forward(weights, k.unsqueeze(-2), act, residual).squeeze(-2)
+        out = mlp_forward(weights, k.unsqueeze(-2), act, residual, norm).squeeze(-2)
         # Summing over batch and heads is harmless: every (b, h) has its own weight slice.
         loss = (out - v).pow(2).sum()
         grads = torch.autograd.grad(loss, weights, create_graph=create_graph)
@@ -108,6 +125,7 @@ def memory_recurrent(
     activation: str = "gelu",
     residual: bool = True,
     state: MemoryState | None = None,
+    norm: bool = False,
 ) -> tuple[Tensor, MemoryState]:
     """Titans memory, one token at a time.
 
@@ -128,13 +146,13 @@ def memory_recurrent(
         for t in range(T):
             if pos == 0:
                 base = list(weights)
-            grads = memory_grads(tuple(base), k[:, :, t], v[:, :, t], activation, residual)
+            grads = memory_grads(tuple(base), k[:, :, t], v[:, :, t], activation, residual, norm)
             th, et = theta[:, :, t, None, None], eta[:, :, t, None, None]
             keep = 1 - alpha[:, :, t, None, None]
             for i, u in enumerate(grads):
                 momentum[i] = et * momentum[i] - th * u
                 weights[i] = keep * weights[i] + momentum[i]
-            ys.append(mlp_forward(tuple(weights), q[:, :, t : t + 1], act, residual))
+            ys.append(mlp_forward(tuple(weights), q[:, :, t : t + 1], act, residual, norm))
             pos = (pos + 1) % chunk_size
         y = torch.cat(ys, dim=2) if ys else q.new_zeros(B, H, 0, D)
     if pos == 0:
