@@ -3,11 +3,12 @@
 - ``titans-lmm``: the neural long-term memory alone as every block's mixer.
 - ``titans-mal``: memory as a layer: persistent tokens -> LMM -> sliding-window attention (Figure 5).
 - ``titans-mag``: memory as a gate: sliding-window attention and the LMM side by side, the memory gating.
+- ``titans-mac`` (memory as context) is in mac.py.
 
 The LMM mixer: q/k/v projections, each through a causal depthwise convolution and SiLU; q and k
 L2-normalised per head; per-head data-dependent gates theta (learning rate), eta (momentum) and alpha
-(forgetting), each sigmoid(linear(x_t)); a per-head MLP memory updated at test time by the memory op;
-then RMSNorm, a linear SiLU gate, and the output projection.
+(forgetting), each sigmoid(linear(x_t)); a per-head MLP memory, M(x) = x + LN(MLP(x)), updated at test
+time by the memory op; then RMSNorm, a linear SiLU gate, and the output projection.
 """
 
 from __future__ import annotations
@@ -96,9 +97,13 @@ class LMM(Mixer):
         # The memory's initial weights are outer-loop parameters, one MLP per head: [H, d_out, d_in].
         hidden = memory_expansion * head_dim
         dims = [head_dim] + [hidden] * (memory_depth - 1) + [head_dim]
+        # With the LayerNorm on the memory's output, the first layer starts at unit scale: its input is an
+        # L2-normalised key (entries ~ D^-0.5), and at 1/sqrt(d_in) the MLP's output would start ~0.07 in
+        # scale, where the LN's Jacobian (~ 1/std) multiplies every inner step and bf16 rounding by ~15.
+        scales = [1.0 if i == 0 and memory_norm else d_in**-0.5 for i, d_in in enumerate(dims[:-1])]
         self.memory_init = nn.ParameterList(
-            nn.Parameter(torch.randn(n_heads, d_out, d_in) * d_in**-0.5)
-            for d_in, d_out in zip(dims, dims[1:], strict=False)
+            nn.Parameter(torch.randn(n_heads, d_out, d_in) * scale)
+            for d_in, d_out, scale in zip(dims, dims[1:], scales, strict=False)
         )
         self.persistent = nn.Parameter(torch.randn(n_persistent, d_model) * 0.02) if n_persistent else None
 
