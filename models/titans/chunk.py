@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .naive import LN_EPS, MemoryState, compute_dtype, get_activation, initial_state, layer_norm
+from .naive import LN_EPS, MemoryState, compute_dtype, get_activation, initial_state
 
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -71,13 +71,33 @@ class DecayProducts(torch.autograd.Function):
         return (prod[..., :, 1:] * q[..., :, :-1]).sum(-2)
 
 
-def layer_norm_backward(grad: Tensor, h: Tensor) -> Tensor:
-    """grad through layer_norm at h: J^T grad, with J = (I - 1/D - n n^T / D) / sigma symmetric (no affine
-    parameters), n = layer_norm(h). Plain tensor algebra, so autograd can differentiate it again."""
+def layer_norm_stats(h: Tensor) -> tuple[Tensor, Tensor]:
+    """(n, r): n = layer_norm(h) (no affine parameters) and r = 1 / std, what its derivatives need."""
     u = h - h.mean(-1, keepdim=True)
-    rstd = torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + LN_EPS)
-    n = u * rstd
-    return rstd * (grad - grad.mean(-1, keepdim=True) - n * (grad * n).mean(-1, keepdim=True))
+    r = torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + LN_EPS)
+    return u * r, r
+
+
+def ln_backward(grad: Tensor, n: Tensor, r: Tensor) -> Tensor:
+    """grad through layer_norm, from its stats: J^T grad with J = r (I - 1/D - n n^T / D), symmetric.
+    Plain tensor algebra, so autograd can differentiate it again."""
+    return r * (grad - grad.mean(-1, keepdim=True) - n * (grad * n).mean(-1, keepdim=True))
+
+
+def layer_norm_backward(grad: Tensor, h: Tensor) -> Tensor:
+    """grad through layer_norm at h."""
+    return ln_backward(grad, *layer_norm_stats(h))
+
+
+def ln_backward_input_grad(err: Tensor, n: Tensor, r: Tensor, g: Tensor) -> Tensor:
+    """d/dh of <g, J(h)^T err> with err and g fixed, the second-order term the chunk's backward needs for
+    the output error. With u = h - mean(h) = n / r, S = <g, u>, E = <err, u>, G = <g, err - mean(err)>:
+    <g, J^T err> = r G - r^3 S E / D, whose gradient w.r.t. u, centred, is returned (written with n)."""
+    D = n.shape[-1]
+    gn, en = (g * n).sum(-1, keepdim=True), (err * n).sum(-1, keepdim=True)
+    G = (g * (err - err.mean(-1, keepdim=True))).sum(-1, keepdim=True)
+    grad_u = (r * r / D) * (n * (3.0 * gn * en / D - G) - en * g - gn * err)
+    return grad_u - grad_u.mean(-1, keepdim=True)
 
 
 def _dot(x: Tensor, y: Tensor) -> Tensor:
@@ -106,7 +126,7 @@ class ChunkStep(torch.autograd.Function):
     """One chunk of the memory, forward and a hand-written backward.
 
     With ``norm`` the memory's output is layer_norm(last layer) (see naive.py): the output error and the
-    retrieval pass through it, and so do their backward passes (the error's by a small local autograd).
+    retrieval pass through it, and so do their backward passes (the error's with a second-order term).
 
     Shapes (N = batch * heads, n = tokens in this chunk): q, k, v [N, n, D]; coefficients from
     chunk_coefficients, A, c, s [N, n], G [N, n, n], e [N]; then per layer the current weights
@@ -137,9 +157,10 @@ class ChunkStep(torch.autograd.Function):
             xs.append(act(ps[-1]))
             ps.append(xs[i] @ Wb[i].mT)
         deltas = [None] * L
-        out_k = layer_norm(ps[-1]) if norm else ps[-1]
+        ln_k = layer_norm_stats(ps[-1]) if norm else None  # (LN(p), 1/std) of the keys' output
+        out_k = ln_k[0] if norm else ps[-1]
         err = 2.0 * (out_k + k - v if residual else out_k - v)  # gradient of the loss at M(k)
-        deltas[-1] = layer_norm_backward(err, ps[-1]) if norm else err
+        deltas[-1] = ln_backward(err, *ln_k) if norm else err
         ms = [None] * (L - 1)  # ms[i] = delta_{i+1} Wb_{i+1}
         for i in range(L - 2, -1, -1):
             ms[i] = deltas[i + 1] @ Wb[i + 1]
@@ -155,7 +176,8 @@ class ChunkStep(torch.autograd.Function):
             zm.append(zs[i] @ S[i].mT)
             pz.append(zs[i] @ xs[i].mT)  # [N, n, n]
             outs.append(torch.addcmul(A_ * zw[i], c_, zm[i]).baddbmm_(G * pz[i], deltas[i], alpha=-1.0))
-        y = layer_norm(outs[-1]) if norm else outs[-1]
+        ln_q = layer_norm_stats(outs[-1]) if norm else (None, None)  # the same for the queries' output
+        y = ln_q[0] if norm else outs[-1]
         if residual:
             y = y + q
 
@@ -171,7 +193,8 @@ class ChunkStep(torch.autograd.Function):
         ctx.meta = (L, activation, residual, norm, base_is_weights)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(A, c, G, s, e, *W, *S, *(() if base_is_weights else Wb), *xs, *ps, *deltas,
-                              *ms, *zs, *outs, *zw, *zm, *pz, err if norm else None)  # fmt: skip
+                              *ms, *zs, *outs[:-1], *zw, *zm, *pz, err if norm else None,
+                              *(ln_k if norm else (None, None)), *ln_q)  # fmt: skip
         return (y, *new_w, *new_s)
 
     @staticmethod
@@ -190,8 +213,8 @@ class ChunkStep(torch.autograd.Function):
         W, S = take(L), take(L)
         Wb = W if base_is_weights else take(L)
         xs, ps, deltas, ms = take(L), take(L), take(L), take(L - 1)
-        zs, outs, zw, zm, pz = take(L), take(L), take(L), take(L), take(L)
-        (err,) = take(1)
+        zs, outs, zw, zm, pz = take(L), take(L - 1), take(L), take(L), take(L)
+        err, n_k, r_k, n_q, r_q = take(5)
         dW_new, dS_new = dstate[:L], dstate[L:]
         if dy is None:
             dy = torch.zeros_like(zs[0])
@@ -206,7 +229,7 @@ class ChunkStep(torch.autograd.Function):
         dxs, ddeltas = [None] * L, [None] * L
 
         # Retrieval, last layer first: out = A * (z W^T) + c * (z S^T) - (G * (z x^T)) delta.
-        dout = layer_norm_backward(dy, outs[-1]) if norm else dy
+        dout = ln_backward(dy, n_q, r_q) if norm else dy
         for i in range(L - 1, -1, -1):
             dA += (dout * zw[i]).sum(-1)
             dc += (dout * zm[i]).sum(-1)
@@ -253,12 +276,9 @@ class ChunkStep(torch.autograd.Function):
             base_terms[i + 1].append((deltas[i + 1], dm))
         if norm:
             # delta = J(p)^T err(p, k, v), err = 2 (LN(p) + k - v): through err, J is symmetric so the
-            # k, v and p parts share a = J ddelta; through J's own dependence on p, a local autograd.
-            a = layer_norm_backward(ddeltas[-1], ps[-1])
-            with torch.enable_grad():
-                p = ps[-1].detach().requires_grad_()
-                (dp_jacobian,) = torch.autograd.grad(layer_norm_backward(err, p), p, ddeltas[-1])
-            dps[-1] = 2.0 * layer_norm_backward(a, ps[-1]) + dp_jacobian
+            # k, v and p parts share a = J ddelta; then J's own dependence on p.
+            a = ln_backward(ddeltas[-1], n_k, r_k)
+            dps[-1] = 2.0 * ln_backward(a, n_k, r_k) + ln_backward_input_grad(err, n_k, r_k, ddeltas[-1])
             dk_out, dv = 2.0 * a, -2.0 * a
         else:
             dps[-1] = 2.0 * ddeltas[-1]
