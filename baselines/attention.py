@@ -243,6 +243,8 @@ class Attention(Mixer):
             cache.k = F.pad(cache.k, (0, 0, 0, extra))
             cache.v = F.pad(cache.v, (0, 0, 0, extra))
         slot = self._slot(pos)
+        if slot >= limit:
+            raise ValueError(f"this attention's cache holds at most {self.max_keys} keys (max_keys)")
         cache.k[:, :, slot] = k[:, :, 0]
         cache.v[:, :, slot] = v[:, :, 0]
         cache.length = pos + 1

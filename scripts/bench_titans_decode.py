@@ -12,6 +12,7 @@ it prints the median tokens/s of each and the median per-round ratio.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -47,7 +48,7 @@ def main() -> None:
             for name, op in ops.items():
                 for mixer in mixers:
                     mixer.memory_step_op = op
-                state = start
+                state = copy.deepcopy(start)  # step may update a state in place (KV caches do)
                 t0 = time.perf_counter()
                 for _ in range(args.tokens):
                     _, state = model.step(token, state)

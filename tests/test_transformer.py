@@ -102,3 +102,13 @@ def test_bad_arguments_are_named():
         tiny_model("transformer", backend="flashy")
     with pytest.raises(BenchError, match="does not accept"):
         tiny_model("transformer", widnow=4)
+
+
+def test_a_capped_cache_says_so_when_overrun():
+    attention = Attention(16, 2, max_keys=3).double()
+    cache = attention.init_state(1, "cpu", torch.float64)
+    for _ in range(3):
+        _, cache = attention.step(torch.randn(1, 16, dtype=torch.float64), cache)
+    assert cache.k.shape[2] == 3
+    with pytest.raises(ValueError, match="at most 3 keys"):
+        attention.step(torch.randn(1, 16, dtype=torch.float64), cache)
