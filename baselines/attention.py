@@ -47,6 +47,30 @@ def reference_attention(q, k, v, window: int | None, n_sink: int = 0) -> torch.T
     return scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
 
 
+def _blocks(t: torch.Tensor, w: int) -> torch.Tensor:
+    """[B, H, T, D] -> [B, H, nb, w, D], zero-padded at the end to whole blocks of w."""
+    B, H, T, D = t.shape
+    return F.pad(t, (0, 0, 0, (-T) % w)).view(B, H, -1, w, D)
+
+
+def _window_pair_mask(w: int, device) -> torch.Tensor:
+    """[w, 2w]: query qi of a block against the previous block and its own; key j of the pair is at
+    distance w + qi - j, allowed in [0, w)."""
+    qi = torch.arange(w, device=device)[:, None]
+    kj = torch.arange(2 * w, device=device)[None, :]
+    return (kj > qi) & (kj <= qi + w)
+
+
+def _attend_blocks(qb, kb, vb, mask) -> torch.Tensor:
+    """Blocks of queries [B, H, n, w, D] against their keys [B, H, n, S, D]: [B, H, n * w, D]."""
+    B, H, n, w, D = qb.shape
+    S = kb.shape[3]
+    out = F.scaled_dot_product_attention(
+        qb.reshape(B, H * n, w, D), kb.reshape(B, H * n, S, D), vb.reshape(B, H * n, S, D), attn_mask=mask
+    )
+    return out.view(B, H, n * w, D)
+
+
 def windowed_sdpa(q, k, v, window: int, n_sink: int = 0) -> torch.Tensor:
     """Exact sliding-window attention in blocks of `window` queries, each seeing its own block and the
     previous one: O(T * window) memory instead of a T x T mask. The first ``n_sink`` keys are added to
@@ -58,34 +82,23 @@ def windowed_sdpa(q, k, v, window: int, n_sink: int = 0) -> torch.Tensor:
     first = F.scaled_dot_product_attention(q[:, :, :w], k[:, :, :w], v[:, :, :w], is_causal=True)
     if T <= w:
         return first
-    pad = (-T) % w
-    if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-    nb = (T + pad) // w
-    qb = q.view(B, H, nb, w, D)[:, :, 1:]
-    kb, vb = k.view(B, H, nb, w, D), v.view(B, H, nb, w, D)
+    qb, kb, vb = _blocks(q, w)[:, :, 1:], _blocks(k, w), _blocks(v, w)
+    nb = kb.shape[2]
     kb = torch.cat([kb[:, :, :-1], kb[:, :, 1:]], dim=3)  # [B, H, nb-1, 2w, D]: previous block + own block
     vb = torch.cat([vb[:, :, :-1], vb[:, :, 1:]], dim=3)
-    qi = torch.arange(w, device=q.device)[:, None]
-    kj = torch.arange(2 * w, device=q.device)[None, :]
-    mask = (kj > qi) & (kj <= qi + w)  # key j of the pair is at distance w + qi - j in [0, w)
+    mask = _window_pair_mask(w, q.device)
     if n_sink:
         # Sink j for the query at position i = b w + qi: through its own column only once the window has
         # passed it (j <= i - w), so that no key is counted twice. One mask per block.
         block = torch.arange(1, nb, device=q.device)[:, None, None]
+        qi = torch.arange(w, device=q.device)[:, None]
         sink_mask = torch.arange(n_sink, device=q.device) <= block * w + qi - w  # [nb-1, w, n_sink]
         mask = torch.cat([sink_mask, mask.expand(nb - 1, w, 2 * w)], dim=-1)
         # 4-D, as SDPA's kernels take a per-head mask only in that form
         mask = mask.expand(H, nb - 1, w, n_sink + 2 * w).reshape(1, H * (nb - 1), w, n_sink + 2 * w)
         kb = torch.cat([k[:, :, None, :n_sink].expand(B, H, nb - 1, n_sink, D), kb], dim=3)
         vb = torch.cat([v[:, :, None, :n_sink].expand(B, H, nb - 1, n_sink, D), vb], dim=3)
-    rest = F.scaled_dot_product_attention(
-        qb.reshape(B, H * (nb - 1), w, D),
-        kb.reshape(B, H * (nb - 1), n_sink + 2 * w, D),
-        vb.reshape(B, H * (nb - 1), n_sink + 2 * w, D),
-        attn_mask=mask,
-    ).view(B, H, nb - 1, w, D)
-    return torch.cat([first, rest.reshape(B, H, (nb - 1) * w, D)], dim=2)[:, :, :T]
+    return torch.cat([first, _attend_blocks(qb, kb, vb, mask)], dim=2)[:, :, :T]
 
 
 def _windowed_sdpa_few_sinks(q, k, v, w: int, n_sink: int) -> torch.Tensor:
@@ -99,28 +112,15 @@ def _windowed_sdpa_few_sinks(q, k, v, w: int, n_sink: int) -> torch.Tensor:
     first = F.scaled_dot_product_attention(q[:, :, :head], k[:, :, :head], v[:, :, :head], attn_mask=allowed)
     if T <= 2 * w:
         return first
-    pad = (-T) % w
-    if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-    nb = (T + pad) // w
-    qb = q.view(B, H, nb, w, D)[:, :, 2:]
-    kb, vb = k.view(B, H, nb, w, D), v.view(B, H, nb, w, D)
-    sink_k = k[:, :, None, :n_sink].expand(B, H, nb - 2, n_sink, D)
-    sink_v = v[:, :, None, :n_sink].expand(B, H, nb - 2, n_sink, D)
+    qb, kb, vb = _blocks(q, w)[:, :, 2:], _blocks(k, w), _blocks(v, w)
+    n = qb.shape[2]
+    sink_k = k[:, :, None, :n_sink].expand(B, H, n, n_sink, D)
+    sink_v = v[:, :, None, :n_sink].expand(B, H, n, n_sink, D)
     kb = torch.cat([sink_k, kb[:, :, 1:-1], kb[:, :, 2:]], dim=3)  # sinks, previous block, own block
     vb = torch.cat([sink_v, vb[:, :, 1:-1], vb[:, :, 2:]], dim=3)
-    qi = torch.arange(w, device=q.device)[:, None]
-    kj = torch.arange(2 * w, device=q.device)[None, :]
-    mask = torch.cat(
-        [torch.ones(w, n_sink, dtype=torch.bool, device=q.device), (kj > qi) & (kj <= qi + w)], -1
-    )
-    rest = F.scaled_dot_product_attention(
-        qb.reshape(B, H * (nb - 2), w, D),
-        kb.reshape(B, H * (nb - 2), n_sink + 2 * w, D),
-        vb.reshape(B, H * (nb - 2), n_sink + 2 * w, D),
-        attn_mask=mask,
-    ).view(B, H, nb - 2, w, D)
-    return torch.cat([first, rest.reshape(B, H, (nb - 2) * w, D)], dim=2)[:, :, :T]
+    sinks = torch.ones(w, n_sink, dtype=torch.bool, device=q.device)
+    mask = torch.cat([sinks, _window_pair_mask(w, q.device)], -1)
+    return torch.cat([first, _attend_blocks(qb, kb, vb, mask)], dim=2)[:, :, :T]
 
 
 class Attention(Mixer):
