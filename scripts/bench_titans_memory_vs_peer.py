@@ -61,7 +61,10 @@ class OurMemoryLayer(nn.Module):
         k = F.normalize(self.to_k(h), dim=-1)
         v = self.to_v(h)
         theta, eta, alpha = torch.sigmoid(self.to_gates(h)).unbind(-1)
-        y, _ = memory_chunked(q, k, v, theta * self.max_lr, eta, alpha, tuple(self.params), self.chunk_size)
+        # norm=True: x + LN(MLP(x)), the peer's default memory too (its ResidualNorm wrapper)
+        y, _ = memory_chunked(
+            q, k, v, theta * self.max_lr, eta, alpha, tuple(self.params), self.chunk_size, norm=True
+        )
         return y.squeeze(1)
 
 
