@@ -25,10 +25,9 @@ TOLERANCE = {"float32": 1e-3, "bfloat16": 6e-2}
 SHAPE = dict(vocab_size=256, d_model=128, n_layers=2)
 
 
-def _short_context_args(name: str, seq_len: int) -> dict:
+def _short_context_args(params, seq_len: int) -> dict:
     """A window or segment shorter than the sequence for the families that have one by default, so that the
     blocked sliding-window and segment code runs (a 512-token default would never bind at T=100)."""
-    params = inspect.signature(get_factory(name)).parameters
     return {
         arg: max(1, seq_len // 3)
         for arg in ("window", "segment")
@@ -60,12 +59,11 @@ def validate_model(
     if reference is None or not available:
         return [{"model": name, "backend": "-", "dtype": "-", "status": "no reference backend declared"}]
 
-    args = {**SHAPE, **_short_context_args(name, seq_len)}
+    params = inspect.signature(factory).parameters
+    args = {**SHAPE, **_short_context_args(params, seq_len)}
     # Hybrids (Titans with attention) take the explicit attention reference too: it is the ground truth,
     # and on CUDA no SDPA kernel but the math one takes float64.
-    ref_args = (
-        {"attention_backend": "torch"} if "attention_backend" in inspect.signature(factory).parameters else {}
-    )
+    ref_args = {"attention_backend": "torch"} if "attention_backend" in params else {}
     torch.manual_seed(seed)
     ref_model = build(name, backend=reference, **args, **ref_args).to(device=device, dtype=torch.float64)
     ids = torch.randint(0, SHAPE["vocab_size"], (2, seq_len), generator=torch.Generator().manual_seed(seed))

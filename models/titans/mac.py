@@ -24,8 +24,16 @@ from baselines.attention import Attention, KVCache
 from bench.layers import RMSNorm
 from bench.lm import LanguageModel, Mixer, dtype_bytes
 from bench.registry import register
-from models.titans.model import LMM, LMMState, MemoryGate, _available_backends, _lmm_maker
-from models.titans.naive import compute_dtype, get_activation, initial_state, mlp_forward
+from models.titans.model import (
+    LMM,
+    LMMState,
+    MemoryGate,
+    _available_backends,
+    _lmm_maker,
+    persistent_tokens,
+    with_persistent,
+)
+from models.titans.naive import get_activation, mlp_forward
 
 
 @dataclass
@@ -48,7 +56,7 @@ class MAC(Mixer):
         if segment < 1:
             raise ValueError(f"segment must be >= 1, got {segment}")
         self.lmm, self.attention, self.segment = lmm, attention, segment
-        self.persistent = nn.Parameter(torch.randn(n_persistent, d_model) * 0.02) if n_persistent else None
+        self.persistent = persistent_tokens(n_persistent, d_model)
         H, D = lmm.n_heads, lmm.head_dim
         # retrieval: its own query projection, then the memory, a per-head norm and a projection back
         self.query = nn.Linear(d_model, H * D, bias=False)
@@ -67,10 +75,6 @@ class MAC(Mixer):
         return 0 if self.persistent is None else self.persistent.shape[0]
 
     # -- pieces -------------------------------------------------------------------------------------
-    def _start_weights(self, batch_size: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        params = tuple(self.lmm.memory_init)
-        return initial_state(params, batch_size, compute_dtype(params[0].to(dtype), params)).weights
-
     def _retrieve(self, x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """h = M*(q(x)) without updating the memory: x [B, n, d] -> [B, n, d]."""
         B, n, _ = x.shape
@@ -82,11 +86,6 @@ class MAC(Mixer):
         h = self.retrieved_norm(h.to(x.dtype)).transpose(1, 2).reshape(B, n, H * D)
         return self.retrieved_out(h)
 
-    def _with_persistent(self, x: torch.Tensor) -> torch.Tensor:
-        if self.persistent is None:
-            return x
-        return torch.cat([self.persistent.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
-
     def _persistent_cache(self, batch_size: int, device, dtype) -> KVCache:
         if self.persistent is None:
             return self.attention.init_state(batch_size, device, dtype)
@@ -97,14 +96,13 @@ class MAC(Mixer):
         B, T, d = x.shape
         if T == 0:
             return x, None
-        memory, weights, cache, outs, n = None, self._start_weights(B, x.dtype), None, [], 0
+        memory, cache, outs, n = self.lmm.init_state(B, x.device, x.dtype), None, [], 0
         for start in range(0, T, self.segment):
             xs = x[:, start : start + self.segment]
             n = xs.shape[1]
-            if memory is not None:
-                weights = memory.memory.weights
+            weights = memory.memory.weights  # the memory as this segment begins, for its retrieval
             h = self._retrieve(xs, weights)
-            seq = self._with_persistent(torch.stack([h, xs], dim=2).reshape(B, 2 * n, d))
+            seq = with_persistent(self.persistent, torch.stack([h, xs], dim=2).reshape(B, 2 * n, d))
             last = start + self.segment >= T
             if keep_state and last:
                 a, cache = self.attention.prefill(seq)

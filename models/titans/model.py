@@ -32,6 +32,18 @@ MEMORY_BACKENDS = {
 }
 
 
+def persistent_tokens(n_persistent: int, d_model: int) -> nn.Parameter | None:
+    """The learnable, input-independent tokens prepended to every sequence, or None."""
+    return nn.Parameter(torch.randn(n_persistent, d_model) * 0.02) if n_persistent else None
+
+
+def with_persistent(persistent: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """[persistent tokens] || x along time, for x [B, T, d]."""
+    if persistent is None:
+        return x
+    return torch.cat([persistent.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+
+
 class LMMState:
     """Decoding state of one LMM mixer: the short convolution's window and the memory."""
 
@@ -105,7 +117,7 @@ class LMM(Mixer):
             nn.Parameter(torch.randn(n_heads, d_out, d_in) * scale)
             for d_in, d_out, scale in zip(dims, dims[1:], scales, strict=False)
         )
-        self.persistent = nn.Parameter(torch.randn(n_persistent, d_model) * 0.02) if n_persistent else None
+        self.persistent = persistent_tokens(n_persistent, d_model)
 
         for layer in (self.qkv, self.out_gate, self.out):
             nn.init.normal_(layer.weight, std=0.02)
@@ -121,9 +133,7 @@ class LMM(Mixer):
 
     # -- pieces -------------------------------------------------------------------------------------
     def _with_persistent(self, x: torch.Tensor) -> torch.Tensor:
-        if self.persistent is None:
-            return x
-        return torch.cat([self.persistent.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+        return with_persistent(self.persistent, x)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:  # [B, T, H*D] -> [B, H, T, D]
         B, T, _ = t.shape
@@ -167,11 +177,9 @@ class LMM(Mixer):
         y, state = self._run(self._with_persistent(x), None, None)
         return y[:, y.shape[1] - x.shape[1] :], state
 
-    def extend(self, x: torch.Tensor, state: LMMState | None):
-        """Continue a sequence: x [B, T, d] after ``state`` (None: from the start, persistent tokens not
-        included) -> (y [B, T, d], new state). MAC feeds its memory one segment at a time through this."""
-        if state is None:
-            return self._run(x, None, None)
+    def extend(self, x: torch.Tensor, state: LMMState):
+        """Continue a sequence: x [B, T, d] after ``state`` -> (y [B, T, d], new state). One token goes
+        through the decoding op. MAC feeds its memory one segment at a time through this."""
         return self._run(x, state.conv, state.memory, self.memory_step_op if x.shape[1] == 1 else None)
 
     def init_state(self, batch_size: int, device, dtype) -> LMMState:
@@ -183,7 +191,7 @@ class LMM(Mixer):
         return LMMState(conv, initial_state(params, batch_size, compute_dtype(params[0].to(dtype), params)))
 
     def step(self, x: torch.Tensor, state: LMMState):
-        y, state = self._run(x.unsqueeze(1), state.conv, state.memory, self.memory_step_op)
+        y, state = self.extend(x.unsqueeze(1), state)
         return y[:, 0], state
 
     def state_bytes(self, batch_size: int, seq_len: int, dtype: torch.dtype) -> int:
@@ -281,7 +289,7 @@ class MAG(Mixer):
                 f"MAG's windowed attention must keep its {n_persistent} persistent tokens as sinks"
             )
         self.lmm, self.attention = lmm, attention
-        self.persistent = nn.Parameter(torch.randn(n_persistent, d_model) * 0.02) if n_persistent else None
+        self.persistent = persistent_tokens(n_persistent, d_model)
         self.gate = MemoryGate(d_model)
 
     @property
@@ -289,9 +297,7 @@ class MAG(Mixer):
         return f"{self.lmm.backend}+{self.attention.backend}"
 
     def _with_persistent(self, x: torch.Tensor) -> torch.Tensor:
-        if self.persistent is None:
-            return x
-        return torch.cat([self.persistent.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+        return with_persistent(self.persistent, x)
 
     def forward(self, x):
         xp = self._with_persistent(x)
