@@ -3,8 +3,8 @@
     python scripts/bench_titans_decode.py [--model titans-lmm] [--repeats 7] [--tokens 100] [--threads 1]
 
 Builds the model at the default CPU sweep's shape (d_model 128, 2 layers, vocabulary 512), prefills a
-64-token prompt, then times `model.step` with each memory op in turn: `memory_fused_recurrent` (what the
-`torch-chunked` backend decodes with) and `memory_chunked` called on one token (what it decoded with
+64-token prompt, then times `model.step` with each memory op in turn: `fused_recurrent_titans_memory` (what
+the `torch-chunked` backend decodes with) and `chunk_titans_memory` called on one token (what it decoded with
 before). Rounds alternate between the two, after a warm-up, so a shared CPU's drift hits both alike;
 it prints the median tokens/s of each and the median per-round ratio.
 """
@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench  # noqa: E402
-from models.titans import memory_chunked, memory_fused_recurrent  # noqa: E402
+from models.titans import chunk_titans_memory, fused_recurrent_titans_memory  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
     model = bench.build(args.model, d_model=128, n_layers=2, vocab_size=512, backend="torch-chunked").eval()
     mixers = [m for m in model.modules() if hasattr(m, "memory_step_op")]
     prompt = torch.randint(0, 512, (1, 64))
-    ops = {"fused_recurrent": memory_fused_recurrent, "chunked": memory_chunked}
+    ops = {"fused_recurrent": fused_recurrent_titans_memory, "chunked": chunk_titans_memory}
     rates: dict[str, list[float]] = {name: [] for name in ops}
     with torch.no_grad():
         _, start = model.prefill(prompt)

@@ -35,7 +35,7 @@ from torch import Tensor, nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.titans import memory_chunked  # noqa: E402
+from models.titans import chunk_titans_memory  # noqa: E402
 
 
 class OurMemoryLayer(nn.Module):
@@ -62,7 +62,7 @@ class OurMemoryLayer(nn.Module):
         v = self.to_v(h)
         theta, eta, alpha = torch.sigmoid(self.to_gates(h)).unbind(-1)
         # norm=True: x + LN(MLP(x)), the peer's default memory too (its ResidualNorm wrapper)
-        y, _ = memory_chunked(
+        y, _ = chunk_titans_memory(
             q, k, v, theta * self.max_lr, eta, alpha, tuple(self.params), self.chunk_size, norm=True
         )
         return y.squeeze(1)

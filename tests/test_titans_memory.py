@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.titans import MemoryState, memory_chunked, memory_fused_recurrent, memory_grads, memory_recurrent
+from models.titans import (
+    MemoryState,
+    chunk_titans_memory,
+    fused_recurrent_titans_memory,
+    memory_grads,
+    naive_recurrent_titans_memory,
+)
 
 B, H, D, HIDDEN = 2, 3, 5, 7
 GATE_NAMES = ("theta", "eta", "alpha")
@@ -74,10 +80,10 @@ def assert_states_close(a: MemoryState, b: MemoryState, tol: float) -> None:
 
 
 def check_against_reference(
-    inputs: dict, tol: float, with_state: bool = True, fn=memory_chunked, **kwargs
+    inputs: dict, tol: float, with_state: bool = True, fn=chunk_titans_memory, **kwargs
 ) -> None:
     leaves = differentiable_leaves(inputs)
-    y_ref, state_ref = call(memory_recurrent, inputs, **kwargs)
+    y_ref, state_ref = call(naive_recurrent_titans_memory, inputs, **kwargs)
     grads_ref = torch.autograd.grad(scalar_loss(y_ref, state_ref, with_state), leaves)
     y, state = call(fn, inputs, **kwargs)
     grads = torch.autograd.grad(scalar_loss(y, state, with_state), leaves)
@@ -105,7 +111,7 @@ def test_chunked_matches_reference_float64(
 @pytest.mark.parametrize("n_layers", [1, 2])
 def test_layer_normed_memory_matches_reference(n_layers: int, activation: str, with_state: bool) -> None:
     inputs = make_inputs(13, n_layers, torch.float64, gates="strong", seed=21)
-    for fn in (memory_chunked, memory_fused_recurrent):
+    for fn in (chunk_titans_memory, fused_recurrent_titans_memory):
         check_against_reference(
             inputs, 1e-10, with_state, fn=fn, chunk_size=4, activation=activation, norm=True
         )
@@ -114,9 +120,9 @@ def test_layer_normed_memory_matches_reference(n_layers: int, activation: str, w
 def test_layer_norm_keeps_retrieval_bounded_when_the_weights_blow_up() -> None:
     inputs = make_inputs(9, 2, torch.float64, seed=3)
     with torch.no_grad():
-        y, state = call(memory_chunked, inputs, chunk_size=4, norm=True)
+        y, state = call(chunk_titans_memory, inputs, chunk_size=4, norm=True)
         huge = MemoryState(*(tuple(1e6 * w for w in group) for group in state[:3]), state.pos)
-        y_huge, _ = call(memory_chunked, inputs, slice(0, 4), chunk_size=4, norm=True, state=huge)
+        y_huge, _ = call(chunk_titans_memory, inputs, slice(0, 4), chunk_size=4, norm=True, state=huge)
     q = inputs["q"][:, :, :4]
     assert ((y_huge - q).norm(dim=-1) <= inputs["q"].shape[-1] ** 0.5 + 1e-6).all()  # |LN(h)| = sqrt(D)
 
@@ -159,7 +165,7 @@ def test_fused_recurrent_matches_reference_float64(
     check_against_reference(
         inputs,
         1e-10,
-        fn=memory_fused_recurrent,
+        fn=fused_recurrent_titans_memory,
         chunk_size=chunk_size,
         residual=residual,
         activation=activation,
@@ -169,7 +175,7 @@ def test_fused_recurrent_matches_reference_float64(
 @pytest.mark.parametrize("gates", ["plain", "strong"])
 def test_fused_recurrent_matches_reference_float32(gates: str) -> None:
     inputs = make_inputs(20, 2, torch.float32, gates=gates, seed=8)
-    check_against_reference(inputs, 1e-5, fn=memory_fused_recurrent, chunk_size=8)
+    check_against_reference(inputs, 1e-5, fn=fused_recurrent_titans_memory, chunk_size=8)
 
 
 def test_decoding_after_a_chunked_prefill() -> None:
@@ -177,17 +183,19 @@ def test_decoding_after_a_chunked_prefill() -> None:
     T, split = 13, 6
     inputs = make_inputs(T, 2, torch.float64, seed=12)
     with torch.no_grad():
-        y_full, state_full = call(memory_recurrent, inputs, chunk_size=4)
-        ys, state = [], call(memory_chunked, inputs, slice(0, split), chunk_size=4)[1]
+        y_full, state_full = call(naive_recurrent_titans_memory, inputs, chunk_size=4)
+        ys, state = [], call(chunk_titans_memory, inputs, slice(0, split), chunk_size=4)[1]
         for t in range(split, T):
-            y, state = call(memory_fused_recurrent, inputs, slice(t, t + 1), chunk_size=4, state=state)
+            y, state = call(fused_recurrent_titans_memory, inputs, slice(t, t + 1), chunk_size=4, state=state)
             ys.append(y)
     assert rel_err(torch.cat(ys, dim=2), y_full[:, :, split:]) < 1e-12
     assert_states_close(state, state_full, 1e-12)
 
 
 @pytest.mark.parametrize("norm", [False, True])
-@pytest.mark.parametrize("fn", [memory_chunked, memory_fused_recurrent, memory_recurrent])
+@pytest.mark.parametrize(
+    "fn", [chunk_titans_memory, fused_recurrent_titans_memory, naive_recurrent_titans_memory]
+)
 @pytest.mark.parametrize("split", [1, 3, 4, 6, 12])
 def test_split_call_equals_one_call(fn, split: int, norm: bool) -> None:
     inputs = make_inputs(13, 2, torch.float64, seed=split)
@@ -207,14 +215,16 @@ def test_split_call_equals_one_call(fn, split: int, norm: bool) -> None:
 
 def test_state_is_shared_between_implementations() -> None:
     inputs = make_inputs(13, 3, torch.float64, seed=5)
-    y_full, state_full = call(memory_recurrent, inputs, chunk_size=4)
-    y1, state1 = call(memory_recurrent, inputs, slice(0, 6), chunk_size=4)
-    y2, state2 = call(memory_chunked, inputs, slice(6, None), chunk_size=4, state=state1)
+    y_full, state_full = call(naive_recurrent_titans_memory, inputs, chunk_size=4)
+    y1, state1 = call(naive_recurrent_titans_memory, inputs, slice(0, 6), chunk_size=4)
+    y2, state2 = call(chunk_titans_memory, inputs, slice(6, None), chunk_size=4, state=state1)
     assert rel_err(torch.cat([y1, y2], dim=2), y_full) < 1e-12
     assert_states_close(state2, state_full, 1e-12)
 
 
-@pytest.mark.parametrize("fn", [memory_chunked, memory_fused_recurrent, memory_recurrent])
+@pytest.mark.parametrize(
+    "fn", [chunk_titans_memory, fused_recurrent_titans_memory, naive_recurrent_titans_memory]
+)
 def test_token_by_token_equals_one_call(fn) -> None:
     T = 11
     inputs = make_inputs(T, 2, torch.float64, seed=11)
@@ -250,7 +260,9 @@ def test_linear_memory_gradient_closed_form() -> None:
     assert rel_err(u, expected) < 1e-12
 
 
-@pytest.mark.parametrize("fn", [memory_chunked, memory_fused_recurrent, memory_recurrent])
+@pytest.mark.parametrize(
+    "fn", [chunk_titans_memory, fused_recurrent_titans_memory, naive_recurrent_titans_memory]
+)
 def test_unknown_activation_raises(fn) -> None:
     inputs = make_inputs(3, 2, torch.float64)
     with pytest.raises(ValueError, match="tanhh"):
@@ -259,7 +271,7 @@ def test_unknown_activation_raises(fn) -> None:
 
 def test_state_shapes_and_bytes() -> None:
     inputs = make_inputs(6, 2, torch.float32)
-    _, state = call(memory_chunked, inputs, chunk_size=4)
+    _, state = call(chunk_titans_memory, inputs, chunk_size=4)
     assert state.pos == 2
     assert [tuple(w.shape) for w in state.weights] == [(B, H, HIDDEN, D), (B, H, D, HIDDEN)]
     assert state.nbytes() == 3 * B * H * (HIDDEN * D * 2) * 4
@@ -268,10 +280,10 @@ def test_state_shapes_and_bytes() -> None:
 def test_bf16_autocast_keeps_float32_state() -> None:
     inputs = make_inputs(9, 2, torch.float32, seed=2)
     with torch.no_grad():
-        y_ref, _ = call(memory_chunked, inputs, chunk_size=4)
+        y_ref, _ = call(chunk_titans_memory, inputs, chunk_size=4)
         low = {n: inputs[n].bfloat16() for n in ("q", "k", "v", *GATE_NAMES)}
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            y, state = memory_chunked(*low.values(), inputs["params"], chunk_size=4)
+            y, state = chunk_titans_memory(*low.values(), inputs["params"], chunk_size=4)
     assert y.dtype == torch.bfloat16
     assert all(w.dtype == torch.float32 for w in (*state.weights, *state.momentum, *state.base))
     assert rel_err(y.float(), y_ref) < 3e-2
@@ -279,7 +291,7 @@ def test_bf16_autocast_keeps_float32_state() -> None:
 
 def test_empty_sequence_returns_state_unchanged() -> None:
     inputs = make_inputs(5, 2, torch.float64)
-    y1, state1 = call(memory_chunked, inputs, chunk_size=4)
-    y, state = call(memory_chunked, inputs, slice(5, 5), chunk_size=4, state=state1)
+    y1, state1 = call(chunk_titans_memory, inputs, chunk_size=4)
+    y, state = call(chunk_titans_memory, inputs, slice(5, 5), chunk_size=4, state=state1)
     assert y.shape == (B, H, 0, D)
     assert_states_close(state, state1, 1e-15)

@@ -1,10 +1,30 @@
-"""Chunked Titans neural memory: same results as naive.memory_recurrent, without a weight copy per token.
+"""Chunked Titans neural memory: the results of naive.py's per-token loop without a weight copy per token.
 
-Inside a chunk every gradient is taken at the chunk's base weights, so all of them come from one batched
-forward/backward of the memory MLP on the chunk's keys. The momentum/decay recurrence inside the chunk is
-linear and is solved in closed form, and retrieval uses the dual form (see shared/reference/titans.md):
-    OUT = A * (Z W^T) + c * (Z S^T) - (G * (Z X^T)) Delta          (layer by layer)
-Only the loop over chunks is sequential.
+Why a chunk has a closed form. Inside a chunk of b tokens (j = 0..b-1) every gradient u_i is taken at the
+chunk's base weights W, so all b of them come from one batched forward and backward of the memory MLP on the
+chunk's keys. What is left is a linear recurrence. Write E_j and A_j for the products of eta and of
+(1 - alpha) from the chunk start to token j, and S_prev for the momentum carried in. Unrolling
+S_j = eta_j S_{j-1} - theta_j u_j and M_j = (1 - alpha_j) M_{j-1} + S_j gives
+
+    S_j = E_j S_prev - sum_{i<=j} theta_i (E_j / E_i) u_i
+    M_j = A_j W + c_j S_prev - sum_{i<=j} G[j, i] u_i
+    c_j = sum_{r<=j} (A_j / A_r) E_r,      G[j, i] = theta_i sum_{r=i..j} (A_j / A_r) (E_r / E_i)
+
+Ratios of vanishing products are never formed: with the interval products P[j, r] = prod_{r<m<=j} g_m,
+built as exp of differences of cumulative log-sums (DecayProducts), G = (P_A @ P_E) * theta (column-wise)
+and c = P_A @ E, and every entry lies in [0, 1].
+
+Per layer the gradient is an outer product, u_i = delta_i x_i^T, with x_i the layer's input and delta_i the
+error at its output, both computed on key k_i at W (last layer: delta = 2 (M(k_i) - v_i), through the
+LayerNorm's Jacobian when ``norm``; earlier layers: back through W^T and act'). Retrieval therefore needs no
+per-token weights: with Z the layer's inputs on the queries (q for the first layer, act of the previous
+layer's output after it), the "dual form"
+
+    OUT = A * (Z W^T) + c * (Z S_prev^T) - (G * (Z X^T)) Delta
+
+is matmuls only, and the chunk ends with W' = A_{b-1} W + c_{b-1} S_prev - Delta^T diag(G[b-1, :]) X and
+S' = E_{b-1} S_prev - Delta^T diag(theta_i E_{b-1} / E_i) X. Only the loop over chunks is sequential; the
+tests hold this to the per-token reference in float64, gradients included.
 """
 
 from __future__ import annotations
@@ -313,7 +333,7 @@ class ChunkStep(torch.autograd.Function):
         return (None, None, None, None, None, dq, dk, dv, dA, dc, dG, ds, de, *dW, *dS, *dWb)
 
 
-def memory_chunked(
+def chunk_titans_memory(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -327,10 +347,25 @@ def memory_chunked(
     state: MemoryState | None = None,
     norm: bool = False,
 ) -> tuple[Tensor, MemoryState]:
-    """Titans memory, chunk by chunk; same contract and results as memory_recurrent.
+    """Titans memory, chunk by chunk: same contract and results as naive_recurrent_titans_memory.
 
-    q, k, v: [B, H, T, D]; theta, eta, alpha: [B, H, T]; params: per layer [H, d_out, d_in].
-    Returns y: [B, H, T, D] (dtype of q) and the state after the last token.
+    Args:
+        q: [B, H, T, D] queries, read from the memory after each token's update.
+        k: [B, H, T, D] keys the memory is written with.
+        v: [B, H, T, D] values the memory learns to map the keys to.
+        theta: [B, H, T] inner learning rate per token (the step size of the surprise).
+        eta: [B, H, T] momentum decay per token (past surprise kept).
+        alpha: [B, H, T] forgetting gate per token (weight decay of the memory).
+        params: per memory layer [H, d_out, d_in], the memory's initial weights (outer-loop parameters).
+        chunk_size: tokens per chunk; inside a chunk every gradient is taken at the chunk-base weights.
+        activation: "gelu" or "silu", between the memory's layers.
+        residual: M(x) = x + MLP(x) when True, MLP(x) otherwise.
+        state: a MemoryState to continue from (None: the initial weights, zero momentum).
+        norm: M(x) = x + LN(MLP(x)), the LayerNorm (no affine parameters) on the last layer's output.
+
+    Returns:
+        y: [B, H, T, D] retrievals M_t(q_t), in the dtype of q.
+        state: the MemoryState after the last token, to continue the sequence exactly.
     """
     get_activation(activation)  # validates the name
     B, H, T, D = q.shape

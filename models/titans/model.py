@@ -21,14 +21,20 @@ from baselines.attention import Attention
 from bench.layers import CausalConv1d, RMSNorm
 from bench.lm import LanguageModel, Mixer, dtype_bytes
 from bench.registry import register
-from models.titans.chunk import memory_chunked
-from models.titans.fused_recurrent import memory_fused_recurrent
-from models.titans.naive import ACTIVATIONS, MemoryState, compute_dtype, initial_state, memory_recurrent
+from models.titans.chunk import chunk_titans_memory
+from models.titans.fused_recurrent import fused_recurrent_titans_memory
+from models.titans.naive import (
+    ACTIVATIONS,
+    MemoryState,
+    compute_dtype,
+    initial_state,
+    naive_recurrent_titans_memory,
+)
 
 # backend -> (op for whole sequences, op for decoding one token at a time)
 MEMORY_BACKENDS = {
-    "torch-chunked": (memory_chunked, memory_fused_recurrent),
-    "torch-recurrent": (memory_recurrent, memory_recurrent),
+    "torch-chunked": (chunk_titans_memory, fused_recurrent_titans_memory),
+    "torch-recurrent": (naive_recurrent_titans_memory, naive_recurrent_titans_memory),
 }
 
 

@@ -113,7 +113,7 @@ def memory_grads(
     return grads if create_graph else tuple(g.detach() for g in grads)
 
 
-def memory_recurrent(
+def naive_recurrent_titans_memory(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -127,10 +127,25 @@ def memory_recurrent(
     state: MemoryState | None = None,
     norm: bool = False,
 ) -> tuple[Tensor, MemoryState]:
-    """Titans memory, one token at a time.
+    """Titans memory, one token at a time: the reference every other op is tested against.
 
-    q, k, v: [B, H, T, D]; theta, eta, alpha: [B, H, T]; params: per layer [H, d_out, d_in].
-    Returns y: [B, H, T, D] (dtype of q) and the state after the last token.
+    Args:
+        q: [B, H, T, D] queries, read from the memory after each token's update.
+        k: [B, H, T, D] keys the memory is written with.
+        v: [B, H, T, D] values the memory learns to map the keys to.
+        theta: [B, H, T] inner learning rate per token (the step size of the surprise).
+        eta: [B, H, T] momentum decay per token (past surprise kept).
+        alpha: [B, H, T] forgetting gate per token (weight decay of the memory).
+        params: per memory layer [H, d_out, d_in], the memory's initial weights (outer-loop parameters).
+        chunk_size: tokens per chunk; inside a chunk every gradient is taken at the chunk-base weights.
+        activation: "gelu" or "silu", between the memory's layers.
+        residual: M(x) = x + MLP(x) when True, MLP(x) otherwise.
+        state: a MemoryState to continue from (None: the initial weights, zero momentum).
+        norm: M(x) = x + LN(MLP(x)), the LayerNorm (no affine parameters) on the last layer's output.
+
+    Returns:
+        y: [B, H, T, D] retrievals M_t(q_t), in the dtype of q.
+        state: the MemoryState after the last token, to continue the sequence exactly.
     """
     act = get_activation(activation)
     B, H, T, D = q.shape
