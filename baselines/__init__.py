@@ -1,7 +1,5 @@
-"""Baseline sequence models the Titans memory is compared with: a Transformer, DeltaNet / Gated DeltaNet
-and Mamba / Mamba2.
-
-The ``deltanet`` and ``mamba`` subpackages hold their sequence-mixing operators in pure PyTorch (a
-per-token reference and a fast chunked form each), so every baseline runs on a CPU without fla or
-mamba-ssm installed; those packages are only used by the tests as independent references.
+"""Baseline sequence models the Titans memory is compared with: a Transformer (``transformer``), DeltaNet /
+Gated DeltaNet (``deltanet``) and Mamba / Mamba2 (``mamba``), each with its operators in pure PyTorch (a
+per-token reference and a fast chunked form) and, on CUDA, the field's own kernels. ``titans_pytorch`` is
+the peer implementation of the Titans memory, loaded by path as a plug-in, never registered.
 """

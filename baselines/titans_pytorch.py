@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from bench.lm import LanguageModel, Mixer, tensor_bytes
+from models.modules.dtypes import tensor_bytes
+from models.modules.lm import LanguageModel, Mixer
 
 
 class PeerNeuralMemory(Mixer):

@@ -3,36 +3,24 @@
 from __future__ import annotations
 
 import torch
+from pydantic import PositiveFloat, PositiveInt
 
-from baselines.attention import Attention
-from bench.lm import LanguageModel
 from bench.registry import register
+from models.modules.attention import Attention
+from models.modules.config import ModelConfig
+from models.modules.lm import LanguageModel
 
 
-@register("transformer")
-def build_transformer(
-    vocab_size: int = 256,
-    d_model: int = 256,
-    n_layers: int = 2,
-    backend: str = "auto",
-    n_heads: int | None = None,
-    window: int | None = None,
-    rope_base: float = 10000.0,
-    mlp_hidden: int | None = None,
-) -> LanguageModel:
+class TransformerConfig(ModelConfig):
     """``backend``: "auto", "sdpa-flash", "sdpa-efficient", "sdpa-math" or "torch" (explicit reference).
-    ``n_heads`` defaults to d_model // 64 (at least 1); ``window`` makes it sliding-window attention."""
-    heads = n_heads or max(1, d_model // 64)
-    return LanguageModel(
-        vocab_size,
-        d_model,
-        n_layers,
-        lambda i: Attention(d_model, heads, window=window, backend=backend, rope_base=rope_base),
-        mlp_hidden=mlp_hidden,
-    )
+    ``n_heads`` None means d_model // 64 (at least 1); ``window`` makes it sliding-window attention."""
+
+    n_heads: PositiveInt | None = None
+    window: PositiveInt | None = None
+    rope_base: PositiveFloat = 10000.0
 
 
-def _available_backends() -> dict[str, bool | str]:
+def transformer_backends() -> dict[str, bool | str]:
     cuda = torch.cuda.is_available()
     return {
         "auto": True,
@@ -43,5 +31,14 @@ def _available_backends() -> dict[str, bool | str]:
     }
 
 
-build_transformer.available_backends = _available_backends
-build_transformer.reference_backend = "torch"
+@register("transformer", config=TransformerConfig, backends=transformer_backends, reference="torch")
+def build_transformer(config: TransformerConfig) -> LanguageModel:
+    c = config
+    heads = c.n_heads or max(1, c.d_model // 64)
+    return LanguageModel(
+        c.vocab_size,
+        c.d_model,
+        c.n_layers,
+        lambda i: Attention(c.d_model, heads, window=c.window, backend=c.backend, rope_base=c.rope_base),
+        mlp_hidden=c.mlp_hidden,
+    )

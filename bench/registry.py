@@ -1,113 +1,223 @@
-"""Models by name: built-ins registered with ``@register``, any ``"package.module:factory"`` string,
-and third-party packages through the ``titans_bench.models`` entry-point group.
+"""One registry for everything the harness looks up by name: models and tasks.
 
-A factory is called as ``factory(vocab_size=..., d_model=..., n_layers=..., backend=..., **overrides)``
-and returns a model with the interface of :class:`bench.lm.LanguageModel`.
+An entry is an object registered under a name with the metadata declared beside it
+(``@models.register("mamba", config=MambaConfig, backends=..., reference="torch-recurrent")``), or a lazy
+``"package.module:object"`` string imported on first use. Three sources fill a registry:
+
+- built-ins, discovered by importing every module of the registry's built-in packages (``models`` and
+  ``baselines`` for models, ``bench.tasks`` for tasks); a built-in that fails to import is an error that
+  names it, never a silent gap;
+- installed packages, through an entry-point group (``titans_bench.models``);
+- ``"package.module:object"`` strings, accepted wherever a name is.
+
+This module imports neither torch nor any model: it is the bottom layer every other one may use.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import pkgutil
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
 from bench.errors import BenchError
 
-ENTRY_POINT_GROUP = "titans_bench.models"
 
-# Modules whose import registers the built-in models. Imported on first use, so `import bench` stays cheap.
-BUILTIN_MODULES = (
-    "baselines.transformer",
-    "baselines.mamba.model",
-    "baselines.deltanet.model",
-    "models.titans.model",
-    "models.titans.mac",
-)
+@dataclass
+class Entry:
+    """A registered object: ``target`` is the object, or the ``"package.module:object"`` string it is
+    imported from on first use; ``metadata`` is what was declared at registration."""
 
-_factories: dict[str, Callable[..., Any]] = {}
-_loaded = False
+    name: str
+    target: Any
+    metadata: dict[str, Any] = field(default_factory=dict)
 
+    def load(self) -> Any:
+        if isinstance(self.target, str):
+            self.target = import_object(self.target, self.name)
+        return self.target
 
-def register(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: ``@register("mamba")`` above a factory function or model class."""
-
-    def decorate(factory: Callable[..., Any]) -> Callable[..., Any]:
-        if name in _factories and _factories[name] is not factory:
-            raise BenchError(f"model name {name!r} is registered twice")
-        _factories[name] = factory
-        return factory
-
-    return decorate
+    def get(self, key: str, default: Any = None) -> Any:
+        """Declared metadata, else an attribute of the same name on the object (how plug-ins declare it)."""
+        if key in self.metadata:
+            return self.metadata[key]
+        return getattr(self.load(), key, default)
 
 
-def _load_builtins() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for module in BUILTIN_MODULES:
+def import_object(spec: str, name: str | None = None) -> Any:
+    """The object named by ``"package.module:object"``; a BenchError that says why when it cannot be had."""
+    module_name, _, attr = spec.partition(":")
+    what = f" ({name!r})" if name and name != spec else ""
+    if not module_name or not attr:
+        raise BenchError(f"{spec!r}{what} must look like 'package.module:object'")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        raise BenchError(f"cannot import module {module_name!r} for {spec!r}{what}: {err}") from None
+    except SyntaxError as err:
+        raise BenchError(
+            f"module {module_name!r} for {spec!r} has a syntax error: {err.filename}:{err.lineno}: {err.msg}"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - a module may fail to import in any way; say which one
+        raise BenchError(
+            f"module {module_name!r} for {spec!r} failed to import: {type(err).__name__}: {err}"
+        ) from None
+    obj = getattr(module, attr, None)
+    if obj is None:
+        raise BenchError(f"module {module_name!r} has no attribute {attr!r} ({spec!r}{what})")
+    return obj
+
+
+class Registry:
+    """Names -> entries of one kind (``"model"``, ``"task"``)."""
+
+    def __init__(
+        self, kind: str, builtin_packages: tuple[str, ...] = (), entry_point_group: str | None = None
+    ):
+        self.kind = kind
+        self.builtin_packages = builtin_packages
+        self.entry_point_group = entry_point_group
+        self._entries: dict[str, Entry] = {}
+        self._discovered = False
+
+    def register(self, name: str, **metadata: Any) -> Callable[[Any], Any]:
+        """Decorator: ``@registry.register("name", **metadata)`` above a function or class."""
+
+        def decorate(obj: Any) -> Any:
+            self.add(name, obj, **metadata)
+            return obj
+
+        return decorate
+
+    def add(self, name: str, target: Any, **metadata: Any) -> None:
+        """Register ``target`` (an object or a ``"package.module:object"`` string) under ``name``."""
+        known = self._entries.get(name)
+        if known is not None and known.target is not target:
+            raise BenchError(f"{self.kind} name {name!r} is registered twice")
+        self._entries[name] = Entry(name, target, metadata)
+
+    def _discover(self) -> None:
+        """Import every module of the built-in packages once, so their ``@register`` lines run."""
+        if self._discovered:
+            return
+        self._discovered = True
+        for package_name in self.builtin_packages:
+            package = importlib.import_module(package_name)
+            for info in pkgutil.iter_modules(package.__path__, package_name + "."):
+                try:
+                    importlib.import_module(info.name)
+                except Exception as err:  # noqa: BLE001 - name the module that broke
+                    self._discovered = False
+                    problem = f"{type(err).__name__}: {err}"
+                    raise BenchError(
+                        f"built-in {self.kind} module {info.name!r} failed to import: {problem}"
+                    ) from err
+
+    def _entry_points(self) -> dict[str, Any]:
+        """Installed packages' entry points, read afresh so a new install is seen at once."""
+        if self.entry_point_group is None:
+            return {}
+        return {ep.name: ep for ep in entry_points(group=self.entry_point_group)}
+
+    def names(self) -> list[str]:
+        """Sorted names of every registered entry (built-ins and entry points)."""
+        self._discover()
+        return sorted(set(self._entries) | set(self._entry_points()))
+
+    def get(self, name: str) -> Entry:
+        """The entry for a registered name or a ``"package.module:object"`` string."""
+        if ":" in name:
+            return Entry(name, name)
+        self._discover()
+        if name in self._entries:
+            return self._entries[name]
+        plugin = self._entry_points().get(name)
+        if plugin is None:
+            raise BenchError(f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self.names())}")
         try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            # A built-in family that is not written yet is simply absent; a missing dependency inside
-            # one that exists is a real error.
-            if err.name is None or not module.startswith(err.name):
-                raise
+            target = plugin.load()
+        except Exception as err:  # noqa: BLE001 - a plug-in may fail in any way; say which one
+            raise BenchError(f"plug-in {self.kind} {name!r} ({plugin.value}) failed to load: {err}") from None
+        self._entries[name] = Entry(name, target)
+        return self._entries[name]
 
 
-def _plugins() -> dict[str, Any]:
-    """Entry points of installed third-party packages, read afresh so a new install is seen at once."""
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+# -- models ------------------------------------------------------------------------------------------------
+# A model entry's metadata: ``config`` (the family's pydantic config class, which validates a build's
+# arguments), ``backends`` (a function -> {backend: True or the reason it cannot run here}) and
+# ``reference`` (the slow, obviously correct backend `bench validate` checks the others against). A plug-in
+# without a config is any factory(vocab_size, d_model, n_layers, backend="auto", **options); it may declare
+# ``available_backends`` and ``reference_backend`` as attributes of the factory.
+
+MODELS = Registry("model", builtin_packages=("baselines", "models"), entry_point_group="titans_bench.models")
+
+
+def register(name: str, **metadata: Any) -> Callable[[Any], Any]:
+    """Decorator: ``@register("mamba", config=MambaConfig, backends=..., reference="torch-recurrent")``."""
+    return MODELS.register(name, **metadata)
 
 
 def list_models() -> list[str]:
     """Sorted names of every registered model (built-ins and entry points)."""
-    _load_builtins()
-    return sorted(set(_factories) | set(_plugins()))
-
-
-def _import_factory(spec: str) -> Callable[..., Any]:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise BenchError(f"model spec {spec!r} must look like 'package.module:factory'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise BenchError(f"cannot import module {module_name!r} for model {spec!r}: {err}") from None
-    factory = getattr(module, attr, None)
-    if factory is None:
-        raise BenchError(f"module {module_name!r} has no attribute {attr!r} (model {spec!r})")
-    return factory
+    return MODELS.names()
 
 
 def get_factory(name: str) -> Callable[..., Any]:
     """The factory for a registered name or a ``"package.module:factory"`` string."""
-    if ":" in name:
-        return _import_factory(name)
-    _load_builtins()
-    if name in _factories:
-        return _factories[name]
-    plugin = _plugins().get(name)
-    if plugin is None:
-        raise BenchError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    try:
-        factory = _factories[name] = plugin.load()
-    except Exception as err:  # noqa: BLE001 - a plug-in may fail in any way; say which one
-        raise BenchError(f"plug-in model {name!r} ({plugin.value}) failed to load: {err}") from None
-    return factory
+    return MODELS.get(name).load()
 
 
 def build(name: str, **kwargs: Any):
-    """Build a model by name: ``bench.build("transformer", vocab_size=256, d_model=64, n_layers=2)``."""
-    factory = get_factory(name)
-    _check_arguments(name, factory, kwargs)
-    return factory(**kwargs)
+    """Build a model by name: ``bench.build("transformer", vocab_size=256, d_model=64, n_layers=2)``.
+    Arguments are checked against the family's config (or the plug-in factory's signature) first, so a typo
+    or a wrong type is named instead of surfacing deep inside."""
+    entry = MODELS.get(name)
+    factory = entry.load()
+    config_class = entry.metadata.get("config")
+    if config_class is not None:
+        return factory(make_config(name, config_class, kwargs))
+    _check_signature(name, factory, kwargs)
+    model = factory(**kwargs)
+    if model is None:
+        raise BenchError(f"model {name!r}: its factory returned None instead of a model")
+    return model
 
 
-def _check_arguments(name: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> None:
-    """Reject unknown keyword arguments up front, so a typo is named instead of surfacing deep inside."""
+def make_config(name: str, config_class: Any, kwargs: dict[str, Any]) -> Any:
+    """The family's config from keyword arguments; a BenchError naming the first bad one."""
+    from pydantic import ValidationError  # only where a config is used: `bench list` stays light
+
+    try:
+        return config_class.model_validate(kwargs)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            unknown = sorted({str(e["loc"][0]) for e in err.errors() if e["type"] == "extra_forbidden"})
+            raise BenchError(
+                f"model {name!r} does not accept argument(s) {', '.join(unknown)}; "
+                f"it accepts: {', '.join(sorted(config_class.model_fields))}"
+            ) from None
+        raise BenchError(f"model {name!r}: argument {where!r}: {first['msg']}") from None
+
+
+def model_parameters(name: str) -> dict[str, Any]:
+    """Argument name -> default of a model (from its config, or its factory's signature)."""
+    entry = MODELS.get(name)
+    config_class = entry.metadata.get("config")
+    if config_class is not None:
+        return {k: f.default for k, f in config_class.model_fields.items()}
+    try:
+        params = inspect.signature(entry.load()).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD}
+
+
+def _check_signature(name: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> None:
     try:
         signature = inspect.signature(factory)
     except (TypeError, ValueError):
@@ -125,8 +235,26 @@ def _check_arguments(name: str, factory: Callable[..., Any], kwargs: dict[str, A
 
 
 def describe_backends(name: str) -> dict[str, bool | str]:
-    """Backend name -> True if it can run here, else the reason it cannot. A factory declares its
-    backends with an ``available_backends()`` attribute; plug-ins without one report nothing."""
-    factory = get_factory(name)
-    probe = getattr(factory, "available_backends", None)
+    """Backend name -> True if it can run here, else the reason it cannot; {} when none are declared."""
+    probe = MODELS.get(name).get("backends") or MODELS.get(name).get("available_backends")
     return probe() if callable(probe) else {}
+
+
+def reference_backend(name: str) -> str | None:
+    """The slow, obviously correct backend of a model's family, or None when none is declared."""
+    entry = MODELS.get(name)
+    return entry.get("reference") or entry.get("reference_backend")
+
+
+# -- tasks -------------------------------------------------------------------------------------------------
+# A task entry is a Task subclass (bench.tasks.base) registered with ``@register_task("name")``.
+
+TASKS = Registry("task", builtin_packages=("bench.tasks",))
+
+
+def register_task(name: str, **metadata: Any) -> Callable[[Any], Any]:
+    def decorate(cls: Any) -> Any:
+        cls.name = name
+        return TASKS.register(name, **metadata)(cls)
+
+    return decorate

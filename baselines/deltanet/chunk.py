@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from baselines.deltanet.naive import compute_dtype
+from models.modules.dtypes import compute_dtype
 
 
 def _diagonal_blocks(x: torch.Tensor, size: int) -> torch.Tensor:

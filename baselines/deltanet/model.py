@@ -20,28 +20,30 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from pydantic import PositiveFloat, PositiveInt
 from torch import nn
 
-from baselines.deltanet import (
-    delta_rule_chunked,
+from baselines.deltanet.chunk import delta_rule_chunked, gated_delta_rule_chunked
+from baselines.deltanet.naive import (
     delta_rule_recurrent,
     delta_rule_step,
-    gated_delta_rule_chunked,
     gated_delta_rule_recurrent,
     gated_delta_rule_step,
 )
-from baselines.mamba.model import (
+from bench.registry import register
+from models.modules.backends import (
     TORCH_BACKENDS,
     UpstreamMixer,
-    compute_dtype,
-    init_projections,
-    inverse_softplus_dt,
     resolve_backend,
+    torch_or_upstream_backends,
     upstream_problem,
 )
-from bench.layers import CausalConv1d, GatedRMSNorm, RMSNorm
-from bench.lm import LanguageModel, Mixer, dtype_bytes
-from bench.registry import register
+from models.modules.config import ModelConfig
+from models.modules.conv import CausalConv1d
+from models.modules.dtypes import compute_dtype, dtype_bytes
+from models.modules.init import init_projections, inverse_softplus_dt
+from models.modules.lm import LanguageModel, Mixer
+from models.modules.norm import GatedRMSNorm, RMSNorm
 
 FLA_CHUNK_SIZE = 64  # fla's chunk kernels work in chunks of 64 tokens
 
@@ -283,128 +285,118 @@ def fla_problem() -> str | None:
     return upstream_problem("fla", ("fla.layers",))
 
 
+def fla_backends() -> dict[str, bool | str]:
+    return torch_or_upstream_backends("fla", fla_problem)
+
+
 def _check_heads(name: str, total: int, heads: int) -> int:
     if heads < 1 or total % heads:
-        raise ValueError(f"{name} = {total} is not divisible by num_heads = {heads}")
+        raise ValueError(f"{name} = {total} is not divisible by n_heads = {heads}")
     return total // heads
 
 
-@register("deltanet")
-def build_deltanet(
-    vocab_size: int = 256,
-    d_model: int = 256,
-    n_layers: int = 2,
-    backend: str = "auto",
-    num_heads: int | None = None,
-    expand_k: float = 1.0,
-    expand_v: float = 1.0,
-    conv_size: int = 4,
-    use_gate: bool = False,
-    chunk_size: int = 32,
-    mlp_hidden: int | None = None,
-) -> LanguageModel:
-    """DeltaNet in every block. ``backend``: "auto" (fla on CUDA when installed, else "torch-chunked"), "fla",
-    "torch-chunked" or "torch-recurrent". ``num_heads`` None means head dimensions of 128, the paper's
-    (d_model // 128 heads, at least 1). ``chunk_size`` is our chunked kernel's: 32, its fastest on the CPU
-    (fla's kernels use 64)."""
-    resolved = resolve_backend(backend, "fla", fla_problem)
-    heads = num_heads or max(1, d_model // 128)
-    key_dim, value_dim = round(d_model * expand_k), round(d_model * expand_v)
-    head_k, head_v = (
-        _check_heads("d_model * expand_k", key_dim, heads),
-        _check_heads("d_model * expand_v", value_dim, heads),
-    )
+class DeltaNetConfig(ModelConfig):
+    """``backend``: "auto" (fla on CUDA when installed, else "torch-chunked"), "fla", "torch-chunked" or
+    "torch-recurrent". ``n_heads`` None means head dimensions of 128, the paper's (d_model // 128 heads, at
+    least 1). ``chunk_size`` is our chunked kernel's: 32, its fastest on the CPU (fla's kernels use 64)."""
+
+    n_heads: PositiveInt | None = None
+    expand_k: PositiveFloat = 1.0
+    expand_v: PositiveFloat = 1.0
+    conv_size: PositiveInt = 4
+    use_gate: bool = False
+    chunk_size: PositiveInt = 32
+
+
+class GatedDeltaNetConfig(ModelConfig):
+    """Backends as for DeltaNet. By default the keys take 0.75 d_model in heads of about 256 and the values
+    twice that (fla's sizing, about 6 d_model^2 parameters per layer): ``n_heads`` None means
+    round(0.75 d_model / 256), at least 1; ``head_dim`` None means 0.75 d_model // n_heads."""
+
+    n_heads: PositiveInt | None = None
+    head_dim: PositiveInt | None = None
+    expand_v: PositiveFloat = 2.0
+    conv_size: PositiveInt = 4
+    use_gate: bool = True
+    chunk_size: PositiveInt = 32
+
+
+@register("deltanet", config=DeltaNetConfig, backends=fla_backends, reference="torch-recurrent")
+def build_deltanet(config: DeltaNetConfig) -> LanguageModel:
+    """DeltaNet in every block."""
+    c = config
+    resolved = resolve_backend(c.backend, "fla", fla_problem)
+    heads = c.n_heads or max(1, c.d_model // 128)
+    key_dim, value_dim = round(c.d_model * c.expand_k), round(c.d_model * c.expand_v)
+    head_k = _check_heads("d_model * expand_k", key_dim, heads)
+    head_v = _check_heads("d_model * expand_v", value_dim, heads)
 
     def make(i: int) -> Mixer:
         if resolved == "fla":
             from fla.layers import DeltaNet as FlaDeltaNetLayer
 
             layer = FlaDeltaNetLayer(
-                hidden_size=d_model,
-                expand_k=expand_k,
-                expand_v=expand_v,
+                hidden_size=c.d_model,
+                expand_k=c.expand_k,
+                expand_v=c.expand_v,
                 num_heads=heads,
-                use_gate=use_gate,
-                conv_size=conv_size,
+                use_gate=c.use_gate,
+                conv_size=c.conv_size,
                 layer_idx=0,
             )
             init_projections(layer)
             return FlaDeltaNet(layer)
         return DeltaNet(
-            d_model,
+            c.d_model,
             heads,
             head_k,
             head_v,
             gated=False,
-            use_gate=use_gate,
-            conv_size=conv_size,
-            chunk_size=chunk_size,
+            use_gate=c.use_gate,
+            conv_size=c.conv_size,
+            chunk_size=c.chunk_size,
             backend=resolved,
         )
 
-    return LanguageModel(vocab_size, d_model, n_layers, make, mlp_hidden=mlp_hidden)
+    return LanguageModel(c.vocab_size, c.d_model, c.n_layers, make, mlp_hidden=c.mlp_hidden)
 
 
-@register("gated-deltanet")
-def build_gated_deltanet(
-    vocab_size: int = 256,
-    d_model: int = 256,
-    n_layers: int = 2,
-    backend: str = "auto",
-    num_heads: int | None = None,
-    head_dim: int | None = None,
-    expand_v: float = 2.0,
-    conv_size: int = 4,
-    use_gate: bool = True,
-    chunk_size: int = 32,
-    mlp_hidden: int | None = None,
-) -> LanguageModel:
-    """Gated DeltaNet in every block; backends as for "deltanet". By default the keys take 0.75 d_model in
-    heads of about 256 and the values twice that (fla's sizing, about 6 d_model^2 parameters per layer):
-    ``num_heads`` None means round(0.75 d_model / 256), at least 1; ``head_dim`` None means
-    0.75 d_model // num_heads."""
-    resolved = resolve_backend(backend, "fla", fla_problem)
-    heads = num_heads or max(1, round(0.75 * d_model / 256))
-    head_k = head_dim or int(0.75 * d_model) // heads
-    head_v = head_k * expand_v
+@register("gated-deltanet", config=GatedDeltaNetConfig, backends=fla_backends, reference="torch-recurrent")
+def build_gated_deltanet(config: GatedDeltaNetConfig) -> LanguageModel:
+    """Gated DeltaNet in every block."""
+    c = config
+    resolved = resolve_backend(c.backend, "fla", fla_problem)
+    heads = c.n_heads or max(1, round(0.75 * c.d_model / 256))
+    head_k = c.head_dim or int(0.75 * c.d_model) // heads
+    head_v = head_k * c.expand_v
     if head_k < 1 or head_v != int(head_v):
-        raise ValueError(f"head_dim {head_k} * expand_v {expand_v} must be a positive integer")
+        raise ValueError(f"head_dim {head_k} * expand_v {c.expand_v} must be a positive integer")
 
     def make(i: int) -> Mixer:
         if resolved == "fla":
             from fla.layers import GatedDeltaNet as FlaGatedDeltaNetLayer
 
             layer = FlaGatedDeltaNetLayer(
-                hidden_size=d_model,
-                expand_v=expand_v,
+                hidden_size=c.d_model,
+                expand_v=c.expand_v,
                 head_dim=head_k,
                 num_heads=heads,
-                use_gate=use_gate,
-                conv_size=conv_size,
+                use_gate=c.use_gate,
+                conv_size=c.conv_size,
                 layer_idx=0,
             )
             init_projections(layer)
             return FlaDeltaNet(layer)
         return DeltaNet(
-            d_model,
+            c.d_model,
             heads,
             head_k,
             int(head_v),
             gated=True,
-            use_gate=use_gate,
-            conv_size=conv_size,
-            chunk_size=chunk_size,
+            use_gate=c.use_gate,
+            conv_size=c.conv_size,
+            chunk_size=c.chunk_size,
             backend=resolved,
         )
 
-    return LanguageModel(vocab_size, d_model, n_layers, make, mlp_hidden=mlp_hidden)
-
-
-def _available_backends() -> dict[str, bool | str]:
-    problem = fla_problem()
-    return {"auto": True, "torch-chunked": True, "torch-recurrent": True, "fla": problem or True}
-
-
-for _factory in (build_deltanet, build_gated_deltanet):
-    _factory.available_backends = _available_backends
-    _factory.reference_backend = "torch-recurrent"
+    return LanguageModel(c.vocab_size, c.d_model, c.n_layers, make, mlp_hidden=c.mlp_hidden)

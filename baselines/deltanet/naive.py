@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import torch
 
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half types, float64 stays float64: recurrences in bf16 drift."""
-    return torch.promote_types(dtype, torch.float32)
+from models.modules.dtypes import compute_dtype
 
 
 def delta_rule_step(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from baselines.mamba.naive import compute_dtype
+from models.modules.dtypes import compute_dtype
 
 
 def ssd_chunked(

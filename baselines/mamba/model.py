@@ -12,42 +12,36 @@ is our pure-PyTorch form (a blocked scan / chunked SSD, fast on the CPU); "torch
 reference. Our mixers name and shape every parameter as mamba_ssm's ``Mamba`` and ``Mamba2`` do, so a
 state_dict moves between backends.
 
-The pieces the DeltaNet family shares (the upstream wrapper and the backend resolution) live here too.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.nn.functional as F
+from pydantic import PositiveInt
 from torch import nn
 
-from baselines.mamba import (
-    selective_scan,
-    selective_scan_recurrent,
-    selective_state_update,
-    ssd_chunked,
-    ssd_recurrent,
-    ssd_step,
-)
-from bench.layers import CausalConv1d, GatedRMSNorm
-from bench.lm import LanguageModel, Mixer, dtype_bytes
+from baselines.mamba.chunk import ssd_chunked
+from baselines.mamba.naive import selective_scan_recurrent, selective_state_update, ssd_recurrent, ssd_step
+from baselines.mamba.scan import selective_scan
 from bench.registry import register
-
-TORCH_BACKENDS = ("torch-chunked", "torch-recurrent")
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Recurrences and decays run in at least float32 (bf16 drifts); float64 stays float64."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-# -- shared building blocks -------------------------------------------------------------------------------
+from models.modules.backends import (
+    TORCH_BACKENDS,
+    UpstreamMixer,
+    resolve_backend,
+    torch_or_upstream_backends,
+    upstream_problem,
+)
+from models.modules.config import ModelConfig
+from models.modules.conv import CausalConv1d
+from models.modules.dtypes import compute_dtype, dtype_bytes
+from models.modules.init import init_projections, inverse_softplus_dt
+from models.modules.lm import LanguageModel, Mixer
+from models.modules.norm import GatedRMSNorm
 
 
 @dataclass
@@ -56,76 +50,6 @@ class SSMState:
 
     conv: torch.Tensor
     ssm: torch.Tensor
-
-
-def init_projections(layer: nn.Module, skip: tuple[str, ...] = ()) -> None:
-    """The shell's init for a mixer's plain linear layers (N(0, 0.02), zero bias); ``skip`` names layers
-    with an init of their own, such as Mamba's dt_proj."""
-    for name, module in layer.named_children():
-        if isinstance(module, nn.Linear) and name not in skip:
-            nn.init.normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-
-
-def inverse_softplus_dt(n: int, dt_min: float = 1e-3, dt_max: float = 0.1, floor: float = 1e-4):
-    """dt biases such that softplus(bias) is log-uniform in [dt_min, dt_max], the Mamba papers' init."""
-    log_dt = torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-    dt = log_dt.exp().clamp(min=floor)
-    return dt + torch.log(-torch.expm1(-dt))
-
-
-def upstream_problem(package: str, modules: tuple[str, ...]) -> str | None:
-    """Why the upstream ``package``'s kernels cannot run here, or None when they can. Imports ``modules``
-    only when a CUDA device is there (on the CPU the import is slow and fails for the same reason)."""
-    if not torch.cuda.is_available():
-        return f"{package} needs a CUDA device and torch.cuda.is_available() is False"
-    if importlib.util.find_spec(package) is None:
-        return f"{package} is not installed (pip install 'titans-bench[gpu]')"
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except Exception as err:  # an ImportError, or an extension built against another torch or CUDA
-            return f"{module} does not import: {type(err).__name__}: {err}"
-    return None
-
-
-def resolve_backend(requested: str, upstream: str, problem: Callable[[], str | None]) -> str:
-    """The backend a model really runs, fixed at build time: "auto" is ``upstream`` where it can run, else
-    "torch-chunked"; an explicit ``upstream`` that cannot run here is an error, never a fallback."""
-    choices = ("auto", *TORCH_BACKENDS, upstream)
-    if requested not in choices:
-        raise ValueError(f"unknown backend {requested!r}; choose from {', '.join(choices)}")
-    if requested == "auto":
-        return upstream if problem() is None else "torch-chunked"
-    if requested == upstream:
-        reason = problem()
-        if reason is not None:
-            raise ValueError(f"backend {upstream!r} cannot run here: {reason}")
-    return requested
-
-
-def _drop_layer_prefix(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
-    for key in [k for k in state_dict if k.startswith(prefix + "layer.")]:
-        state_dict[prefix + key[len(prefix) + len("layer.") :]] = state_dict.pop(key)
-
-
-def _add_layer_prefix(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
-    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + "layer.")]:
-        state_dict[prefix + "layer." + key[len(prefix) :]] = state_dict.pop(key)
-
-
-class UpstreamMixer(Mixer):
-    """An upstream package's own layer as the mixer. Its state_dict leaves out the "layer." level, so the
-    keys are the layer's own parameter names, the same as our torch mixers': weights move between
-    backends, and the upstream kernel can be checked against our path with identical weights."""
-
-    def __init__(self, layer: nn.Module, backend: str):
-        super().__init__()
-        self.layer = layer
-        self.backend = backend
-        self.register_state_dict_post_hook(_drop_layer_prefix)
-        self.register_load_state_dict_pre_hook(_add_layer_prefix)
 
 
 # -- FLOPs --------------------------------------------------------------------------------------------------
@@ -422,6 +346,10 @@ def mamba_ssm_problem() -> str | None:
     return upstream_problem("mamba_ssm", ("mamba_ssm", "causal_conv1d"))
 
 
+def mamba_backends() -> dict[str, bool | str]:
+    return torch_or_upstream_backends("mamba_ssm", mamba_ssm_problem)
+
+
 def _upstream_mamba(version: int, d_model: int, **config) -> UpstreamMamba:
     from mamba_ssm.modules.mamba2 import Mamba2 as UpstreamMamba2Layer
     from mamba_ssm.modules.mamba_simple import Mamba as UpstreamMambaLayer
@@ -432,72 +360,81 @@ def _upstream_mamba(version: int, d_model: int, **config) -> UpstreamMamba:
     return UpstreamMamba(layer)
 
 
-@register("mamba")
-def build_mamba(
-    vocab_size: int = 256,
-    d_model: int = 256,
-    n_layers: int = 2,
-    backend: str = "auto",
-    d_state: int = 16,
-    d_conv: int = 4,
-    expand: int = 2,
-    dt_rank: int | None = None,
-    mlp_hidden: int | None = None,
-) -> LanguageModel:
-    """Mamba in every block. ``backend``: "auto" (mamba_ssm on CUDA when installed, else "torch-chunked"),
-    "mamba_ssm", "torch-chunked" or "torch-recurrent". ``dt_rank`` None means ceil(d_model / 16)."""
-    resolved = resolve_backend(backend, "mamba_ssm", mamba_ssm_problem)
+class MambaConfig(ModelConfig):
+    """``backend``: "auto" (mamba_ssm on CUDA when installed, else "torch-chunked"), "mamba_ssm",
+    "torch-chunked" or "torch-recurrent"."""
+
+    d_state: PositiveInt = 16
+    d_conv: PositiveInt = 4
+    expand: PositiveInt = 2
+    dt_rank: PositiveInt | None = None  # None: ceil(d_model / 16)
+
+
+class Mamba2Config(ModelConfig):
+    """Backends as for Mamba. ``n_heads`` None means heads of 64 channels (expand * d_model // 64), the
+    paper's; ``chunk_size`` None means each kernel's own default: 256 for mamba_ssm's Triton SSD, 64 for
+    ours (smaller chunks suit the CPU)."""
+
+    d_state: PositiveInt = 128
+    d_conv: PositiveInt = 4
+    expand: PositiveInt = 2
+    n_heads: PositiveInt | None = None
+    ngroups: PositiveInt = 1
+    chunk_size: PositiveInt | None = None
+
+
+@register("mamba", config=MambaConfig, backends=mamba_backends, reference="torch-recurrent")
+def build_mamba(config: MambaConfig) -> LanguageModel:
+    """Mamba in every block."""
+    c = config
+    resolved = resolve_backend(c.backend, "mamba_ssm", mamba_ssm_problem)
 
     def make(i: int) -> Mixer:
         if resolved == "mamba_ssm":
             return _upstream_mamba(
-                1, d_model, d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank or "auto"
+                1, c.d_model, d_state=c.d_state, d_conv=c.d_conv, expand=c.expand, dt_rank=c.dt_rank or "auto"
             )
-        return Mamba(d_model, d_state, d_conv, expand, dt_rank, backend=resolved)
+        return Mamba(c.d_model, c.d_state, c.d_conv, c.expand, c.dt_rank, backend=resolved)
 
-    return LanguageModel(vocab_size, d_model, n_layers, make, mlp_hidden=mlp_hidden)
+    return LanguageModel(c.vocab_size, c.d_model, c.n_layers, make, mlp_hidden=c.mlp_hidden)
 
 
-@register("mamba2")
-def build_mamba2(
-    vocab_size: int = 256,
-    d_model: int = 256,
-    n_layers: int = 2,
-    backend: str = "auto",
-    d_state: int = 128,
-    d_conv: int = 4,
-    expand: int = 2,
-    headdim: int = 64,
-    ngroups: int = 1,
-    chunk_size: int | None = None,
-    mlp_hidden: int | None = None,
-) -> LanguageModel:
-    """Mamba2 in every block; backends as for "mamba". ``chunk_size`` None means each kernel's own
-    default: 256 for mamba_ssm's Triton SSD, 64 for ours (smaller chunks suit the CPU)."""
-    resolved = resolve_backend(backend, "mamba_ssm", mamba_ssm_problem)
+def mamba2_head_dim(config: Mamba2Config) -> int:
+    d_inner = config.expand * config.d_model
+    heads = config.n_heads or max(1, d_inner // 64)
+    if d_inner % heads:
+        raise ValueError(f"expand * d_model = {d_inner} is not divisible by n_heads = {heads}")
+    return d_inner // heads
+
+
+@register("mamba2", config=Mamba2Config, backends=mamba_backends, reference="torch-recurrent")
+def build_mamba2(config: Mamba2Config) -> LanguageModel:
+    """Mamba2 in every block."""
+    c = config
+    resolved = resolve_backend(c.backend, "mamba_ssm", mamba_ssm_problem)
+    head_dim = mamba2_head_dim(c)
 
     def make(i: int) -> Mixer:
         if resolved == "mamba_ssm":
             return _upstream_mamba(
                 2,
-                d_model,
-                d_state=d_state,
-                d_conv=d_conv,
-                expand=expand,
-                headdim=headdim,
-                ngroups=ngroups,
-                chunk_size=chunk_size or 256,
+                c.d_model,
+                d_state=c.d_state,
+                d_conv=c.d_conv,
+                expand=c.expand,
+                headdim=head_dim,
+                ngroups=c.ngroups,
+                chunk_size=c.chunk_size or 256,
             )
-        return Mamba2(d_model, d_state, d_conv, expand, headdim, ngroups, chunk_size or 64, backend=resolved)
+        return Mamba2(
+            c.d_model,
+            c.d_state,
+            c.d_conv,
+            c.expand,
+            head_dim,
+            c.ngroups,
+            c.chunk_size or 64,
+            backend=resolved,
+        )
 
-    return LanguageModel(vocab_size, d_model, n_layers, make, mlp_hidden=mlp_hidden)
-
-
-def _available_backends() -> dict[str, bool | str]:
-    problem = mamba_ssm_problem()
-    return {"auto": True, "torch-chunked": True, "torch-recurrent": True, "mamba_ssm": problem or True}
-
-
-for _factory in (build_mamba, build_mamba2):
-    _factory.available_backends = _available_backends
-    _factory.reference_backend = "torch-recurrent"
+    return LanguageModel(c.vocab_size, c.d_model, c.n_layers, make, mlp_hidden=c.mlp_hidden)

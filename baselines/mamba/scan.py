@@ -39,7 +39,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from baselines.mamba.naive import compute_dtype
+from models.modules.dtypes import compute_dtype
 
 # Numbers one step of the scan touches (all blocks together): enough to spread Python's per-op overhead,
 # small enough to stay in cache and far below PyTorch's parallel grain (32k elements), so these many small

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from bench.tasks import register_task
+from bench.registry import register_task
 from bench.tasks.base import IGNORE, Task, TaskConfig
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from pydantic import Field, PositiveInt
 
-from bench.tasks import register_task
+from bench.registry import register_task
 from bench.tasks.base import IGNORE, Task, TaskConfig
 
 # Marker tokens, then the 16 hex digits (0-9 are the decimal digits), then keys, then filler.

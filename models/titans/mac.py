@@ -18,19 +18,21 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from pydantic import PositiveInt
 from torch import nn
 
-from baselines.attention import Attention, KVCache
-from bench.layers import RMSNorm
-from bench.lm import LanguageModel, Mixer, dtype_bytes
 from bench.registry import register
+from models.modules.attention import Attention, KVCache
+from models.modules.dtypes import dtype_bytes
+from models.modules.lm import LanguageModel, Mixer
+from models.modules.norm import RMSNorm
 from models.titans.model import (
     LMM,
     LMMState,
     MemoryGate,
-    _available_backends,
-    _lmm_maker,
+    TitansHybridConfig,
     persistent_tokens,
+    titans_backends,
     with_persistent,
 )
 from models.titans.naive import get_activation, mlp_forward
@@ -160,40 +162,21 @@ class MAC(Mixer):
         return self.lmm.flops_per_token(seq_len) + retrieval + 2 * self.attention.flops_per_token(context)
 
 
-@register("titans-mac")
-def build_titans_mac(
-    vocab_size: int = 256,
-    d_model: int = 256,
-    n_layers: int = 2,
-    backend: str = "auto",
-    attention_backend: str = "auto",
-    n_heads: int | None = None,
-    head_dim: int | None = None,
-    memory_depth: int = 2,
-    memory_expansion: int = 4,
-    activation: str = "gelu",
-    memory_norm: bool = True,
-    chunk_size: int = 16,
-    max_lr: float = 0.1,
-    n_persistent: int = 4,
-    segment: int = 512,
-    mlp_hidden: int | None = None,
-) -> LanguageModel:
+class TitansMACConfig(TitansHybridConfig):
+    """MAC: full causal attention inside segments of ``segment`` tokens."""
+
+    segment: PositiveInt = 512
+
+
+@register("titans-mac", config=TitansMACConfig, backends=titans_backends, reference="torch-recurrent")
+def build_titans_mac(config: TitansMACConfig) -> LanguageModel:
     """Titans (MAC): in every block, attention over each segment with the memory's retrieval for it as
     context; the memory is then written with the attention output and gates it."""
-    make = _lmm_maker(
-        d_model, n_heads, head_dim, backend, memory_depth=memory_depth, memory_expansion=memory_expansion,
-        activation=activation, memory_norm=memory_norm, chunk_size=chunk_size, max_lr=max_lr,
-        n_persistent=0,
-    )  # fmt: skip
-    heads = n_heads or max(1, d_model // 64)
+    c = config
 
     def make_mixer(i: int) -> MAC:
-        attention = Attention(d_model, heads, backend=attention_backend, max_keys=n_persistent + 2 * segment)
-        return MAC(d_model, make(), attention, n_persistent, segment)
+        max_keys = c.n_persistent + 2 * c.segment
+        attention = Attention(c.d_model, c.heads, backend=c.attention_backend, max_keys=max_keys)
+        return MAC(c.d_model, c.make_lmm(), attention, c.n_persistent, c.segment)
 
-    return LanguageModel(vocab_size, d_model, n_layers, make_mixer, mlp_hidden=mlp_hidden)
-
-
-build_titans_mac.available_backends = _available_backends
-build_titans_mac.reference_backend = "torch-recurrent"
+    return LanguageModel(c.vocab_size, c.d_model, c.n_layers, make_mixer, mlp_hidden=c.mlp_hidden)

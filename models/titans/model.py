@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 from torch import nn
 
-from baselines.attention import Attention
-from bench.layers import CausalConv1d, RMSNorm
-from bench.lm import LanguageModel, Mixer, dtype_bytes
 from bench.registry import register
+from models.modules.attention import Attention
+from models.modules.config import ModelConfig
+from models.modules.conv import CausalConv1d
+from models.modules.dtypes import dtype_bytes
+from models.modules.lm import LanguageModel, Mixer
+from models.modules.norm import RMSNorm
 from models.titans.chunk import chunk_titans_memory
 from models.titans.fused_recurrent import fused_recurrent_titans_memory
 from models.titans.naive import (
@@ -56,7 +60,7 @@ class LMMState:
     def __init__(self, conv: torch.Tensor, memory: MemoryState):
         self.conv, self.memory = conv, memory
 
-    __dataclass_fields__ = {"conv": None, "memory": None}  # lets bench.lm.tensor_bytes walk it
+    __dataclass_fields__ = {"conv": None, "memory": None}  # lets models.modules.dtypes.tensor_bytes walk it
 
 
 class LMM(Mixer):
@@ -340,114 +344,84 @@ class MAG(Mixer):
         return self.lmm.flops_per_token(seq_len) + self.attention.flops_per_token(seq_len)
 
 
-def _lmm_maker(d_model: int, n_heads: int | None, head_dim: int | None, backend: str, **options):
-    """A function making one LMM mixer; heads default to d_model // 64, head_dim to d_model // heads."""
-    heads = n_heads or max(1, d_model // 64)
-    dim = head_dim or d_model // heads
-    return lambda: LMM(d_model, heads, dim, backend=backend, **options)
+class TitansConfig(ModelConfig):
+    """What every Titans variant shares: the memory and its heads. ``backend``: "auto" (= "torch-chunked")
+    or "torch-recurrent" (the per-token reference). ``n_heads`` None means d_model // 64 (at least 1),
+    ``head_dim`` None means d_model // n_heads."""
+
+    n_heads: PositiveInt | None = None
+    head_dim: PositiveInt | None = None
+    memory_depth: PositiveInt = 2
+    memory_expansion: PositiveInt = 4
+    activation: str = "gelu"
+    memory_norm: bool = True  # M(x) = x + LN(MLP(x)), the paper's camera-ready memory
+    chunk_size: PositiveInt = 16  # the paper's camera-ready chunk ("smaller is better but slower")
+    max_lr: PositiveFloat = 0.1
+    n_persistent: NonNegativeInt = 0
+
+    @property
+    def heads(self) -> int:
+        return self.n_heads or max(1, self.d_model // 64)
+
+    def make_lmm(self, n_persistent: int = 0) -> LMM:
+        """One LMM mixer with this config's memory (the hybrids own their persistent tokens)."""
+        return LMM(
+            self.d_model, self.heads, self.head_dim or self.d_model // self.heads,
+            memory_depth=self.memory_depth, memory_expansion=self.memory_expansion,
+            activation=self.activation, chunk_size=self.chunk_size, max_lr=self.max_lr,
+            n_persistent=n_persistent, backend=self.backend, memory_norm=self.memory_norm,
+        )  # fmt: skip
 
 
-@register("titans-lmm")
-def build_titans_lmm(
-    vocab_size: int = 256,
-    d_model: int = 256,
-    n_layers: int = 2,
-    backend: str = "auto",
-    n_heads: int | None = None,
-    head_dim: int | None = None,
-    memory_depth: int = 2,
-    memory_expansion: int = 4,
-    activation: str = "gelu",
-    memory_norm: bool = True,
-    chunk_size: int = 16,
-    max_lr: float = 0.1,
-    n_persistent: int = 0,
-    mlp_hidden: int | None = None,
-) -> LanguageModel:
-    """Titans (LMM): the neural memory alone in every block. ``backend``: "auto" (= "torch-chunked") or
-    "torch-recurrent" (the per-token reference). Heads default to d_model // 64."""
-    make = _lmm_maker(
-        d_model, n_heads, head_dim, backend, memory_depth=memory_depth, memory_expansion=memory_expansion,
-        activation=activation, memory_norm=memory_norm, chunk_size=chunk_size, max_lr=max_lr,
-        n_persistent=n_persistent,
-    )  # fmt: skip
-    return LanguageModel(vocab_size, d_model, n_layers, lambda i: make(), mlp_hidden=mlp_hidden)
+class TitansHybridConfig(TitansConfig):
+    """A Titans variant with attention beside its memory: the attention's kernels and the persistent
+    tokens (4 by default, prepended to every sequence)."""
+
+    attention_backend: str = "auto"
+    n_persistent: NonNegativeInt = 4
 
 
-@register("titans-mal")
-def build_titans_mal(
-    vocab_size: int = 256,
-    d_model: int = 256,
-    n_layers: int = 2,
-    backend: str = "auto",
-    attention_backend: str = "auto",
-    n_heads: int | None = None,
-    head_dim: int | None = None,
-    memory_depth: int = 2,
-    memory_expansion: int = 4,
-    activation: str = "gelu",
-    memory_norm: bool = True,
-    chunk_size: int = 16,
-    max_lr: float = 0.1,
-    n_persistent: int = 4,
-    window: int = 512,
-    mlp_hidden: int | None = None,
-) -> LanguageModel:
-    """Titans (MAL): persistent tokens -> LMM -> sliding-window attention in every block."""
-    make = _lmm_maker(
-        d_model, n_heads, head_dim, backend, memory_depth=memory_depth, memory_expansion=memory_expansion,
-        activation=activation, memory_norm=memory_norm, chunk_size=chunk_size, max_lr=max_lr,
-        n_persistent=n_persistent,
-    )  # fmt: skip
-    heads = n_heads or max(1, d_model // 64)  # the attention's heads, as the memory's
-    return LanguageModel(
-        vocab_size,
-        d_model,
-        n_layers,
-        lambda i: MAL(d_model, make(), Attention(d_model, heads, window=window, backend=attention_backend)),
-        mlp_hidden=mlp_hidden,
-    )
+class TitansWindowConfig(TitansHybridConfig):
+    """MAL and MAG: sliding-window attention over ``window`` tokens (None: full causal attention)."""
+
+    window: PositiveInt | None = 512
 
 
-@register("titans-mag")
-def build_titans_mag(
-    vocab_size: int = 256,
-    d_model: int = 256,
-    n_layers: int = 2,
-    backend: str = "auto",
-    attention_backend: str = "auto",
-    n_heads: int | None = None,
-    head_dim: int | None = None,
-    memory_depth: int = 2,
-    memory_expansion: int = 4,
-    activation: str = "gelu",
-    memory_norm: bool = True,
-    chunk_size: int = 16,
-    max_lr: float = 0.1,
-    n_persistent: int = 4,
-    window: int = 512,
-    mlp_hidden: int | None = None,
-) -> LanguageModel:
-    """Titans (MAG): in every block, sliding-window attention and the LMM side by side over the persistent
-    tokens and the input, the memory gating the attention."""
-    make = _lmm_maker(
-        d_model, n_heads, head_dim, backend, memory_depth=memory_depth, memory_expansion=memory_expansion,
-        activation=activation, memory_norm=memory_norm, chunk_size=chunk_size, max_lr=max_lr,
-        n_persistent=0,
-    )  # fmt: skip
-    heads = n_heads or max(1, d_model // 64)
-
-    def make_mixer(i: int) -> MAG:
-        attention = Attention(d_model, heads, window=window, backend=attention_backend, n_sink=n_persistent)
-        return MAG(d_model, make(), attention, n_persistent)
-
-    return LanguageModel(vocab_size, d_model, n_layers, make_mixer, mlp_hidden=mlp_hidden)
-
-
-def _available_backends() -> dict[str, bool | str]:
+def titans_backends() -> dict[str, bool | str]:
     return {"auto": True, "torch-chunked": True, "torch-recurrent": True}
 
 
-for _factory in (build_titans_lmm, build_titans_mal, build_titans_mag):
-    _factory.available_backends = _available_backends
-    _factory.reference_backend = "torch-recurrent"
+@register("titans-lmm", config=TitansConfig, backends=titans_backends, reference="torch-recurrent")
+def build_titans_lmm(config: TitansConfig) -> LanguageModel:
+    """Titans (LMM): the neural memory alone in every block."""
+    c = config
+    return LanguageModel(
+        c.vocab_size, c.d_model, c.n_layers, lambda i: c.make_lmm(c.n_persistent), mlp_hidden=c.mlp_hidden
+    )
+
+
+@register("titans-mal", config=TitansWindowConfig, backends=titans_backends, reference="torch-recurrent")
+def build_titans_mal(config: TitansWindowConfig) -> LanguageModel:
+    """Titans (MAL): persistent tokens -> LMM -> sliding-window attention in every block."""
+    c = config
+
+    def make_mixer(i: int) -> MAL:
+        attention = Attention(c.d_model, c.heads, window=c.window, backend=c.attention_backend)
+        return MAL(c.d_model, c.make_lmm(c.n_persistent), attention)
+
+    return LanguageModel(c.vocab_size, c.d_model, c.n_layers, make_mixer, mlp_hidden=c.mlp_hidden)
+
+
+@register("titans-mag", config=TitansWindowConfig, backends=titans_backends, reference="torch-recurrent")
+def build_titans_mag(config: TitansWindowConfig) -> LanguageModel:
+    """Titans (MAG): in every block, sliding-window attention and the LMM side by side over the persistent
+    tokens and the input, the memory gating the attention."""
+    c = config
+
+    def make_mixer(i: int) -> MAG:
+        attention = Attention(
+            c.d_model, c.heads, window=c.window, backend=c.attention_backend, n_sink=c.n_persistent
+        )
+        return MAG(c.d_model, c.make_lmm(), attention, c.n_persistent)
+
+    return LanguageModel(c.vocab_size, c.d_model, c.n_layers, make_mixer, mlp_hidden=c.mlp_hidden)

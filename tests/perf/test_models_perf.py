@@ -1,5 +1,5 @@
 """pytest-benchmark micro-benchmarks: a small CPU cell of every registered model in each timing mode,
-timed through the harness's own cell callables (bench.measure.step_callable).
+timed through the harness's own cell callables (bench.running.measure.step_callable).
 
 Not part of the default test run. Run with ``tox -e perf`` or
 ``pytest tests/perf --benchmark-only --benchmark-autosave`` and compare commits with
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import bench
-from bench.cells import Cell
-from bench.measure import make_model, step_callable
+from bench.running.measure import make_model, step_callable
+from bench.spec.cells import TimingCell
 
 SHAPE = dict(vocab_size=256, d_model=64, n_layers=2)
 
@@ -20,7 +20,7 @@ SHAPE = dict(vocab_size=256, d_model=64, n_layers=2)
 @pytest.mark.parametrize("name", bench.list_models())
 def test_cell(benchmark, name, mode):
     torch.set_num_threads(1)  # one thread: stabler numbers on shared CI machines
-    cell = Cell(
+    cell = TimingCell(
         model=name,
         label=name,
         seq_len=256,

@@ -4,7 +4,7 @@ import os
 import signal
 import time
 
-from bench.lm import LanguageModel
+from models.modules import LanguageModel
 from tests.plugins.gru import GRUMixer
 from tests.plugins.gru import build as build_gru
 
@@ -62,3 +62,8 @@ class _Sleepy(GRUMixer):
 
 def sleepy(vocab_size=32, d_model=16, n_layers=1, backend="auto"):
     return LanguageModel(vocab_size, d_model, n_layers, lambda i: _Sleepy(d_model))
+
+
+def returns_none(vocab_size=32, d_model=16, n_layers=1, backend="auto"):
+    """A factory with a bug: it forgets to return the model."""
+    LanguageModel(vocab_size, d_model, n_layers, lambda i: _Slow(d_model))

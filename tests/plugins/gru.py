@@ -7,7 +7,7 @@ under a name through the ``titans_bench.models`` entry-point group of your own p
 import torch
 from torch import nn
 
-from bench.lm import LanguageModel, Mixer
+from models.modules import LanguageModel, Mixer
 
 
 class GRUMixer(Mixer):

@@ -1,6 +1,6 @@
 """A test-only family with a reference backend and a deliberately wrong "fast" one, for `validate`."""
 
-from bench.lm import LanguageModel
+from models.modules import LanguageModel
 from tests.plugins.gru import GRUMixer
 
 

@@ -5,7 +5,7 @@ beyond its training length."""
 
 import torch
 
-from bench.lm import LanguageModel
+from models.modules import LanguageModel
 from tests.plugins.gru import GRUMixer
 
 

@@ -1,0 +1,45 @@
+"""``python -m bench validate``: every backend of every model against its slow reference; writes
+VALIDATE.md and validate.json, exits 1 if any backend is out of tolerance."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from pathlib import Path
+
+from bench.commands.run import names
+from bench.errors import BenchError
+
+HELP = "check every backend of every model against its slow reference"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", help="comma-separated names (default: all registered)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--seq-len", type=int, default=100, help="not a multiple of the chunk sizes, on purpose"
+    )
+    parser.add_argument("--out", help="directory for VALIDATE.md and validate.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.analysis.validation_report import validation_markdown
+    from bench.running import environment
+    from bench.running.validation import SHAPE, TOLERANCE, all_ok, run_validation
+
+    device, rows = run_validation(names(args.models) if args.models else None, args.device, args.seq_len)
+    if not rows:
+        raise BenchError("nothing to validate")
+    manifest = environment.collect()
+    manifest["device"] = device.type
+    run_dir = Path(args.out) if args.out else Path("runs") / f"validate-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "validate.json").write_text(
+        json.dumps({"manifest": manifest, "rows": rows}, indent=2, default=str)
+    )
+    text = validation_markdown(rows, manifest, SHAPE, TOLERANCE)
+    (run_dir / "VALIDATE.md").write_text(text)
+    print(text)
+    print(f"saved: {run_dir / 'VALIDATE.md'}")
+    return 0 if all_ok(rows) else 1

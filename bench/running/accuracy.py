@@ -1,0 +1,209 @@
+"""Accuracy cells: train a fresh model on a synthetic task, then measure how well it recalls at the
+training length and beyond it, the way Zoology measures associative recall.
+
+Training: AdamW (weight decay on matrices only), linear warm-up then cosine decay to 10% over
+``steps``, gradient clipping, fresh seeded batches every step. It stops at ``steps``, at ``max_seconds``
+of wall clock, at the first validation that reaches ``threshold``, or when the loss stops being finite
+(status "diverged"; the sweep goes on). Validation and test examples come from their own seed streams,
+and any training example identical to one of them is dropped, so a model is never scored on what it saw.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bench.registry import build
+from bench.running.failures import free_cuda, is_oom
+from bench.spec.cells import AccuracyCell
+from bench.spec.config import TrainSettings
+from bench.tasks import IGNORE, Task, make_task
+from bench.tasks.base import derive_seed, drop_seen, example_ids
+
+LOG_POINTS = 200  # loss-curve points kept per cell: enough to plot, small enough to store
+MIN_LR_FRACTION = 0.1
+
+Data = tuple[torch.Tensor, torch.Tensor]
+
+
+def lr_at(step: int, s: TrainSettings) -> float:
+    if step < s.warmup_steps:
+        return s.lr * (step + 1) / s.warmup_steps
+    progress = min(1.0, (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps))
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return s.lr * (MIN_LR_FRACTION + (1.0 - MIN_LR_FRACTION) * cosine)
+
+
+def make_optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+    # nanoGPT's rule: decay matrices (and embeddings), not gains and biases.
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.95))
+
+
+def precision(cell: AccuracyCell, model: torch.nn.Module, device: torch.device) -> Callable[[], Any]:
+    """Move the model to the cell's dtype; half precision is autocast over float32 weights, because
+    AdamW on half-precision weights loses small updates."""
+    dtype = getattr(torch, cell.dtype)
+    if dtype in (torch.bfloat16, torch.float16):
+        model.to(device=device, dtype=torch.float32)
+        return lambda: torch.autocast(device.type, dtype=dtype)
+    model.to(device=device, dtype=dtype)
+    return contextlib.nullcontext
+
+
+@torch.no_grad()  # not inference_mode: a memory that learns at test time may need autograd inside
+def evaluate(
+    model, task: Task, data: Data, batch_tokens: int, autocast: Callable[[], Any], stats: dict | None = None
+) -> float:
+    """Mean per-example score of the greedy (argmax) predictions; chunks of at most ``batch_tokens``.
+    ``stats``, if given, receives ``nonfinite``: the fraction of examples whose logits were not all finite
+    (their argmax is meaningless: a model that diverges beyond its training length scores 0 without it)."""
+    was_training = model.training
+    model.eval()
+    inputs, targets = data
+    device = next(model.parameters()).device
+    chunk = max(1, batch_tokens // inputs.shape[1])
+    scores, bad = [], 0
+    for i in range(0, len(inputs), chunk):
+        with autocast():
+            logits = model(inputs[i : i + chunk].to(device))
+        bad += int((~torch.isfinite(logits)).flatten(1).any(1).sum())
+        scores.append(task.score(logits.argmax(-1).cpu(), targets[i : i + chunk]))
+    model.train(was_training)
+    if stats is not None:
+        stats["nonfinite"] = bad / len(inputs)
+    return torch.cat(scores).mean().item()
+
+
+def next_batch(task: Task, cell: AccuracyCell, draw: int, seen: set[bytes]) -> Data:
+    batch = task.generate(cell.batch_size, cell.seq_len, derive_seed(cell.seed, "train", draw))
+    return drop_seen(*batch, seen)
+
+
+def train(model, task: Task, cell: AccuracyCell, val: Data, seen: set[bytes], autocast) -> dict[str, Any]:
+    s = cell.train
+    device = next(model.parameters()).device
+    optimizer = make_optimizer(model, s)
+    log_every = max(1, s.steps // LOG_POINTS)
+    batch_tokens = cell.batch_size * cell.seq_len
+    loss_curve: list[list[float]] = []
+    val_curve: list[list[float]] = []
+    window: list[float] = []
+    out: dict[str, Any] = {"status": "ok", "stop_reason": "steps"}
+    model.train()
+    start = time.perf_counter()
+    step = 0
+    draws = empty = 0
+    while step < s.steps:
+        inputs, targets = next_batch(task, cell, draws, seen)
+        draws += 1
+        if not len(inputs):  # a tiny task whose whole batch repeated held-out examples: draw again
+            empty += 1
+            if empty == 100:
+                raise ValueError(f"task {cell.task_label!r} keeps repeating its held-out examples")
+            continue
+        empty = 0
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, s)
+        with autocast():
+            logits = model(inputs.to(device))
+        loss = F.cross_entropy(
+            logits.float().flatten(0, 1), targets.to(device).flatten(), ignore_index=IGNORE
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip) if s.grad_clip else None
+        value = loss.item()
+        if not math.isfinite(value) or (norm is not None and not torch.isfinite(norm)):
+            what = f"loss {value}" if not math.isfinite(value) else f"gradient norm {norm.item()}"
+            out.update(status="diverged", stop_reason="diverged", error=f"{what} at step {step}")
+            break
+        optimizer.step()
+        step += 1
+        window.append(value)
+        if step % log_every == 0:
+            loss_curve.append([step, sum(window) / len(window)])
+            window = []
+        if step % s.eval_every == 0 or step == s.steps:
+            accuracy = evaluate(model, task, val, batch_tokens, autocast)
+            val_curve.append([step, accuracy])
+            if accuracy >= s.threshold:
+                out["stop_reason"] = "threshold"
+                break
+        if time.perf_counter() - start >= s.max_seconds:
+            out["stop_reason"] = "max_seconds"
+            break
+    if window:
+        loss_curve.append([step, sum(window) / len(window)])
+    out.update(
+        steps_run=step,
+        train_seconds=time.perf_counter() - start,
+        tokens_seen=step * batch_tokens,
+        final_loss=loss_curve[-1][1] if loss_curve else None,
+        loss_curve=loss_curve,
+        val_curve=val_curve,
+        best_val_accuracy=max((a for _, a in val_curve), default=None),
+    )
+    return out
+
+
+def run_accuracy_cell(cell: AccuracyCell) -> dict[str, Any]:
+    """Train and evaluate one (model, task) cell; a flat record for the results store."""
+    s = cell.train
+    device = torch.device(cell.device)
+    if cell.threads:
+        torch.set_num_threads(cell.threads)
+    task = make_task(cell.task, cell.task_args)
+    torch.manual_seed(cell.seed)
+    model = build(cell.model, **cell.build_kwargs())
+    autocast = precision(cell, model, device)
+
+    T = cell.seq_len
+    val = task.generate(s.val_samples, T, derive_seed(cell.seed, "val", T))
+    tests = {T: task.generate(s.eval_samples, T, derive_seed(cell.seed, "test", T))}
+    seen = set(example_ids(*val)) | set(example_ids(*tests[T]))
+    record = train(model, task, cell, val, seen, autocast)
+
+    start = time.perf_counter()
+    by_len = []
+    for length in cell.eval_lens:
+        entry: dict[str, Any] = {"eval_len": length, "state_bytes": model.state_bytes(1, length)}
+        if record["status"] != "ok":
+            entry["accuracy"] = None  # a diverged model has nothing to evaluate
+        elif any("error" in e for e in by_len):
+            entry.update(accuracy=None, error="skipped after an out-of-memory at a shorter length")
+        else:
+            if length not in tests:
+                tests[length] = task.generate(s.eval_samples, length, derive_seed(cell.seed, "test", length))
+            try:
+                entry["accuracy"] = evaluate(model, task, tests[length], cell.batch_size * T, autocast, entry)
+            except Exception as err:  # noqa: BLE001 - a longer length may not fit; the shorter ones stand
+                if not is_oom(err):
+                    raise
+                entry.update(accuracy=None, error=f"out of memory at eval_len {length}")
+                free_cuda()
+        by_len.append(entry)
+    accuracy = {e["eval_len"]: e.get("accuracy") for e in by_len}
+    record.update(
+        train_len=T,
+        accuracy=accuracy.get(T),
+        accuracy_by_len=by_len,
+        eval_seconds=time.perf_counter() - start,
+        state_bytes=model.state_bytes(1, T),
+        n_params=model.n_params(),
+        backend=model.backend,
+        torch_threads=torch.get_num_threads(),
+    )
+    # Flat columns too, one per length, for tools that compare runs cell by cell (bench.analysis.compare).
+    record.update({f"acc_T{length}": acc for length, acc in accuracy.items()})
+    return record

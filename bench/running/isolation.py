@@ -1,0 +1,105 @@
+"""Run one cell and classify how it ended: ok, oom, crashed, timeout (diverged comes from accuracy runs).
+
+``run_isolated`` runs the cell in a fresh process (asv's model): the peak memory is that cell's own, and
+an OOM, a segfault or a hang cannot take the sweep down with it.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from bench.running.accuracy import run_accuracy_cell
+from bench.running.failures import free_cuda, is_oom
+from bench.running.measure import measure_cell
+from bench.spec.cells import AccuracyCell, TimingCell, cell_from_json
+
+STDERR_TAIL = 2000
+
+
+def run_in_process(cell: TimingCell | AccuracyCell, isolated: bool = False) -> dict:
+    """Measure a cell here; exceptions become a status, never propagate."""
+    start = time.perf_counter()
+    try:
+        if isinstance(cell, AccuracyCell):
+            record = run_accuracy_cell(cell)
+        else:
+            record = measure_cell(cell, isolated=isolated)
+        record.setdefault("status", "ok")
+    except Exception as err:  # noqa: BLE001 - any failure of a cell is recorded, the sweep goes on
+        record = {
+            "status": "oom" if is_oom(err) else "crashed",
+            "error": f"{type(err).__name__}: {err}"[:STDERR_TAIL],
+            "traceback": traceback.format_exc()[-STDERR_TAIL:],
+        }
+        if is_oom(err):
+            free_cuda()
+    record["wall_s"] = time.perf_counter() - start
+    return record
+
+
+_context = None
+
+
+def _fork_context():
+    """A forkserver that imports torch and the harness once: each cell is then a fresh process forked
+    from it in milliseconds, instead of a new interpreter that spends seconds importing torch. The server
+    runs no torch code, so no thread pool is forked in a locked state."""
+    global _context
+    if _context is None:
+        _context = multiprocessing.get_context("forkserver")
+        _context.set_forkserver_preload(["torch", "bench.running.isolation"])
+    return _context
+
+
+def _child(cell_json: str, out_path: str, stderr_path: str) -> None:
+    # The cell's own stderr goes to a file, so a crash can be reported with its last lines.
+    fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 2)
+    sys.stderr = os.fdopen(os.dup(2), "w", buffering=1)
+    record = run_in_process(cell_from_json(cell_json), isolated=True)
+    tmp = out_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f)
+    os.replace(tmp, out_path)  # the parent sees a whole result or none
+
+
+def run_isolated(cell: TimingCell | AccuracyCell, timeout_s: float) -> dict:
+    """Measure a cell in a fresh process with a time limit."""
+    with tempfile.TemporaryDirectory(prefix="bench-cell-") as tmp:
+        out_path, stderr_path = Path(tmp) / "result.json", Path(tmp) / "stderr.txt"
+        start = time.perf_counter()
+        proc = _fork_context().Process(
+            target=_child, args=(cell.model_dump_json(), str(out_path), str(stderr_path))
+        )
+        proc.start()
+        proc.join(timeout_s)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+            return {
+                "status": "timeout",
+                "error": f"no result after {timeout_s:g} s; killed",
+                "wall_s": time.perf_counter() - start,
+            }
+        if out_path.exists():
+            return json.loads(out_path.read_text())
+        code = proc.exitcode
+        reason = (
+            f"killed by signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
+        )
+        stderr = stderr_path.read_text(errors="replace") if stderr_path.exists() else ""
+        # The kernel's OOM killer leaves no Python exception behind, only SIGKILL.
+        return {
+            "status": "crashed",
+            "error": f"worker died ({reason}) without a result",
+            "stderr_tail": stderr[-STDERR_TAIL:],
+            "wall_s": time.perf_counter() - start,
+        }

@@ -1,0 +1,199 @@
+"""A cell is one measurement, and the sweep's unit of work, resume and comparison. Two kinds:
+
+- ``TimingCell``: model x seq_len x batch x dtype x mode (train, prefill or decode) on one device;
+- ``AccuracyCell``: model x task, a model trained from scratch at seq_len (the training length) and
+  evaluated at ``eval_lens``.
+
+``Cell`` is their tagged union (the tag is ``mode``), so code dispatches on the type, never on a string.
+A cell's ``key`` names everything that changes what is measured; two runs are compared cell by cell on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from bench.spec.config import ACCURACY_MODE, ModelEntry, SweepSpec, TrainSettings
+from bench.tasks import make_task
+
+
+class CellBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Identity: what is measured.
+    model: str
+    label: str
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    seq_len: int
+    batch_size: int
+    dtype: str
+    device: str
+    # How it is measured: may differ between two runs that are compared.
+    threads: int | None = None
+    seed: int = 0
+
+    IDENTITY: ClassVar[tuple[str, ...]] = (
+        "model",
+        "label",
+        "model_args",
+        "vocab_size",
+        "d_model",
+        "n_layers",
+        "seq_len",
+        "batch_size",
+        "dtype",
+        "mode",
+        "device",
+    )
+
+    def _key(self, middle: str) -> str:
+        """Stable across runs and processes: a readable prefix and a hash of the full identity."""
+        identity = {name: getattr(self, name) for name in self.IDENTITY}
+        digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        return f"{self.label}/{middle}T{self.seq_len}/B{self.batch_size}/{self.dtype}/{self.device}/{digest}"
+
+    def build_kwargs(self) -> dict[str, Any]:
+        return dict(
+            vocab_size=self.vocab_size, d_model=self.d_model, n_layers=self.n_layers, **self.model_args
+        )
+
+
+class TimingCell(CellBase):
+    """Throughput and memory of one model at one shape, in one mode."""
+
+    mode: Literal["train", "prefill", "decode"]
+    repeats: int = 5
+    warmup: int = 2
+    decode_tokens: int = 32
+
+    @property
+    def key(self) -> str:
+        return self._key(f"{self.mode}/")
+
+    @property
+    def group(self) -> tuple:
+        """Cells that differ only in seq_len: after an OOM at one length the longer ones are skipped."""
+        return (self.label, self.mode, self.batch_size, self.dtype, self.device)
+
+    @property
+    def describe(self) -> str:
+        return f"{self.label} {self.mode} T={self.seq_len}"
+
+
+class AccuracyCell(CellBase):
+    """A model trained from scratch on a task at seq_len, then scored at each of ``eval_lens``."""
+
+    mode: Literal["accuracy"] = "accuracy"
+    task: str
+    task_label: str
+    task_args: dict[str, Any] = Field(default_factory=dict)
+    eval_lens: list[int] = Field(default_factory=list)
+    train: TrainSettings
+
+    IDENTITY: ClassVar[tuple[str, ...]] = (
+        *CellBase.IDENTITY,
+        "task",
+        "task_label",
+        "task_args",
+        "eval_lens",
+        "train",
+    )
+
+    @property
+    def key(self) -> str:
+        return self._key(f"accuracy/{self.task_label}/")
+
+    @property
+    def group(self) -> tuple:
+        return (self.label, self.mode, self.task_label, self.batch_size, self.dtype, self.device)
+
+    @property
+    def describe(self) -> str:
+        return f"{self.label} {self.task_label} T={self.seq_len}"
+
+
+Cell = Annotated[TimingCell | AccuracyCell, Field(discriminator="mode")]
+_CELL = TypeAdapter(Cell)
+
+
+def cell_from_json(text: str) -> TimingCell | AccuracyCell:
+    """A cell back from ``cell.model_dump_json()`` (how cells travel to worker processes)."""
+    return _CELL.validate_json(text)
+
+
+def expand(spec: SweepSpec, models: list[ModelEntry], device: str) -> list[TimingCell | AccuracyCell]:
+    """Every cell of the sweep, ordered so each model's lengths run in ascending order."""
+    dtypes = spec.dtypes or (["bfloat16"] if device == "cuda" else ["float32"])
+    cells: list[TimingCell | AccuracyCell] = []
+    for entry in models:
+        for mode in spec.modes:
+            if mode == ACCURACY_MODE:
+                cells += accuracy_cells(spec, entry, device)
+                continue
+            for batch in spec.batch_sizes:
+                for dtype in dtypes:
+                    for seq_len in sorted(spec.seq_lens):
+                        cells.append(
+                            TimingCell(
+                                model=entry.name,
+                                label=entry.display,
+                                model_args=entry.args,
+                                vocab_size=spec.vocab_size,
+                                d_model=spec.d_model,
+                                n_layers=spec.n_layers,
+                                seq_len=seq_len,
+                                batch_size=batch,
+                                dtype=dtype,
+                                mode=mode,
+                                device=device,
+                                repeats=spec.repeats,
+                                warmup=spec.warmup,
+                                decode_tokens=spec.decode_tokens,
+                                threads=spec.threads,
+                                seed=spec.seed,
+                            )
+                        )
+    return cells
+
+
+def accuracy_cells(spec: SweepSpec, entry: ModelEntry, device: str) -> list[AccuracyCell]:
+    """One cell per task for this model. The model is built with the task's vocabulary (a task defines
+    its tokens), and the sweep's width and depth unless the [accuracy] table sets its own."""
+    acc = spec.accuracy
+    settings = TrainSettings(**acc.model_dump(include=set(TrainSettings.model_fields)))
+    dtype = acc.dtype or ("bfloat16" if device == "cuda" else "float32")
+    cells = []
+    for job in spec.tasks:
+        task = make_task(job.name, job.args)
+        train_len = job.train_len or acc.train_len
+        eval_lens = sorted(train_len * f for f in acc.eval_factors)
+        for length in (train_len, *eval_lens):
+            task.check_len(length)
+        cells.append(
+            AccuracyCell(
+                model=entry.name,
+                label=entry.display,
+                model_args=entry.args,
+                vocab_size=task.vocab_size,
+                d_model=acc.d_model or spec.d_model,
+                n_layers=acc.n_layers or spec.n_layers,
+                seq_len=train_len,
+                batch_size=acc.batch_size,
+                dtype=dtype,
+                device=device,
+                threads=acc.threads or spec.threads,
+                seed=spec.seed,
+                task=job.name,
+                task_label=job.display,
+                task_args=job.args,
+                eval_lens=eval_lens,
+                train=settings,
+            )
+        )
+    return cells

@@ -1,0 +1,193 @@
+"""The sweep file (TOML), validated: unknown or malformed fields are errors that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bench.errors import BenchError
+
+Mode = Literal["train", "prefill", "decode", "accuracy"]
+DType = Literal["float32", "bfloat16", "float16", "float64"]
+Device = Literal["auto", "cpu", "cuda"]
+TIMING_MODES = ("train", "prefill", "decode")
+ACCURACY_MODE = "accuracy"  # a model trained on a task, then scored (an AccuracyCell)
+
+PRESET_DIR = Path(__file__).parent / "presets"
+# --preset NAME: a packaged sweep file used as the base spec
+PRESETS = {"paper": "paper-accuracy.toml", "cpu-accuracy": "cpu-accuracy.toml"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelEntry(Strict):
+    """A model in a sweep: a registered name or "package.module:factory", with optional overrides."""
+
+    name: str = Field(min_length=1)
+    label: str | None = None  # how results and reports name it; defaults to `name`
+    args: dict[str, Any] = Field(default_factory=dict)  # passed to the factory as keyword arguments
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+class TaskEntry(Strict):
+    """A task in a sweep: a registered task name with its own args (validated by the task)."""
+
+    name: str = Field(min_length=1)
+    label: str | None = None  # how results and reports name it; defaults to `name`
+    args: dict[str, Any] = Field(default_factory=dict)
+    train_len: PositiveInt | None = None  # None: the [accuracy] table's train_len
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+class TrainSettings(Strict):
+    """How an accuracy cell trains its model: all of it changes what is measured, so all of it is
+    part of the cell's identity."""
+
+    steps: PositiveInt = 2000  # the cosine schedule's length; training may stop earlier
+    max_seconds: PositiveFloat = 600.0  # wall-clock budget of the training loop (validation included)
+    # lr is the setting worth sweeping per model (Zoology does). A long warm-up matters: a small
+    # Transformer at lr 3e-3 with a short one stalls on MQAR's plateau and never learns recall.
+    lr: PositiveFloat = 3e-3
+    warmup_steps: NonNegativeInt = 300
+    weight_decay: NonNegativeFloat = 0.1
+    grad_clip: PositiveFloat | None = 1.0
+    threshold: float = Field(default=0.99, gt=0, le=1)  # stop once validation accuracy reaches it
+    eval_every: PositiveInt = 25  # steps between validations
+    val_samples: PositiveInt = 256  # held-out examples at the training length, for early stopping
+    eval_samples: PositiveInt = 256  # held-out examples per evaluation length, for the results
+
+
+class AccuracySettings(TrainSettings):
+    """The [accuracy] table: how accuracy cells are trained and evaluated."""
+
+    train_len: PositiveInt = 64
+    eval_factors: list[PositiveInt] = Field(default=[1, 2, 4], min_length=1)  # x train_len
+    batch_size: PositiveInt = 64
+    # The model shape of accuracy cells; None: the sweep's. The vocabulary is always the task's own.
+    d_model: PositiveInt | None = None
+    n_layers: PositiveInt | None = None
+    dtype: DType | None = None  # None: float32 on the CPU, bfloat16 autocast on CUDA
+    threads: PositiveInt | None = None  # CPU threads for torch; None: the sweep's
+
+    @field_validator("eval_factors")
+    @classmethod
+    def _unique(cls, value: list) -> list:
+        if len(set(value)) != len(value):
+            raise ValueError("contains duplicates")
+        return value
+
+
+class SweepSpec(Strict):
+    name: str = Field(default="sweep", pattern=r"^[A-Za-z0-9._-]+$")
+    models: list[ModelEntry] | None = None  # None: every registered model
+    seq_lens: list[PositiveInt] = Field(default=[256, 1024], min_length=1)
+    batch_sizes: list[PositiveInt] = Field(default=[1], min_length=1)
+    dtypes: list[DType] | None = None  # None: bfloat16 on CUDA, float32 on the CPU
+    modes: list[Mode] = Field(default=["train", "prefill", "decode"], min_length=1)
+    device: Device = "auto"
+    # The model shape every cell uses, so every model is compared at the same width and depth.
+    vocab_size: PositiveInt = 512
+    d_model: PositiveInt = 256
+    n_layers: PositiveInt = 2
+    # Measurement settings: not part of a cell's identity.
+    repeats: PositiveInt = 5
+    warmup: PositiveInt = 2
+    decode_tokens: PositiveInt = 32
+    threads: PositiveInt | None = None  # CPU threads for torch; None: torch's default
+    timeout_s: PositiveFloat = 900.0
+    seed: int = 0
+    isolation: Literal["process", "none"] = "process"
+    out: str | None = None
+    # Accuracy mode: each model is trained from scratch on each task (see bench/running/accuracy.py).
+    tasks: list[TaskEntry] = Field(default_factory=list)
+    accuracy: AccuracySettings = Field(default_factory=AccuracySettings)
+
+    @field_validator("models", "tasks", mode="before")
+    @classmethod
+    def _names_to_entries(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_task_labels(cls, value: list[TaskEntry]) -> list[TaskEntry]:
+        labels = [t.display for t in value]
+        duplicates = sorted({x for x in labels if labels.count(x) > 1})
+        if duplicates:
+            raise ValueError(f"task label(s) used twice: {', '.join(duplicates)}; give each a label")
+        return value
+
+    @model_validator(mode="after")
+    def _accuracy_needs_tasks(self) -> SweepSpec:
+        if ACCURACY_MODE in self.modes and not self.tasks:
+            raise ValueError("modes include 'accuracy' but no tasks are given (tasks = [...] or --tasks)")
+        return self
+
+    @field_validator("seq_lens", "batch_sizes", "modes")
+    @classmethod
+    def _unique(cls, value: list) -> list:
+        if len(set(value)) != len(value):
+            raise ValueError("contains duplicates")
+        return value
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line naming the first bad field, e.g. ``sweep.toml: field 'seq_lens.1': ...``."""
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    kind = "unknown field" if first["type"] == "extra_forbidden" else "field"
+    return f"{source}: {kind} {where!r}: {first['msg']}{more}"
+
+
+def parse_spec(data: dict[str, Any], source: str) -> SweepSpec:
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as err:
+        raise BenchError(format_validation_error(err, source)) from None
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"sweep file {str(path)!r} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise BenchError(f"{path}: not valid TOML: {err}") from None
+    return parse_spec(data, str(path))
+
+
+def default_spec(device: str) -> SweepSpec:
+    """The sweep `python -m bench run` runs with no file: small on the CPU, 1K-16K tokens on CUDA."""
+    return load_spec(PRESET_DIR / ("cuda-default.toml" if device == "cuda" else "cpu-default.toml"))
+
+
+def preset_spec(name: str) -> SweepSpec:
+    """A packaged sweep by name (`--preset paper`)."""
+    if name not in PRESETS:
+        raise BenchError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+    return load_spec(PRESET_DIR / PRESETS[name])

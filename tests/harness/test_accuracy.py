@@ -1,0 +1,164 @@
+"""Accuracy mode: sweep spec and cells, the training loop, divergence, the CLI and the report section."""
+
+import pandas as pd
+import pytest
+
+from bench.cli import build_parser, main
+from bench.errors import BenchError
+from bench.running.accuracy import lr_at, run_accuracy_cell
+from bench.spec.cells import TimingCell, cell_from_json, expand
+from bench.spec.config import ModelEntry, TrainSettings, default_spec, parse_spec, preset_spec
+from tests.helpers import accuracy_cell
+
+
+def accuracy_spec(**accuracy):
+    return parse_spec(
+        {
+            "modes": ["train", "accuracy"],
+            "seq_lens": [32],
+            "d_model": 16,
+            "n_layers": 1,
+            "tasks": [
+                "mqar",
+                {"name": "mqar", "label": "mqar-small", "args": {"vocab_size": 32, "num_kv_pairs": 2}},
+                {"name": "niah-pk", "train_len": 128, "args": {"digits": 3}},
+            ],
+            "accuracy": {"train_len": 64, "eval_factors": [1, 2], **accuracy},
+        },
+        "test",
+    )
+
+
+def test_expand_makes_one_accuracy_cell_per_model_and_task():
+    spec = accuracy_spec()
+    cells = expand(spec, [ModelEntry(name="transformer")], "cpu")
+    timing = [c for c in cells if c.mode == "train"]
+    acc = [c for c in cells if c.mode == "accuracy"]
+    assert len(timing) == 1 and len(acc) == 3
+    assert [c.task_label for c in acc] == ["mqar", "mqar-small", "niah-pk"]
+    assert [c.seq_len for c in acc] == [64, 64, 128]  # the training length, not the timing seq_lens
+    assert [c.eval_lens for c in acc] == [[64, 128], [64, 128], [128, 256]]
+    assert [c.vocab_size for c in acc] == [8192, 32, acc[2].vocab_size]  # the task's own vocabulary
+    assert acc[0].batch_size == 64 and acc[0].train == TrainSettings()
+    assert len({c.key for c in cells}) == 4 and len({c.group for c in acc}) == 3
+    assert acc[1].key.startswith("transformer/accuracy/mqar-small/T64/B64/float32/cpu/")
+    assert cell_from_json(acc[2].model_dump_json()) == acc[2]  # what the worker receives
+
+
+def test_training_settings_are_part_of_the_key_and_timing_keys_did_not_change():
+    base = expand(accuracy_spec(), [ModelEntry(name="transformer")], "cpu")
+    other = expand(accuracy_spec(lr=1e-4), [ModelEntry(name="transformer")], "cpu")
+    assert base[0].key == other[0].key  # the timing cell
+    assert all(a.key != b.key for a, b in zip(base[1:], other[1:], strict=True))
+    timing = TimingCell(
+        model="transformer",
+        label="transformer",
+        vocab_size=512,
+        d_model=128,
+        n_layers=2,
+        seq_len=256,
+        batch_size=1,
+        dtype="float32",
+        mode="train",
+        device="cpu",
+    )
+    assert timing.key == "transformer/train/T256/B1/float32/cpu/8b2bdc90c5"  # as before accuracy mode
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"modes": ["accuracy"]}, "no tasks are given"),
+        ({"tasks": ["mqar", "mqar"]}, "task label(s) used twice: mqar"),
+        ({"tasks": [{"name": "mqar", "argz": {}}]}, "unknown field 'tasks.0.argz'"),
+        ({"accuracy": {"stepz": 3}}, "unknown field 'accuracy.stepz'"),
+        ({"accuracy": {"threshold": 1.5}}, "field 'accuracy.threshold'"),
+        ({"accuracy": {"eval_factors": [2, 2]}}, "duplicates"),
+    ],
+)
+def test_bad_accuracy_fields_are_named(data, message):
+    with pytest.raises(BenchError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_spec(data, "x.toml")
+
+
+@pytest.mark.parametrize(
+    "tasks, message",
+    [
+        (["nope"], "unknown task 'nope'; known tasks:"),
+        ([{"name": "mqar", "args": {"pairs": 3}}], "task 'mqar': unknown argument 'pairs'"),
+        ([{"name": "mqar", "args": {"num_kv_pairs": 32}}], "num_kv_pairs 32 needs seq_len >= 128 .*; got 64"),
+    ],
+)
+def test_bad_tasks_are_named_before_anything_runs(tasks, message):
+    spec = parse_spec({"modes": ["accuracy"], "tasks": tasks}, "x.toml")
+    with pytest.raises(BenchError, match=message):
+        expand(spec, [ModelEntry(name="transformer")], "cpu")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--modes", "accuracy", "--tasks", "mqar,bogus"], "unknown task 'bogus'"),
+        (["--preset", "huge"], "unknown preset 'huge'; known presets: cpu-accuracy, paper"),
+        (["x.toml", "--preset", "paper"], "give a sweep file or --preset, not both"),
+        (["--modes", "train", "--tasks", "mqar"], "--tasks needs 'accuracy' among the modes"),
+    ],
+)
+def test_cli_task_and_preset_errors_are_one_line(tmp_path, args, message, capsys):
+    code = main(["run", *args, "--models", "transformer", "--out", str(tmp_path / "r"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_presets_and_defaults():
+    from bench.commands.run import spec_from_args
+
+    paper = preset_spec("paper")
+    assert paper.modes == ["accuracy"] and paper.accuracy.eval_factors == [1, 2, 4, 8]
+    assert {t.name for t in paper.tasks} == {"mqar", "niah-pk", "niah-n", "niah-uuid"}
+    args = build_parser().parse_args(["run", "--preset", "paper", "--tasks", "mqar-128,niah-pk"])
+    spec = spec_from_args(args)
+    assert [t.display for t in spec.tasks] == ["mqar-128", "niah-pk"]
+    assert spec.tasks[0].train_len == 128 and spec.tasks[0].args["num_kv_pairs"] == 8  # kept from the preset
+
+    equal_steps = preset_spec("cpu-accuracy")
+    assert equal_steps.accuracy.max_seconds >= 600 and equal_steps.accuracy.steps == 600
+    assert equal_steps.tasks == default_spec("cpu").tasks  # the default run's tasks, with steps as the budget
+
+    cpu = default_spec("cpu")
+    assert "accuracy" in cpu.modes and [t.name for t in cpu.tasks] == ["mqar", "niah-pk"]
+    assert cpu.accuracy.max_seconds <= 15  # every registered model, within the 5-minute default run
+
+
+def test_lr_schedule_warms_up_then_decays_to_a_tenth():
+    s = TrainSettings(lr=1.0, warmup_steps=10, steps=110)
+    assert lr_at(0, s) == pytest.approx(0.1) and lr_at(9, s) == pytest.approx(1.0)
+    assert lr_at(10, s) == pytest.approx(1.0) and lr_at(60, s) == pytest.approx(0.55)
+    assert lr_at(110, s) == pytest.approx(0.1) and lr_at(500, s) == pytest.approx(0.1)
+
+
+def test_a_diverging_model_is_recorded_as_such():
+    cell = accuracy_cell(
+        "tests.plugins.unstable:build", "mqar", {"vocab_size": 16, "num_kv_pairs": 2}, 16, steps=20
+    )
+    record = run_accuracy_cell(cell)
+    assert record["status"] == "diverged" and record["stop_reason"] == "diverged"
+    assert record["error"] == "loss nan at step 3" and record["steps_run"] == 3
+    assert [e["accuracy"] for e in record["accuracy_by_len"]] == [None, None]
+    assert record["state_bytes"] > 0
+
+
+def test_outputs_that_turn_nan_beyond_the_training_length_are_flagged():
+    cell = accuracy_cell(
+        "tests.plugins.unstable:build", "mqar", {"vocab_size": 16, "num_kv_pairs": 2}, 16, steps=5
+    )
+    cell = cell.model_copy(update={"model_args": {"after": 10**9, "nan_beyond": 16}})
+    record = run_accuracy_cell(cell)
+    assert record["status"] == "ok"
+    assert [e["nonfinite"] for e in record["accuracy_by_len"]] == [0.0, 1.0]
+
+    from bench.analysis.report_accuracy import by_length, table
+
+    row = {**record, "label": "unstable", "task_label": "mqar", "seq_len": 16}
+    cells = table(by_length(pd.DataFrame([row]))).splitlines()[-1].split("|")[2:4]
+    assert "(NaN" not in cells[0] and cells[1].strip() == f"{100 * record['acc_T32']:.1f} (NaN 100%)"

@@ -1,0 +1,121 @@
+"""Regression checks: the ratio AND the significance rule, deterministic metrics, unmatched cells, exit
+codes, and the whole path end to end through two real sweeps."""
+
+import random
+
+import pytest
+from scipy.stats import mannwhitneyu
+
+from bench import results
+from bench.analysis.compare import compare_runs, compare_timing
+from bench.analysis.stats import mann_whitney_u
+from bench.cli import main
+
+
+def samples(center, n, seed, spread=0.02):
+    rng = random.Random(seed)
+    return [center * (1 + rng.uniform(-spread, spread)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("n1, n2, shift", [(5, 5, 1.3), (2, 2, 1.0), (12, 9, 1.05), (40, 35, 1.01)])
+def test_mann_whitney_matches_scipy(n1, n2, shift):
+    x, y = samples(1.0, n1, 1, 0.1), samples(shift, n2, 2, 0.1)
+    method = "exact" if n1 * n2 <= 400 else "asymptotic"  # ours is exact wherever that is cheap
+    expected = mannwhitneyu(x, y, alternative="two-sided", method=method).pvalue
+    assert mann_whitney_u(x, y)[1] == pytest.approx(expected, rel=1e-9)
+
+
+def test_ties_use_the_corrected_normal_approximation():
+    x, y = [1, 1, 2, 2, 3], [2, 3, 3, 4, 4]
+    assert mann_whitney_u(x, y)[1] == pytest.approx(mannwhitneyu(x, y, alternative="two-sided").pvalue)
+
+
+def test_known_30_percent_slowdown_is_flagged():
+    change = compare_timing("k", samples(1.0, 10, 1), samples(1.3, 10, 2), threshold=0.1, alpha=0.01)
+    assert change.verdict == "regression" and change.ratio == pytest.approx(1.3, rel=0.05)
+
+
+def test_speedup_is_an_improvement():
+    assert compare_timing("k", samples(1.3, 10, 1), samples(1.0, 10, 2), 0.1, 0.01).verdict == "improvement"
+
+
+def test_equal_distributions_are_not_flagged():
+    change = compare_timing("k", samples(1.0, 10, 1, 0.2), samples(1.0, 10, 2, 0.2), 0.1, 0.01)
+    assert change.verdict in ("unchanged", "not significant")
+
+
+def test_thirty_percent_shift_with_two_samples_is_not_significant():
+    change = compare_timing("k", samples(1.0, 2, 1), samples(1.3, 2, 2), 0.1, 0.01)
+    assert change.verdict == "not significant" and change.p_value > 0.3
+
+
+def test_significant_but_small_change_is_unchanged():
+    change = compare_timing("k", samples(1.0, 20, 1, 0.001), samples(1.03, 20, 2, 0.001), 0.1, 0.01)
+    assert change.p_value < 0.01 and change.verdict == "unchanged"
+
+
+def write_run(path, records):
+    for r in records:
+        results.append(path / results.RESULTS, r)
+
+
+def cell(key, time_s, mem=100.0, state=10.0, status="ok", n=8, seed=0):
+    rec = {"key": key, "status": status}
+    if status == "ok":
+        rec.update(samples_s=samples(time_s, n, seed), peak_mem_bytes=mem, state_bytes=state)
+    return rec
+
+
+@pytest.fixture
+def runs(tmp_path):
+    base, new = tmp_path / "base", tmp_path / "new"
+    base.mkdir(), new.mkdir()
+    write_run(
+        base,
+        [
+            cell("same", 1.0, seed=1),
+            cell("mem", 1.0, mem=100, seed=2),
+            cell("gone", 1.0),
+            cell("breaks", 1.0),
+        ],
+    )
+    write_run(
+        new,
+        [
+            cell("same", 1.0, seed=3),
+            cell("mem", 1.0, mem=150, seed=4),
+            cell("added", 1.0),
+            cell("breaks", 1.0, status="oom"),
+        ],
+    )
+    return base, new
+
+
+def test_memory_growth_failures_and_unmatched_cells(runs):
+    comp = compare_runs(*map(str, runs))
+    flagged = {(c.key, c.metric) for c in comp.regressions}
+    assert flagged == {("mem", "peak_mem_bytes"), ("breaks", "status ok -> oom")}
+    assert comp.only_base == ["gone"] and comp.only_new == ["added"]
+
+
+def test_cli_exit_codes_and_markdown(runs, tmp_path, capsys):
+    base, new = map(str, runs)
+    md = tmp_path / "cmp.md"
+    assert main(["compare", base, new, "--markdown", str(md)]) == 1
+    text = md.read_text()
+    assert "**regression**" in text and "Only in BASE" in text and "`gone`" in text
+    assert main(["compare", base, base]) == 0
+    assert main(["compare", base, str(tmp_path / "nowhere")]) == 2
+    assert main(["compare", base, new, "--alpha", "2"]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_rounds_concatenated_into_one_file_pool_their_samples(tmp_path):
+    path = tmp_path / "both.jsonl"
+    results.append(path, cell("k", 1.0, n=3, seed=1))
+    results.append(path, cell("k", 1.0, n=4, seed=2))
+    comp = compare_runs(str(path), str(path))
+    assert [c.verdict for c in comp.changes if c.metric == "time"] == ["unchanged"]
+    from bench.analysis.compare import _load
+
+    assert len(_load(str(path)).loc["k", "samples_s"]) == 7

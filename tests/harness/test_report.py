@@ -1,0 +1,49 @@
+from bench import results
+from bench.analysis.report import write_report
+
+
+def record(label, mode, seq_len, tps, status="ok"):
+    rec = {
+        "key": f"{label}/{mode}/{seq_len}",
+        "label": label,
+        "model": label,
+        "mode": mode,
+        "seq_len": seq_len,
+        "batch_size": 1,
+        "dtype": "float32",
+        "device": "cpu",
+        "d_model": 16,
+        "n_layers": 1,
+        "vocab_size": 32,
+        "status": status,
+    }
+    if status == "ok":
+        rec.update(
+            tokens_per_s=tps,
+            median_s=1 / tps,
+            iqr_s=0.1 / tps,
+            peak_mem_bytes=2**20 * seq_len,
+            state_bytes=64 * seq_len if label == "attn" else 4096,
+            backend="torch",
+            samples_s=[1 / tps],
+        )
+    else:
+        rec.update(error="simulated: cannot allocate")
+    return rec
+
+
+def test_report_from_a_small_results_file(tmp_path):
+    path = tmp_path / results.RESULTS
+    for label in ("attn", "rnn"):
+        for mode in ("train", "prefill", "decode"):
+            for t, tps in ((128, 2000.0), (512, 1500.0)):
+                results.append(path, record(label, mode, t, tps))
+    results.append(path, record("rnn", "train", 4096, 0, status="oom"))
+    results.write_manifest(tmp_path, {"name": "unit", "device": "cpu", "packages": {"torch": "x"}})
+    text = write_report(tmp_path).read_text()
+    assert text.startswith("# Benchmark report: unit")
+    assert "| attn | 2k ±5% | 1.5k ±5% |" in text
+    assert "| rnn | train | 4096 | 1 | oom | simulated: cannot allocate |" in text
+    assert "| attn | 0.0 | 0.0 |" in text  # state MiB table present
+    for png in ("throughput.png", "memory.png", "state_size.png"):
+        assert (tmp_path / png).exists()

@@ -1,0 +1,33 @@
+"""`bench compare` on real sweeps of a test plug-in: a slowed model is flagged, identical runs are not."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench.cli import main
+from tests.helpers import TINY_SWEEP
+
+pytestmark = pytest.mark.slow
+
+
+def test_end_to_end_a_slowed_model_is_flagged_and_identical_runs_are_not(tmp_path):
+    """The CI self-check: three real sweeps of a test-only model; the third made slower by a sleep."""
+    args = ["run", "--models", "tests.plugins.faulty:sleepy", "--seq-lens", "16", "--modes", "prefill",
+            *TINY_SWEEP, "--repeats", "7", "--no-report"]  # fmt: skip
+    for name, delay in (("a", "0"), ("b", "0"), ("slow", "0.3")):
+        env = {**os.environ, "TITANS_BENCH_TEST_DELAY": delay}
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench", *args, "--out", str(tmp_path / name)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stderr
+    # A generous ratio threshold keeps a noisy shared CI machine from flagging two identical runs,
+    # while a 300 ms sleep per forward is far beyond it.
+    strict = ["--threshold", "1.0"]
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "a")]) == 0
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), *strict]) == 0
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "slow"), *strict]) == 1

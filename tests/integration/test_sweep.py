@@ -1,0 +1,89 @@
+"""Real sweeps through the command line: one process per cell, faults recorded, the sweep goes on."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bench import results
+from bench.cli import main
+from tests.helpers import TINY_SWEEP
+
+pytestmark = pytest.mark.slow
+
+TINY = TINY_SWEEP
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True)
+
+
+def test_tiny_sweep_writes_results_and_report(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(
+        "run",
+        "--models",
+        "transformer",
+        "--modes",
+        "train,prefill,decode",
+        "--seq-lens",
+        "16,32",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *TINY,
+    )
+    assert proc.returncode == 0, proc.stderr
+    frame = results.load(out)
+    assert len(frame) == 6 and set(frame["status"]) == {"ok"}
+    assert set(frame["mode"]) == {"train", "prefill", "decode"}
+    assert (frame["tokens_per_s"] > 0).all() and (frame["peak_mem_bytes"] > 0).all()
+    assert all(len(s) == 2 for s in frame["samples_s"])
+    assert set(frame["backend"]) == {"sdpa-flash"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["torch_threads"] >= 1 and "torch" in manifest["packages"]
+    report = (out / "REPORT.md").read_text()
+    assert "Training throughput" in report and "![tokens/s](throughput.png)" in report
+    for png in ("throughput.png", "memory.png", "state_size.png"):
+        assert (out / png).stat().st_size > 1000
+
+    again = run_cli("run", "--models", "transformer", "--out", str(out), *TINY)
+    assert again.returncode == 2 and "already holds results" in again.stderr
+    assert len(results.load(out)) == 6  # nothing already measured is touched
+
+
+def test_faults_are_recorded_and_the_sweep_goes_on(tmp_path):
+    out = tmp_path / "faults"
+    models = ",".join(f"tests.plugins.faulty:{m}" for m in ("healthy", "oom", "kill", "hang", "fail"))
+    code = main(
+        [
+            "run",
+            "--models",
+            models,
+            "--seq-lens",
+            "16,64,128",
+            "--modes",
+            "prefill",
+            "--device",
+            "cpu",
+            "--timeout",
+            "10",
+            "--out",
+            str(out),
+            "--no-report",
+            *TINY,
+        ]
+    )
+    assert code == 0
+    frame = results.load(out)
+    status = {(r.model.split(":")[1], r.seq_len): r.status for r in frame.itertuples()}
+    assert all(status[("healthy", t)] == "ok" for t in (16, 64, 128))
+    for fault in ("oom", "kill", "hang", "fail"):
+        assert status[(fault, 16)] == "ok"  # healthy below the fault's length
+    assert status[("oom", 64)] == "oom" and status[("oom", 128)] == "skipped"
+    errors = {(r.model.split(":")[1], r.seq_len): str(r.error) for r in frame.itertuples()}
+    assert status[("kill", 64)] == "crashed" and "SIGKILL" in errors[("kill", 64)]
+    assert status[("hang", 64)] == "timeout"
+    assert status[("fail", 64)] == "crashed" and "simulated kernel failure" in errors[("fail", 64)]
