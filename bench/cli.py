@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 from bench.commands import COMMANDS
 from bench.errors import BenchError
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL_ERROR = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished cells are saved (resume with --resume RUN_DIR)", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - a bug of ours: one line, a distinct code, never mistaken for a verdict
+        where = traceback.extract_tb(err.__traceback__)[-1]
+        at = f"{where.filename}:{where.lineno}"
+        print(f"internal error: {type(err).__name__}: {err} (at {at}); please report it", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import warnings
 from pathlib import Path
 from typing import Any
@@ -59,11 +60,44 @@ def read_records(run: str | Path) -> list[dict[str, Any]]:
 
 
 def load(run: str | Path) -> pd.DataFrame:
-    """All results of a run as a DataFrame, one row per cell (a re-run cell replaces its earlier row)."""
-    frame = pd.DataFrame.from_records(read_records(run))
-    if "key" in frame:
-        frame = frame.drop_duplicates("key", keep="last").reset_index(drop=True)
-    return frame
+    """All results of a run as a DataFrame, one row per cell. A cell measured in several rounds (or
+    re-run) keeps its latest record, with the timing samples of all its ok records pooled and the
+    summary recomputed from them (``rounds``: how many ok records were pooled)."""
+    frame = pd.DataFrame.from_records(pool_rounds(read_records(run)))
+    return frame.reset_index(drop=True)
+
+
+def pool_rounds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per key: the latest, its ``samples_s`` the samples of every ok record of that key."""
+    latest: dict[str, dict[str, Any]] = {}
+    samples: dict[str, list[float]] = {}
+    rounds: dict[str, int] = {}
+    for record in records:
+        key = record.get("key")
+        if key is None:
+            continue
+        latest.pop(key, None)  # keep the order of last appearance
+        latest[key] = record
+        if record.get("status") == "ok" and isinstance(record.get("samples_s"), list):
+            samples.setdefault(key, []).extend(record["samples_s"])
+            rounds[key] = rounds.get(key, 0) + 1
+    pooled = []
+    for key, record in latest.items():
+        if rounds.get(key, 0) > 1 and record.get("status") == "ok":
+            record = {**record, **summary(samples[key], record.get("tokens_per_call")), "rounds": rounds[key]}
+        pooled.append(record)
+    return pooled
+
+
+def summary(samples: list[float], tokens_per_call: float | None) -> dict[str, Any]:
+    """Median and spread of per-call seconds, and tokens/s when the work per call is known."""
+    median = statistics.median(samples)
+    q = statistics.quantiles(samples, n=4) if len(samples) >= 2 else [median, median, median]
+    out = {"samples_s": samples, "median_s": median, "min_s": min(samples), "max_s": max(samples)}
+    out["iqr_s"] = q[2] - q[0]
+    if tokens_per_call:
+        out["tokens_per_s"] = tokens_per_call / median if median > 0 else float("inf")
+    return out
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:

@@ -1,18 +1,26 @@
 """``python -m bench compare BASE NEW``: find real regressions between two runs.
 
 Timings follow asv's rule: a change counts only if the ratio of medians passes ``threshold`` AND a
-Mann-Whitney U test on the raw per-repeat samples is significant (p < ``alpha``). Peak memory and state
-size are nearly deterministic, so a rise beyond ``mem_threshold`` is enough; accuracy counts when it
-drops by more than ``acc_threshold`` (absolute). A cell that was ok and now fails is a regression.
-Exit code: 1 if any regression, else 0 (2 on bad input, from the CLI).
+Mann-Whitney U test is significant (p < ``alpha``). What the test counts as one independent observation
+matters more than the test: the repeats of one process share its state (its warm caches, the load on the
+machine while it ran), so when a cell was measured in several rounds (``bench run --rounds K``, each round
+a fresh process, the cells in a new order) the unit is a round, summarised by its median; a run of a
+single round falls back to its raw repeats. A test also has a floor: with n units a side, a two-sided
+exact Mann-Whitney p cannot go below 2 / C(2n, n) (n = 3: 0.10, n = 4: 0.029, n = 5: 0.0079), so when the
+samples cannot reach ``alpha`` the comparison says so and refuses to decide (exit 2) instead of silently
+calling every change "not significant".
+
+Peak memory and state size are nearly deterministic, so a rise beyond ``mem_threshold`` is enough;
+accuracy counts when it drops by more than ``acc_threshold`` (absolute). A cell that was ok and now fails
+is a regression. Exit codes (from the CLI): 0 no regression, 1 a regression, 2 bad input or a comparison
+that cannot decide.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
-
-import pandas as pd
 
 from bench import results
 from bench.analysis.stats import mann_whitney_u
@@ -28,6 +36,7 @@ class Change:
     ratio: float
     p_value: float | None
     verdict: str  # "regression", "improvement", "not significant", "unchanged"
+    units: str = ""  # what the test counted, e.g. "6 vs 6 rounds"
 
 
 @dataclass
@@ -35,40 +44,68 @@ class Comparison:
     changes: list[Change] = field(default_factory=list)
     only_base: list[str] = field(default_factory=list)
     only_new: list[str] = field(default_factory=list)
+    underpowered: list[str] = field(default_factory=list)  # cells whose units cannot reach alpha
 
     @property
     def regressions(self) -> list[Change]:
         return [c for c in self.changes if c.verdict == "regression"]
 
+    @property
+    def common(self) -> int:
+        return len({c.key for c in self.changes})
 
-def _load(run: str) -> pd.DataFrame:
-    """One row per cell. A cell measured several times (runs concatenated to interleave base and head
-    rounds) keeps its latest record, with the raw timing samples of all its ok records pooled."""
+
+@dataclass
+class Side:
+    """One run's view of a cell: its latest record, one median per round, and every repeat."""
+
+    record: dict
+    round_medians: list[float]
+    samples: list[float]
+
+
+def smallest_p(n1: int, n2: int) -> float:
+    """The smallest two-sided p an exact Mann-Whitney test can give with n1 and n2 samples."""
+    return min(1.0, 2 / math.comb(n1 + n2, n1))
+
+
+def _side(records: list[dict]) -> Side:
+    """Rounds of concatenated runs are told apart by their run_id."""
+    rounds: dict[tuple, list[float]] = {}
+    for record in records:
+        if record.get("status") == "ok" and isinstance(record.get("samples_s"), list):
+            rounds.setdefault((record.get("run_id"), record.get("round", 0)), []).extend(record["samples_s"])
+    medians = [statistics.median(s) for s in rounds.values() if s]
+    return Side(records[-1], medians, [x for s in rounds.values() for x in s])
+
+
+def timing_units(base: Side, new: Side) -> tuple[list[float], list[float], str]:
+    """The independent observations to test: one median per round when both sides have several rounds,
+    else the raw repeats."""
+    if len(base.round_medians) >= 2 and len(new.round_medians) >= 2:
+        return base.round_medians, new.round_medians, "rounds"
+    return base.samples, new.samples, "repeats"
+
+
+def _load(run: str) -> dict[str, Side]:
     try:
         records = results.read_records(run)
     except BenchError:
         raise
     except Exception as err:  # noqa: BLE001 - any unreadable input is bad input
         raise BenchError(f"cannot read results from {run!r}: {err}") from None
-    by_key: dict[str, dict] = {}
-    pooled: dict[str, list[float]] = {}
+    by_key: dict[str, list[dict]] = {}
     for record in records:
-        if "key" not in record:
-            continue
-        by_key[record["key"]] = record
-        if record.get("status") == "ok" and isinstance(record.get("samples_s"), list):
-            pooled.setdefault(record["key"], []).extend(record["samples_s"])
+        if isinstance(record, dict) and "key" in record:
+            by_key.setdefault(record["key"], []).append(record)
     if not by_key:
         raise BenchError(f"{run!r} holds no result records")
-    for key, samples in pooled.items():
-        if by_key[key].get("status") == "ok":
-            by_key[key] = {**by_key[key], "samples_s": samples}
-    return pd.DataFrame.from_records(list(by_key.values())).set_index("key")
+    return {key: _side(group) for key, group in by_key.items()}
 
 
 def compare_timing(key: str, base: list[float], new: list[float], threshold: float, alpha: float) -> Change:
     """Times in seconds per call (lower is better); the ratio is new / base medians."""
-    b, n = float(pd.Series(base).median()), float(pd.Series(new).median())
+    b, n = statistics.median(base), statistics.median(new)
     ratio = n / b if b > 0 else math.inf
     _, p = mann_whitney_u(base, new)
     if max(ratio, 1 / ratio) < 1 + threshold:
@@ -90,8 +127,8 @@ def _deterministic(
     return Change(key, metric, base, new, ratio, None, verdict)
 
 
-def _accuracy_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c.startswith("acc_T")]
+def _number(x) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
 def compare_runs(
@@ -103,46 +140,41 @@ def compare_runs(
     acc_threshold: float = 0.05,
 ) -> Comparison:
     base, new = _load(base_run), _load(new_run)
-    out = Comparison(
-        only_base=sorted(set(base.index) - set(new.index)), only_new=sorted(set(new.index) - set(base.index))
-    )
-    for key in sorted(set(base.index) & set(new.index)):
-        b, n = base.loc[key], new.loc[key]
+    out = Comparison(only_base=sorted(set(base) - set(new)), only_new=sorted(set(new) - set(base)))
+    for key in sorted(set(base) & set(new)):
+        b, n = base[key].record, new[key].record
         if b.get("status") == "ok" and n.get("status") != "ok":
             out.changes.append(Change(key, f"status ok -> {n.get('status')}", 1, 0, 0, None, "regression"))
             continue
         if b.get("status") != "ok" or n.get("status") != "ok":
+            out.changes.append(
+                Change(key, f"status {b.get('status')} -> {n.get('status')}", 0, 0, 1, None, "unchanged")
+            )
             continue
-        if isinstance(b.get("samples_s"), list) and isinstance(n.get("samples_s"), list):
-            out.changes.append(compare_timing(key, b["samples_s"], n["samples_s"], threshold, alpha))
+        bu, nu, name = timing_units(base[key], new[key])
+        if bu and nu:
+            if smallest_p(len(bu), len(nu)) >= alpha:
+                out.underpowered.append(f"{key} ({len(bu)} vs {len(nu)} {name})")
+            change = compare_timing(key, bu, nu, threshold, alpha)
+            change.units = f"{len(bu)} vs {len(nu)} {name}"
+            out.changes.append(change)
         for metric in ("peak_mem_bytes", "state_bytes"):
-            if pd.notna(b.get(metric)) and pd.notna(n.get(metric)):
-                out.changes.append(
-                    _deterministic(
-                        key, metric, float(b[metric]), float(n[metric]), mem_threshold, higher_is_worse=True
-                    )
-                )
-        for col in _accuracy_columns(base):
-            if pd.notna(b.get(col)) and pd.notna(n.get(col)):
-                drop = float(b[col]) - float(n[col])
-                verdict = (
-                    "regression"
-                    if drop > acc_threshold
-                    else "improvement"
-                    if -drop > acc_threshold
-                    else "unchanged"
-                )
-                out.changes.append(
-                    Change(
-                        key,
-                        col,
-                        float(b[col]),
-                        float(n[col]),
-                        float(n[col]) / float(b[col]) if b[col] else math.inf,
-                        None,
-                        verdict,
-                    )
-                )
+            bv, nv = _number(b.get(metric)), _number(n.get(metric))
+            if bv is not None and nv is not None:
+                out.changes.append(_deterministic(key, metric, bv, nv, mem_threshold, higher_is_worse=True))
+        for col in sorted(c for c in b if c.startswith("acc_T")):
+            bv, nv = _number(b.get(col)), _number(n.get(col))
+            if bv is None or nv is None:
+                continue
+            drop = bv - nv
+            verdict = (
+                "regression"
+                if drop > acc_threshold
+                else "improvement"
+                if -drop > acc_threshold
+                else "unchanged"
+            )
+            out.changes.append(Change(key, col, bv, nv, nv / bv if bv else math.inf, None, verdict))
     return out
 
 
@@ -157,15 +189,19 @@ def _fmt(metric: str, x: float) -> str:
 def to_markdown(comp: Comparison, show_unchanged: bool = False) -> str:
     flagged = [c for c in comp.changes if show_unchanged or c.verdict != "unchanged"]
     lines = [
-        f"**{len(comp.regressions)} regression(s)** among {len(comp.changes)} compared metrics "
-        f"(timings: ratio and Mann-Whitney U; unchanged metrics not listed).",
+        f"**{len(comp.regressions)} regression(s)** among {len(comp.changes)} compared metrics of "
+        f"{comp.common} cells in common (timings: ratio of medians and Mann-Whitney U, one unit per round "
+        f"when there are rounds; unchanged metrics not listed).",
         "",
     ]
     if flagged:
-        lines += ["| cell | metric | base | new | ratio | p | verdict |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "| cell | metric | base | new | ratio | p (units) | verdict |",
+            "|---|---|---|---|---|---|---|",
+        ]
         order = {"regression": 0, "improvement": 1, "not significant": 2, "unchanged": 3}
         for c in sorted(flagged, key=lambda c: (order[c.verdict], c.key)):
-            p = "" if c.p_value is None else f"{c.p_value:.3g}"
+            p = "" if c.p_value is None else f"{c.p_value:.3g}" + (f" ({c.units})" if c.units else "")
             mark = "**regression**" if c.verdict == "regression" else c.verdict
             lines.append(
                 f"| `{c.key}` | {c.metric} | {_fmt(c.metric, c.base)} | {_fmt(c.metric, c.new)} | "

@@ -7,18 +7,37 @@ from pathlib import Path
 
 from bench.errors import BenchError
 
-HELP = "compare two runs; exit 1 on a significant regression"
+HELP = "compare two runs: exit 0 none, 1 a regression, 2 bad input or a comparison that cannot decide"
 
 
 def add_arguments(cmp: argparse.ArgumentParser) -> None:
     cmp.add_argument("base", help="run directory or results.jsonl of the baseline")
     cmp.add_argument("new", help="run directory or results.jsonl to check")
-    cmp.add_argument("--threshold", type=float, default=0.10, help="timing ratio that counts (default 0.10)")
-    cmp.add_argument("--alpha", type=float, default=0.01, help="Mann-Whitney U significance level")
     cmp.add_argument(
-        "--mem-threshold", type=float, default=0.10, help="relative memory/state growth that counts"
+        "--threshold",
+        type=float,
+        default=0.10,
+        help="relative change of the median time that counts (%(default)s)",
     )
-    cmp.add_argument("--acc-threshold", type=float, default=0.05, help="absolute accuracy drop that counts")
+    cmp.add_argument(
+        "--alpha", type=float, default=0.01, help="Mann-Whitney U significance level (%(default)s)"
+    )
+    cmp.add_argument(
+        "--mem-threshold",
+        type=float,
+        default=0.10,
+        help="relative memory/state growth that counts (%(default)s)",
+    )
+    cmp.add_argument(
+        "--acc-threshold", type=float, default=0.05, help="absolute accuracy drop that counts (%(default)s)"
+    )
+    cmp.add_argument(
+        "--min-common",
+        type=int,
+        default=1,
+        help="fewest cells the runs must share, else exit 2: a changed configuration never passes "
+        "(%(default)s)",
+    )
     cmp.add_argument("--markdown", help="also write the markdown table here (e.g. for a PR comment)")
     cmp.add_argument("--all", action="store_true", help="list unchanged metrics too")
 
@@ -35,11 +54,31 @@ def run(args: argparse.Namespace) -> int:
             raise BenchError(f"{name} must be >= 0, got {value}")
     if not 0 < args.alpha < 1:
         raise BenchError(f"--alpha must be in (0, 1), got {args.alpha}")
+    if args.min_common < 1:
+        raise BenchError(f"--min-common must be >= 1, got {args.min_common}")
     comp = compare_runs(
         args.base, args.new, args.threshold, args.alpha, args.mem_threshold, args.acc_threshold
     )
     text = to_markdown(comp, show_unchanged=args.all)
     print(text)
     if args.markdown:
-        Path(args.markdown).write_text(text)
+        write_text(Path(args.markdown), text, "--markdown")
+    if comp.common < args.min_common:
+        raise BenchError(
+            f"the runs share {comp.common} cell(s), fewer than --min-common {args.min_common}; "
+            f"{len(comp.only_base)} only in BASE, {len(comp.only_new)} only in NEW (listed above)"
+        )
+    if comp.underpowered:
+        raise BenchError(
+            f"{len(comp.underpowered)} timing comparison(s) cannot reach p < {args.alpha:g} with their "
+            f"samples, e.g. {comp.underpowered[0]}: measure more rounds (bench run --rounds) or repeats, "
+            "or raise --alpha"
+        )
     return 1 if comp.regressions else 0
+
+
+def write_text(path: Path, text: str, flag: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as err:
+        raise BenchError(f"{flag}: cannot write {str(path)!r}: {err.strerror}") from None

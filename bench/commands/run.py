@@ -57,6 +57,17 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--vocab-size", type=int)
     run.add_argument("--timeout", type=float, help="seconds per cell")
     run.add_argument(
+        "--rounds",
+        type=int,
+        help="measure every cell this many times, each in a fresh process, in a new seeded order per round "
+        "(what `compare` counts as independent units)",
+    )
+    run.add_argument(
+        "--param-budget",
+        help="size every model to this many non-embedding parameters (within 5%%) by its MLP width, "
+        "e.g. 2e6 or 2M",
+    )
+    run.add_argument(
         "--isolation", choices=["process", "none"], help="one process per cell (default) or none"
     )
     run.add_argument(
@@ -106,6 +117,8 @@ def spec_from_args(args: argparse.Namespace):
         "d_model": args.d_model,
         "n_layers": args.n_layers,
         "vocab_size": args.vocab_size,
+        "rounds": args.rounds,
+        "param_budget": args.param_budget,
         "tasks": _tasks(spec, args.tasks) if args.tasks else None,
     }
     data.update({k: v for k, v in overrides.items() if v is not None})

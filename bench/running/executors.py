@@ -25,14 +25,15 @@ from bench.spec.cells import cell_from_json
 from bench.spec.config import SweepSpec
 
 
-def run_local(cells: list[AnyCell], ledger: Ledger, spec: SweepSpec, bar) -> None:
+def run_local(cells: list[AnyCell], ledger: Ledger, spec: SweepSpec, bar, round_index: int = 0) -> None:
     for cell in cells:
         bar.set_postfix_str(cell.describe, refresh=False)
-        if ledger.settle(cell):
+        if ledger.settle(cell, round_index):
             if spec.isolation == "process":
-                ledger.record(cell, run_isolated(cell, spec.timeout_s))
+                outcome = run_isolated(cell, spec.timeout_s)
             else:
-                ledger.record(cell, run_in_process(cell))
+                outcome = run_in_process(cell)
+            ledger.record(cell, outcome, round_index)
         bar.update()
 
 
@@ -42,7 +43,12 @@ def _measure(cell_json: str, timeout_s: float) -> dict:
 
 
 def run_ray(
-    cells: list[AnyCell], ledger: Ledger, spec: SweepSpec, bar, cpus_per_cell: int | None = None
+    cells: list[AnyCell],
+    ledger: Ledger,
+    spec: SweepSpec,
+    bar,
+    round_index: int = 0,
+    cpus_per_cell: int | None = None,
 ) -> None:
     try:
         import ray
@@ -70,7 +76,7 @@ def run_ray(
         queue = queues[group]
         while queue:
             cell = queue.popleft()
-            if not ledger.settle(cell):
+            if not ledger.settle(cell, round_index):
                 bar.update()
                 continue
             in_flight[task.remote(cell.model_dump_json(), spec.timeout_s)] = cell
@@ -79,13 +85,13 @@ def run_ray(
     try:
         for group in queues:
             submit_next(group)
-        _drain(ray, in_flight, ledger, bar, submit_next)
+        _drain(ray, in_flight, ledger, bar, submit_next, round_index)
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _drain(ray, in_flight: dict, ledger, bar, submit_next) -> None:
+def _drain(ray, in_flight: dict, ledger, bar, submit_next, round_index: int) -> None:
     while in_flight:
         ready, _ = ray.wait(list(in_flight), num_returns=1)
         cell = in_flight.pop(ready[0])
@@ -93,7 +99,7 @@ def _drain(ray, in_flight: dict, ledger, bar, submit_next) -> None:
             outcome = ray.get(ready[0])
         except Exception as err:  # noqa: BLE001 - a lost node or worker is that cell's crash, not the sweep's
             outcome = {"status": "crashed", "error": f"ray task failed: {type(err).__name__}: {err}"[:2000]}
-        ledger.record(cell, outcome)
+        ledger.record(cell, outcome, round_index)
         bar.set_postfix_str(cell.describe, refresh=False)
         bar.update()
         submit_next(cell.group)

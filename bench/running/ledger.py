@@ -1,10 +1,16 @@
 """What a sweep has done and decides next: finished cells (from earlier runs too, for ``--resume``), the
 OOM skip rule, and the durable append of every result. Every executor goes through it, so they all skip,
-resume and record alike."""
+resume and record alike.
+
+A cell is measured once per round (``rounds`` in the sweep); each record carries its ``round`` and the
+``run_id`` of the invocation that measured it, so rounds of concatenated runs stay apart.
+"""
 
 from __future__ import annotations
 
+import random
 import time
+import uuid
 from pathlib import Path
 
 from bench import results
@@ -17,24 +23,45 @@ def skipped(reason: str) -> dict:
     return {"status": "skipped", "error": reason, "wall_s": 0.0}
 
 
+def round_order(cells: list[AnyCell], round_index: int, seed: int) -> list[AnyCell]:
+    """The cells in a seeded random order that changes per round, each group's lengths still ascending
+    (so the OOM skip rule holds): positions are shuffled, then every group's positions are given back to
+    its cells shortest first."""
+    if round_index == 0:
+        return list(cells)
+    shuffled = list(cells)
+    random.Random(f"{seed}/round/{round_index}").shuffle(shuffled)
+    by_group: dict[tuple, list[AnyCell]] = {}
+    for cell in shuffled:
+        by_group.setdefault(cell.group, []).append(cell)
+    for group in by_group.values():
+        group.sort(key=lambda c: c.seq_len, reverse=True)
+    return [by_group[cell.group].pop() for cell in shuffled]
+
+
 class Ledger:
     def __init__(self, cells: list[AnyCell], path: Path, resume: bool, retry_failed: bool):
         self.path = path
         self.retry_failed = retry_failed
-        self.done: dict[str, str] = {}
+        self.run_id = uuid.uuid4().hex[:12]
+        self.done: dict[tuple[str, int], str] = {}
         if resume and path.exists():
-            self.done = {r["key"]: r.get("status", "ok") for r in results.read_records(path) if "key" in r}
+            self.done = {
+                (r["key"], r.get("round", 0)): r.get("status", "ok")
+                for r in results.read_records(path)
+                if "key" in r
+            }
         self.oom_at: dict[tuple, int] = {}  # group -> shortest length that ran out of memory
         by_key = {c.key: c for c in cells}
-        for key, status in self.done.items():
+        for (key, _), status in self.done.items():
             if status == "oom" and key in by_key:
                 self._note_oom(by_key[key])
 
     def _note_oom(self, cell: AnyCell) -> None:
         self.oom_at[cell.group] = min(self.oom_at.get(cell.group, cell.seq_len), cell.seq_len)
 
-    def needs_run(self, cell: AnyCell) -> bool:
-        previous = self.done.get(cell.key)
+    def needs_run(self, cell: AnyCell, round_index: int = 0) -> bool:
+        previous = self.done.get((cell.key, round_index))
         return previous is None or (self.retry_failed and previous != "ok")
 
     def skip_reason(self, cell: AnyCell) -> str | None:
@@ -43,21 +70,22 @@ class Ledger:
             return f"skipped: out of memory at seq_len {shortest}"
         return None
 
-    def settle(self, cell: AnyCell) -> bool:
-        """Whether ``cell`` must be measured now; a cell that is done needs nothing, and one that the skip
-        rule rules out is recorded as skipped here."""
-        if not self.needs_run(cell):
+    def settle(self, cell: AnyCell, round_index: int = 0) -> bool:
+        """Whether ``cell`` must be measured now; a cell that is done needs nothing, one that the skip rule
+        rules out is recorded as skipped here, and later rounds re-measure only cells that ran fine."""
+        if not self.needs_run(cell, round_index):
+            return False
+        if round_index > 0 and self.done.get((cell.key, 0)) != "ok":
             return False
         reason = self.skip_reason(cell)
         if reason:
-            self.record(cell, skipped(reason))
+            self.record(cell, skipped(reason), round_index)
             return False
         return True
 
-    def record(self, cell: AnyCell, outcome: dict) -> None:
+    def record(self, cell: AnyCell, outcome: dict, round_index: int = 0) -> None:
         if outcome["status"] == "oom":
             self._note_oom(cell)
-        self.done[cell.key] = outcome["status"]
-        results.append(
-            self.path, {"key": cell.key, **cell.model_dump(), **outcome, "finished_at": time.time()}
-        )
+        self.done[(cell.key, round_index)] = outcome["status"]
+        stamp = {"round": round_index, "run_id": self.run_id, "finished_at": time.time()}
+        results.append(self.path, {"key": cell.key, **cell.model_dump(), **outcome, **stamp})

@@ -1,40 +1,49 @@
-"""Measure one cell in the current process: throughput, memory, state size and FLOPs of one model."""
+"""Measure one timing cell in the current process: throughput, memory, state size, FLOPs of one model.
+
+What each mode times, per call (the report repeats it):
+
+- ``train``: one optimizer step as users train: forward, loss, backward, gradient clipping and AdamW, with
+  the accuracy cells' precision recipe (float32 master weights; bf16/fp16 cells run under autocast);
+  the peak memory therefore holds weights, gradients, AdamW's two moments and the activations.
+- ``prefill``: ``model.prefill(prompt)`` in inference mode, as a serving stack does it: the hidden states,
+  the decoding state, and the logits of the last position only. Weights in the cell's dtype.
+- ``decode``: ``decode_tokens`` calls of ``model.step`` after a prompt of seq_len tokens; the prompt is
+  processed, untimed, before every call. Its memory is measured after the prompt (weights, the state and
+  what a step needs); the prompt's own peak is recorded beside it as ``prompt_peak_mem_bytes``.
+"""
 
 from __future__ import annotations
 
-import gc
-import resource
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from bench.registry import build
+from bench.running.accuracy import make_optimizer, precision
 from bench.running.environment import peak_flops
-from bench.running.timing import summarize, time_samples
+from bench.running.memory import PeakMemory
+from bench.running.timing import summarize, time_samples, warm_up
 from bench.spec.cells import TimingCell
+from bench.spec.config import TrainSettings
 
-
-def _rss_bytes() -> int:
-    """Current resident set size of this process."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * resource.getpagesize()
-    except OSError:
-        return 0
-
-
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+HALF = (torch.bfloat16, torch.float16)
 
 
 def make_model(cell: TimingCell, device: torch.device):
+    """The cell's model, seeded, and the autocast context its training runs under (a no-op otherwise)."""
     torch.manual_seed(cell.seed)
     model = build(cell.model, **cell.build_kwargs())
-    return model.to(device=device, dtype=getattr(torch, cell.dtype))
+    if cell.mode == "train":
+        return model, precision(cell, model, device)
+    return model.to(device=device, dtype=getattr(torch, cell.dtype)), contextlib.nullcontext
 
 
-def step_callable(cell: TimingCell, model, device: torch.device):
+def step_callable(
+    cell: TimingCell, model, device: torch.device, autocast: Callable[[], Any] = contextlib.nullcontext
+):
     """The callable timed for the cell's mode, the tokens one call processes, and an untimed setup."""
     g = torch.Generator(device="cpu").manual_seed(cell.seed + 1)
     B, T, V = cell.batch_size, cell.seq_len, cell.vocab_size
@@ -42,11 +51,16 @@ def step_callable(cell: TimingCell, model, device: torch.device):
     if cell.mode == "train":
         model.train()
         targets = torch.randint(0, V, (B, T), generator=g).to(device)
+        settings = TrainSettings()
+        optimizer = make_optimizer(model, settings)
 
         def train_step():
-            model.zero_grad(set_to_none=True)
-            logits = model(ids)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast():
+                logits = model(ids)
             F.cross_entropy(logits.float().view(-1, V), targets.view(-1)).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            optimizer.step()
 
         return train_step, B * T, None
     model.eval()
@@ -54,7 +68,7 @@ def step_callable(cell: TimingCell, model, device: torch.device):
 
         def prefill():
             with torch.inference_mode():
-                model(ids)
+                model.prefill(ids)
 
         return prefill, B * T, None
     if cell.mode == "decode":
@@ -76,61 +90,97 @@ def step_callable(cell: TimingCell, model, device: torch.device):
     raise ValueError(f"mode {cell.mode!r} is not a timing mode")
 
 
+def model_flops_per_token(cell: TimingCell, model) -> float:
+    """Forward FLOPs per token of what one call of the cell computes.
+
+    ``flops_per_token(T)`` is the model's average over a causal sequence of T tokens, head included. A
+    prefill computes the head at the last position only; a decode step at context t costs the marginal
+    (t + 1) f(t + 1) - t f(t), averaged over the decoded tokens."""
+    T = cell.seq_len
+    if cell.mode == "decode":
+        n = cell.decode_tokens
+        return ((T + n) * model.flops_per_token(T + n) - T * model.flops_per_token(T)) / n
+    flops = model.flops_per_token(T)
+    if cell.mode == "prefill":
+        flops -= 2.0 * cell.d_model * cell.vocab_size * (1 - 1 / T)
+    return flops
+
+
+def warm_runtime(cell: TimingCell, device: torch.device) -> None:
+    """Run the cell's code once on a tiny copy of its model (short sequence, small vocabulary), so that
+    what PyTorch initialises on first use (the optimizer's first step alone imports ~150 MiB of compiler
+    machinery, kernels and thread pools register lazily) belongs to the runtime's baseline and not to the
+    model's memory. Nothing of the tiny model is kept."""
+    tiny = cell.model_copy(
+        update={"seq_len": min(cell.seq_len, 16), "vocab_size": min(cell.vocab_size, 64), "decode_tokens": 1}
+    )
+    model, autocast = make_model(tiny, device)
+    fn, _, setup = step_callable(tiny, model, device, autocast)
+    if setup:
+        setup()
+    fn()
+
+
 def measure_cell(cell: TimingCell, isolated: bool = True) -> dict:
     """Everything measured for a timing cell (train / prefill / decode), as a flat dict."""
     device = torch.device(cell.device)
     if cell.threads:
         torch.set_num_threads(cell.threads)
-    model = make_model(cell, device)
-    fn, work, setup = step_callable(cell, model, device)
-    rss_before = _rss_bytes()
+    if device.type == "cpu":
+        warm_runtime(cell, device)
+    memory = PeakMemory(device)  # the runtime's baseline: after imports, before the model
+    model, autocast = make_model(cell, device)
+    fn, work, setup = step_callable(cell, model, device, autocast)
+    warm = warm_up(fn, device, setup, min_calls=cell.warmup, max_calls=cell.warmup_max)
 
+    # One call after warm-up measures the memory; for decode, the prompt and the steps separately.
     record: dict[str, Any] = {}
+    if setup:
+        memory.reset()
+        setup()
+        record["prompt_peak_mem_bytes"] = memory.peak()
+    memory.reset()
+    fn()
+    record.update(
+        peak_mem_bytes=memory.peak(),
+        peak_mem_gross_bytes=memory.gross_peak(),
+        mem_baseline_bytes=memory.baseline,
+        peak_mem_source=memory.source
+        + ("" if isolated or memory.resettable else " (shared process: an upper bound)"),
+    )
     if device.type == "cuda":
-        for _ in range(cell.warmup):
-            if setup:
-                setup()
-            fn()
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        if setup:
-            setup()
-        fn()
-        torch.cuda.synchronize(device)
         stats = torch.cuda.memory_stats(device)
         record.update(
-            peak_mem_bytes=torch.cuda.max_memory_allocated(device),
             peak_mem_reserved_bytes=torch.cuda.max_memory_reserved(device),
             alloc_retries=stats.get("num_alloc_retries", 0),
-            peak_mem_source="cuda.max_memory_allocated",
-        )
-        samples = time_samples(fn, cell.repeats, 0, device, setup)  # warmed up above
-    else:
-        samples = time_samples(fn, cell.repeats, cell.warmup, device, setup)
-        record.update(
-            peak_mem_bytes=_peak_rss_bytes(),
-            mem_baseline_bytes=rss_before,
-            # ru_maxrss cannot be reset: it is this cell's own peak only when the process measured
-            # nothing else, which the process-per-cell executor guarantees.
-            peak_mem_source="ru_maxrss" if isolated else "ru_maxrss (shared process: an upper bound)",
         )
 
-    flops = model.flops_per_token(cell.seq_len)
+    samples = time_samples(fn, cell.repeats, device, setup)
     timing = summarize(samples, work)
-    record.update(timing)
+    record.update(timing, warmup_calls=warm.calls, warmup_settled=warm.settled)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    peak = peak_flops(gpu, cell.dtype)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    peak = peak_flops(gpu, cell.dtype, tf32)
+    flops = model_flops_per_token(cell, model)
     # Training costs about three forward passes (forward, and backward for activations and weights).
-    factor = {"train": 3.0, "prefill": 1.0, "decode": 1.0}[cell.mode]
+    factor = 3.0 if cell.mode == "train" else 1.0
+    achieved = factor * flops * timing["tokens_per_s"]
     record.update(
         backend=model.backend,
         n_params=model.n_params(),
+        n_params_non_embedding=non_embedding(model),
         state_bytes=model.state_bytes(cell.batch_size, cell.seq_len),
-        flops_per_token=flops,
-        achieved_flops=factor * flops * timing["tokens_per_s"],
-        mfu=(factor * flops * timing["tokens_per_s"] / peak) if peak else None,
+        forward_flops_per_token=model.flops_per_token(cell.seq_len),  # the model's own figure, head included
+        flops_per_token=flops,  # of what one call of this mode computes (see model_flops_per_token)
+        achieved_flops=achieved,
+        peak_flops=peak,
+        mfu=achieved / peak if peak else None,
         torch_threads=torch.get_num_threads(),
     )
     return record
+
+
+def non_embedding(model) -> int | None:
+    """Non-embedding parameters, from the shell's method (a plug-in without it reports None)."""
+    count = getattr(model, "n_params_non_embedding", None)
+    return count() if callable(count) else None

@@ -16,7 +16,7 @@ from bench.registry import build, list_models
 from bench.running import environment
 from bench.running.environment import resolve_device
 from bench.running.executors import run_local, run_ray
-from bench.running.ledger import Ledger
+from bench.running.ledger import Ledger, round_order
 from bench.spec.cells import expand
 from bench.spec.config import ModelEntry, SweepSpec
 
@@ -84,13 +84,16 @@ def run_sweep(
     manifest = environment.collect(seed=spec.seed)
     if command:
         manifest["command"] = command
-    manifest.update(name=spec.name, device=device, n_cells=len(cells), executor=executor)
+    manifest.update(name=spec.name, device=device, n_cells=len(cells), rounds=spec.rounds, executor=executor)
     results.write_manifest(run_dir, manifest)
     (run_dir / "spec.json").write_text(spec.model_dump_json(indent=2))
 
-    with tqdm(total=len(cells), desc=spec.name, unit="cell", disable=not progress, dynamic_ncols=True) as bar:
-        if executor == "ray":
-            run_ray(cells, ledger, spec, bar, ray_cpus_per_cell)
-        else:
-            run_local(cells, ledger, spec, bar)
+    total = len(cells) * spec.rounds
+    with tqdm(total=total, desc=spec.name, unit="cell", disable=not progress, dynamic_ncols=True) as bar:
+        for round_index in range(spec.rounds):
+            ordered = round_order(cells, round_index, spec.seed)
+            if executor == "ray":
+                run_ray(ordered, ledger, spec, bar, round_index, ray_cpus_per_cell)
+            else:
+                run_local(ordered, ledger, spec, bar, round_index)
     return run_dir

@@ -1,13 +1,29 @@
-"""Timing a callable honestly: warm-up outside the timed region, device synchronisation (CUDA events on
-GPU), one sample per repeat, raw samples kept."""
+"""Timing a callable honestly: warm-up outside the timed region until the timings settle, device
+synchronisation (CUDA events on GPU), one sample per repeat, raw samples kept, drift flagged.
+
+A fixed warm-up count is not enough: on a CPU the first calls of a model can run 30-50% slower than later
+ones for several calls (allocator growth, caches, the OS placing threads), and a median over a handful of
+repeats then understates the steady rate. So warm-up continues past ``min_calls`` until the last
+``SETTLE_WINDOW`` calls agree within ``SETTLE_TOLERANCE``, up to a cap in calls and in seconds; the row
+records how many warm-up calls ran and whether they settled. What remains is checked on the timed samples:
+when the first two differ from the last two by more than ``DRIFT_LIMIT``, the row says so (``drift``) and
+the report flags the cell.
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
+
+from bench import results
+
+SETTLE_WINDOW = 3
+SETTLE_TOLERANCE = 0.10  # the slowest of the window at most 10% above the fastest
+DRIFT_LIMIT = 0.15
 
 
 def synchronize(device: torch.device) -> None:
@@ -15,48 +31,85 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_once(
+    fn: Callable[[], object], device: torch.device, setup: Callable[[], object] | None = None
+) -> float:
+    """Seconds of one call of ``fn``, after an untimed ``setup``."""
+    if setup:
+        setup()
+    synchronize(device)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+@dataclass
+class Warmup:
+    calls: int = 0
+    settled: bool = False
+    seconds: list[float] = field(default_factory=list)
+
+
+def settled(times: list[float], window: int = SETTLE_WINDOW, tolerance: float = SETTLE_TOLERANCE) -> bool:
+    """Whether the last ``window`` calls agree: the slowest within ``tolerance`` of the fastest."""
+    if len(times) < window:
+        return False
+    last = times[-window:]
+    return max(last) <= (1 + tolerance) * min(last)
+
+
+def warm_up(
+    fn: Callable[[], object],
+    device: torch.device,
+    setup: Callable[[], object] | None = None,
+    min_calls: int = 2,
+    max_calls: int = 20,
+    max_seconds: float = 30.0,
+) -> Warmup:
+    """Call ``fn`` (untimed for the results) until at least ``min_calls`` calls ran and the timings settle,
+    or ``max_calls`` / ``max_seconds`` is reached."""
+    out = Warmup()
+    start = time.perf_counter()
+    while out.calls < max(min_calls, 1) or (
+        not settled(out.seconds) and out.calls < max_calls and time.perf_counter() - start < max_seconds
+    ):
+        out.seconds.append(time_once(fn, device, setup))
+        out.calls += 1
+    out.settled = settled(out.seconds)
+    return out
+
+
 def time_samples(
     fn: Callable[[], object],
     repeats: int,
-    warmup: int,
     device: torch.device,
     setup: Callable[[], object] | None = None,
 ) -> list[float]:
-    """Seconds per call of ``fn`` for each of ``repeats`` calls, after ``warmup`` untimed calls.
-    ``setup`` (untimed) runs before every call, e.g. to rebuild a decoding state."""
-    for _ in range(warmup):  # first calls pay JIT, autotuning and allocator growth
-        if setup:
-            setup()
-        fn()
-    synchronize(device)
-    samples = []
-    for _ in range(repeats):
-        if setup:
-            setup()
-        synchronize(device)
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - t0)
-    return samples
+    """Seconds per call of ``fn`` for each of ``repeats`` calls; ``setup`` (untimed) runs before each."""
+    return [time_once(fn, device, setup) for _ in range(repeats)]
+
+
+def drift(samples: list[float]) -> float | None:
+    """Relative change from the first two samples to the last two (None with fewer than four)."""
+    if len(samples) < 4:
+        return None
+    first, last = statistics.mean(samples[:2]), statistics.mean(samples[-2:])
+    return first / last - 1.0 if last > 0 else None
 
 
 def summarize(samples: list[float], work: float) -> dict:
-    """Median and spread of per-call seconds, and the rate ``work / median``."""
-    median = statistics.median(samples)
-    q = statistics.quantiles(samples, n=4) if len(samples) >= 2 else [median, median, median]
+    """Median and spread of per-call seconds, the rate ``work / median``, and the drift check."""
+    change = drift(samples)
     return {
-        "samples_s": samples,
-        "median_s": median,
-        "min_s": min(samples),
-        "max_s": max(samples),
-        "iqr_s": q[2] - q[0],
-        "tokens_per_s": work / median if median > 0 else float("inf"),
+        **results.summary(samples, work),
+        "tokens_per_call": work,
+        "drift": change,
+        "drifting": change is not None and abs(change) > DRIFT_LIMIT,
     }

@@ -17,6 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from bench.spec.config import ACCURACY_MODE, ModelEntry, SweepSpec, TrainSettings
+from bench.spec.sizing import size_for_budget
 from bench.tasks import make_task
 
 
@@ -38,7 +39,7 @@ class CellBase(BaseModel):
     threads: int | None = None
     seed: int = 0
 
-    IDENTITY: ClassVar[tuple[str, ...]] = (
+    COMMON_IDENTITY: ClassVar[tuple[str, ...]] = (
         "model",
         "label",
         "model_args",
@@ -52,9 +53,13 @@ class CellBase(BaseModel):
         "device",
     )
 
+    def identity(self) -> tuple[str, ...]:
+        """The fields that change what is measured: the cell's key hashes them."""
+        return self.COMMON_IDENTITY
+
     def _key(self, middle: str) -> str:
         """Stable across runs and processes: a readable prefix and a hash of the full identity."""
-        identity = {name: getattr(self, name) for name in self.IDENTITY}
+        identity = {name: getattr(self, name) for name in self.identity()}
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{self.label}/{middle}T{self.seq_len}/B{self.batch_size}/{self.dtype}/{self.device}/{digest}"
 
@@ -70,7 +75,12 @@ class TimingCell(CellBase):
     mode: Literal["train", "prefill", "decode"]
     repeats: int = 5
     warmup: int = 2
+    warmup_max: int = 20
     decode_tokens: int = 32
+
+    def identity(self) -> tuple[str, ...]:
+        # The thread count changes what a CPU cell measures, the decoded tokens what a decode cell does.
+        return (*self.COMMON_IDENTITY, "threads", *(("decode_tokens",) if self.mode == "decode" else ()))
 
     @property
     def key(self) -> str:
@@ -96,14 +106,8 @@ class AccuracyCell(CellBase):
     eval_lens: list[int] = Field(default_factory=list)
     train: TrainSettings
 
-    IDENTITY: ClassVar[tuple[str, ...]] = (
-        *CellBase.IDENTITY,
-        "task",
-        "task_label",
-        "task_args",
-        "eval_lens",
-        "train",
-    )
+    def identity(self) -> tuple[str, ...]:
+        return (*self.COMMON_IDENTITY, "task", "task_label", "task_args", "eval_lens", "train")
 
     @property
     def key(self) -> str:
@@ -132,6 +136,13 @@ def expand(spec: SweepSpec, models: list[ModelEntry], device: str) -> list[Timin
     dtypes = spec.dtypes or (["bfloat16"] if device == "cuda" else ["float32"])
     cells: list[TimingCell | AccuracyCell] = []
     for entry in models:
+        args = entry.args
+        if spec.param_budget:
+            shape = dict(vocab_size=spec.vocab_size, d_model=spec.d_model, n_layers=spec.n_layers)
+            args = {
+                **args,
+                **size_for_budget(entry.name, entry.display, {**shape, **args}, spec.param_budget),
+            }
         for mode in spec.modes:
             if mode == ACCURACY_MODE:
                 cells += accuracy_cells(spec, entry, device)
@@ -143,7 +154,7 @@ def expand(spec: SweepSpec, models: list[ModelEntry], device: str) -> list[Timin
                             TimingCell(
                                 model=entry.name,
                                 label=entry.display,
-                                model_args=entry.args,
+                                model_args=args,
                                 vocab_size=spec.vocab_size,
                                 d_model=spec.d_model,
                                 n_layers=spec.n_layers,
@@ -154,6 +165,7 @@ def expand(spec: SweepSpec, models: list[ModelEntry], device: str) -> list[Timin
                                 device=device,
                                 repeats=spec.repeats,
                                 warmup=spec.warmup,
+                                warmup_max=spec.warmup_max,
                                 decode_tokens=spec.decode_tokens,
                                 threads=spec.threads,
                                 seed=spec.seed,

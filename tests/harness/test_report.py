@@ -44,6 +44,7 @@ def test_report_from_a_small_results_file(tmp_path):
     assert text.startswith("# Benchmark report: unit")
     assert "| attn | 2k ±5% | 1.5k ±5% |" in text
     assert "| rnn | train | 4096 | 1 | oom | simulated: cannot allocate |" in text
-    assert "| attn | 0.0 | 0.0 |" in text  # state MiB table present
+    assert "## Inference state size (KiB)" in text  # small states in a unit that shows them
+    assert "| attn | 8.0 | 32.0 |" in text and "| rnn | 4.0 | 4.0 |" in text
     for png in ("throughput.png", "memory.png", "state_size.png"):
         assert (tmp_path / png).exists()

@@ -180,7 +180,7 @@ def test_forward_scoring_equals_greedy_generation_through_step():
     k = task.value_len()
     prompt = inputs[:, : -(k - 1)]
     logits, state = model.prefill(prompt)
-    token = logits[:, -1].argmax(-1)
+    token = logits.argmax(-1)
     generated = [token]
     for _ in range(k - 1):
         logits, state = model.step(token, state)

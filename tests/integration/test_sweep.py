@@ -45,7 +45,7 @@ def test_tiny_sweep_writes_results_and_report(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["torch_threads"] >= 1 and "torch" in manifest["packages"]
     report = (out / "REPORT.md").read_text()
-    assert "Training throughput" in report and "![tokens/s](throughput.png)" in report
+    assert "Training throughput" in report and "![throughput](throughput.png)" in report
     for png in ("throughput.png", "memory.png", "state_size.png"):
         assert (out / png).stat().st_size > 1000
 

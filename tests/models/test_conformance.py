@@ -58,7 +58,12 @@ def test_prefill_then_step_reproduces_forward(model):
     full = model(x)
     split = 9
     logits, state = model.prefill(x[:, :split])
-    torch.testing.assert_close(logits, full[:, :split], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(logits, full[:, split - 1], rtol=1e-9, atol=1e-9)  # the last position only
+    # every position of the prompt, through the blocks' own prefill
+    h = model.embed(x[:, :split])
+    for block in model.blocks:
+        h, _ = block.prefill(h)
+    torch.testing.assert_close(model.head(h), full[:, :split], rtol=1e-9, atol=1e-9)
     for t in range(split, T):
         logits, state = model.step(x[:, t], state)
         torch.testing.assert_close(logits, full[:, t], rtol=1e-9, atol=1e-9)

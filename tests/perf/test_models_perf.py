@@ -31,7 +31,7 @@ def test_cell(benchmark, name, mode):
         decode_tokens=8,
         **SHAPE,
     )
-    model = make_model(cell, torch.device("cpu"))
-    fn, tokens, setup = step_callable(cell, model, torch.device("cpu"))
+    model, autocast = make_model(cell, torch.device("cpu"))
+    fn, tokens, setup = step_callable(cell, model, torch.device("cpu"), autocast)
     benchmark.extra_info.update(tokens_per_call=tokens, backend=model.backend)
     benchmark.pedantic(fn, setup=setup, rounds=5, warmup_rounds=1, iterations=1)

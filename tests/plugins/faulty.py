@@ -3,6 +3,7 @@
 import os
 import signal
 import time
+from pathlib import Path
 
 from models.modules import LanguageModel
 from tests.plugins.gru import GRUMixer
@@ -14,7 +15,7 @@ class _Faulty(GRUMixer):
         super().__init__(d_model)
         self.fault, self.min_len = fault, min_len
 
-    def forward(self, x):
+    def _maybe_fail(self, x) -> None:
         if x.shape[1] >= self.min_len:
             if self.fault == "oom":
                 raise MemoryError("simulated: cannot allocate")
@@ -24,7 +25,14 @@ class _Faulty(GRUMixer):
                 time.sleep(3600)
             if self.fault == "raise":
                 raise RuntimeError("simulated kernel failure")
+
+    def forward(self, x):
+        self._maybe_fail(x)
         return super().forward(x)
+
+    def prefill(self, x):  # prefill cells and decoding prompts go through here
+        self._maybe_fail(x)
+        return super().prefill(x)
 
 
 def _factory(fault):
@@ -46,22 +54,43 @@ class _Slow(GRUMixer):
         time.sleep(0.3)
         return super().forward(x)
 
+    def prefill(self, x):
+        time.sleep(0.3)
+        return super().prefill(x)
+
 
 def slow(vocab_size=32, d_model=16, n_layers=1, backend="auto"):
     return LanguageModel(vocab_size, d_model, n_layers, lambda i: _Slow(d_model))
 
 
 class _Sleepy(GRUMixer):
-    """Slower by TITANS_BENCH_TEST_DELAY seconds per forward: a stand-in for a code change that makes a
-    model slower without changing its configuration (so its cells keep their keys)."""
+    """Slower by a delay per forward: a stand-in for a code change that makes a model slower without
+    changing its configuration (so its cells keep their keys). The delay is read at every call from
+    ``delay_file`` when given (so one process can change it between runs), else from the environment
+    variable TITANS_BENCH_TEST_DELAY (seconds)."""
+
+    def __init__(self, d_model, delay_file):
+        super().__init__(d_model)
+        self.delay_file = delay_file
+
+    def _sleep(self) -> None:
+        if self.delay_file:
+            delay = float(Path(self.delay_file).read_text())
+        else:
+            delay = float(os.environ.get("TITANS_BENCH_TEST_DELAY", "0"))
+        time.sleep(delay)
 
     def forward(self, x):
-        time.sleep(float(os.environ.get("TITANS_BENCH_TEST_DELAY", "0")))
+        self._sleep()
         return super().forward(x)
 
+    def prefill(self, x):
+        self._sleep()
+        return super().prefill(x)
 
-def sleepy(vocab_size=32, d_model=16, n_layers=1, backend="auto"):
-    return LanguageModel(vocab_size, d_model, n_layers, lambda i: _Sleepy(d_model))
+
+def sleepy(vocab_size=32, d_model=16, n_layers=1, backend="auto", delay_file=None):
+    return LanguageModel(vocab_size, d_model, n_layers, lambda i: _Sleepy(d_model, delay_file))
 
 
 def returns_none(vocab_size=32, d_model=16, n_layers=1, backend="auto"):

@@ -1,0 +1,117 @@
+"""Timing cells measure what their labels say: memory net of the runtime, decode memory after the prompt,
+prefill as inference does it, training with its optimizer, warm-up until steady, FLOPs of what ran."""
+
+import time
+
+import pytest
+import torch
+
+from bench.running.environment import peak_flops
+from bench.running.measure import make_model, measure_cell, model_flops_per_token, step_callable
+from bench.running.memory import PeakMemory
+from bench.running.timing import drift, settled, summarize, warm_up
+from bench.spec.cells import TimingCell
+
+CPU = torch.device("cpu")
+
+
+def cell(mode, **fields):
+    base = dict(model="transformer", label="transformer", vocab_size=512, d_model=64, n_layers=2,
+                seq_len=64, batch_size=1, dtype="float32", mode=mode, device="cpu", repeats=2, warmup=1,
+                threads=1)  # fmt: skip
+    return TimingCell(**{**base, **fields})
+
+
+def test_the_cpu_peak_can_be_reset_and_is_net_of_the_runtime():
+    memory = PeakMemory(CPU)
+    assert memory.resettable and memory.baseline > 50 * 2**20  # torch's runtime alone, before any model
+    big = torch.ones(40 * 2**20 // 4)  # 40 MiB
+    del big
+    assert memory.peak() >= 39 * 2**20
+    memory.reset()
+    small = torch.ones(2 * 2**20 // 4)  # 2 MiB
+    del small
+    assert memory.peak() < 20 * 2**20  # the 40 MiB peak before the reset is gone
+    assert memory.gross_peak() == memory.peak() + memory.baseline
+
+
+def test_peak_memory_is_the_models_not_the_runtimes():
+    record = measure_cell(cell("prefill", vocab_size=32000, d_model=128))
+    weights = record["n_params"] * 4
+    assert record["peak_mem_bytes"] >= weights  # the weights count...
+    assert record["peak_mem_gross_bytes"] - record["peak_mem_bytes"] == record["mem_baseline_bytes"]
+    assert record["peak_mem_bytes"] < 0.5 * record["peak_mem_gross_bytes"]  # ...the ~200 MiB runtime does not
+    assert "minus the runtime baseline" in record["peak_mem_source"]
+
+
+def test_decode_memory_is_the_state_not_the_prompt():
+    """A 1024-token prompt at vocabulary 32000: all-position logits would be 125 MiB. The decode peak is
+    measured after the prompt (weights, KV cache, a step), and the prompt's peak is recorded beside it."""
+    record = measure_cell(cell("decode", vocab_size=32000, seq_len=1024, decode_tokens=4))
+    weights, logits_all = record["n_params"] * 4, 1024 * 32000 * 4
+    assert record["peak_mem_bytes"] < weights + record["state_bytes"] + 16 * 2**20
+    assert record["prompt_peak_mem_bytes"] < logits_all / 2  # prefill made the last position's logits only
+
+
+def test_prefill_computes_the_last_logits_and_the_state():
+    model, autocast = make_model(cell("prefill"), CPU)
+    ids = torch.randint(0, 512, (2, 10))
+    logits, state = model.prefill(ids)
+    assert logits.shape == (2, 512) and len(state) == 2
+    torch.testing.assert_close(logits, model(ids)[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_a_train_call_is_a_whole_optimizer_step():
+    c = cell("train", vocab_size=32000, seq_len=16)
+    model, autocast = make_model(c, CPU)
+    fn, tokens, setup = step_callable(c, model, CPU, autocast)
+    before = [p.detach().clone() for p in model.parameters()]
+    fn()
+    assert tokens == 16 and setup is None
+    assert all(
+        not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True)
+    )  # AdamW stepped
+    record = measure_cell(c)
+    # weights, gradients and AdamW's two moments, all float32: 16 bytes a parameter at least
+    assert record["peak_mem_bytes"] >= 16 * record["n_params"] * 0.95
+
+
+def test_half_precision_training_keeps_float32_master_weights():
+    model, autocast = make_model(cell("train", dtype="bfloat16"), CPU)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    model, _ = make_model(cell("prefill", dtype="bfloat16"), CPU)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())  # inference runs in the cell's dtype
+
+
+def test_warm_up_continues_until_the_timings_settle():
+    durations = iter([0.25, 0.2, 0.15, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])  # long enough to time under load
+    warm = warm_up(lambda: time.sleep(next(durations)), CPU, min_calls=2, max_calls=9)
+    assert warm.settled and warm.calls == 6  # 0.25 0.2 0.15 0.1 0.1 0.1: the last three agree
+    never = warm_up(
+        lambda: time.sleep(0.001 * (1 + (time.perf_counter() * 1e4) % 7)), CPU, min_calls=2, max_calls=5
+    )
+    assert never.calls <= 5
+    assert settled([1.0, 1.05, 1.08]) and not settled([1.0, 1.2, 1.0])
+
+
+def test_drift_is_flagged():
+    assert drift([0.737, 0.713, 0.612, 0.483, 0.483]) == pytest.approx(0.7250 / 0.483 - 1)
+    assert summarize([0.737, 0.713, 0.612, 0.483, 0.483], 1024)["drifting"]
+    assert not summarize([0.5, 0.51, 0.49, 0.5, 0.5], 1024)["drifting"]
+
+
+def test_mfu_uses_the_peak_of_what_ran():
+    assert peak_flops("NVIDIA H100 80GB HBM3", "float32", tf32=False) == pytest.approx(66.9e12)
+    assert peak_flops("NVIDIA H100 80GB HBM3", "float32", tf32=True) == pytest.approx(494.7e12)
+    assert peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == pytest.approx(989.4e12)
+    assert peak_flops(None, "float32") is None
+
+
+def test_decode_flops_are_a_step_at_context_t_not_the_prompt_average():
+    model, _ = make_model(cell("decode", seq_len=4096, decode_tokens=1), CPU)
+    step = model_flops_per_token(cell("decode", seq_len=4096, decode_tokens=1), model)
+    average = model.flops_per_token(4096)
+    assert step > average  # attention over all 4096 keys, not the causal average of ~2048
+    head = 2.0 * 64 * 512
+    prefill = model_flops_per_token(cell("prefill", seq_len=4096), model)
+    assert prefill == pytest.approx(average - head * (1 - 1 / 4096))  # the head at one position only
