@@ -1,6 +1,7 @@
-"""Command line: ``python -m bench {run,report,compare,validate,list}``.
+"""Command line: python -m bench {run,report,compare,validate,list}.
 
 Every user mistake ends as one line on stderr and exit code 2; results already written stay as they are.
+An internal error is one line too, with exit code 3. Each command's module documents its other codes.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 
 from bench.commands import COMMANDS
 from bench.errors import BenchError
@@ -24,7 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning  # a user reads one line, not the source line that warned
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command].run(args)
@@ -32,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("interrupted; finished cells are saved (resume with --resume RUN_DIR)", file=sys.stderr)
+        print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - a bug of ours: one line, a distinct code, never mistaken for a verdict
         where = traceback.extract_tb(err.__traceback__)[-1]

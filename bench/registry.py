@@ -15,12 +15,16 @@ This module imports neither torch nor any model: it is the bottom layer every ot
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 import inspect
 import pkgutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
@@ -48,27 +52,55 @@ class Entry:
 
 
 def import_object(spec: str, name: str | None = None) -> Any:
-    """The object named by ``"package.module:object"``; a BenchError that says why when it cannot be had."""
-    module_name, _, attr = spec.partition(":")
+    """The object named by ``"package.module:object"`` or ``"path/to/file.py:object"``; a BenchError that
+    says why when it cannot be had."""
+    module_name, _, attr = spec.rpartition(":")
     what = f" ({name!r})" if name and name != spec else ""
     if not module_name or not attr:
-        raise BenchError(f"{spec!r}{what} must look like 'package.module:object'")
+        raise BenchError(f"{spec!r}{what} must look like 'package.module:object' or 'path/to/file.py:object'")
     try:
-        module = importlib.import_module(module_name)
+        module = (
+            _load_file(module_name) if module_name.endswith(".py") else importlib.import_module(module_name)
+        )
     except ModuleNotFoundError as err:
-        raise BenchError(f"cannot import module {module_name!r} for {spec!r}{what}: {err}") from None
+        hint = ""
+        if "/" in module_name or "\\" in module_name:
+            hint = "; a file path must end in .py"
+        elif err.name == module_name.partition(".")[0]:
+            hint = "; is its directory on PYTHONPATH (or give the file's path: path/to/file.py:object)?"
+        raise BenchError(f"cannot import module {module_name!r} for {spec!r}{what}: {err}{hint}") from None
     except SyntaxError as err:
         raise BenchError(
             f"module {module_name!r} for {spec!r} has a syntax error: {err.filename}:{err.lineno}: {err.msg}"
         ) from None
+    except BenchError:
+        raise
     except Exception as err:  # noqa: BLE001 - a module may fail to import in any way; say which one
-        raise BenchError(
-            f"module {module_name!r} for {spec!r} failed to import: {type(err).__name__}: {err}"
-        ) from None
+        problem = f"{type(err).__name__}: {err}"
+        raise BenchError(f"module {module_name!r} for {spec!r} failed to import: {problem}") from None
     obj = getattr(module, attr, None)
     if obj is None:
         raise BenchError(f"module {module_name!r} has no attribute {attr!r} ({spec!r}{what})")
     return obj
+
+
+def _load_file(path: str) -> Any:
+    """A plug-in given by file path, loaded once per process under a name derived from its path."""
+    file = Path(path).resolve()
+    if not file.is_file():
+        raise BenchError(f"plug-in file {path!r} does not exist")
+    module_name = "titans_bench_plugin_" + hashlib.sha1(str(file).encode()).hexdigest()[:12]
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
 
 
 class Registry:

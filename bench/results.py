@@ -42,29 +42,56 @@ def append(path: Path, record: dict[str, Any]) -> None:
 
 
 def read_records(run: str | Path) -> list[dict[str, Any]]:
+    """Every readable record of a results file; unreadable lines are skipped with one warning (the torn
+    last line of a killed writer silently)."""
+    records, skipped = _read(run)
+    if skipped:
+        warnings.warn(f"{results_path(run)}: {skipped} unreadable line(s) skipped", stacklevel=2)
+    return records
+
+
+def _read(run: str | Path) -> tuple[list[dict[str, Any]], int]:
     path = results_path(run)
-    if not path.exists():
-        raise BenchError(f"no results at {str(path)!r}")
-    records = []
-    lines = path.read_bytes().split(b"\n")
+    if not path.is_file():
+        raise BenchError(f"no results file at {str(path)!r}")
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as err:
+        raise BenchError(f"cannot read {str(path)!r}: {err.strerror}") from None
+    records, skipped = [], 0
     for number, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
         try:
-            records.append(json.loads(raw))
-        except json.JSONDecodeError:
-            if number < len(lines):
-                warnings.warn(f"{path}:{number}: unreadable result line skipped", stacklevel=2)
-            # else: the torn tail of a killed writer, expected and ignored
-    return records
+            record = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif number < len(lines):  # else: the torn tail of a killed writer, expected and ignored
+            skipped += 1
+    return records, skipped
 
 
 def load(run: str | Path) -> pd.DataFrame:
     """All results of a run as a DataFrame, one row per cell. A cell measured in several rounds (or
     re-run) keeps its latest record, with the timing samples of all its ok records pooled and the
-    summary recomputed from them (``rounds``: how many ok records were pooled)."""
-    frame = pd.DataFrame.from_records(pool_rounds(read_records(run)))
-    return frame.reset_index(drop=True)
+    summary recomputed from them (``rounds``: how many ok records were pooled). Records without a key
+    or a status (not a finished cell) are left out; a file with none is an error."""
+    records, skipped = _read(run)
+    finished = [r for r in records if "key" in r and "status" in r]
+    if not finished:
+        raise BenchError(
+            f"{str(results_path(run))!r} holds no finished cell: {len(records)} record(s) without a key and "
+            f"a status, {skipped} unreadable line(s)"
+        )
+    if skipped or len(finished) < len(records):
+        warnings.warn(
+            f"{results_path(run)}: {skipped} unreadable line(s) and {len(records) - len(finished)} "
+            "unfinished record(s) left out",
+            stacklevel=2,
+        )
+    return pd.DataFrame.from_records(pool_rounds(finished)).reset_index(drop=True)
 
 
 def pool_rounds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

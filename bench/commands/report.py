@@ -1,4 +1,7 @@
-"""``python -m bench report``: rewrite REPORT.md and the plots of a run from its results file."""
+"""``python -m bench report``: rewrite REPORT.md and the plots of a run from its results file.
+
+Exit codes: 0 written; 2 bad input (no results, or none readable); 3 an internal error.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
 """``python -m bench validate``: every backend of every model against its slow reference; writes
-VALIDATE.md and validate.json, exits 1 if any backend is out of tolerance."""
+VALIDATE.md and validate.json.
+
+Exit codes: 0 every backend within tolerance; 1 a backend out of tolerance or failing; 2 bad input;
+3 an internal error.
+"""
 
 from __future__ import annotations
 
@@ -25,10 +29,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bench.analysis.validation_report import validation_markdown
+    from bench.registry import get_factory
     from bench.running import environment
     from bench.running.validation import SHAPE, TOLERANCE, all_ok, run_validation
 
-    device, rows = run_validation(names(args.models) if args.models else None, args.device, args.seq_len)
+    if args.seq_len < 2:
+        raise BenchError(f"--seq-len must be >= 2 (a model must see more than one token), got {args.seq_len}")
+    models = names(args.models) if args.models is not None else None
+    if models == []:
+        raise BenchError(f"--models {args.models!r} lists nothing; leave it out to validate every model")
+    run_dir = Path(args.out) if args.out else Path("runs") / f"validate-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise BenchError(f"--out {str(run_dir)!r} is a file, not a directory")
+    for name in models or []:
+        get_factory(name)  # an unknown name is bad input, found before anything runs
+    device, rows = run_validation(models, args.device, args.seq_len)
     if not rows:
         raise BenchError("nothing to validate")
     manifest = environment.collect()

@@ -13,7 +13,9 @@ def is_oom(err: BaseException) -> bool:
         return True
     if isinstance(err, torch.cuda.OutOfMemoryError):
         return True
-    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+    # CPU tensors that do not fit: "DefaultCPUAllocator: can't allocate memory: you tried to allocate ..."
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def free_cuda() -> None:

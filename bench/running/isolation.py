@@ -6,8 +6,10 @@ an OOM, a segfault or a hang cannot take the sweep down with it.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import sys
@@ -59,7 +61,35 @@ def _fork_context():
     return _context
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to kill this worker when its parent, the forkserver, goes; the forkserver goes when
+    the sweep's driver does, so even a SIGKILLed driver leaves no worker measuring on."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the driver's own cleanup still kills the worker
+        return
+    if os.getppid() == 1:  # the parent was gone before the request took effect
+        os._exit(1)
+
+
+def shutdown() -> None:
+    """Stop the forkserver (its workers die with it), e.g. after an interrupted sweep."""
+    global _context
+    if _context is None:
+        return
+    # multiprocessing has no public way to stop its forkserver; its own _stop closes the pipe and reaps it.
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
+    stop = getattr(server, "_stop", None)
+    if callable(stop):
+        stop()
+    _context = None
+
+
 def _child(cell_json: str, out_path: str, stderr_path: str) -> None:
+    _die_with_parent()
     # The cell's own stderr goes to a file, so a crash can be reported with its last lines.
     fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 2)
@@ -80,7 +110,12 @@ def run_isolated(cell: TimingCell | AccuracyCell, timeout_s: float) -> dict:
             target=_child, args=(cell.model_dump_json(), str(out_path), str(stderr_path))
         )
         proc.start()
-        proc.join(timeout_s)
+        try:
+            proc.join(timeout_s)
+        except BaseException:  # an interrupted sweep (SIGINT, SIGTERM) ends its worker before it goes
+            proc.kill()
+            proc.join()
+            raise
         if proc.is_alive():
             proc.kill()
             proc.join()

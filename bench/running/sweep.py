@@ -3,8 +3,12 @@ executor, which measures each (one process per cell by default) and appends each
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import signal
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,6 +20,7 @@ from bench.registry import build, list_models
 from bench.running import environment
 from bench.running.environment import resolve_device
 from bench.running.executors import run_local, run_ray
+from bench.running.isolation import shutdown
 from bench.running.ledger import Ledger, round_order
 from bench.spec.cells import expand
 from bench.spec.config import ModelEntry, SweepSpec
@@ -47,17 +52,59 @@ def check_models(spec: SweepSpec, models: list[ModelEntry]) -> None:
 
 
 def new_run_dir(spec: SweepSpec, out: str | None) -> Path:
+    """Where a new run goes (created when its first file is written, so a failed start leaves nothing)."""
     if out:
         run_dir = Path(out)
     else:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path("runs") / f"{spec.name}-{stamp}"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise BenchError(f"--out {str(run_dir)!r} is a file, not a directory")
     if (run_dir / results.RESULTS).exists():
         raise BenchError(
             f"{run_dir} already holds results; use --resume {run_dir} to finish it, or choose another --out"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def _make_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise BenchError(f"cannot write the run directory {str(run_dir)!r}: {err.strerror}") from None
+
+
+class Interrupted(Exception):
+    """The sweep was stopped by a signal; finished cells are saved."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGINT and SIGTERM end the sweep cleanly: the worker in flight is killed, the forkserver stopped,
+    finished cells stay; the driver raises Interrupted instead of dying mid-write."""
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@dataclass
+class SweepOutcome:
+    run_dir: Path
+    statuses: dict[str, int]  # status -> count, over every cell of the run (earlier invocations too)
 
 
 def run_sweep(
@@ -69,7 +116,8 @@ def run_sweep(
     command: str | None = None,
     executor: str = "local",
     ray_cpus_per_cell: int | None = None,
-) -> Path:
+) -> SweepOutcome:
+    # Everything that can be wrong with the input is found before the run directory is touched.
     device = resolve_device(spec.device)
     models = spec.models or [ModelEntry(name=n) for n in list_models()]
     check_models(spec, models)
@@ -80,6 +128,7 @@ def run_sweep(
             raise BenchError(
                 f"{run_dir} was started with a different sweep spec; resume it with the same one"
             )
+    _make_run_dir(run_dir)
     ledger = Ledger(cells, run_dir / results.RESULTS, resume, retry_failed)
     manifest = environment.collect(seed=spec.seed)
     if command:
@@ -89,11 +138,18 @@ def run_sweep(
     (run_dir / "spec.json").write_text(spec.model_dump_json(indent=2))
 
     total = len(cells) * spec.rounds
-    with tqdm(total=total, desc=spec.name, unit="cell", disable=not progress, dynamic_ncols=True) as bar:
-        for round_index in range(spec.rounds):
-            ordered = round_order(cells, round_index, spec.seed)
-            if executor == "ray":
-                run_ray(ordered, ledger, spec, bar, round_index, ray_cpus_per_cell)
-            else:
-                run_local(ordered, ledger, spec, bar, round_index)
-    return run_dir
+    try:
+        with (
+            stop_on_signals(),
+            tqdm(total=total, desc=spec.name, unit="cell", disable=not progress, dynamic_ncols=True) as bar,
+        ):
+            for round_index in range(spec.rounds):
+                ordered = round_order(cells, round_index, spec.seed)
+                if executor == "ray":
+                    run_ray(ordered, ledger, spec, bar, round_index, ray_cpus_per_cell)
+                else:
+                    run_local(ordered, ledger, spec, bar, round_index)
+    finally:
+        shutdown()
+    statuses = Counter(status for (key, r), status in ledger.done.items() if r == 0)
+    return SweepOutcome(run_dir, dict(statuses))

@@ -101,7 +101,7 @@ class AccuracySettings(TrainSettings):
 
 class SweepSpec(Strict):
     name: str = Field(default="sweep", pattern=r"^[A-Za-z0-9._-]+$")
-    models: list[ModelEntry] | None = None  # None: every registered model
+    models: list[ModelEntry] | None = Field(default=None, min_length=1)  # None: every registered model
     seq_lens: list[PositiveInt] = Field(default=[256, 1024], min_length=1)
     batch_sizes: list[PositiveInt] = Field(default=[1], min_length=1)
     dtypes: list[DType] | None = None  # None: bfloat16 on CUDA, float32 on the CPU
@@ -133,8 +133,9 @@ class SweepSpec(Strict):
     @field_validator("models", "tasks", mode="before")
     @classmethod
     def _names_to_entries(cls, value: Any) -> Any:
+        """ "name" or "label=name" strings as entries."""
         if isinstance(value, list):
-            return [{"name": v} if isinstance(v, str) else v for v in value]
+            return [_entry(v) if isinstance(v, str) else v for v in value]
         return value
 
     @field_validator("tasks")
@@ -169,6 +170,11 @@ class SweepSpec(Strict):
         if len(set(value)) != len(value):
             raise ValueError("contains duplicates")
         return value
+
+
+def _entry(text: str) -> dict[str, str]:
+    label, sep, name = text.partition("=")
+    return {"name": name.strip(), "label": label.strip()} if sep else {"name": text}
 
 
 def parse_count(text: str) -> int:

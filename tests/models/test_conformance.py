@@ -1,5 +1,7 @@
 """The shared interface, checked for every registered model: later models are held to it for free."""
 
+import os
+
 import pytest
 import torch
 
@@ -7,7 +9,10 @@ import bench
 from models.modules import tensor_bytes
 from tests.helpers import TINY, tiny_model
 
-MODELS = [*bench.list_models(), "tests.plugins.gru:build"]  # a plug-in is held to the same contract
+# A plug-in is held to the same contract: the GRU example always, and any model named in the environment
+# (TITANS_BENCH_CONFORMANCE="mypkg.models:build,other") without editing this file.
+EXTRA = [m.strip() for m in os.environ.get("TITANS_BENCH_CONFORMANCE", "").split(",") if m.strip()]
+MODELS = [*bench.list_models(), "tests.plugins.gru:build", *EXTRA]
 T = 23  # not a multiple of any chunk size or window used by the families
 
 
