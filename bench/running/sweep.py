@@ -23,32 +23,42 @@ from bench.running.executors import run_local, run_ray
 from bench.running.isolation import shutdown
 from bench.running.ledger import Ledger, round_order
 from bench.spec.cells import expand
-from bench.spec.config import ModelEntry, SweepSpec
+from bench.spec.config import ACCURACY_MODE, TIMING_MODES, ModelEntry, SweepSpec
 
 
 def check_models(spec: SweepSpec, models: list[ModelEntry]) -> None:
-    """Build each model once on the meta device (no memory, no compute) so that an unknown name, an
-    unknown argument or an impossible shape is reported before any cell runs."""
+    """Build each model once on the meta device (no memory, no compute) at every shape the sweep uses, so
+    that an unknown name, an unknown argument or an impossible shape is reported before any cell runs."""
     labels = [m.display for m in models]
     duplicates = sorted({x for x in labels if labels.count(x) > 1})
     if duplicates:
         raise BenchError(
             f"model label(s) used twice in the sweep: {', '.join(duplicates)}; give each a label"
         )
+    shapes = []
+    if any(m in TIMING_MODES for m in spec.modes):
+        shapes.append((spec.d_model, spec.n_layers, "the sweep's shape"))
+    if ACCURACY_MODE in spec.modes:
+        acc = spec.accuracy
+        shapes.append((acc.d_model or spec.d_model, acc.n_layers or spec.n_layers, "the accuracy shape"))
     for entry in models:
-        try:
-            with torch.device("meta"):
-                build(
-                    entry.name,
-                    vocab_size=spec.vocab_size,
-                    d_model=spec.d_model,
-                    n_layers=spec.n_layers,
-                    **entry.args,
-                )
-        except BenchError:
-            raise
-        except (ValueError, TypeError) as err:
-            raise BenchError(f"model {entry.display!r} cannot be built: {err}") from None
+        for d_model, n_layers, where in dict.fromkeys(shapes):
+            try:
+                with torch.device("meta"):
+                    build(
+                        entry.name,
+                        vocab_size=spec.vocab_size,
+                        d_model=d_model,
+                        n_layers=n_layers,
+                        **entry.args,
+                    )
+            except BenchError:
+                raise
+            except (ValueError, TypeError) as err:
+                raise BenchError(
+                    f"model {entry.display!r} cannot be built at {where} (d_model {d_model}, {n_layers} "
+                    f"layers): {err}"
+                ) from None
 
 
 def new_run_dir(spec: SweepSpec, out: str | None) -> Path:
