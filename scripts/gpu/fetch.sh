@@ -7,7 +7,8 @@
 # fails if the total is over 60 MiB (the checkout and what it carries must stay under 64 MiB).
 #
 # usage: scripts/gpu/fetch.sh [DEST]      DEST defaults to .gpu-wheels at the repository root (ignored by
-#                                         git); files in DEST that are not pinned are removed.
+#                                         git); other versions of the pinned packages in DEST are removed,
+#                                         and a file of a package that is not pinned fails the check.
 # Environment: PYTHON (default python3; needs pip, and torch: pip runs the sdists' setup.py to read their
 # metadata), MAX_MIB (default 60).
 set -euo pipefail
@@ -48,23 +49,9 @@ CAUSAL_CONV1D_FORCE_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE \
     "$PYTHON" -m pip download --disable-pip-version-check --no-deps --no-binary :all: --no-build-isolation \
     -d "$DEST" "${SDISTS[@]}"
 
-# One version of each: drop whatever an earlier fetch with other pins left behind.
-for f in "$DEST"/*; do
-    [[ -f $f ]] || continue
-    keep=0
-    for pin in "${WHEELS[@]}" "${SDISTS[@]}"; do
-        name=${pin%%==*} version=${pin#*==}
-        stem=$(echo "$name" | tr '.-' '__')
-        case $(basename "$f") in
-            "$stem-$version-"*.whl | "$stem-$version".tar.gz | "$name-$version".tar.gz) keep=1 ;;
-        esac
-    done
-    if [[ $keep == 0 ]]; then
-        echo "removing $(basename "$f"): not pinned"
-        rm -f -- "$f"
-    fi
-done
-
+# One version of each: drop other versions of the pinned packages, which an earlier fetch with other pins
+# left behind. Files of packages that are not pinned at all stay, and the check below fails on them.
+"$PYTHON" "$KIT/kit_tools.py" prune "$DEST"
 "$PYTHON" "$KIT/kit_tools.py" check-wheels "$DEST" --max-mib "$MAX_MIB"
 if [[ $DEST == "$ROOT"/* ]]; then
     echo "carry it with the checkout: a device run names \"${DEST#"$ROOT"/}\" in its carry list"

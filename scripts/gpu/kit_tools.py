@@ -4,6 +4,7 @@ they run before anything is installed, on this machine and on the GPU machine al
     kit_tools.py check-wheels DIR [--max-mib N]   the carried folder: exactly the pinned files, one version
                                                   each, and requirements.txt resolving offline for Python
                                                   3.12 on manylinux from them plus the image's packages
+    kit_tools.py prune DIR                        remove other versions of pinned packages from DIR
     kit_tools.py image-versions                   the image packages' versions in this interpreter
     kit_tools.py toy-spec IN OUT KEY=VALUE...     a copy of a sweep file with [accuracy] settings replaced
     kit_tools.py merge-validate OUT DIR...        one VALIDATE.md and validate.json from several validations
@@ -168,7 +169,9 @@ def check_wheels(folder: Path, max_mib: float, lists: Path = HERE) -> int:
                 problems.append(f"{name}: {have[0][1].name} found, {name}=={version} pinned")
     extra = sorted(set(found) - set(wheels) - set(sdists))
     if extra:
-        problems.append(f"not in wheels.txt or sdists.txt: {', '.join(extra)}")
+        problems.append(
+            f"not in wheels.txt or sdists.txt: {', '.join(extra)} (remove them, or fetch into another folder)"
+        )
 
     resolved: list[dict] = []
     if not problems:
@@ -226,6 +229,20 @@ def check_wheels(folder: Path, max_mib: float, lists: Path = HERE) -> int:
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def prune(folder: Path, lists: Path = HERE) -> int:
+    """Remove the files of pinned packages at other versions than pinned (left by an earlier fetch);
+    files of packages that are not pinned at all are left alone (check-wheels names them)."""
+    pins = {**read_pins(lists / "wheels.txt"), **read_pins(lists / "sdists.txt")}
+    for path in sorted(folder.iterdir()):
+        if not path.name.endswith((".whl", ".tar.gz")):
+            continue
+        name, version = dist_of(path.name)
+        if name in pins and version != pins[name]:
+            print(f"removing {path.name}: {name}=={pins[name]} is pinned")
+            path.unlink()
+    return 0
 
 
 def image_versions() -> int:
@@ -430,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folder", type=Path)
     p.add_argument("--max-mib", type=float, default=60.0)
     p.add_argument("--lists", type=Path, default=HERE, help="folder of the pin lists (default: here)")
+    p = sub.add_parser("prune")
+    p.add_argument("folder", type=Path)
     sub.add_parser("image-versions")
     p = sub.add_parser("toy-spec")
     p.add_argument("src", type=Path)
@@ -444,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check-wheels":
             return check_wheels(args.folder, args.max_mib, args.lists)
+        if args.command == "prune":
+            return prune(args.folder)
         if args.command == "image-versions":
             return image_versions()
         if args.command == "toy-spec":
