@@ -2,17 +2,19 @@
 # Build and install the GPU kernels of the baselines on an H100/H200 machine without network access:
 # causal-conv1d 1.7.0 and mamba-ssm 2.3.2.post1 compiled from their sdists for sm_90 only, plus the
 # pure-Python fla wheels. Everything comes from the folder given as $1, filled beforehand by
-# scripts/fetch_gpu_wheels.sh on a machine with registry access (carry it along, e.g. as .whl/).
+# scripts/gpu/fetch.sh on a machine with registry access (carry it along, e.g. as .gpu-wheels/).
+# scripts/gpu/run.sh runs it in the background while it validates and sweeps.
 #
-#   bash scripts/build_mamba_ssm_gpu.sh .whl
+#   bash scripts/build_mamba_ssm_gpu.sh .gpu-wheels
 #   # if a call has a time limit, run it in the background and poll the log:
-#   nohup bash scripts/build_mamba_ssm_gpu.sh .whl > build/gpu-build.log 2>&1 &
+#   nohup bash scripts/build_mamba_ssm_gpu.sh .gpu-wheels > build/gpu-build.log 2>&1 &
 #
 # Their setup.py files compile every kernel for up to 9 GPU architectures (sm_75 ... sm_121, depending
 # on the nvcc version): about 20 CPU-minutes per architecture for the selective scan alone. Both are
-# patched to keep only sm_90 (H100/H200). The sources are unpacked into a persistent folder (BUILD_DIR)
-# and built in place, so ninja resumes where an interrupted build stopped; a component that already
-# imports at the right version is skipped, so the script can simply be run again.
+# patched to keep only sm_90 (H100/H200). The two packages compile at the same time (mamba-ssm needs
+# causal-conv1d only when it is imported, for the check at the end). The sources are unpacked into a
+# persistent folder (BUILD_DIR) and built in place, so ninja resumes where an interrupted build stopped;
+# a component that already imports at the right version is skipped, so the script can simply be run again.
 #
 # Environment: CUDA_HOME (default /usr/local/cuda), MAX_JOBS (parallel nvcc processes, default 12;
 # each needs a few GB of memory), BUILD_DIR (default build/gpu-src under the repository), PYTHON.
@@ -47,7 +49,7 @@ export PATH=$CUDA_HOME/bin:$PATH
     || die "ninja is needed (without it the kernels compile one file at a time)"
 for f in "causal_conv1d-$CONV_VERSION.tar.gz" "mamba_ssm-$MAMBA_VERSION.tar.gz" \
          "fla_core-$FLA_VERSION-py3-none-any.whl" "flash_linear_attention-$FLA_VERSION-py3-none-any.whl"; do
-    [[ -f $WHEELS/$f ]] || die "$WHEELS/$f is missing: run scripts/fetch_gpu_wheels.sh where there is network"
+    [[ -f $WHEELS/$f ]] || die "$WHEELS/$f is missing: run scripts/gpu/fetch.sh where there is network"
 done
 TORCH_BEFORE=$("$PYTHON" -c 'import torch; print(torch.__version__)')
 echo "torch $TORCH_BEFORE, $("$CUDA_HOME/bin/nvcc" --version | grep release), MAX_JOBS=$MAX_JOBS"
@@ -91,12 +93,14 @@ build() {  # source folder name, log name; built in place so an interrupted buil
     fi
 }
 
-# --- causal-conv1d: mamba-ssm uses it when it imports, so it goes first ---
+# --- both compile at once: causal-conv1d has 4 files, mamba-ssm 10, so together they fit 16 cores ---
+BUILDS=()  # pids of the builds running in the background
 if [[ $(version_of causal-conv1d) == "$CONV_VERSION" ]] && "$PYTHON" -c 'import causal_conv1d_cuda' 2>/dev/null; then
     echo "causal-conv1d $CONV_VERSION already built"
 else
     unpack_for_sm90 "causal_conv1d-$CONV_VERSION.tar.gz" "causal_conv1d-$CONV_VERSION"
-    CAUSAL_CONV1D_FORCE_BUILD=TRUE build "causal_conv1d-$CONV_VERSION" causal_conv1d
+    CAUSAL_CONV1D_FORCE_BUILD=TRUE build "causal_conv1d-$CONV_VERSION" causal_conv1d &
+    BUILDS+=($!)
 fi
 
 # --- mamba-ssm: FORCE_BUILD, or its setup.py tries to download a prebuilt wheel ---
@@ -104,8 +108,15 @@ if [[ $(version_of mamba-ssm) == "$MAMBA_VERSION" ]] && "$PYTHON" -c 'import sel
     echo "mamba-ssm $MAMBA_VERSION already built"
 else
     unpack_for_sm90 "mamba_ssm-$MAMBA_VERSION.tar.gz" "mamba_ssm-$MAMBA_VERSION"
-    MAMBA_FORCE_BUILD=TRUE build "mamba_ssm-$MAMBA_VERSION" mamba_ssm
+    MAMBA_FORCE_BUILD=TRUE build "mamba_ssm-$MAMBA_VERSION" mamba_ssm &
+    BUILDS+=($!)
 fi
+FAILED=0
+for pid in "${BUILDS[@]}"; do
+    wait "$pid" || FAILED=1
+done
+[[ $FAILED == 0 ]] || die "a build failed (its log's last lines are above)"
+echo "builds done"
 
 # --- check: the versions, torch untouched, and each compiled kernel against its reference on the GPU ---
 TORCH_AFTER=$("$PYTHON" -c 'import torch; print(torch.__version__)')
