@@ -22,6 +22,9 @@ import tomllib
 
 import bench
 
+# Integration tests, all of them: the fetch needs the package registry, the dry runs take minutes.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 KIT = ROOT / "scripts" / "gpu"
 MAX_MIB = 60
@@ -223,7 +226,6 @@ def _archive(out: Path) -> dict[str, bytes]:
         return {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
 
 
-@pytest.mark.slow
 def test_dry_run_goes_through_every_step_and_packs_the_reports(carried, tmp_path):
     proc, took, out = _dry_run(tmp_path, 480, KIT_WHEELS=str(carried))
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -272,7 +274,6 @@ def test_dry_run_goes_through_every_step_and_packs_the_reports(carried, tmp_path
     assert "## Sweep" in summary and "2 timed repeats" in summary and "| titans-mac |" in summary
 
 
-@pytest.mark.slow
 def test_dry_run_keeps_its_deadline_and_says_what_was_not_built(tmp_path):
     """A 40-second budget and a build that would take an hour: the kit stops the build, skips what no
     longer fits, and still packs an archive, inside the budget."""
