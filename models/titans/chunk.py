@@ -105,24 +105,6 @@ class DecayProducts(torch.autograd.Function):
         return (prod[..., :, 1:] * q[..., :, :-1]).sum(-2)
 
 
-def layer_norm_stats(h: Tensor) -> tuple[Tensor, Tensor]:
-    """(n, r): n = layer_norm(h) (no affine parameters) and r = 1 / std, what its derivatives need."""
-    u = h - h.mean(-1, keepdim=True)
-    r = torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + LN_EPS)
-    return u * r, r
-
-
-def ln_backward(grad: Tensor, n: Tensor, r: Tensor) -> Tensor:
-    """grad through layer_norm, from its stats: J^T grad with J = r (I - 1/D - n n^T / D), symmetric.
-    Plain tensor algebra, so autograd can differentiate it again."""
-    return r * (grad - grad.mean(-1, keepdim=True) - n * (grad * n).mean(-1, keepdim=True))
-
-
-def layer_norm_backward(grad: Tensor, h: Tensor) -> Tensor:
-    """grad through layer_norm at h."""
-    return ln_backward(grad, *layer_norm_stats(h))
-
-
 def chunk_coefficients(theta: Tensor, eta: Tensor, alpha: Tensor) -> tuple[Tensor, ...]:
     """Closed-form coefficients of the momentum/decay recurrence inside chunks.
 
@@ -154,19 +136,23 @@ def _compiled(name: str) -> Callable:
     return _COMPILED[name]
 
 
-def forward_step(ws, base, lhs0, kv, xgs0_t, gs, ae, c, m0, ac, neg_g, activation: str, norm: bool):
+def forward_step(ws, base, new_ws, lhs0, kv, xgs0_t, gs, ae, c, m0, ac, neg_g, activation: str, norm: bool):
     """One chunk: the inner loss's errors at the base weights, retrieval, and the memory at the chunk end.
 
     ws: per layer [N, 2 d_in, d_out], the memory [W^T; S^T] at the chunk start. base: per layer W_b^T
-    [N, d_in, d_out] for a chunk begun in an earlier call, None when the base is W. lhs0: [N, 2 n, 2 D],
+    [N, d_in, d_out] for a chunk begun in an earlier call, None when the base is W. new_ws: per layer a
+    tensor like ws to write the memory at the chunk end into, or None for new ones. lhs0: [N, 2 n, 2 D],
     [[k | 0]; [A q | c q]], the keys and the first layer's retrieval factors, which meet the memory in one
     product. kv: [N, n, D], 2 (k - v) (residual) or -2 v, so that the inner loss's gradient at the memory's
     output o is kv + 2 o. xgs0_t: [N, 2 D, n] = -[g k | s k]^T, the first layer's update factor
     (g = G[n-1, :] and s from chunk_coefficients). gs: [N, n, 2, 1] = -(g, s). ae: per layer
     [N, 2 d_in, 1], A_{n-1} on the W^T rows and E_{n-1} on the S^T rows. c: [N, 1, 1], c_{n-1}.
     m0: [N, n, n] = -G * (q k^T). ac: [N, n, 2, 1] = (A, c). neg_g: [N, n, n] = -G.
-    Returns the memory at the chunk end, the retrieval y [N, n, D] (LN(out) with ``norm``, before the
-    residual), and what the backward needs (see backward_step).
+    Returns the memory at the chunk end and what the retrieval and the backward need: per layer the key
+    pre-activations p_i, the layer inputs x_i (i >= 1), the errors delta_i, m_i = delta_{i+1} W_{i+1}
+    (i < L - 1), the keys' LayerNorm (output, mean, 1/std, error) when ``norm``, the update factors
+    -[g x_i | s x_i] (i >= 1), and the retrieval's out_i, z_i = act(out_{i-1}), [A z_i | c z_i], z_i x_i^T
+    and -G * (z_i x_i^T) (i >= 1); the last out_i is the retrieval before its LayerNorm.
     """
     act, act_bwd, _ = ACT_FNS[activation]
     n, D = lhs0.shape[1] // 2, lhs0.shape[2] // 2
@@ -205,69 +191,73 @@ def forward_step(ws, base, lhs0, kv, xgs0_t, gs, ae, c, m0, ac, neg_g, activatio
         pzs.append(torch.bmm(zs[i], xs[i].mT))
         m_ret.append(neg_g * pzs[i])
         outs.append(torch.bmm(zacs[i], ws[i]).baddbmm_(m_ret[i], deltas[i]))
-    out = outs[-1]
-    y, *ln_q = torch.native_layer_norm(out, out.shape[-1:], None, None, LN_EPS) if norm else (out,)
 
     # W'^T = A W^T + c S^T - (g x)^T delta,  S'^T = E S^T - (s x)^T delta, both row blocks at once
     xgs = [(gs * x.unsqueeze(-2)).flatten(-2) for x in xs[1:]]
-    new_ws = []
+    new_ws = new_ws or [None] * len(ws)
     for i, (w, (wt, st)) in enumerate(zip(ws, halves, strict=True)):
-        new = ae[i] * w
-        new[:, : wt.shape[1]].addcmul_(c, st)
-        new_ws.append(new.baddbmm_(xgs0_t if i == 0 else xgs[i - 1].mT, deltas[i]))
-    saved = (ps, xs[1:], deltas, ms, ln_k, xgs, outs, zs, zacs, pzs, m_ret, ln_q)
-    return new_ws, y, saved
+        new_ws[i] = torch.mul(ae[i], w) if new_ws[i] is None else torch.mul(ae[i], w, out=new_ws[i])
+        new_ws[i][:, : wt.shape[1]].addcmul_(c, st)
+        new_ws[i].baddbmm_(xgs0_t if i == 0 else xgs[i - 1].mT, deltas[i])
+    return new_ws, (ps, xs[1:], deltas, ms, ln_k, xgs, outs, zs, zacs, pzs, m_ret)
 
 
-def backward_step(
-    lam, dy, ws, base, lhs0, xgs0, gs_tok, ac_tok, ae, c, m0, neg_g, saved, h, ln_ops, activation, norm
-):
+def _retrieval_terms(dout, delta, m, pz, z, x, neg_g):
+    """For out = zac [W^T; S^T] + m delta with m = -G * (z x^T): the gradients w.r.t. delta and m (the first
+    layer, z None) or, else, w.r.t. delta, neg_g, x, and m's share of the gradient w.r.t. z. Batched or per
+    chunk alike."""
+    dm = dout @ delta.mT
+    if z is None:
+        return m.mT @ dout, dm, None, None
+    dpz = dm * neg_g
+    return m.mT @ dout, dm * pz, dpz.mT @ z, dpz @ x
+
+
+def backward_step(lam, new_lam, last, ws, base, lhs0, xgs0, gs_tok, ac_tok, ae, c, m0, neg_g, fwd, h, ln_ops,
+                  activation: str, norm: bool):  # fmt: skip
     """One chunk of the backward, from dL/d(memory) at the chunk end to that at its start.
 
-    lam: per layer dL/d[W'^T; S'^T] [N, 2 d_in, d_out] at the chunk end; dy: [N, n, D], dL/dy. ws, base,
-    lhs0, ae, c, m0, neg_g: as in forward_step; xgs0: [N, n, 2 D]; gs_tok, ac_tok: -(g, s) and (A, c) as
-    [N n, 1, 2]; saved: forward_step's; h: per layer i < L - 1, m_i act''(p_i); ln_ops: the LayerNorm's
-    second-order operators (MemoryScan).
-    Returns dL/d(memory at the chunk start) per layer, this chunk's gradients w.r.t. (lhs0, the last
-    layer's error (for d kv), mix's diagonal, mix's c, xgs0, gs, m0, ac, neg_g), and dL/dW_b^T per layer
-    when base is given.
+    lam: per layer dL/d[W'^T; S'^T] [N, 2 d_in, d_out] at the chunk end; new_lam: per layer a tensor like
+    lam to write the gradient at the chunk start into, or None for new ones. last: the last layer's
+    dL/dout and _retrieval_terms, formed for all chunks at once. ws, base, lhs0, ae, c, m0, neg_g: as in
+    forward_step; xgs0: [N, n, 2 D]; gs_tok, ac_tok: -(g, s) and (A, c) as [N n, 1, 2]; fwd: forward_step's;
+    h: per layer i < L - 1, m_i act''(p_i); ln_ops: the keys' LayerNorm's second-order operators
+    (MemoryScan).
+    Returns dL/d(memory at the chunk start), this chunk's gradients w.r.t. (lhs0, the last layer's error
+    (for d kv), mix, xgs0, gs, ac, and, from the layers before the last, m0 and neg_g) and, when base is
+    given, dL/dW_b^T per layer.
     """
     _, act_bwd, _ = ACT_FNS[activation]
-    ps, xs, deltas, ms, ln_k, xgs, outs, zs, zacs, pzs, m_ret, ln_q = saved
+    ps, xs, deltas, ms, ln_k, xgs, outs, zs, zacs, pzs, m_ret = fwd
     L = len(lam)
-    N, n, D = dy.shape
+    N, n = deltas[0].shape[:2]
+    D = lhs0.shape[2] // 2
     xs, xgs, zacs, m_ret = [None, *xs], [xgs0, *xgs], [lhs0[:, n:], *zacs[1:]], [m0, *m_ret[1:]]
     bt = [w[:, : w.shape[1] // 2] for w in ws] if base is None else base
 
     # Retrieval, last layer first: out_i = zac_i [W^T; S^T] + m_i delta_i, m_i = -G * (z_i x_i^T),
-    # zac_i = (A z_i, c z_i), z_i = act(out_{i-1}); the errors also feed the update, rows += xgs_i^T delta_i,
-    # and the layer inputs the update's xgs_i = -(g, s) x_i.
-    dout = dy
-    if norm:
-        dout = torch.ops.aten.native_layer_norm_backward(
-            dy, outs[-1], dy.shape[-1:], *ln_q, None, None, [True, False, False]
-        )[0]
+    # zac_i = (A z_i, c z_i), z_i = act(out_{i-1}). The errors also feed the update (rows += xgs_i^T
+    # delta_i), and the layer inputs the update's xgs_i = -(g, s) x_i.
+    dout, terms = last[0], last[1:]
     douts, gd, gx = [None] * L, [None] * L, [None] * L
-    dgs = dac = dneg_g = None
+    dm0 = dneg_g = dac = dgs = None
     for i in range(L - 1, -1, -1):
+        if i < L - 1:
+            terms = _retrieval_terms(dout, deltas[i], m_ret[i], pzs[i], zs[i], xs[i], neg_g)
+        ddelta, dm, dx, dz = terms
         douts[i] = dout
-        dm = torch.bmm(dout, deltas[i].mT)
-        gd[i] = torch.bmm(xgs[i], lam[i]).baddbmm_(m_ret[i].mT, dout)
+        gd[i] = torch.baddbmm(ddelta, xgs[i], lam[i])
         if i == 0:
+            dm0 = dm if L > 1 else None  # with one layer it was formed for all chunks at once
             break
-        dpz = dm * neg_g
+        if i < L - 1:
+            dneg_g = dm if dneg_g is None else dneg_g + dm
         dzac = torch.bmm(dout, ws[i].mT).view(N * n, 2, -1)
         dxgs = torch.bmm(deltas[i], lam[i].mT).view(N * n, 2, -1)
-        terms = (
-            dm * pzs[i],
-            torch.bmm(dzac, zs[i].view(N * n, -1, 1)),
-            torch.bmm(dxgs, xs[i].view(N * n, -1, 1)),
-        )
-        dneg_g, dac, dgs = (
-            t if acc is None else acc + t for acc, t in zip((dneg_g, dac, dgs), terms, strict=True)
-        )
-        gx[i] = torch.baddbmm(torch.bmm(dpz.mT, zs[i]).view(N * n, 1, -1), gs_tok, dxgs).view(N, n, -1)
-        dout = act_bwd(torch.bmm(ac_tok, dzac).view(N, n, -1).baddbmm_(dpz, xs[i]), outs[i - 1])
+        terms = (torch.bmm(dzac, zs[i].view(N * n, -1, 1)), torch.bmm(dxgs, xs[i].view(N * n, -1, 1)))
+        dac, dgs = (t if acc is None else acc + t for acc, t in zip((dac, dgs), terms, strict=True))
+        gx[i] = torch.baddbmm(dx.view(N * n, 1, -1), gs_tok, dxgs).view(N, n, -1)
+        dout = act_bwd(torch.bmm(ac_tok, dzac).view(N, n, -1).add_(dz), outs[i - 1])
 
     # Back through the inner gradient: delta_i = act'(p_i) * (delta_{i+1} W_{i+1}), first layer first.
     # Every gradient w.r.t. a memory is a sum of token products left^T right: the retrieval's, and, when
@@ -299,7 +289,8 @@ def backward_step(
         left[0], right[0] = [lhs0[:, n:]], [douts[0]]
         keys[0].append((lhs0[:, :n, :D], gp[0]))
 
-    new_lam, d_ae, d_c, dbase = [], 0.0, 0.0, []
+    new_lam = new_lam or [None] * L
+    dmix, dbase = 0.0, []
     for i in range(L):
         d_in = bt[i].shape[1]
         if base is None:
@@ -308,20 +299,21 @@ def backward_step(
                 right[i].append(rt)
         else:
             dbase.append(sum(torch.bmm(lt.mT, rt) for lt, rt in keys[i]))
-        grad = ae[i] * lam[i]  # back through W'^T = A W^T + c S^T + ...,  S'^T = E S^T + ...
-        grad[:, d_in:].addcmul_(c, lam[i][:, :d_in])
+        # back through W'^T = A W^T + c S^T + ...,  S'^T = E S^T + ...
+        out = new_lam[i]
+        new_lam[i] = torch.mul(ae[i], lam[i]) if out is None else torch.mul(ae[i], lam[i], out=out)
+        new_lam[i][:, d_in:].addcmul_(c, lam[i][:, :d_in])
         lt = left[i][0] if len(left[i]) == 1 else torch.cat(left[i], dim=1)
         rt = right[i][0] if len(right[i]) == 1 else torch.cat(right[i], dim=1)
-        new_lam.append(grad.baddbmm_(lt.mT, rt))
-        # the update's coefficients: <dW'^T, W^T> and <dS'^T, S^T> for (A, E), <dW'^T, S^T> for c
-        d_ae = d_ae + (lam[i] * ws[i]).view(N, 2, -1).sum(-1)
-        d_c = d_c + (lam[i][:, :d_in] * ws[i][:, d_in:]).sum((1, 2))
+        new_lam[i].baddbmm_(lt.mT, rt)
+        # the update's coefficients: <dW'^T, W^T>, <dS'^T, S^T> on the diagonal, <dW'^T, S^T> at [0, 1]
+        dmix = dmix + torch.bmm(lam[i].view(N, 2, -1), ws[i].view(N, 2, -1).mT)
     # dL/dlhs0: the keys' rows (through the base) and the retrieval's zac_0 rows
     d_lhs0 = torch.bmm(d_right0, ws[0].mT)
     if base is not None:
         d_lhs0[:, :n, :D] = torch.bmm(gp[0], bt[0].mT)
     dxgs0 = torch.bmm(deltas[0], lam[0].mT)
-    return new_lam, (d_lhs0, gd[-1], d_ae, d_c, dxgs0, dgs, dm, dac, dneg_g), dbase
+    return new_lam, (d_lhs0, gd[-1], dmix, dxgs0, dgs, dac, dm0, dneg_g), dbase
 
 
 def _decays(mix: Tensor, d_ins: list[int]) -> list[Tensor]:
@@ -331,27 +323,38 @@ def _decays(mix: Tensor, d_ins: list[int]) -> list[Tensor]:
 
 
 def _scan(config, lhs0, kv, xgs0, gs, mix, m0, ac, neg_g, ws, base, keep: bool):
-    """forward_step over the chunks (inputs as in MemoryScan). Returns the stacked retrievals, per layer
-    the memory after the last chunk, and, if ``keep``, per chunk the memory at its start and what
-    forward_step saved."""
+    """forward_step over the chunks (inputs as in MemoryScan). Returns the retrievals before the
+    residual, [n_chunks, N, n, D], per layer the memory after the last chunk, and, if ``keep``, what the
+    backward needs: per chunk the memory at its start and forward_step's tensors, and the retrieval's
+    LayerNorm statistics."""
     L, activation, norm, has_base, compiled = config
+    # the same tensor properties for every chunk, so that a compiled step is not compiled again
+    ws, base = [w.detach() for w in ws], base and [b.detach() for b in base]
     d_ins = [w.shape[1] // 2 for w in ws]
     aes = [a.unbind(0) for a in _decays(mix, d_ins)]
     per_chunk = zip(
         *(t.unbind(0) for t in (lhs0, kv, xgs0.mT, gs, mix[..., :1, 1:], m0, ac, neg_g)), strict=True
     )
-    ys, starts, saved = [], [], []
+    # Without a backward, two memories per layer take turns (eagerly; a compiled step makes its own).
+    spare = [[torch.empty_like(w) for w in ws] for _ in range(2)] if not (keep or compiled) else None
+    outs, starts, saved = [], [], []
     for j, (lhs0_j, kv_j, xgs0_j, gs_j, c_j, m0_j, ac_j, neg_g_j) in enumerate(per_chunk):
         b = base if j == 0 else None
         step = _compiled("forward") if compiled and b is None else forward_step
+        ae_j, new = [a[j] for a in aes], spare and spare[j % 2]
+        new, fwd = step(
+            ws, b, new, lhs0_j, kv_j, xgs0_j, gs_j, ae_j, c_j, m0_j, ac_j, neg_g_j, activation, norm
+        )
+        outs.append(fwd[6][-1])
         if keep:
             starts.append(ws)
-        ae_j = [a[j] for a in aes]
-        ws, y, fwd = step(ws, b, lhs0_j, kv_j, xgs0_j, gs_j, ae_j, c_j, m0_j, ac_j, neg_g_j, activation, norm)
-        ys.append(y)
-        if keep:
             saved.append(fwd)
-    return torch.stack(ys), ws, starts, saved
+        ws = new
+    out = torch.stack(outs)
+    if not norm:
+        return out, ws, starts, saved, ()
+    y, mean, rstd = torch.native_layer_norm(out, out.shape[-1:], None, None, LN_EPS)
+    return y, ws, starts, saved, (out, mean, rstd)
 
 
 def _ln_second_order(out: Tensor, rstd: Tensor, err: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -379,15 +382,16 @@ class MemoryScan(torch.autograd.Function):
     W_b^T of a first chunk begun earlier. Outputs: the retrievals before the residual, [n_chunks, N, n, D],
     and per layer the memory after the last chunk.
 
-    Forward: forward_step per chunk. Backward: backward_step per chunk in reverse, carrying dL/d(memory)
-    from each chunk's end to its start; whatever needs no chunk's memory is formed for all chunks at once,
-    before the loop (the LayerNorm's operators below, m_i act''(p_i)) or after it (d kv).
+    Forward: forward_step per chunk, then the retrieval's LayerNorm for all chunks at once. Backward:
+    backward_step per chunk in reverse, carrying dL/d(memory) from each chunk's end to its start. Whatever
+    needs no chunk's memory is formed for all chunks at once, before the loop (the last layer's share of
+    the retrieval's backward, m_i act''(p_i), the keys' LayerNorm operators below) or after it (d kv).
 
-    The LayerNorm's second order. With o = LN(p), rho = 1/std, J = rho (I - 11^T/D - o o^T/D) and
+    The keys' LayerNorm's second order. With o = LN(p), rho = 1/std, J = rho (I - 11^T/D - o o^T/D) and
     err = kv + 2 o, the forward takes delta = J err. A gradient g at delta reaches p as 2 J J g (through
     err) plus the derivative of <g, J(p) err> with err held (J's own dependence on p). Both are linear in g
-    and see it only through c = (mean(g), <g, o>, <g, err - mean(err)>) = g B3:
-        dp = beta g + c V,   beta = rho^2 (2 - e_o / D),  e_o = <err, o>,
+    and see it only through t = (mean(g), <g, o>, <g, err - mean(err)>) = g B3:
+        dp = beta g + t V,   beta = rho^2 (2 - e_o / D),  e_o = <err, o>,
         V = (-beta 1,  rho^2 / D ((3 e_o / D - 4 + 2 |o|^2 / D) o - (err - mean(err))),  -rho^2 / D o),
     so per chunk it costs one bmm and one baddbmm.
     """
@@ -396,8 +400,10 @@ class MemoryScan(torch.autograd.Function):
     def forward(ctx, config, lhs0, kv, xgs0, gs, mix, m0, ac, neg_g, *mats):
         L = config[0]
         ws, base = list(mats[:L]), (list(mats[L:]) or None)
-        y, finals, starts, saved = _scan(config, lhs0, kv, xgs0, gs, mix, m0, ac, neg_g, ws, base, keep=True)
-        ctx.config, ctx.starts, ctx.per_chunk = config, starts, saved
+        y, finals, starts, saved, ln_q = _scan(
+            config, lhs0, kv, xgs0, gs, mix, m0, ac, neg_g, ws, base, keep=True
+        )
+        ctx.config, ctx.starts, ctx.per_chunk, ctx.ln_q = config, starts, saved, ln_q
         ctx.save_for_backward(lhs0, xgs0, gs, mix, m0, ac, neg_g, *(base or ()))
         return (y, *finals)
 
@@ -406,13 +412,15 @@ class MemoryScan(torch.autograd.Function):
     def backward(ctx, dy, *dfinals):
         L, activation, norm, has_base, compiled = ctx.config
         lhs0, xgs0, gs, mix, m0, ac, neg_g, *base = ctx.saved_tensors
+        dy, dfinals = dy.contiguous(), [g.contiguous() for g in dfinals]  # the layouts the steps expect
         n_chunks, N, n, _ = dy.shape
         d_ins = [w.shape[1] // 2 for w in ctx.starts[0]]
         _, _, act_grad2 = ACT_FNS[activation]
 
-        # For all chunks at once: what the backward needs that no memory enters.
-        by_layer = list(zip(*ctx.per_chunk, strict=True))  # forward_step's saved tuple, each per chunk
-        ps, ms, ln_k = ([list(t) for t in zip(*by_layer[f], strict=True)] for f in (0, 3, 4))
+        # For all chunks at once: what the backward needs that no memory enters. fields: forward_step's
+        # tensors, each per layer, each per chunk.
+        fields = [[list(t) for t in zip(*f, strict=True)] for f in zip(*ctx.per_chunk, strict=True)]
+        ps, xs, deltas, ms, ln_k, _, _, zs, _, pzs, m_ret = fields
         hs = [
             (torch.stack(m) * act_grad2(torch.stack(p))).unbind(0) for m, p in zip(ms, ps[:-1], strict=True)
         ]
@@ -421,35 +429,56 @@ class MemoryScan(torch.autograd.Function):
             out, mean, rstd, err = (torch.stack(t) for t in ln_k)
             B3, V, beta = _ln_second_order(out, rstd, err)
             ln_ops = list(zip(*(t.flatten(1, 2).unbind(0) for t in (B3, V, beta.unsqueeze(-1))), strict=True))
+        dout = dy
+        if norm:
+            out, mean, rstd = ctx.ln_q
+            dout = torch.ops.aten.native_layer_norm_backward(
+                dy, out, out.shape[-1:], mean, rstd, None, None, [True, False, False]
+            )[0]
+        if L == 1:
+            last = _retrieval_terms(dout, torch.stack(deltas[0]), m0, None, None, None, None)
+        else:
+            z, pz, x = torch.stack(zs[-1]), torch.stack(pzs[-1]), torch.stack(xs[-1])
+            last = _retrieval_terms(dout, torch.stack(deltas[-1]), torch.stack(m_ret[-1]), pz, z, x, neg_g)
+        dm_last = last[1]
+        last = list(
+            zip(*(t.unbind(0) if t is not None else [None] * n_chunks for t in (dout, *last)), strict=True)
+        )
         aes = [a.unbind(0) for a in _decays(mix, d_ins)]
         tokens = (n_chunks, N * n, 1, 2)
         c_end = mix[..., :1, 1:]
-        inputs = (dy, lhs0, xgs0, gs.view(tokens), ac.view(tokens), c_end, m0, neg_g)
+        inputs = (lhs0, xgs0, gs.view(tokens), ac.view(tokens), c_end, m0, neg_g)
         per_chunk = list(zip(*(t.unbind(0) for t in inputs), strict=True))
 
+        # dL/d(memory) needs only the latest chunk's: eagerly, two per layer take turns
+        spare = None if compiled else [[torch.empty_like(g) for g in dfinals] for _ in range(2)]
         lam, grads, dbase = list(dfinals), [], None
         for j in reversed(range(n_chunks)):
             b = base if has_base and j == 0 else None
             step = _compiled("backward") if compiled and b is None else backward_step
-            ws_j, h_j, ae_j = ctx.starts[j], [h[j] for h in hs], [a[j] for a in aes]
-            dy_j, lhs0_j, xgs0_j, gs_j, ac_j, c_j, m0_j, neg_g_j = per_chunk[j]
-            lam, g, db = step(lam, dy_j, ws_j, b, lhs0_j, xgs0_j, gs_j, ac_j, ae_j, c_j, m0_j, neg_g_j,
-                              ctx.per_chunk[j], h_j, ln_ops[j], activation, norm)  # fmt: skip
+            new = spare and spare[j % 2]
+            h_j, ae_j = [h[j] for h in hs], [a[j] for a in aes]
+            lhs0_j, xgs0_j, gs_j, ac_j, c_j, m0_j, neg_g_j = per_chunk[j]
+            lam, g, db = step(lam, new, last[j], ctx.starts[j], b, lhs0_j, xgs0_j, gs_j, ac_j, ae_j, c_j,
+                              m0_j, neg_g_j, ctx.per_chunk[j], h_j, ln_ops[j], activation, norm)  # fmt: skip
             grads.append(g)
             dbase = db or dbase
 
-        # For all chunks at once: the gradients gathered per chunk, and d kv through the keys' LayerNorm.
-        d_lhs0, gd, d_ae, d_c, dxgs0, dgs, dm0, dac, dneg_g = (
+        # For all chunks at once: the gradients gathered per chunk, the last layer's, and d kv through the
+        # keys' LayerNorm.
+        d_lhs0, gd, dmix, dxgs0, dgs, dac, dm0, dneg_g = (
             None if t[0] is None else torch.stack(t[::-1]) for t in zip(*grads, strict=True)
         )
+        if L == 1:
+            dm0 = dm_last
+        else:
+            dneg_g = dm_last if dneg_g is None else dneg_g + dm_last
         if norm:
             p, mean, rstd = torch.stack(ps[-1]), torch.stack(ln_k[1]), torch.stack(ln_k[2])
             gd = torch.ops.aten.native_layer_norm_backward(
                 gd, p, p.shape[-1:], mean, rstd, None, None, [True, False, False]
             )[0]
         dgs, dac = (None if t is None else t.view(gs.shape) for t in (dgs, dac))
-        dmix = torch.diag_embed(d_ae)
-        dmix[..., 0, 1] = d_c
         return (None, d_lhs0, gd, dxgs0, dgs, dmix, dm0, dac, dneg_g, *lam, *(dbase if has_base else ()))
 
 
@@ -480,10 +509,11 @@ def _memory_run(q, k, v, theta, eta, alpha, ws, base, activation, residual, norm
 
 
 def _chunk_major(t: Tensor, n_chunks: int, size: int) -> Tensor:
-    """[B, H, n_chunks * size, ...] -> [n_chunks, B * H, size, ...]."""
+    """[B, H, n_chunks * size, ...] -> [n_chunks, B * H, size, ...], contiguous: every chunk's slice is, and
+    a compiled step sees the same strides whatever the layout of the caller's tensors."""
     B, H = t.shape[:2]
     t = t.unflatten(2, (n_chunks, size)).movedim(2, 0)
-    return t.reshape(n_chunks, B * H, size, *t.shape[4:])
+    return t.reshape(n_chunks, B * H, size, *t.shape[4:]).contiguous()
 
 
 def chunk_titans_memory(

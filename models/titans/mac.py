@@ -178,13 +178,14 @@ def build_titans_mac(
     n_persistent: int = 4,
     segment: int = 512,
     mlp_hidden: int | None = None,
+    compile_memory: bool = False,
 ) -> LanguageModel:
     """Titans (MAC): in every block, attention over each segment with the memory's retrieval for it as
     context; the memory is then written with the attention output and gates it."""
     make = _lmm_maker(
         d_model, n_heads, head_dim, backend, memory_depth=memory_depth, memory_expansion=memory_expansion,
         activation=activation, memory_norm=memory_norm, chunk_size=chunk_size, max_lr=max_lr,
-        n_persistent=0,
+        n_persistent=0, compile_memory=compile_memory,
     )  # fmt: skip
     heads = n_heads or max(1, d_model // 64)
 

@@ -38,6 +38,14 @@ MEMORY_BACKENDS = {
 }
 
 
+@torch.compiler.disable
+def _memory_call(op, extra: dict, *args, **kwargs):
+    """The memory op, never traced by torch.compile: its Python loop over chunks would unroll into a graph
+    that grows with the sequence length (381 s to compile one layer at T=256). A model compiled whole
+    therefore calls it here, outside its graph, and the op compiles its per-chunk steps instead."""
+    return op(*args, **extra, **kwargs)
+
+
 def persistent_tokens(n_persistent: int, d_model: int) -> nn.Parameter | None:
     """The learnable, input-independent tokens prepended to every sequence, or None."""
     return nn.Parameter(torch.randn(n_persistent, d_model) * 0.02) if n_persistent else None
@@ -76,6 +84,7 @@ class LMM(Mixer):
         conv_size: int = 4,
         backend: str = "auto",
         memory_norm: bool = True,
+        compile_memory: bool = False,
     ):
         super().__init__()
         if backend not in ("auto", *MEMORY_BACKENDS):
@@ -102,6 +111,9 @@ class LMM(Mixer):
         self.n_heads, self.head_dim = n_heads, head_dim
         self.activation, self.chunk_size, self.max_lr = activation, chunk_size, max_lr
         self.memory_norm = memory_norm  # M(x) = x + LN(MLP(x)), the paper's camera-ready memory
+        # The chunked memory's per-chunk steps through torch.compile, compiled once on first use. A model
+        # compiled whole takes this path as well (see _memory_call).
+        self.compile_memory = compile_memory
         inner = n_heads * head_dim
 
         self.qkv = nn.Linear(d_model, 3 * inner, bias=False)
@@ -156,7 +168,11 @@ class LMM(Mixer):
         q, k, v = qkv.chunk(3, dim=-1)
         q, k = F.normalize(self._heads(q), dim=-1), F.normalize(self._heads(k), dim=-1)
         theta, eta, alpha = self._gates(x)
-        y, memory_state = (memory_op or self.memory_op)(
+        op = memory_op or self.memory_op
+        compiled = op is chunk_titans_memory and (self.compile_memory or torch.compiler.is_compiling())
+        y, memory_state = _memory_call(
+            op,
+            {"compiled": True} if compiled else {},
             q,
             k,
             self._heads(v),
@@ -363,13 +379,15 @@ def build_titans_lmm(
     max_lr: float = 0.1,
     n_persistent: int = 0,
     mlp_hidden: int | None = None,
+    compile_memory: bool = False,
 ) -> LanguageModel:
     """Titans (LMM): the neural memory alone in every block. ``backend``: "auto" (= "torch-chunked") or
-    "torch-recurrent" (the per-token reference). Heads default to d_model // 64."""
+    "torch-recurrent" (the per-token reference). Heads default to d_model // 64. ``compile_memory``: the
+    chunked memory's per-chunk steps through torch.compile."""
     make = _lmm_maker(
         d_model, n_heads, head_dim, backend, memory_depth=memory_depth, memory_expansion=memory_expansion,
         activation=activation, memory_norm=memory_norm, chunk_size=chunk_size, max_lr=max_lr,
-        n_persistent=n_persistent,
+        n_persistent=n_persistent, compile_memory=compile_memory,
     )  # fmt: skip
     return LanguageModel(vocab_size, d_model, n_layers, lambda i: make(), mlp_hidden=mlp_hidden)
 
@@ -392,12 +410,13 @@ def build_titans_mal(
     n_persistent: int = 4,
     window: int = 512,
     mlp_hidden: int | None = None,
+    compile_memory: bool = False,
 ) -> LanguageModel:
     """Titans (MAL): persistent tokens -> LMM -> sliding-window attention in every block."""
     make = _lmm_maker(
         d_model, n_heads, head_dim, backend, memory_depth=memory_depth, memory_expansion=memory_expansion,
         activation=activation, memory_norm=memory_norm, chunk_size=chunk_size, max_lr=max_lr,
-        n_persistent=n_persistent,
+        n_persistent=n_persistent, compile_memory=compile_memory,
     )  # fmt: skip
     heads = n_heads or max(1, d_model // 64)  # the attention's heads, as the memory's
     return LanguageModel(
@@ -427,13 +446,14 @@ def build_titans_mag(
     n_persistent: int = 4,
     window: int = 512,
     mlp_hidden: int | None = None,
+    compile_memory: bool = False,
 ) -> LanguageModel:
     """Titans (MAG): in every block, sliding-window attention and the LMM side by side over the persistent
     tokens and the input, the memory gating the attention."""
     make = _lmm_maker(
         d_model, n_heads, head_dim, backend, memory_depth=memory_depth, memory_expansion=memory_expansion,
         activation=activation, memory_norm=memory_norm, chunk_size=chunk_size, max_lr=max_lr,
-        n_persistent=0,
+        n_persistent=0, compile_memory=compile_memory,
     )  # fmt: skip
     heads = n_heads or max(1, d_model // 64)
 
