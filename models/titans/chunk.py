@@ -426,14 +426,14 @@ class MemoryScan(torch.autograd.Function):
         ]
         ln_ops = [()] * n_chunks
         if norm:
-            out, mean, rstd, err = (torch.stack(t) for t in ln_k)
-            B3, V, beta = _ln_second_order(out, rstd, err)
+            o_k, _, rstd_k, err = (torch.stack(t) for t in ln_k)
+            B3, V, beta = _ln_second_order(o_k, rstd_k, err)
             ln_ops = list(zip(*(t.flatten(1, 2).unbind(0) for t in (B3, V, beta.unsqueeze(-1))), strict=True))
-        dout = dy
+        dout = dy  # the retrieval's last layer, before its LayerNorm
         if norm:
-            out, mean, rstd = ctx.ln_q
+            out_q, mean_q, rstd_q = ctx.ln_q
             dout = torch.ops.aten.native_layer_norm_backward(
-                dy, out, out.shape[-1:], mean, rstd, None, None, [True, False, False]
+                dy, out_q, out_q.shape[-1:], mean_q, rstd_q, None, None, [True, False, False]
             )[0]
         if L == 1:
             last = _retrieval_terms(dout, torch.stack(deltas[0]), m0, None, None, None, None)
@@ -473,10 +473,10 @@ class MemoryScan(torch.autograd.Function):
             dm0 = dm_last
         else:
             dneg_g = dm_last if dneg_g is None else dneg_g + dm_last
-        if norm:
-            p, mean, rstd = torch.stack(ps[-1]), torch.stack(ln_k[1]), torch.stack(ln_k[2])
+        if norm:  # kv enters delta = J^T (kv + 2 LN(p)) through J^T, symmetric
+            p, mean_k, rstd_k = torch.stack(ps[-1]), torch.stack(ln_k[1]), torch.stack(ln_k[2])
             gd = torch.ops.aten.native_layer_norm_backward(
-                gd, p, p.shape[-1:], mean, rstd, None, None, [True, False, False]
+                gd, p, p.shape[-1:], mean_k, rstd_k, None, None, [True, False, False]
             )[0]
         dgs, dac = (None if t is None else t.view(gs.shape) for t in (dgs, dac))
         return (None, d_lhs0, gd, dxgs0, dgs, dmix, dm0, dac, dneg_g, *lam, *(dbase if has_base else ()))
