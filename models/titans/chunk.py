@@ -25,18 +25,34 @@ layer's output after it), the "dual form"
 is matmuls only, and the chunk ends with W' = A_{b-1} W + c_{b-1} S_prev - Delta^T diag(G[b-1, :]) X and
 S' = E_{b-1} S_prev - Delta^T diag(theta_i E_{b-1} / E_i) X. Only the loop over chunks is sequential; the
 tests hold this to the per-token reference in float64, gradients included.
+
+How it runs. Each PyTorch call costs a dispatch (a kernel launch on a GPU) however little it computes. The
+loop over chunks (MemoryScan) does per chunk only what needs that chunk's memory: the keys through the memory
+at the base and back (the errors Delta), retrieval, and the memory at the chunk end (forward_step); its
+backward, written by hand (backward_step), walks the chunks in reverse. What needs no memory (the coefficients
+above, the first layer's key and query factors, the LayerNorm's second-order operators) is computed for all
+chunks at once, before or after the loop. Retrieval does not feed the recurrence and could be batched over
+chunks too, but only from every chunk's memory in one tensor: on the CPU, a product with a memory still in
+cache was faster than that tensor's traffic. Each layer's memory is one matrix [W^T; S^T] of shape
+[2 d_in, d_out], so that retrieval is one matmul ([A z | c z] against it) and the update one baddbmm; the
+first layer's keys and retrieval factors are stacked (lhs0) and meet the memory in one product. The chunk
+steps can be compiled (``compiled=True``): their shapes are fixed, so they compile once whatever the
+sequence length.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .naive import LN_EPS, MemoryState, compute_dtype, get_activation, initial_state
+from models.modules.dtypes import compute_dtype
+
+from .naive import LN_EPS, MemoryState, get_activation, initial_state
 
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -91,40 +107,6 @@ class DecayProducts(torch.autograd.Function):
         return (prod[..., :, 1:] * q[..., :, :-1]).sum(-2)
 
 
-def layer_norm_stats(h: Tensor) -> tuple[Tensor, Tensor]:
-    """(n, r): n = layer_norm(h) (no affine parameters) and r = 1 / std, what its derivatives need."""
-    u = h - h.mean(-1, keepdim=True)
-    r = torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + LN_EPS)
-    return u * r, r
-
-
-def ln_backward(grad: Tensor, n: Tensor, r: Tensor) -> Tensor:
-    """grad through layer_norm, from its stats: J^T grad with J = r (I - 1/D - n n^T / D), symmetric.
-    Plain tensor algebra, so autograd can differentiate it again."""
-    return r * (grad - grad.mean(-1, keepdim=True) - n * (grad * n).mean(-1, keepdim=True))
-
-
-def layer_norm_backward(grad: Tensor, h: Tensor) -> Tensor:
-    """grad through layer_norm at h."""
-    return ln_backward(grad, *layer_norm_stats(h))
-
-
-def ln_backward_input_grad(err: Tensor, n: Tensor, r: Tensor, g: Tensor) -> Tensor:
-    """d/dh of <g, J(h)^T err> with err and g fixed, the second-order term the chunk's backward needs for
-    the output error. With u = h - mean(h) = n / r, S = <g, u>, E = <err, u>, G = <g, err - mean(err)>:
-    <g, J^T err> = r G - r^3 S E / D, whose gradient w.r.t. u, centred, is returned (written with n)."""
-    D = n.shape[-1]
-    gn, en = (g * n).sum(-1, keepdim=True), (err * n).sum(-1, keepdim=True)
-    G = (g * (err - err.mean(-1, keepdim=True))).sum(-1, keepdim=True)
-    grad_u = (r * r / D) * (n * (3.0 * gn * en / D - G) - en * g - gn * err)
-    return grad_u - grad_u.mean(-1, keepdim=True)
-
-
-def _dot(x: Tensor, y: Tensor) -> Tensor:
-    """Per-batch Frobenius inner product of [N, a, b] tensors -> [N], as one gemv pass without a temporary."""
-    return (x.flatten(1).unsqueeze(1) @ y.flatten(1).unsqueeze(2)).view(-1)
-
-
 def chunk_coefficients(theta: Tensor, eta: Tensor, alpha: Tensor) -> tuple[Tensor, ...]:
     """Closed-form coefficients of the momentum/decay recurrence inside chunks.
 
@@ -142,195 +124,398 @@ def chunk_coefficients(theta: Tensor, eta: Tensor, alpha: Tensor) -> tuple[Tenso
     return a_cum, c, g_mat, theta * e_dec[..., -1, :], e_cum[..., -1]
 
 
-class ChunkStep(torch.autograd.Function):
-    """One chunk of the memory, forward and a hand-written backward.
+# Inductor records its generated CPU kernels in the profiler only with this flag (a check per kernel call
+# when no profiler runs), which bench.running.dispatch needs to count them.
+COMPILE_OPTIONS = {"cpp.enable_kernel_profile": True}
+_COMPILED: dict[str, Callable] = {}
 
-    With ``norm`` the memory's output is layer_norm(last layer) (see naive.py): the output error and the
-    retrieval pass through it, and so do their backward passes (the error's with a second-order term).
 
-    Shapes (N = batch * heads, n = tokens in this chunk): q, k, v [N, n, D]; coefficients from
-    chunk_coefficients, A, c, s [N, n], G [N, n, n], e [N]; then per layer the current weights
-    W [N, d_out, d_in], the momentum S, and the chunk-base weights Wb unless base_is_weights.
-    Returns y [N, n, D], new W, new S.
+def _compiled(name: str) -> Callable:
+    """The chunk step ("forward" or "backward") compiled once: fixed shapes, no graph breaks."""
+    if name not in _COMPILED:
+        fn = {"forward": forward_step, "backward": backward_step}[name]
+        _COMPILED[name] = torch.compile(fn, fullgraph=True, dynamic=False, options=COMPILE_OPTIONS)
+    return _COMPILED[name]
 
-    Why by hand: the backward reuses everything the forward computed, accumulates each weight gradient with a
-    single matmul over concatenated token factors, updates the [d_out, d_in] matrices in place instead of
-    through autograd's chain of temporaries, and skips the work for state nobody differentiates.
+
+def forward_step(ws, base, new_ws, lhs0, kv, xgs0_t, gs, ae, c, m0, ac, neg_g, activation: str, norm: bool):
+    """One chunk: the inner loss's errors at the base weights, retrieval, and the memory at the chunk end.
+
+    ws: per layer [N, 2 d_in, d_out], the memory [W^T; S^T] at the chunk start. base: per layer W_b^T
+    [N, d_in, d_out] for a chunk begun in an earlier call, None when the base is W. new_ws: per layer a
+    tensor like ws to write the memory at the chunk end into, or None for new ones. lhs0: [N, 2 n, 2 D],
+    [[k | 0]; [A q | c q]], the keys and the first layer's retrieval factors, which meet the memory in one
+    product. kv: [N, n, D], 2 (k - v) (residual) or -2 v, so that the inner loss's gradient at the memory's
+    output o is kv + 2 o. xgs0_t: [N, 2 D, n] = -[g k | s k]^T, the first layer's update factor
+    (g = G[n-1, :] and s from chunk_coefficients). gs: [N, n, 2, 1] = -(g, s). ae: per layer
+    [N, 2 d_in, 1], A_{n-1} on the W^T rows and E_{n-1} on the S^T rows. c: [N, 1, 1], c_{n-1}.
+    m0: [N, n, n] = -G * (q k^T). ac: [N, n, 2, 1] = (A, c). neg_g: [N, n, n] = -G.
+    Returns the memory at the chunk end and what the retrieval and the backward need: per layer the key
+    pre-activations p_i, the layer inputs x_i (i >= 1), the errors delta_i, m_i = delta_{i+1} W_{i+1}
+    (i < L - 1), the keys' LayerNorm (output, mean, 1/std, error) when ``norm``, the update factors
+    -[g x_i | s x_i] (i >= 1), and the retrieval's out_i, z_i = act(out_{i-1}), [A z_i | c z_i], z_i x_i^T
+    and -G * (z_i x_i^T) (i >= 1); the last out_i is the retrieval before its LayerNorm.
+    """
+    act, act_bwd, _ = ACT_FNS[activation]
+    n, D = lhs0.shape[1] // 2, lhs0.shape[2] // 2
+    halves = [w.split(w.shape[1] // 2, dim=1) for w in ws]  # (W^T, S^T)
+    bt = [wt for wt, _ in halves] if base is None else base
+    if base is None:  # the keys at the base and the first layer's retrieval in one product
+        p0, r0 = torch.bmm(lhs0, ws[0]).split(n, dim=1)
+    else:
+        p0, r0 = torch.bmm(lhs0[:, :n, :D], base[0]), torch.bmm(lhs0[:, n:], ws[0])
+    xs, ps = [lhs0[:, :n, :D]], [p0]
+    for i in range(1, len(ws)):
+        xs.append(act(ps[-1]))
+        ps.append(torch.bmm(xs[-1], bt[i]))
+    p = ps[-1]
+    if norm:
+        # ATen's fused LayerNorm kernels, forward and backward, each one call instead of half a dozen
+        o, mean, rstd = torch.native_layer_norm(p, p.shape[-1:], None, None, LN_EPS)
+        err = torch.add(kv, o, alpha=2.0)
+        delta = torch.ops.aten.native_layer_norm_backward(
+            err, p, p.shape[-1:], mean, rstd, None, None, [True, False, False]
+        )[0]
+        ln_k = (o, mean, rstd, err)
+    else:
+        delta, ln_k = torch.add(kv, p, alpha=2.0), ()
+    deltas, ms = [delta], []
+    for i in range(len(ws) - 2, -1, -1):
+        ms.insert(0, torch.bmm(deltas[0], bt[i + 1].mT))
+        deltas.insert(0, act_bwd(ms[0], ps[i]))
+
+    # Retrieval by the dual form: out_i = [A z_i | c z_i] [W^T; S^T] - (G * (z_i x_i^T)) delta_i,
+    # z_0 = q, z_{i+1} = act(out_i).
+    outs, zs, zacs, pzs, m_ret = [torch.baddbmm(r0, m0, deltas[0])], [None], [None], [None], [None]
+    for i in range(1, len(ws)):
+        zs.append(act(outs[-1]))
+        zacs.append((ac * zs[i].unsqueeze(-2)).flatten(-2))
+        pzs.append(torch.bmm(zs[i], xs[i].mT))
+        m_ret.append(neg_g * pzs[i])
+        outs.append(torch.bmm(zacs[i], ws[i]).baddbmm_(m_ret[i], deltas[i]))
+
+    # W'^T = A W^T + c S^T - (g x)^T delta,  S'^T = E S^T - (s x)^T delta, both row blocks at once
+    xgs = [(gs * x.unsqueeze(-2)).flatten(-2) for x in xs[1:]]
+    new_ws = new_ws or [None] * len(ws)
+    for i, (w, (wt, st)) in enumerate(zip(ws, halves, strict=True)):
+        new_ws[i] = torch.mul(ae[i], w) if new_ws[i] is None else torch.mul(ae[i], w, out=new_ws[i])
+        new_ws[i][:, : wt.shape[1]].addcmul_(c, st)
+        new_ws[i].baddbmm_(xgs0_t if i == 0 else xgs[i - 1].mT, deltas[i])
+    return new_ws, (ps, xs[1:], deltas, ms, ln_k, xgs, outs, zs, zacs, pzs, m_ret)
+
+
+def _retrieval_terms(dout, delta, m, pz, z, x, neg_g):
+    """For out = zac [W^T; S^T] + m delta with m = -G * (z x^T): the gradients w.r.t. delta and m (the first
+    layer, z None) or, else, w.r.t. delta, neg_g, x, and m's share of the gradient w.r.t. z. Batched or per
+    chunk alike."""
+    dm = dout @ delta.mT
+    if z is None:
+        return m.mT @ dout, dm, None, None
+    dpz = dm * neg_g
+    return m.mT @ dout, dm * pz, dpz.mT @ z, dpz @ x
+
+
+def backward_step(lam, new_lam, last, ws, base, lhs0, xgs0, gs_tok, ac_tok, ae, c, m0, neg_g, fwd, h, ln_ops,
+                  activation: str, norm: bool):  # fmt: skip
+    """One chunk of the backward, from dL/d(memory) at the chunk end to that at its start.
+
+    lam: per layer dL/d[W'^T; S'^T] [N, 2 d_in, d_out] at the chunk end; new_lam: per layer a tensor like
+    lam to write the gradient at the chunk start into, or None for new ones. last: the last layer's
+    dL/dout and _retrieval_terms, formed for all chunks at once. ws, base, lhs0, ae, c, m0, neg_g: as in
+    forward_step; xgs0: [N, n, 2 D]; gs_tok, ac_tok: -(g, s) and (A, c) as [N n, 1, 2]; fwd: forward_step's;
+    h: per layer i < L - 1, m_i act''(p_i); ln_ops: the keys' LayerNorm's second-order operators
+    (MemoryScan).
+    Returns dL/d(memory at the chunk start), this chunk's gradients w.r.t. (lhs0, the last layer's error
+    (for d kv), mix, xgs0, gs, ac, and, from the layers before the last, m0 and neg_g) and, when base is
+    given, dL/dW_b^T per layer.
+    """
+    _, act_bwd, _ = ACT_FNS[activation]
+    ps, xs, deltas, ms, ln_k, xgs, outs, zs, zacs, pzs, m_ret = fwd
+    L = len(lam)
+    N, n = deltas[0].shape[:2]
+    D = lhs0.shape[2] // 2
+    xs, xgs, zacs, m_ret = [None, *xs], [xgs0, *xgs], [lhs0[:, n:], *zacs[1:]], [m0, *m_ret[1:]]
+    bt = [w[:, : w.shape[1] // 2] for w in ws] if base is None else base
+
+    # Retrieval, last layer first: out_i = zac_i [W^T; S^T] + m_i delta_i, m_i = -G * (z_i x_i^T),
+    # zac_i = (A z_i, c z_i), z_i = act(out_{i-1}). The errors also feed the update (rows += xgs_i^T
+    # delta_i), and the layer inputs the update's xgs_i = -(g, s) x_i.
+    dout, terms = last[0], last[1:]
+    douts, gd, gx = [None] * L, [None] * L, [None] * L
+    dm0 = dneg_g = dac = dgs = None
+    for i in range(L - 1, -1, -1):
+        if i < L - 1:
+            terms = _retrieval_terms(dout, deltas[i], m_ret[i], pzs[i], zs[i], xs[i], neg_g)
+        ddelta, dm, dx, dz = terms
+        douts[i] = dout
+        gd[i] = torch.baddbmm(ddelta, xgs[i], lam[i])
+        if i == 0:
+            dm0 = dm if L > 1 else None  # with one layer it was formed for all chunks at once
+            break
+        if i < L - 1:
+            dneg_g = dm if dneg_g is None else dneg_g + dm
+        dzac = torch.bmm(dout, ws[i].mT).view(N * n, 2, -1)
+        dxgs = torch.bmm(deltas[i], lam[i].mT).view(N * n, 2, -1)
+        terms = (torch.bmm(dzac, zs[i].view(N * n, -1, 1)), torch.bmm(dxgs, xs[i].view(N * n, -1, 1)))
+        dac, dgs = (t if acc is None else acc + t for acc, t in zip((dac, dgs), terms, strict=True))
+        gx[i] = torch.baddbmm(dx.view(N * n, 1, -1), gs_tok, dxgs).view(N, n, -1)
+        dout = act_bwd(torch.bmm(ac_tok, dzac).view(N, n, -1).add_(dz), outs[i - 1])
+
+    # Back through the inner gradient: delta_i = act'(p_i) * (delta_{i+1} W_{i+1}), first layer first.
+    # Every gradient w.r.t. a memory is a sum of token products left^T right: the retrieval's, and, when
+    # the memory is the base, the keys' (padded with zeros on the S^T rows).
+    left: list[list[Tensor]] = [[zacs[i]] for i in range(L)]
+    right: list[list[Tensor]] = [[douts[i]] for i in range(L)]
+    keys: list[list[tuple[Tensor, Tensor]]] = [[] for _ in range(L)]
+    for i in range(L - 1):
+        gm = act_bwd(gd[i], ps[i])
+        gd[i + 1].baddbmm_(gm, bt[i + 1])
+        keys[i + 1].append((gm, deltas[i + 1]))
+    gp: list = [None] * L
+    if norm:  # delta = J^T (kv + 2 LN(p)): linear in the incoming gradient, see MemoryScan
+        B3, V, beta = ln_ops
+        g = gd[-1].view(N * n, 1, -1)
+        gp[-1] = torch.baddbmm(beta * g, torch.bmm(g, B3), V).view(N, n, -1)
+    else:
+        gp[-1] = 2.0 * gd[-1]
+    # The keys' forward at the base, last layer first: p_i = x_i W_b_i^T.
+    for i in range(L - 1, 0, -1):
+        keys[i].append((xs[i], gp[i]))
+        gx[i].baddbmm_(gp[i], bt[i].mT)
+        gp[i - 1] = torch.addcmul(act_bwd(gx[i], ps[i - 1]), gd[i - 1], h[i - 1])
+    # the first layer: lhs0 = [[k | 0]; zac_0] against [dp_0; dout_0] is the keys' and the retrieval's
+    d_right0 = torch.cat([gp[0], douts[0]], dim=1)
+    if base is None:
+        left[0], right[0] = [lhs0], [d_right0]
+    else:
+        left[0], right[0] = [lhs0[:, n:]], [douts[0]]
+        keys[0].append((lhs0[:, :n, :D], gp[0]))
+
+    new_lam = new_lam or [None] * L
+    dmix, dbase = 0.0, []
+    for i in range(L):
+        d_in = bt[i].shape[1]
+        if base is None:
+            for lt, rt in keys[i]:
+                left[i].append(F.pad(lt, (0, d_in)))
+                right[i].append(rt)
+        else:
+            dbase.append(sum(torch.bmm(lt.mT, rt) for lt, rt in keys[i]))
+        # back through W'^T = A W^T + c S^T + ...,  S'^T = E S^T + ...
+        out = new_lam[i]
+        new_lam[i] = torch.mul(ae[i], lam[i]) if out is None else torch.mul(ae[i], lam[i], out=out)
+        new_lam[i][:, d_in:].addcmul_(c, lam[i][:, :d_in])
+        lt = left[i][0] if len(left[i]) == 1 else torch.cat(left[i], dim=1)
+        rt = right[i][0] if len(right[i]) == 1 else torch.cat(right[i], dim=1)
+        new_lam[i].baddbmm_(lt.mT, rt)
+        # the update's coefficients: <dW'^T, W^T>, <dS'^T, S^T> on the diagonal, <dW'^T, S^T> at [0, 1]
+        dmix = dmix + torch.bmm(lam[i].view(N, 2, -1), ws[i].view(N, 2, -1).mT)
+    # dL/dlhs0: the keys' rows (through the base) and the retrieval's zac_0 rows
+    d_lhs0 = torch.bmm(d_right0, ws[0].mT)
+    if base is not None:
+        d_lhs0[:, :n, :D] = torch.bmm(gp[0], bt[0].mT)
+    dxgs0 = torch.bmm(deltas[0], lam[0].mT)
+    return new_lam, (d_lhs0, gd[-1], dmix, dxgs0, dgs, dac, dm0, dneg_g), dbase
+
+
+def _decays(mix: Tensor, d_ins: list[int]) -> list[Tensor]:
+    """Per layer, mix's diagonal (A_{n-1}, E_{n-1}) on the memory's rows: [n_chunks, N, 2 d_in, 1]."""
+    diag = mix.diagonal(dim1=-2, dim2=-1)
+    return [diag.repeat_interleave(d, dim=-1).unsqueeze(-1) for d in d_ins]
+
+
+def _scan(config, lhs0, kv, xgs0, gs, mix, m0, ac, neg_g, ws, base, keep: bool):
+    """forward_step over the chunks (inputs as in MemoryScan). Returns the retrievals before the
+    residual, [n_chunks, N, n, D], per layer the memory after the last chunk, and, if ``keep``, what the
+    backward needs: per chunk the memory at its start and forward_step's tensors, and the retrieval's
+    LayerNorm statistics."""
+    L, activation, norm, has_base, compiled = config
+    # the same tensor properties for every chunk, so that a compiled step is not compiled again
+    ws, base = [w.detach() for w in ws], base and [b.detach() for b in base]
+    d_ins = [w.shape[1] // 2 for w in ws]
+    aes = [a.unbind(0) for a in _decays(mix, d_ins)]
+    per_chunk = zip(
+        *(t.unbind(0) for t in (lhs0, kv, xgs0.mT, gs, mix[..., :1, 1:], m0, ac, neg_g)), strict=True
+    )
+    # Without a backward, two memories per layer take turns (eagerly; a compiled step makes its own).
+    spare = [[torch.empty_like(w) for w in ws] for _ in range(2)] if not (keep or compiled) else None
+    outs, starts, saved = [], [], []
+    for j, (lhs0_j, kv_j, xgs0_j, gs_j, c_j, m0_j, ac_j, neg_g_j) in enumerate(per_chunk):
+        b = base if j == 0 else None
+        step = _compiled("forward") if compiled and b is None else forward_step
+        ae_j, new = [a[j] for a in aes], spare and spare[j % 2]
+        new, fwd = step(
+            ws, b, new, lhs0_j, kv_j, xgs0_j, gs_j, ae_j, c_j, m0_j, ac_j, neg_g_j, activation, norm
+        )
+        outs.append(fwd[6][-1])
+        if keep:
+            starts.append(ws)
+            saved.append(fwd)
+        ws = new
+    out = torch.stack(outs)
+    if not norm:
+        return out, ws, starts, saved, ()
+    y, mean, rstd = torch.native_layer_norm(out, out.shape[-1:], None, None, LN_EPS)
+    return y, ws, starts, saved, (out, mean, rstd)
+
+
+def _ln_second_order(out: Tensor, rstd: Tensor, err: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(B3, V, beta) of MemoryScan's LayerNorm term, for tensors [..., D] of LN outputs, 1/std and errors."""
+    D = out.shape[-1]
+    rho2 = rstd * rstd
+    err_c = err - err.mean(-1, keepdim=True)
+    e_o = (err * out).sum(-1, keepdim=True)
+    o_o = (out * out).sum(-1, keepdim=True)
+    beta = rho2 * (2.0 - e_o / D)
+    B3 = torch.stack([torch.full_like(out, 1.0 / D), out, err_c], dim=-1)
+    v_o = rho2 / D * ((3.0 * e_o / D - 4.0 + 2.0 * o_o / D) * out - err_c)
+    V = torch.stack([-beta.expand_as(out), v_o, -rho2 / D * out], dim=-2)
+    return B3, V, beta
+
+
+class MemoryScan(torch.autograd.Function):
+    """The chunked memory over a run of n_chunks chunks of n tokens, with its backward written by hand.
+
+    Inputs (N = batch * heads; chunk-major, so that each chunk's slice is contiguous): config = (n_layers,
+    activation, norm, has_base, compiled); lhs0 [n_chunks, N, 2 n, 2 D], kv, xgs0, gs, m0, ac, neg_g as in
+    forward_step with a leading chunk dimension; mix = [[A_{n-1}, c_{n-1}], [0, E_{n-1}]]
+    [n_chunks, N, 2, 2], the update's coefficients on the row blocks (its [1, 0] entry unused); then per
+    layer the memory [W^T; S^T] [N, 2 d_in, d_out] at the first chunk's start and, if has_base, the base
+    W_b^T of a first chunk begun earlier. Outputs: the retrievals before the residual, [n_chunks, N, n, D],
+    and per layer the memory after the last chunk.
+
+    Forward: forward_step per chunk, then the retrieval's LayerNorm for all chunks at once. Backward:
+    backward_step per chunk in reverse, carrying dL/d(memory) from each chunk's end to its start. Whatever
+    needs no chunk's memory is formed for all chunks at once, before the loop (the last layer's share of
+    the retrieval's backward, m_i act''(p_i), the keys' LayerNorm operators below) or after it (d kv).
+
+    The keys' LayerNorm's second order. With o = LN(p), rho = 1/std, J = rho (I - 11^T/D - o o^T/D) and
+    err = kv + 2 o, the forward takes delta = J err. A gradient g at delta reaches p as 2 J J g (through
+    err) plus the derivative of <g, J(p) err> with err held (J's own dependence on p). Both are linear in g
+    and see it only through t = (mean(g), <g, o>, <g, err - mean(err)>) = g B3:
+        dp = beta g + t V,   beta = rho^2 (2 - e_o / D),  e_o = <err, o>,
+        V = (-beta 1,  rho^2 / D ((3 e_o / D - 4 + 2 |o|^2 / D) o - (err - mean(err))),  -rho^2 / D o),
+    so per chunk it costs one bmm and one baddbmm.
     """
 
     @staticmethod
-    def forward(ctx, n_layers, activation, residual, norm, base_is_weights, q, k, v, A, c, G, s, e, *mats):
-        L, n = n_layers, q.shape[1]
-        act, act_bwd, _ = ACT_FNS[activation]
-        W, S = mats[:L], mats[L : 2 * L]
-        Wb = W if base_is_weights else mats[2 * L :]
-
-        # Keys through the memory at the base weights, then the backward pass for the errors delta.
-        # With the base equal to the current weights, keys and queries share the first layer's matmul.
-        if base_is_weights:
-            first = torch.cat([k, q], dim=1) @ W[0].mT
-            ps, zw = [first[:, :n]], [first[:, n:]]
-        else:
-            ps, zw = [k @ Wb[0].mT], [q @ W[0].mT]
-        xs = [k]
-        for i in range(1, L):
-            xs.append(act(ps[-1]))
-            ps.append(xs[i] @ Wb[i].mT)
-        deltas = [None] * L
-        ln_k = layer_norm_stats(ps[-1]) if norm else None  # (LN(p), 1/std) of the keys' output
-        out_k = ln_k[0] if norm else ps[-1]
-        err = 2.0 * (out_k + k - v if residual else out_k - v)  # gradient of the loss at M(k)
-        deltas[-1] = ln_backward(err, *ln_k) if norm else err
-        ms = [None] * (L - 1)  # ms[i] = delta_{i+1} Wb_{i+1}
-        for i in range(L - 2, -1, -1):
-            ms[i] = deltas[i + 1] @ Wb[i + 1]
-            deltas[i] = act_bwd(ms[i], ps[i])
-
-        # Dual-form retrieval, layer by layer.
-        A_, c_ = A.unsqueeze(-1), c.unsqueeze(-1)
-        zs, outs, zm, pz = [q], [], [], []
-        for i in range(L):
-            if i > 0:
-                zs.append(act(outs[-1]))
-                zw.append(zs[i] @ W[i].mT)
-            zm.append(zs[i] @ S[i].mT)
-            pz.append(zs[i] @ xs[i].mT)  # [N, n, n]
-            outs.append(torch.addcmul(A_ * zw[i], c_, zm[i]).baddbmm_(G * pz[i], deltas[i], alpha=-1.0))
-        ln_q = layer_norm_stats(outs[-1]) if norm else (None, None)  # the same for the queries' output
-        y = ln_q[0] if norm else outs[-1]
-        if residual:
-            y = y + q
-
-        # Weights and momentum at the end of the chunk, updated in place on one fresh buffer each.
-        a_end, c_end, e_end = A[:, -1, None, None], c[:, -1, None, None], e[:, None, None]
-        g_row, s_ = G[:, -1, :, None], s.unsqueeze(-1)
-        new_w, new_s = [], []
-        for i in range(L):
-            dt = deltas[i].mT
-            new_w.append((a_end * W[i]).addcmul_(c_end, S[i]).baddbmm_(dt, g_row * xs[i], alpha=-1.0))
-            new_s.append((e_end * S[i]).baddbmm_(dt, s_ * xs[i], alpha=-1.0))
-
-        ctx.meta = (L, activation, residual, norm, base_is_weights)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(A, c, G, s, e, *W, *S, *(() if base_is_weights else Wb), *xs, *ps, *deltas,
-                              *ms, *zs, *outs[:-1], *zw, *zm, *pz, err if norm else None,
-                              *(ln_k if norm else (None, None)), *ln_q)  # fmt: skip
-        return (y, *new_w, *new_s)
+    def forward(ctx, config, lhs0, kv, xgs0, gs, mix, m0, ac, neg_g, *mats):
+        L = config[0]
+        ws, base = list(mats[:L]), (list(mats[L:]) or None)
+        y, finals, starts, saved, ln_q = _scan(
+            config, lhs0, kv, xgs0, gs, mix, m0, ac, neg_g, ws, base, keep=True
+        )
+        ctx.config, ctx.starts, ctx.per_chunk, ctx.ln_q = config, starts, saved, ln_q
+        ctx.save_for_backward(lhs0, xgs0, gs, mix, m0, ac, neg_g, *(base or ()))
+        return (y, *finals)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dy, *dstate):
-        L, activation, residual, norm, base_is_weights = ctx.meta
-        _, act_bwd, act_grad2 = ACT_FNS[activation]
-        saved = list(ctx.saved_tensors)
+    def backward(ctx, dy, *dfinals):
+        L, activation, norm, has_base, compiled = ctx.config
+        lhs0, xgs0, gs, mix, m0, ac, neg_g, *base = ctx.saved_tensors
+        dy, dfinals = dy.contiguous(), [g.contiguous() for g in dfinals]  # the layouts the steps expect
+        n_chunks, N, n, _ = dy.shape
+        d_ins = [w.shape[1] // 2 for w in ctx.starts[0]]
+        _, _, act_grad2 = ACT_FNS[activation]
 
-        def take(count: int) -> list[Tensor]:
-            taken = saved[:count]
-            del saved[:count]
-            return taken
-
-        A, c, G, s, e = take(5)
-        W, S = take(L), take(L)
-        Wb = W if base_is_weights else take(L)
-        xs, ps, deltas, ms = take(L), take(L), take(L), take(L - 1)
-        zs, outs, zw, zm, pz = take(L), take(L - 1), take(L), take(L), take(L)
-        err, n_k, r_k, n_q, r_q = take(5)
-        dW_new, dS_new = dstate[:L], dstate[L:]
-        if dy is None:
-            dy = torch.zeros_like(zs[0])
-
-        A_, c_ = A.unsqueeze(-1), c.unsqueeze(-1)
-        dA, dc = torch.zeros_like(A), torch.zeros_like(c)
-        dG = torch.zeros_like(G)
-        # token factors (left, right) whose products left^T right add up to each weight's gradient
-        w_terms: list[list[tuple[Tensor, Tensor]]] = [[] for _ in range(L)]
-        base_terms: list[list[tuple[Tensor, Tensor]]] = [[] for _ in range(L)]
-        s_terms: list[Tensor] = [None] * L
-        dxs, ddeltas = [None] * L, [None] * L
-
-        # Retrieval, last layer first: out = A * (z W^T) + c * (z S^T) - (G * (z x^T)) delta.
-        dout = ln_backward(dy, n_q, r_q) if norm else dy
-        for i in range(L - 1, -1, -1):
-            dA += (dout * zw[i]).sum(-1)
-            dc += (dout * zm[i]).sum(-1)
-            a_dout, c_dout = A_ * dout, c_ * dout
-            r = dout @ deltas[i].mT  # [N, n, n]
-            dG -= r * pz[i]
-            dmix = r.mul_(G).neg_()  # gradient of pz = z x^T
-            ddeltas[i] = -((G * pz[i]).mT @ dout)
-            dxs[i] = dmix.mT @ zs[i]
-            w_terms[i].append((a_dout, zs[i]))
-            s_terms[i] = c_dout
-            dz = (a_dout @ W[i]).baddbmm_(c_dout, S[i]).baddbmm_(dmix, xs[i])
-            if i > 0:
-                dout = act_bwd(dz, outs[i - 1])
-        dq = dz + dy if residual else dz
-
-        # End-of-chunk update: W' = a W + c S - delta^T diag(g) x,  S' = e S - delta^T diag(s) x.
-        a_end, c_end, e_end = A[:, -1, None, None], c[:, -1, None, None], e[:, None, None]
-        g_col, s_col = G[:, -1, :, None], s.unsqueeze(-1)
-        de = torch.zeros_like(e)
-        dg, ds = torch.zeros_like(s), torch.zeros_like(s)
-        for i in range(L):
-            if dW_new[i] is not None:
-                dA[:, -1] += _dot(dW_new[i], W[i])
-                dc[:, -1] += _dot(dW_new[i], S[i])
-                qw = deltas[i] @ dW_new[i]  # [N, n, d_in]
-                dg -= (xs[i] * qw).sum(-1)
-                dxs[i].addcmul_(g_col, qw, value=-1.0)
-                ddeltas[i].baddbmm_(g_col * xs[i], dW_new[i].mT, alpha=-1.0)
-            if dS_new[i] is not None:
-                de += _dot(dS_new[i], S[i])
-                qs = deltas[i] @ dS_new[i]
-                ds -= (xs[i] * qs).sum(-1)
-                dxs[i].addcmul_(s_col, qs, value=-1.0)
-                ddeltas[i].baddbmm_(s_col * xs[i], dS_new[i].mT, alpha=-1.0)
-        dG[:, -1, :] += dg
-
-        # Errors delta_i = (delta_{i+1} Wb_{i+1}) * act'(p_i), first layer first.
-        dps: list[Tensor] = [None] * L
-        for i in range(L - 1):
-            dm = act_bwd(ddeltas[i], ps[i])
-            dps[i] = ddeltas[i] * ms[i] * act_grad2(ps[i])
-            ddeltas[i + 1].baddbmm_(dm, Wb[i + 1].mT)
-            base_terms[i + 1].append((deltas[i + 1], dm))
+        # For all chunks at once: what the backward needs that no memory enters. fields: forward_step's
+        # tensors, each per layer, each per chunk.
+        fields = [[list(t) for t in zip(*f, strict=True)] for f in zip(*ctx.per_chunk, strict=True)]
+        ps, xs, deltas, ms, ln_k, _, _, zs, _, pzs, m_ret = fields
+        hs = [
+            (torch.stack(m) * act_grad2(torch.stack(p))).unbind(0) for m, p in zip(ms, ps[:-1], strict=True)
+        ]
+        ln_ops = [()] * n_chunks
         if norm:
-            # delta = J(p)^T err(p, k, v), err = 2 (LN(p) + k - v): through err, J is symmetric so the
-            # k, v and p parts share a = J ddelta; then J's own dependence on p.
-            a = ln_backward(ddeltas[-1], n_k, r_k)
-            dps[-1] = 2.0 * ln_backward(a, n_k, r_k) + ln_backward_input_grad(err, n_k, r_k, ddeltas[-1])
-            dk_out, dv = 2.0 * a, -2.0 * a
+            o_k, _, rstd_k, err = (torch.stack(t) for t in ln_k)
+            B3, V, beta = _ln_second_order(o_k, rstd_k, err)
+            ln_ops = list(zip(*(t.flatten(1, 2).unbind(0) for t in (B3, V, beta.unsqueeze(-1))), strict=True))
+        dout = dy  # the retrieval's last layer, before its LayerNorm
+        if norm:
+            out_q, mean_q, rstd_q = ctx.ln_q
+            dout = torch.ops.aten.native_layer_norm_backward(
+                dy, out_q, out_q.shape[-1:], mean_q, rstd_q, None, None, [True, False, False]
+            )[0]
+        if L == 1:
+            last = _retrieval_terms(dout, torch.stack(deltas[0]), m0, None, None, None, None)
         else:
-            dps[-1] = 2.0 * ddeltas[-1]
-            dk_out, dv = dps[-1], -dps[-1]
-        # Forward through the layers at the base, last layer first.
-        for i in range(L - 1, -1, -1):
-            dxs[i].baddbmm_(dps[i], Wb[i])
-            base_terms[i].append((dps[i], xs[i]))
-            if i > 0:
-                dps[i - 1] += act_bwd(dxs[i], ps[i - 1])
-        dk = dxs[0] + dk_out if residual else dxs[0]
+            z, pz, x = torch.stack(zs[-1]), torch.stack(pzs[-1]), torch.stack(xs[-1])
+            last = _retrieval_terms(dout, torch.stack(deltas[-1]), torch.stack(m_ret[-1]), pz, z, x, neg_g)
+        dm_last = last[1]
+        last = list(
+            zip(*(t.unbind(0) if t is not None else [None] * n_chunks for t in (dout, *last)), strict=True)
+        )
+        aes = [a.unbind(0) for a in _decays(mix, d_ins)]
+        tokens = (n_chunks, N * n, 1, 2)
+        c_end = mix[..., :1, 1:]
+        inputs = (lhs0, xgs0, gs.view(tokens), ac.view(tokens), c_end, m0, neg_g)
+        per_chunk = list(zip(*(t.unbind(0) for t in inputs), strict=True))
 
-        def gram(init: Tensor | None, scale: Tensor, terms: list[tuple[Tensor, Tensor]]) -> Tensor:
-            left = torch.cat([t[0] for t in terms], dim=1).mT
-            right = torch.cat([t[1] for t in terms], dim=1)
-            return left @ right if init is None else (scale * init).baddbmm_(left, right)
+        # dL/d(memory) needs only the latest chunk's: eagerly, two per layer take turns
+        spare = None if compiled else [[torch.empty_like(g) for g in dfinals] for _ in range(2)]
+        lam, grads, dbase = list(dfinals), [], None
+        for j in reversed(range(n_chunks)):
+            b = base if has_base and j == 0 else None
+            step = _compiled("backward") if compiled and b is None else backward_step
+            new = spare and spare[j % 2]
+            h_j, ae_j = [h[j] for h in hs], [a[j] for a in aes]
+            lhs0_j, xgs0_j, gs_j, ac_j, c_j, m0_j, neg_g_j = per_chunk[j]
+            lam, g, db = step(lam, new, last[j], ctx.starts[j], b, lhs0_j, xgs0_j, gs_j, ac_j, ae_j, c_j,
+                              m0_j, neg_g_j, ctx.per_chunk[j], h_j, ln_ops[j], activation, norm)  # fmt: skip
+            grads.append(g)
+            dbase = db or dbase
 
-        dW, dS, dWb = [], [], []
-        for i in range(L):
-            if base_is_weights:
-                dW.append(gram(dW_new[i], a_end, w_terms[i] + base_terms[i]))
-            else:
-                dW.append(gram(dW_new[i], a_end, w_terms[i]))
-                dWb.append(gram(None, a_end, base_terms[i]))
-            if dS_new[i] is None:
-                grad_s = s_terms[i].mT @ zs[i]
-            else:
-                grad_s = (e_end * dS_new[i]).baddbmm_(s_terms[i].mT, zs[i])
-            if dW_new[i] is not None:
-                grad_s.addcmul_(c_end, dW_new[i])
-            dS.append(grad_s)
-        return (None, None, None, None, None, dq, dk, dv, dA, dc, dG, ds, de, *dW, *dS, *dWb)
+        # For all chunks at once: the gradients gathered per chunk, the last layer's, and d kv through the
+        # keys' LayerNorm.
+        d_lhs0, gd, dmix, dxgs0, dgs, dac, dm0, dneg_g = (
+            None if t[0] is None else torch.stack(t[::-1]) for t in zip(*grads, strict=True)
+        )
+        if L == 1:
+            dm0 = dm_last
+        else:
+            dneg_g = dm_last if dneg_g is None else dneg_g + dm_last
+        if norm:  # kv enters delta = J^T (kv + 2 LN(p)) through J^T, symmetric
+            p, mean_k, rstd_k = torch.stack(ps[-1]), torch.stack(ln_k[1]), torch.stack(ln_k[2])
+            gd = torch.ops.aten.native_layer_norm_backward(
+                gd, p, p.shape[-1:], mean_k, rstd_k, None, None, [True, False, False]
+            )[0]
+        dgs, dac = (None if t is None else t.view(gs.shape) for t in (dgs, dac))
+        return (None, d_lhs0, gd, dxgs0, dgs, dmix, dm0, dac, dneg_g, *lam, *(dbase if has_base else ()))
+
+
+def _memory_run(q, k, v, theta, eta, alpha, ws, base, activation, residual, norm, compiled):
+    """A run of equal chunks. q, k, v [n_chunks, N, n, D], gates [n_chunks, N, n]; ws per layer the memory
+    [W^T; S^T] at the first chunk's start; base: W_b^T per layer if the first chunk began earlier, else None.
+    Returns y [n_chunks, N, n, D] and per layer the memory after the last chunk."""
+    A, c, G, s, e = chunk_coefficients(theta, eta, alpha)
+    gs = -torch.stack([G[..., -1, :], s], dim=-1).unsqueeze(-1)
+    ac, neg_g = torch.stack([A, c], dim=-1).unsqueeze(-1), -G
+    mix = torch.stack([A[..., -1], c[..., -1], torch.zeros_like(e), e], dim=-1).unflatten(-1, (2, 2))
+    inputs = (
+        torch.cat([F.pad(k, (0, k.shape[-1])), (ac * q.unsqueeze(-2)).flatten(-2)], dim=-2),  # lhs0
+        2.0 * (k - v) if residual else -2.0 * v,  # kv
+        (gs * k.unsqueeze(-2)).flatten(-2),  # xgs0
+        gs,
+        mix,
+        neg_g * (q @ k.mT),  # m0
+        ac,
+        neg_g,
+    )
+    config = (len(ws), activation, norm, base is not None, compiled)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *ws, *(base or ()))):
+        y, *ws = MemoryScan.apply(config, *inputs, *ws, *(base or ()))
+    else:  # nothing to differentiate: no autograd node, nothing kept for a backward
+        y, ws = _scan(config, *inputs, ws, base, keep=False)[:2]
+    return (y + q if residual else y), ws
+
+
+def _chunk_major(t: Tensor, n_chunks: int, size: int) -> Tensor:
+    """[B, H, n_chunks * size, ...] -> [n_chunks, B * H, size, ...], contiguous: every chunk's slice is, and
+    a compiled step sees the same strides whatever the layout of the caller's tensors."""
+    B, H = t.shape[:2]
+    t = t.unflatten(2, (n_chunks, size)).movedim(2, 0)
+    return t.reshape(n_chunks, B * H, size, *t.shape[4:]).contiguous()
 
 
 def chunk_titans_memory(
@@ -346,6 +531,7 @@ def chunk_titans_memory(
     residual: bool = True,
     state: MemoryState | None = None,
     norm: bool = False,
+    compiled: bool = False,
 ) -> tuple[Tensor, MemoryState]:
     """Titans memory, chunk by chunk: same contract and results as naive_recurrent_titans_memory.
 
@@ -362,6 +548,8 @@ def chunk_titans_memory(
         residual: M(x) = x + MLP(x) when True, MLP(x) otherwise.
         state: a MemoryState to continue from (None: the initial weights, zero momentum).
         norm: M(x) = x + LN(MLP(x)), the LayerNorm (no affine parameters) on the last layer's output.
+        compiled: run the step of every whole chunk through torch.compile (compiled once per shape and
+            setting, on first use; partial chunks run eagerly).
 
     Returns:
         y: [B, H, T, D] retrievals M_t(q_t), in the dtype of q.
@@ -369,53 +557,48 @@ def chunk_titans_memory(
     """
     get_activation(activation)  # validates the name
     B, H, T, D = q.shape
-    N, L = B * H, len(params)
-    dtype, out_dtype = compute_dtype(q, params), q.dtype
+    N = B * H
+    dtype, out_dtype = compute_dtype(q.dtype, params[0].dtype), q.dtype
     if state is None:
         state = initial_state(params, B, dtype)
     pos = state.pos
+    d_ins = [w.shape[-1] for w in state.weights]
+    ws = [
+        torch.cat([w.mT, m.mT], dim=-2).reshape(N, 2 * w.shape[-1], w.shape[-2])
+        for w, m in zip(state.weights, state.momentum, strict=True)
+    ]
+    base = None if pos == 0 else [b.mT.reshape(N, *b.shape[:1:-1]) for b in state.base]
 
-    def flat(t: Tensor) -> Tensor:
-        return t.reshape(N, *t.shape[2:])
-
-    weights, momentum = [flat(w) for w in state.weights], [flat(m) for m in state.momentum]
-    base = None if pos == 0 else [flat(b) for b in state.base]
-
-    # Pieces of the sequence: maybe the rest of a chunk begun earlier, whole chunks, maybe a partial one.
-    # They are cut with split/unbind, whose backward assembles the gradient once instead of once per piece.
+    # Runs of equal chunks: maybe the rest of a chunk begun earlier, whole chunks, maybe a partial one.
     head = min(T, chunk_size - pos) if pos > 0 else 0
     n_full = (T - head) // chunk_size
     tail = T - head - n_full * chunk_size
-    sizes = [head] * (head > 0) + [chunk_size] * n_full + [tail] * (tail > 0)
+    runs = [(1, head)] * (head > 0) + [(n_full, chunk_size)] * (n_full > 0) + [(1, tail)] * (tail > 0)
 
-    ys = []
+    ys, start, p = [], 0, pos
     with torch.autocast(q.device.type, enabled=False):
-        q, k, v = (flat(t).to(dtype).split(sizes, dim=1) for t in (q, k, v))
-        parts = [head, n_full * chunk_size, tail]
-        gates = [flat(t).to(dtype).split(parts, dim=1) for t in (theta, eta, alpha)]
-        coefs = []
-        if head:
-            coefs.append(chunk_coefficients(*(g[0] for g in gates)))
-        if n_full:
-            batched = chunk_coefficients(*(g[1].unflatten(1, (n_full, chunk_size)) for g in gates))
-            coefs.extend(zip(*(c.unbind(1) for c in batched), strict=True))
-        if tail:
-            coefs.append(chunk_coefficients(*(g[2] for g in gates)))
-
-        p = pos
-        for i, coef in enumerate(coefs):
-            mats = (*weights, *momentum, *(() if p == 0 else base))
-            y, *new = ChunkStep.apply(L, activation, residual, norm, p == 0, q[i], k[i], v[i], *coef, *mats)
-            if p == 0:
-                base = weights
-            weights, momentum = new[:L], new[L:]
-            ys.append(y)
-            p = (p + sizes[i]) % chunk_size
-        y = torch.cat(ys, dim=1) if ys else torch.zeros(N, 0, D, dtype=dtype, device=weights[0].device)
-    if p == 0:
-        base = weights
+        seqs = [t.to(dtype) for t in (q, k, v, theta, eta, alpha)]
+        for n_chunks, size in runs:
+            span = slice(start, start + n_chunks * size)
+            parts = [_chunk_major(t[:, :, span], n_chunks, size) for t in seqs]
+            if p == 0:  # a chunk begins here: its base is the memory now
+                base = [w[:, :d] for w, d in zip(ws, d_ins, strict=True)]
+            y, ws = _memory_run(
+                *parts,
+                ws,
+                base if p > 0 else None,
+                activation,
+                residual,
+                norm,
+                compiled and size == chunk_size,
+            )
+            ys.append(y.view(n_chunks, B, H, size, D).movedim(0, 2).reshape(B, H, n_chunks * size, D))
+            start, p = start + n_chunks * size, (p + n_chunks * size) % chunk_size
+        y = torch.cat(ys, dim=2) if len(ys) > 1 else ys[0] if ys else q.new_zeros(B, H, 0, D, dtype=dtype)
 
     def unflat(ts: list[Tensor]) -> tuple[Tensor, ...]:
-        return tuple(t.view(B, H, *t.shape[1:]) for t in ts)
+        return tuple(t.mT.reshape(B, H, t.shape[-1], t.shape[-2]) for t in ts)
 
-    return y.view(B, H, T, D).to(out_dtype), MemoryState(unflat(weights), unflat(momentum), unflat(base), p)
+    weights = unflat([w[:, :d] for w, d in zip(ws, d_ins, strict=True)])
+    momentum = unflat([w[:, d:] for w, d in zip(ws, d_ins, strict=True)])
+    return y.to(out_dtype), MemoryState(weights, momentum, weights if p == 0 else unflat(base), p)

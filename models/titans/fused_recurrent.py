@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .chunk import layer_norm_backward
-from .naive import ACTIVATIONS, MemoryState, compute_dtype, get_activation, initial_state, layer_norm
+from models.modules.dtypes import compute_dtype
+
+from .naive import ACTIVATIONS, LN_EPS, MemoryState, get_activation, initial_state, layer_norm
 
 
 def _silu_backward(grad: Tensor, h: Tensor) -> Tensor:
@@ -38,10 +39,16 @@ def token_grads(base: list[Tensor], k: Tensor, v: Tensor, activation: str, resid
     for w in base[1:]:
         xs.append(act(ps[-1]))
         ps.append(torch.bmm(xs[-1], w.mT))
-    out = layer_norm(ps[-1]) if norm else ps[-1]
+    p = ps[-1]
+    if norm:  # ATen's LayerNorm kernels, whose backward autograd can differentiate again
+        out, mean, rstd = torch.native_layer_norm(p, p.shape[-1:], None, None, LN_EPS)
+    else:
+        out = p
     delta = 2.0 * (out + k - v if residual else out - v)
     if norm:
-        delta = layer_norm_backward(delta, ps[-1])
+        delta = torch.ops.aten.native_layer_norm_backward(
+            delta, p, p.shape[-1:], mean, rstd, None, None, [True, False, False]
+        )[0]
     deltas = [delta]
     for i in range(len(base) - 1, 0, -1):
         deltas.insert(0, act_bwd(torch.bmm(deltas[0], base[i]), ps[i - 1]))
@@ -85,7 +92,7 @@ def fused_recurrent_titans_memory(
     """
     act = get_activation(activation)
     B, H, T, D = q.shape
-    dtype, out_dtype = compute_dtype(q, params), q.dtype
+    dtype, out_dtype = compute_dtype(q.dtype, params[0].dtype), q.dtype
     if state is None:
         state = initial_state(params, B, dtype)
     pos = state.pos

@@ -23,7 +23,7 @@ from torch import nn
 
 from bench.registry import register
 from models.modules.attention import Attention, KVCache
-from models.modules.dtypes import dtype_bytes
+from models.modules.dtypes import compute_dtype, dtype_bytes
 from models.modules.lm import LanguageModel, Mixer
 from models.modules.norm import RMSNorm
 from models.titans.model import (
@@ -149,7 +149,7 @@ class MAC(Mixer):
     def state_bytes(self, batch_size, seq_len, dtype):
         in_segment = (seq_len - 1) % self.segment + 1 if seq_len > 0 else 0
         keys = self.attention.state_bytes(batch_size, self.n_persistent + 2 * in_segment, dtype)
-        memory_bytes = dtype_bytes(torch.promote_types(dtype, torch.float32))
+        memory_bytes = dtype_bytes(compute_dtype(dtype))
         snapshot = batch_size * sum(p.numel() for p in self.lmm.memory_init) * memory_bytes
         return self.lmm.state_bytes(batch_size, seq_len, dtype) + keys + snapshot
 

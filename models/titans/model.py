@@ -22,7 +22,7 @@ from bench.registry import register
 from models.modules.attention import Attention
 from models.modules.config import ModelConfig
 from models.modules.conv import CausalConv1d
-from models.modules.dtypes import dtype_bytes
+from models.modules.dtypes import compute_dtype, dtype_bytes
 from models.modules.lm import LanguageModel, Mixer
 from models.modules.norm import RMSNorm
 from models.titans.chunk import chunk_titans_memory
@@ -30,7 +30,6 @@ from models.titans.fused_recurrent import fused_recurrent_titans_memory
 from models.titans.naive import (
     ACTIVATIONS,
     MemoryState,
-    compute_dtype,
     initial_state,
     naive_recurrent_titans_memory,
 )
@@ -40,6 +39,14 @@ MEMORY_BACKENDS = {
     "torch-chunked": (chunk_titans_memory, fused_recurrent_titans_memory),
     "torch-recurrent": (naive_recurrent_titans_memory, naive_recurrent_titans_memory),
 }
+
+
+@torch.compiler.disable
+def _memory_call(op, extra: dict, *args, **kwargs):
+    """The memory op, never traced by torch.compile: its Python loop over chunks would unroll into a graph
+    that grows with the sequence length (381 s to compile one layer at T=256). A model compiled whole
+    therefore calls it here, outside its graph, and the op compiles its per-chunk steps instead."""
+    return op(*args, **extra, **kwargs)
 
 
 def persistent_tokens(n_persistent: int, d_model: int) -> nn.Parameter | None:
@@ -80,6 +87,7 @@ class LMM(Mixer):
         conv_size: int = 4,
         backend: str = "auto",
         memory_norm: bool = True,
+        compile_memory: bool = False,
     ):
         super().__init__()
         if backend not in ("auto", *MEMORY_BACKENDS):
@@ -106,6 +114,9 @@ class LMM(Mixer):
         self.n_heads, self.head_dim = n_heads, head_dim
         self.activation, self.chunk_size, self.max_lr = activation, chunk_size, max_lr
         self.memory_norm = memory_norm  # M(x) = x + LN(MLP(x)), the paper's camera-ready memory
+        # The chunked memory's per-chunk steps through torch.compile, compiled once on first use. A model
+        # compiled whole takes this path as well (see _memory_call).
+        self.compile_memory = compile_memory
         inner = n_heads * head_dim
 
         self.qkv = nn.Linear(d_model, 3 * inner, bias=False)
@@ -150,7 +161,7 @@ class LMM(Mixer):
         return t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
 
     def _gates(self, x: torch.Tensor):
-        logits = self.gates(x).to(torch.promote_types(x.dtype, torch.float32))  # gates never in bf16
+        logits = self.gates(x).to(compute_dtype(x.dtype))  # gates never in bf16
         theta, eta, alpha = torch.sigmoid(logits).chunk(3, dim=-1)  # each [B, T, H]
         return (self.max_lr * theta).transpose(1, 2), eta.transpose(1, 2), alpha.transpose(1, 2)
 
@@ -160,7 +171,11 @@ class LMM(Mixer):
         q, k, v = qkv.chunk(3, dim=-1)
         q, k = F.normalize(self._heads(q), dim=-1), F.normalize(self._heads(k), dim=-1)
         theta, eta, alpha = self._gates(x)
-        y, memory_state = (memory_op or self.memory_op)(
+        op = memory_op or self.memory_op
+        compiled = op is chunk_titans_memory and (self.compile_memory or torch.compiler.is_compiling())
+        y, memory_state = _memory_call(
+            op,
+            {"compiled": True} if compiled else {},
             q,
             k,
             self._heads(v),
@@ -198,14 +213,14 @@ class LMM(Mixer):
                 return self._run(self.persistent.to(dtype).expand(batch_size, -1, -1), None, None)[1]
         conv = self.conv.init_state(batch_size, device, dtype)
         params = tuple(p.to(device) for p in self.memory_init)
-        return LMMState(conv, initial_state(params, batch_size, compute_dtype(params[0].to(dtype), params)))
+        return LMMState(conv, initial_state(params, batch_size, compute_dtype(dtype, params[0].dtype)))
 
     def step(self, x: torch.Tensor, state: LMMState):
         y, state = self.extend(x.unsqueeze(1), state)
         return y[:, 0], state
 
     def state_bytes(self, batch_size: int, seq_len: int, dtype: torch.dtype) -> int:
-        memory_dtype = torch.promote_types(dtype, torch.float32)
+        memory_dtype = compute_dtype(dtype)
         # current weights, momentum and the chunk-base weights, per sequence of the batch
         memory = 3 * sum(p.numel() for p in self.memory_init) * dtype_bytes(memory_dtype)
         conv = self.conv.init_state(1, "meta", dtype).numel() * dtype_bytes(dtype)
@@ -358,6 +373,9 @@ class TitansConfig(ModelConfig):
     chunk_size: PositiveInt = 16  # the paper's camera-ready chunk ("smaller is better but slower")
     max_lr: PositiveFloat = 0.1
     n_persistent: NonNegativeInt = 0
+    # The chunked memory's per-chunk steps through torch.compile (compiled once, the loop over chunks
+    # outside): fewer, fused kernels. A model compiled whole takes this path by itself.
+    compile_memory: bool = False
 
     @property
     def heads(self) -> int:
@@ -370,6 +388,7 @@ class TitansConfig(ModelConfig):
             memory_depth=self.memory_depth, memory_expansion=self.memory_expansion,
             activation=self.activation, chunk_size=self.chunk_size, max_lr=self.max_lr,
             n_persistent=n_persistent, backend=self.backend, memory_norm=self.memory_norm,
+            compile_memory=self.compile_memory,
         )  # fmt: skip
 
 

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from models.modules.dtypes import compute_dtype
+
 ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu}
 
 
@@ -48,11 +50,6 @@ class MemoryState(NamedTuple):
         """Bytes held by the state's tensors (all three groups, as decoding mid-chunk needs them all)."""
         tensors = (*self.weights, *self.momentum, *self.base)
         return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def compute_dtype(q: Tensor, params: tuple[Tensor, ...]) -> torch.dtype:
-    """Memory math runs in at least float32, also when the inputs come from bf16 autocast."""
-    return torch.promote_types(torch.promote_types(q.dtype, params[0].dtype), torch.float32)
 
 
 def initial_state(params: tuple[Tensor, ...], batch: int, dtype: torch.dtype) -> MemoryState:
@@ -149,7 +146,7 @@ def naive_recurrent_titans_memory(
     """
     act = get_activation(activation)
     B, H, T, D = q.shape
-    dtype, out_dtype = compute_dtype(q, params), q.dtype
+    dtype, out_dtype = compute_dtype(q.dtype, params[0].dtype), q.dtype  # memory math in float32 at least
     if state is None:
         state = initial_state(params, B, dtype)
     weights, momentum, base, pos = list(state.weights), list(state.momentum), list(state.base), state.pos

@@ -189,3 +189,47 @@ def test_memory_without_its_layer_norm_also_equals_the_reference():
     normed = tiny_model("titans-lmm", chunk_size=4)
     normed.load_state_dict(fast.state_dict())  # the same weights: only the norm differs, and it matters
     assert not torch.allclose(fast(X), normed(X))
+
+
+@pytest.mark.slow
+def test_compiled_memory_equals_eager():
+    """compile_memory: the memory's chunk steps through torch.compile. The memory's shapes (2 heads of 8,
+    hidden 32, 2 whole chunks of 16 and a partial one) are those of test_titans_memory's compiled test, so
+    that one compilation serves both."""
+    kwargs = dict(vocab_size=37, d_model=16, n_layers=1, n_heads=2, head_dim=8, backend="torch-chunked")
+    eager = bench.build("titans-lmm", **kwargs)
+    compiled = bench.build("titans-lmm", compile_memory=True, **kwargs)
+    compiled.load_state_dict(eager.state_dict())
+    x = X[:1, :].repeat(1, 2)[:, :40]
+    outs = []
+    for model in (eager, compiled):
+        out = model(x)
+        out.square().mean().backward()
+        outs.append(out)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(compiled.named_parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-6, msg=name)
+
+
+def test_memory_dispatches_per_token_within_the_issue_budget():
+    """Issue 14's budget for one layer at chunk 16 (measured at T=4096; here at T=1024, where the
+    per-sequence work weighs more): at most 10 operator calls per token for forward + backward, 3 for an
+    inference forward."""
+    from bench.running.dispatch import count_dispatches
+
+    model = bench.build("titans-lmm", vocab_size=512, d_model=128, n_layers=1, backend="torch-chunked")
+    x = torch.randint(0, 512, (1, 1024), generator=torch.Generator().manual_seed(0))
+
+    def train_step():
+        model.zero_grad(set_to_none=True)
+        model(x).float().square().mean().backward()
+
+    def inference():
+        with torch.inference_mode():
+            model(x)
+
+    counts = []
+    for fn in (train_step, inference):
+        fn()
+        counts.append(count_dispatches(fn, "cpu") / x.numel())
+    assert counts[0] <= 10 and counts[1] <= 3, counts

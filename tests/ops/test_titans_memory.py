@@ -3,6 +3,8 @@ final state and gradients."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -295,3 +297,31 @@ def test_empty_sequence_returns_state_unchanged() -> None:
     y, state = call(chunk_titans_memory, inputs, slice(5, 5), chunk_size=4, state=state1)
     assert y.shape == (B, H, 0, D)
     assert_states_close(state, state1, 1e-15)
+
+
+@pytest.mark.slow
+def test_compiled_steps_compile_without_graph_breaks_and_match_the_reference() -> None:
+    """The compiled path (chunk steps through torch.compile with fullgraph=True, so a graph break raises):
+    outputs, final state and gradients against the per-token reference, in float32. The shapes are those
+    of test_titans_model's compiled model, so that one compilation serves both."""
+    import torch._dynamo.utils
+
+    gen = torch.Generator().manual_seed(0)
+    D, hidden, T = 8, 32, 40  # two whole chunks, compiled, then a partial one, eager
+    inputs = dict(
+        q=torch.randn(1, 2, T, D, generator=gen),
+        k=torch.nn.functional.normalize(torch.randn(1, 2, T, D, generator=gen), dim=-1),
+        v=torch.randn(1, 2, T, D, generator=gen),
+        theta=0.3 * torch.rand(1, 2, T, generator=gen),
+        eta=torch.rand(1, 2, T, generator=gen),
+        alpha=0.5 * torch.rand(1, 2, T, generator=gen),
+    )
+    inputs = {name: t.requires_grad_() for name, t in inputs.items()}
+    inputs["params"] = tuple(
+        (torch.randn(2, d_out, d_in, generator=gen) / d_in**0.5).requires_grad_()
+        for d_in, d_out in ((D, hidden), (hidden, D))
+    )
+    breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
+    compiled = functools.partial(chunk_titans_memory, compiled=True)
+    check_against_reference(inputs, 1e-4, fn=compiled, chunk_size=16, norm=True)
+    assert sum(torch._dynamo.utils.counters["graph_break"].values()) == breaks

@@ -1,0 +1,88 @@
+"""How many operator calls reach the device when a piece of code runs: the launch count that bounds a small
+model on a GPU however fast each kernel is."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+# Inductor wraps each call of a compiled graph in a record_function of this form; the generated CPU kernels
+# it calls are recorded as its children, but only when compiled with cpp.enable_kernel_profile.
+COMPILED_GRAPH_MARK = "## Call CompiledFxGraph"
+CPU_KERNEL_PROFILE_FLAG = "torch._inductor.config.cpp.enable_kernel_profile = True"
+
+
+def _is_aten(event: Any) -> bool:
+    return event.name.startswith("aten::")
+
+
+def _under_aten(event: Any) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if _is_aten(parent):
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
+def _is_compiled_kernel(event: Any) -> bool:
+    parent = event.cpu_parent
+    return (
+        parent is not None
+        and parent.name.startswith(COMPILED_GRAPH_MARK)
+        and not _is_aten(event)
+        and not event.name.startswith("##")
+    )
+
+
+def count_dispatches(fn: Callable[[], Any], device: torch.device | str) -> int:
+    """Run ``fn()`` once under torch.profiler and count the operator calls that reach ``device``.
+
+    On CUDA: every device-side activity the profiler records (kernels, memcpys, memsets), i.e. launches.
+
+    On the CPU: every ``aten::`` operator call with no ``aten::`` operator above it (only outermost calls,
+    so ``F.linear`` counts 1, not its transpose and matmul; a view such as ``.mT`` counts 1 too, which a GPU
+    would not launch, so this errs high), plus, for code compiled by inductor, each generated kernel it
+    calls: the non-aten children of inductor's "## Call CompiledFxGraph ... ##" regions, which the profiler
+    records only if the code was compiled with ``torch._inductor.config.cpp.enable_kernel_profile = True``
+    (a warning says so when a compiled region shows none). Extern kernels called from compiled code (bmm,
+    mm) are aten calls and count through the first rule. Backward passes run by ``fn`` count alike.
+    """
+    device = torch.device(device)
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+        torch.cuda.synchronize(device)
+    with profile(activities=activities) as prof:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    events = prof.events()
+    if device.type == "cuda":
+        return sum(1 for e in events if e.device_type == DeviceType.CUDA)
+    if device.type != "cpu":
+        raise ValueError(f"count_dispatches counts on cpu or cuda, not {device.type}")
+
+    count, regions, regions_with_kernels = 0, set(), set()
+    for event in events:
+        if event.device_type != DeviceType.CPU:
+            continue
+        if event.name.startswith(COMPILED_GRAPH_MARK):
+            regions.add(event.id)
+        if _is_aten(event):
+            count += not _under_aten(event)
+        elif _is_compiled_kernel(event):
+            count += 1
+            regions_with_kernels.add(event.cpu_parent.id)
+    if regions - regions_with_kernels:
+        warnings.warn(
+            f"{len(regions - regions_with_kernels)} compiled region(s) recorded no generated kernel: compile "
+            f"with {CPU_KERNEL_PROFILE_FLAG} so that they are counted",
+            stacklevel=2,
+        )
+    return count
