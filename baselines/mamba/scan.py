@@ -246,7 +246,10 @@ def selective_scan(
         )
     h0 = None if initial_state is None else initial_state.to(dtype).reshape(batch, groups, -1, d_state)
     A_g = A.to(dtype).reshape(groups, dim // groups, d_state)
-    y, last = _SelectiveScan.apply(delta_t, A_g, dx, B_t, C_t, h0, (length + pad) // chunk)
+    # Autocast would run the scan's batched matmuls in half precision and hand its backward mixed dtypes:
+    # the scan computes in `dtype` whatever the caller's autocast says.
+    with torch.autocast(u.device.type, enabled=False):
+        y, last = _SelectiveScan.apply(delta_t, A_g, dx, B_t, C_t, h0, (length + pad) // chunk)
 
     y = y[:length].reshape(length, batch, dim).permute(1, 2, 0)
     if D is not None:

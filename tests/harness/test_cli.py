@@ -15,7 +15,7 @@ from bench.cli import main
         (["--device", "cuda"], "no CUDA device"),
         (
             ["--models", "transformer", "--d-model", "31"],
-            "cannot be built at the sweep's shape (d_model 31, 2 layers): rotary embedding needs an even head",
+            "at the sweep's shape (d_model 31, 2 layers): rotary embedding needs an even head",
         ),
     ],
 )
