@@ -130,17 +130,30 @@ def _environment(manifest: dict) -> str:
     return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
 
 
+LAUNCH_SECONDS = 5e-6  # a kernel launch on a current NVIDIA GPU through PyTorch: about 4-10 us
+
+
 def models_table(timing: pd.DataFrame) -> str:
-    """What is being compared: parameters, backend, forward FLOPs per token and state at each length."""
+    """What is being compared: parameters, backend, forward FLOPs per token, state at each length, and the
+    operator calls per token each mode sends to the device, with the ceiling they set on a GPU."""
     lens = sorted(timing["seq_len"].unique())
+    longest = lens[-1]
     unit, scale = byte_unit(timing["state_bytes"])
+    modes = [m for m in TIMING_MODES if m in set(timing["mode"])]
     header = ["model", "backend", "params", "non-embedding", *(f"FLOPs/token T={t}" for t in lens)]
     header += [f"state T={t} ({unit})" for t in lens]
+    header += [f"dispatches/token {m} T={longest}" for m in modes]
+    header += [f"launch-bound ceiling {m} (tokens/s)" for m in modes]
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     flops_col = "forward_flops_per_token" if "forward_flops_per_token" in timing else "flops_per_token"
     for label, rows in timing.groupby("label", sort=False):
         first = rows.iloc[0]
         by_len = rows.drop_duplicates("seq_len").set_index("seq_len")
+        at_longest = rows[rows["seq_len"] == longest].drop_duplicates("mode").set_index("mode")
+        per_token = [
+            at_longest["dispatches_per_token"].get(m) if "dispatches_per_token" in at_longest else None
+            for m in modes
+        ]
         cells = [
             label,
             ", ".join(sorted(set(rows["backend"].dropna()))),
@@ -148,6 +161,8 @@ def models_table(timing: pd.DataFrame) -> str:
             _si(first.get("n_params_non_embedding")),
             *(_si(by_len[flops_col].get(t)) if flops_col in by_len else "–" for t in lens),
             *(_fmt_bytes(by_len["state_bytes"].get(t), scale) for t in lens),
+            *("–" if d is None or pd.isna(d) else f"{d:.3g}" for d in per_token),
+            *("–" if d is None or pd.isna(d) or d <= 0 else _si(1 / (d * LAUNCH_SECONDS)) for d in per_token),
         ]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
@@ -240,8 +255,13 @@ def timing_section(timing: pd.DataFrame, run_dir: Path) -> list[str]:
         "## Models",
         "",
         "Parameters (non-embedding: all but the tied embedding), the kernels that ran, the model's forward "
-        "FLOPs per token (matmuls, averaged over a causal sequence, output head included) and the "
-        "decoding state after T tokens.",
+        "FLOPs per token (matmuls, averaged over a causal sequence, output head included), the decoding "
+        "state after T tokens, and the operator calls one call of each mode sends to the device, per "
+        "token (counted once per cell with the PyTorch profiler outside the timed region: on CUDA the "
+        "kernels launched, on the CPU the outermost aten operators plus the kernels of compiled code). "
+        f"Each launch costs a GPU a few microseconds however small its work, so at {LAUNCH_SECONDS * 1e6:g} "
+        "us a launch (a typical CUDA launch through PyTorch, 4-10 us) the count alone caps the tokens/s "
+        "of a mode at the ceiling shown, whatever the FLOPs.",
         "",
         models_table(timing),
         "",

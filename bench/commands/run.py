@@ -105,6 +105,12 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
         "(what `compare` counts as independent units)",
     )
     run.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="run every model through torch.compile (compiled outside the timed region; time recorded)",
+    )
+    run.add_argument(
         "--param-budget",
         help="size every model to this many non-embedding parameters (within 5%%) by its MLP width, "
         "e.g. 2e6 or 2M",
@@ -188,6 +194,7 @@ def spec_from_args(args: argparse.Namespace):
         "vocab_size": args.vocab_size,
         "rounds": args.rounds,
         "param_budget": args.param_budget,
+        "compile": args.compile,
         "tasks": _tasks(spec, tasks) if tasks else None,
     }
     given = {k: v for k, v in overrides.items() if v is not None}

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from bench.registry import build
 from bench.running.accuracy import make_optimizer, precision
+from bench.running.dispatch import count_dispatches
 from bench.running.environment import peak_flops
 from bench.running.memory import PeakMemory
 from bench.running.timing import summarize, time_samples, warm_up
@@ -41,6 +42,17 @@ def make_model(cell: TimingCell, device: torch.device):
     return model.to(device=device, dtype=getattr(torch, cell.dtype)), contextlib.nullcontext
 
 
+def compiled(fn: Callable, cell: TimingCell) -> Callable:
+    """``fn`` through torch.compile when the cell asks for it. Generated CPU kernels are profiled, so
+    that the dispatch count sees them; decoding steps grow their state, so their shapes are dynamic."""
+    if not cell.compile:
+        return fn
+    import torch._inductor.config as inductor_config
+
+    inductor_config.cpp.enable_kernel_profile = True
+    return torch.compile(fn, dynamic=True if cell.mode == "decode" else None)
+
+
 def step_callable(
     cell: TimingCell, model, device: torch.device, autocast: Callable[[], Any] = contextlib.nullcontext
 ):
@@ -54,10 +66,12 @@ def step_callable(
         settings = TrainSettings()
         optimizer = make_optimizer(model, settings)
 
+        forward = compiled(model, cell)
+
         def train_step():
             optimizer.zero_grad(set_to_none=True)
             with autocast():
-                logits = model(ids)
+                logits = forward(ids)
             F.cross_entropy(logits.float().view(-1, V), targets.view(-1)).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             optimizer.step()
@@ -65,10 +79,11 @@ def step_callable(
         return train_step, B * T, None
     model.eval()
     if cell.mode == "prefill":
+        run_prefill = compiled(model.prefill, cell)
 
         def prefill():
             with torch.inference_mode():
-                model.prefill(ids)
+                run_prefill(ids)
 
         return prefill, B * T, None
     if cell.mode == "decode":
@@ -80,11 +95,13 @@ def step_callable(
             with torch.inference_mode():
                 holder["state"] = model.prefill(ids)[1]
 
+        step = compiled(model.step, cell)
+
         def decode():
             with torch.inference_mode():
                 state = holder["state"]
                 for t in range(cell.decode_tokens):
-                    _, state = model.step(tokens[t], state)
+                    _, state = step(tokens[t], state)
 
         return decode, B * cell.decode_tokens, setup
     raise ValueError(f"mode {cell.mode!r} is not a timing mode")
@@ -155,9 +172,16 @@ def measure_cell(cell: TimingCell, isolated: bool = True) -> dict:
             alloc_retries=stats.get("num_alloc_retries", 0),
         )
 
+    # Outside the timed region, once: the operator calls one call sends to the device, per token.
+    if setup:
+        setup()
+    record["dispatches_per_token"] = count_dispatches(fn, device) / work
+
     samples = time_samples(fn, cell.repeats, device, setup)
     timing = summarize(samples, work)
     record.update(timing, warmup_calls=warm.calls, warmup_settled=warm.settled)
+    if cell.compile:  # the first call compiled the model: its time beyond a steady call
+        record["compile_s"] = max(0.0, warm.seconds[0] - timing["median_s"])
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     tf32 = torch.backends.cuda.matmul.allow_tf32
     peak = peak_flops(gpu, cell.dtype, tf32)

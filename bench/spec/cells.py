@@ -77,10 +77,17 @@ class TimingCell(CellBase):
     warmup: int = 2
     warmup_max: int = 20
     decode_tokens: int = 32
+    compile: bool = False
 
     def identity(self) -> tuple[str, ...]:
-        # The thread count changes what a CPU cell measures, the decoded tokens what a decode cell does.
-        return (*self.COMMON_IDENTITY, "threads", *(("decode_tokens",) if self.mode == "decode" else ()))
+        # The thread count changes what a CPU cell measures, the decoded tokens what a decode cell does;
+        # a compiled model is another program. (Uncompiled keys stay what they were before `compile`.)
+        return (
+            *self.COMMON_IDENTITY,
+            "threads",
+            *(("decode_tokens",) if self.mode == "decode" else ()),
+            *(("compile",) if self.compile else ()),
+        )
 
     @property
     def key(self) -> str:
@@ -167,6 +174,7 @@ def expand(spec: SweepSpec, models: list[ModelEntry], device: str) -> list[Timin
                                 warmup=spec.warmup,
                                 warmup_max=spec.warmup_max,
                                 decode_tokens=spec.decode_tokens,
+                                compile=spec.compile,
                                 threads=spec.threads,
                                 seed=spec.seed,
                             )

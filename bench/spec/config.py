@@ -122,6 +122,9 @@ class SweepSpec(Strict):
     # Every cell measured `rounds` times, each time in a fresh process, the cells in a new seeded order
     # each round, so that machine drift does not fall on one model; compare treats a round as the unit.
     rounds: PositiveInt = 1
+    # Every model through torch.compile (outside the timed region; the first call's time is recorded), every
+    # family alike. Titans compiles its memory's per-chunk steps and keeps the loop over chunks outside.
+    compile: bool = False
     timeout_s: PositiveFloat = 900.0
     seed: int = 0
     isolation: Literal["process", "none"] = "process"
