@@ -65,18 +65,26 @@ class TrainSettings(Strict):
     """How an accuracy cell trains its model: all of it changes what is measured, so all of it is
     part of the cell's identity."""
 
-    steps: PositiveInt = 2000  # the cosine schedule's length; training may stop earlier
-    max_seconds: PositiveFloat = 600.0  # wall-clock budget of the training loop (validation included)
+    steps: PositiveInt = 2000  # the budget, and the cosine schedule's length; training may stop earlier
+    # A safety cap on the training loop's wall clock (validation included), not a budget: a cell it
+    # stops is marked `cap_bound` and reports show it as such.
+    max_seconds: PositiveFloat = 600.0
     # lr is the setting worth sweeping per model (Zoology does). A long warm-up matters: a small
     # Transformer at lr 3e-3 with a short one stalls on MQAR's plateau and never learns recall.
     lr: PositiveFloat = 3e-3
     warmup_steps: NonNegativeInt = 300
     weight_decay: NonNegativeFloat = 0.1
     grad_clip: PositiveFloat | None = 1.0
-    threshold: float = Field(default=0.99, gt=0, le=1)  # stop once validation accuracy reaches it
+    # Stop once validation accuracy reaches it; None (`false` in TOML): never, every model trains `steps`.
+    threshold: float | None = Field(default=0.99, gt=0, le=1)
     eval_every: PositiveInt = 25  # steps between validations
     val_samples: PositiveInt = 256  # held-out examples at the training length, for early stopping
     eval_samples: PositiveInt = 256  # held-out examples per evaluation length, for the results
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _false_is_none(cls, value: Any) -> Any:
+        return None if value is False else value  # TOML has no null
 
 
 class AccuracySettings(TrainSettings):
