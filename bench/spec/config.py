@@ -69,8 +69,8 @@ class TrainSettings(Strict):
     # A safety cap on the training loop's wall clock (validation included), not a budget: a cell it
     # stops is marked `cap_bound` and reports show it as such.
     max_seconds: PositiveFloat = 600.0
-    # lr is the setting worth sweeping per model (Zoology does). A long warm-up matters: a small
-    # Transformer at lr 3e-3 with a short one stalls on MQAR's plateau and never learns recall.
+    # A small Transformer at lr 3e-3 with a short warm-up stalls on MQAR's plateau and never learns
+    # recall: a long warm-up matters. The [accuracy] table's `lrs` sweeps it per model, as Zoology does.
     lr: PositiveFloat = 3e-3
     warmup_steps: NonNegativeInt = 300
     weight_decay: NonNegativeFloat = 0.1
@@ -98,13 +98,44 @@ class AccuracySettings(TrainSettings):
     n_layers: PositiveInt | None = None
     dtype: DType | None = None  # None: float32 on the CPU, bfloat16 autocast on CUDA
     threads: PositiveInt | None = None  # CPU threads for torch; None: the sweep's
+    # Fair training: every model is trained at every learning rate of `lrs` (None: just `lr`) and every
+    # seed of `seeds` (None: the sweep's seed); reports pick each model's best learning rate by
+    # validation accuracy and give the mean over seeds with a 95% interval.
+    lrs: list[PositiveFloat] | None = Field(default=None, min_length=1)
+    seeds: list[int] | None = Field(default=None, min_length=1)
+    # The attention context of the hybrids (`window` of titans-mal/-mag, `segment` of titans-mac; any
+    # model whose `window` or `segment` has a default): a float is a fraction of the task's training
+    # length, an int a number of tokens, None the models' own defaults. Shorter than the distances the
+    # task asks about, so that what attention cannot reach must come from the memory. An explicit model
+    # argument in the sweep wins.
+    hybrid_context: PositiveInt | PositiveFloat | None = 0.25
+    # Add the sliding-window Transformer ("transformer-swa", window = hybrid_context) next to each plain
+    # "transformer", as the control for the hybrids: the same attention without the memory. None: when
+    # the sweep lists no models (every registered model runs).
+    swa_control: bool | None = None
+    # The report calls the accuracy section a smoke test (too little training to rank the models) and
+    # points to the presets. Not part of any cell's identity.
+    smoke_test: bool = False
 
-    @field_validator("eval_factors")
+    @field_validator("eval_factors", "lrs", "seeds")
     @classmethod
-    def _unique(cls, value: list) -> list:
-        if len(set(value)) != len(value):
+    def _unique(cls, value: list | None) -> list | None:
+        if value is not None and len(set(value)) != len(value):
             raise ValueError("contains duplicates")
         return value
+
+    @model_validator(mode="after")
+    def _lr_or_lrs(self) -> AccuracySettings:
+        if self.lrs is not None and self.lr != TrainSettings.model_fields["lr"].default:
+            raise ValueError(f"give lr ({self.lr}) or lrs ({self.lrs}), not both")
+        return self
+
+    def context_tokens(self, train_len: int) -> int | None:
+        """The hybrids' window / segment for a task trained at ``train_len``."""
+        c = self.hybrid_context
+        if c is None or isinstance(c, int):
+            return c
+        return max(1, round(c * train_len))
 
 
 class SweepSpec(Strict):
