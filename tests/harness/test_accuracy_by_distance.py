@@ -1,8 +1,10 @@
 """Scoring by distance, without training noise: a model that can recall exactly the evidence at most
 ``reach`` tokens back (tests/plugins/window_recall.py), run through a real accuracy cell."""
 
+import pandas as pd
 import pytest
 
+from bench.analysis.report_accuracy import by_length, table
 from bench.running.accuracy import run_accuracy_cell
 from tests.helpers import accuracy_cell
 
@@ -64,3 +66,15 @@ def test_beyond_train_reports_the_failure_that_the_overall_number_hides():
         assert at["z"][length]["beyond_train_items"] > 0
         assert at["s"][length]["beyond_train"] == 0.0 and at["s"][length]["accuracy"] <= 0.25
         assert at["s"][length]["beyond_train_items"] >= 0.75 * at["s"][length]["n_items"]
+
+    # The report puts the two numbers side by side.
+    row = {**zoology, "label": "window-recall", "task_label": "mqar", "seq_len": L, "model": PLUGIN}
+    text = table(by_length(pd.DataFrame([row])))
+    header, _, line = text.splitlines()
+    assert header.startswith(
+        "| model | mqar T=32 | mqar T=64 | mqar T=64, d>32 | mqar T=128 | mqar T=128, d>32 |"
+    )
+    fields = [f.strip() for f in line.split("|")[2:7]]
+    assert fields[0] == "100.0 [99–100]"  # Wilson over the 256 examples, all right: 256 / (256 + 1.96²)
+    assert fields[2].startswith("0.0 [0–") and fields[4].startswith("0.0 [0–")
+    assert float(fields[1].split()[0]) >= 60
