@@ -29,7 +29,11 @@ ACCURACY_MODE = "accuracy"  # a model trained on a task, then scored (an Accurac
 
 PRESET_DIR = Path(__file__).parent / "presets"
 # --preset NAME: a packaged sweep file used as the base spec
-PRESETS = {"paper": "paper-accuracy.toml", "cpu-accuracy": "cpu-accuracy.toml"}
+PRESETS = {
+    "paper": "paper-accuracy.toml",
+    "cpu-accuracy": "cpu-accuracy.toml",
+    "cpu-recall": "cpu-recall.toml",
+}
 
 
 class Strict(BaseModel):
