@@ -47,6 +47,11 @@ def _is_dict(x) -> bool:
     return isinstance(x, dict)
 
 
+def _flag(x) -> bool:
+    """A stored boolean, False where missing (NaN or None in older records)."""
+    return x is not None and not (isinstance(x, float) and math.isnan(x)) and bool(x)
+
+
 def _num(x) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
@@ -119,7 +124,7 @@ def by_length(cells: pd.DataFrame) -> pd.DataFrame:
                     "seed": cell["seed"],
                     "chosen": cell["chosen"],
                     "context": cell["context"],
-                    "cap_bound": bool(cell.get("cap_bound") is True),
+                    "cap_bound": _flag(cell.get("cap_bound")),
                 }
             )
     frame = pd.DataFrame(rows)
@@ -130,13 +135,19 @@ def by_length(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def _interval(values: list[float], n: float | None) -> tuple[float, float] | None:
-    """95% interval: over seeds (t) when there are several, else Wilson over ``n`` examples."""
-    if len(values) >= 2:
-        _, low, high = t_interval(values)
-        return max(0.0, low), min(1.0, high)
-    if len(values) == 1 and n:
-        return wilson_interval(values[0] * n, n)
-    return None
+    """95% interval of the mean of ``values`` (one per seed, each over ``n`` examples): Student's t over
+    the seeds when there are several, else Wilson over the examples. Seeds that happen to agree (all at
+    100%, say) give a t interval of zero width, which would claim more than the examples can show, so the
+    interval over seeds is never narrower than Wilson's over all the examples pooled."""
+    if not values:
+        return None
+    mean = sum(values) / len(values)
+    pooled = wilson_interval(mean * n * len(values), n * len(values)) if n else None
+    if len(values) == 1:
+        return pooled
+    _, low, high = t_interval(values)
+    low, high = max(0.0, low), min(1.0, high)
+    return (min(low, pooled[0]), max(high, pooled[1])) if pooled else (low, high)
 
 
 def summarize(long: pd.DataFrame) -> pd.DataFrame:
@@ -258,7 +269,7 @@ def training_table(cells: pd.DataFrame) -> str:
         stopped = ", ".join(f"{k} ×{v}" if len(g) > 1 else str(k) for k, v in stops.items()) or "–"
         statuses = g["status"].value_counts()
         status = ", ".join(f"{k} ×{v}" if len(g) > 1 else str(k) for k, v in statuses.items())
-        capped = int(g["cap_bound"].fillna(False).astype(bool).sum()) if "cap_bound" in g else 0
+        capped = sum(_flag(x) for x in g["cap_bound"]) if "cap_bound" in g else 0
         state = pd.to_numeric(g.get("state_bytes"), errors="coerce").mean() if "state_bytes" in g else None
         fields = [
             label,
@@ -530,7 +541,8 @@ def accuracy_section(cells: pd.DataFrame, run_dir: Path) -> list[str]:
         "S-NIAH spaces its needles evenly over the whole context). "
         "`[low–high]`: 95% interval, "
         + (
-            f"Student's t over the {len(seeds)} seeds (with 2 seeds t = 12.7: wide by construction)"
+            f"Student's t over the {len(seeds)} seeds (with 2 seeds t = 12.7: wide by construction), "
+            "never narrower than Wilson's over all their examples pooled"
             if len(seeds) > 1
             else "Wilson over the evaluation examples (one seed)"
         )

@@ -90,8 +90,9 @@ def test_the_learning_rate_is_chosen_by_mean_validation_accuracy_over_seeds():
     summary = summarize(by_length(cells)).set_index(["label", "eval_len"])
     a = summary.loc[("a", 64)]
     assert a["accuracy"] == pytest.approx(0.65) and a["seeds"] == 2  # the mean over seeds
-    _, low, high = t_interval([0.7, 0.6])
+    _, low, high = t_interval([0.7, 0.6])  # wider than Wilson's over the 200 examples: t decides
     assert (a["accuracy_low"], a["accuracy_high"]) == pytest.approx((max(0, low), min(1, high)))
+    assert low < wilson_interval(130, 200)[0]
     assert a["beyond_train"] == pytest.approx(0.55)
     b = summary.loc[("b", 64)]  # one seed: Wilson over the examples
     assert (b["accuracy_low"], b["accuracy_high"]) == pytest.approx(wilson_interval(40, 100))
@@ -102,6 +103,10 @@ def test_the_learning_rate_is_chosen_by_mean_validation_accuracy_over_seeds():
     lines = {line.split("|")[1].strip(): line for line in text.splitlines()[2:]}
     assert "| 65.0 [1–100] | 55.0 [0–100] | – | 3e-3 |" in lines["a"]  # two seeds: t(1) = 12.7, wide
     assert "| 40.0 [31–50] | – | – | 1e-2 |" in lines["b"]
+    # Seeds that agree exactly: the interval is Wilson's over their examples pooled, not zero-wide.
+    same = pd.DataFrame([record("d", 1e-3, s, 1.0, (1.0, 1.0)) for s in (0, 1)])
+    d = summarize(by_length(same)).iloc[0]
+    assert (d["accuracy_low"], d["accuracy_high"]) == pytest.approx(wilson_interval(200, 200))
     training = training_table(cells)
     assert training.count("✓") == 3 and len(training.splitlines()) == 2 + 6  # a row per model and rate
     assert "| a | mqar | 32 | 3e-3 | ✓ | 2 | ok ×2 | 85.0 |" in training
