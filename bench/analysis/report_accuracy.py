@@ -11,7 +11,8 @@
 
 The learning rate of each model and task is the one with the best mean validation accuracy of the final
 model over seeds (at the training length, on held-out validation examples, never the test examples), as
-Zoology picks the best rate per model; ties go to fewer steps, then to the smaller rate. Results at the
+Zoology picks the best rate per model; a run that reached the early-stopping threshold counts as the
+threshold, and ties go to fewer steps, then to the smaller rate. Results at the
 chosen rate are the mean over seeds, with a t interval over seeds when there are several and a Wilson
 interval over the evaluation examples when there is one.
 """
@@ -81,6 +82,10 @@ def runs(cells: pd.DataFrame) -> pd.DataFrame:
         0.0 if status != "ok" else (_num(v) if _num(v) is not None else (_num(b) or 0.0))
         for status, v, b in zip(cells["status"], val, best, strict=True)
     ]
+    # Runs that reached the early-stopping threshold stopped there: what they score above it is noise of
+    # the validation set, so they tie, and the tie goes to fewer steps.
+    thresholds = [_num(t.get("threshold")) if _is_dict(t) else None for t in train]
+    cells["val"] = [v if t is None else min(v, t) for v, t in zip(cells["val"], thresholds, strict=True)]
     cells["context"] = [context_text(row) for _, row in cells.iterrows()]
     steps = cells["steps_run"] if "steps_run" in cells else pd.Series([0] * len(cells))
     cells["steps"] = pd.to_numeric(steps, errors="coerce").fillna(0)

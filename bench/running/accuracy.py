@@ -222,7 +222,7 @@ def run_accuracy_cell(cell: AccuracyCell) -> dict[str, Any]:
     seen = set(example_ids(val)) | set(example_ids(tests[T]))
     record = train(model, task, cell, val, seen, autocast)
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     by_len = []
     for length in cell.eval_lens:
         entry: dict[str, Any] = {"eval_len": length, "state_bytes": model.state_bytes(1, length)}
@@ -250,6 +250,7 @@ def run_accuracy_cell(cell: AccuracyCell) -> dict[str, Any]:
         accuracy=accuracy.get(T),
         accuracy_by_len=by_len,
         eval_seconds=time.perf_counter() - start,
+        eval_cpu_seconds=time.process_time() - cpu_start,
         state_bytes=model.state_bytes(1, T),
         n_params=model.n_params(),
         backend=model.backend,

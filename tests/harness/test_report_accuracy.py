@@ -73,9 +73,9 @@ def test_the_learning_rate_is_chosen_by_mean_validation_accuracy_over_seeds():
             record("a", 1e-3, 1, 0.21, (0.2, 0.1)),
             record("a", 3e-3, 0, 0.80, (0.8, 0.7), beyond=0.6),
             record("a", 3e-3, 1, 0.90, (0.9, 0.6), beyond=0.5),
-            # a tie on validation: the rate that got there in fewer steps
-            record("b", 1e-3, 0, 1.0, (1.0, 0.9), steps=300),
-            record("b", 1e-2, 0, 1.0, (1.0, 0.4), steps=150),
+            # both reached the early-stopping threshold (0.99): a tie, to the rate that got there first
+            record("b", 1e-3, 0, 1.0, (1.0, 0.9), steps=300, train={"lr": 1e-3, "threshold": 0.99}),
+            record("b", 1e-2, 0, 0.992, (1.0, 0.4), steps=150, train={"lr": 1e-2, "threshold": 0.99}),
             # a diverged run counts as 0, never as a missing value that would let its rate win
             record("c", 1e-2, 0, None, (None, None), status="diverged"),
             record("c", 1e-3, 0, 0.3, (0.3, 0.2)),
