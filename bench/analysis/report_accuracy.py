@@ -70,7 +70,8 @@ def context_text(row) -> str:
 def runs(cells: pd.DataFrame) -> pd.DataFrame:
     """The cells with the columns the section works with: ``lr``, ``val`` (validation accuracy of the
     final model; 0 for a run that did not finish, so that it never wins the learning-rate choice),
-    ``context`` and ``chosen`` (the run is at its model's chosen learning rate)."""
+    ``val_choice`` (the same, at most the early-stopping threshold), ``context`` and ``chosen`` (the run
+    is at its model's chosen learning rate)."""
     cells = cells.copy().reset_index(drop=True)
     train = cells["train"] if "train" in cells else pd.Series([None] * len(cells))
     cells["lr"] = [t.get("lr") if _is_dict(t) else None for t in train]
@@ -85,7 +86,9 @@ def runs(cells: pd.DataFrame) -> pd.DataFrame:
     # Runs that reached the early-stopping threshold stopped there: what they score above it is noise of
     # the validation set, so they tie, and the tie goes to fewer steps.
     thresholds = [_num(t.get("threshold")) if _is_dict(t) else None for t in train]
-    cells["val"] = [v if t is None else min(v, t) for v, t in zip(cells["val"], thresholds, strict=True)]
+    cells["val_choice"] = [
+        v if t is None else min(v, t) for v, t in zip(cells["val"], thresholds, strict=True)
+    ]
     cells["context"] = [context_text(row) for _, row in cells.iterrows()]
     steps = cells["steps_run"] if "steps_run" in cells else pd.Series([0] * len(cells))
     cells["steps"] = pd.to_numeric(steps, errors="coerce").fillna(0)
@@ -94,7 +97,7 @@ def runs(cells: pd.DataFrame) -> pd.DataFrame:
         if group["lr"].isna().all():
             cells.loc[group.index, "chosen"] = True
             continue
-        score = group.groupby("lr").agg(val=("val", "mean"), steps=("steps", "mean")).reset_index()
+        score = group.groupby("lr").agg(val=("val_choice", "mean"), steps=("steps", "mean")).reset_index()
         best_lr = score.sort_values(["val", "steps", "lr"], ascending=[False, True, True]).iloc[0]["lr"]
         cells.loc[group.index[group["lr"] == best_lr], "chosen"] = True
     return cells
@@ -261,11 +264,13 @@ def _span(values: pd.Series, spec: str) -> str:
 
 
 def training_table(cells: pd.DataFrame) -> str:
-    """One row per model, task and learning rate (its seeds together); ✓ marks the chosen rate."""
+    """One row per model, task and learning rate (its seeds together, means over them); ✓ marks the
+    chosen rate. `seconds` is the wall clock of training, `CPU s` the CPU time of its process: on a
+    shared machine the second is close to what the first would be on a quiet one."""
     lines = [
         "| model | task | T train | lr | chosen | seeds | status | val acc | steps | stopped by | "
-        "cap bound | seconds | final loss | params | state at T train (KiB) |",
-        "|---|---|---:|---:|:-:|---:|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        "cap bound | seconds | CPU s | final loss | params | state at T train (KiB) |",
+        "|---|---|---:|---:|:-:|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     cells = runs(cells)
     for (label, task, _lr), g in cells.groupby(["label", "task_label", "lr"], sort=False, dropna=False):
@@ -289,6 +294,7 @@ def training_table(cells: pd.DataFrame) -> str:
             stopped,
             f"**{capped}**" if capped else "0",
             _fmt(pd.to_numeric(g.get("train_seconds"), errors="coerce").mean(), ".1f"),
+            _fmt(pd.to_numeric(g.get("train_cpu_seconds"), errors="coerce").mean(), ".1f"),
             _fmt(pd.to_numeric(g.get("final_loss"), errors="coerce").mean(), ".3g"),
             _fmt(pd.to_numeric(g.get("n_params"), errors="coerce").mean(), ",.0f"),
             _fmt(None if state is None or pd.isna(state) else state / 1024, ",.1f"),
@@ -570,7 +576,18 @@ def accuracy_section(cells: pd.DataFrame, run_dir: Path) -> list[str]:
     ]
     axis = difficulty_axis(cells)
     out += spread_text(long, axis)
-    out += ["### Training", "", training_table(cells), ""]
+    out += [
+        "### Training",
+        "",
+        "One row per model, task and learning rate, over its seeds (✓: the chosen rate). `val acc`: "
+        "validation accuracy of the final model at the training length; `stopped by`: `threshold` "
+        "(validation accuracy reached it), `steps` (the budget), `max_seconds` (the safety cap bound: "
+        "counted in `cap bound`), `diverged`; `seconds`: wall clock of the training loop, `CPU s`: the "
+        "CPU time of its process (on a shared machine, about what a quiet one would take).",
+        "",
+        training_table(cells),
+        "",
+    ]
     plots = [
         (HEATMAP, "accuracy heatmap", lambda p: plot_heatmap(long, p)),
         (CURVES, "training curves", lambda p: plot_curves(cells, p)),
