@@ -1,9 +1,25 @@
-"""The accuracy section of REPORT.md: a table like the Titans paper's Table 2 (models x task x evaluation
-length, accuracy %), its heatmap, the training curves, and accuracy against state size (Zoology's
-recall/state frontier). Built from the stored records of accuracy cells only."""
+"""The accuracy section of REPORT.md, built from the stored records of accuracy cells only:
+
+- one table per task like the Titans paper's Table 2 (models x evaluation length, accuracy %), with the
+  beyond-training-length accuracy next to the overall one at every length above the training length, a
+  95% interval on each, each model's attention context and chosen learning rate;
+- the training runs: every learning rate and seed, the chosen rate marked, steps run, what stopped them
+  and whether the seconds cap bound;
+- plots: accuracy by distance x evaluation length (RULER's depth x length), the overall heatmap, the
+  training curves, accuracy against state size (Zoology's recall/state frontier) and, when a sweep varies
+  one argument of a task (e.g. the number of key-value pairs), accuracy against it.
+
+The learning rate of each model and task is the one with the best mean validation accuracy of the final
+model over seeds (at the training length, on held-out validation examples, never the test examples), as
+Zoology picks the best rate per model; a run that reached the early-stopping threshold counts as the
+threshold, and ties go to fewer steps, then to the smaller rate. Results at the
+chosen rate are the mean over seeds, with a t interval over seeds when there are several and a Wilson
+interval over the evaluation examples when there is one.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -14,20 +30,85 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from bench.analysis.stats import t_interval, wilson_interval  # noqa: E402
+
 HEATMAP = "accuracy_heatmap.png"
+BY_DISTANCE = "accuracy_by_distance.png"
 CURVES = "training_curves.png"
 FRONTIER = "accuracy_vs_state.png"
+DIFFICULTY = "accuracy_vs_difficulty.png"
+FAILED = {"diverged": "div."}
 
 
 def _is_list(x) -> bool:
     return isinstance(x, list)
 
 
+def _is_dict(x) -> bool:
+    return isinstance(x, dict)
+
+
+def _flag(x) -> bool:
+    """A stored boolean, False where missing (NaN or None in older records)."""
+    return x is not None and not (isinstance(x, float) and math.isnan(x)) and bool(x)
+
+
+def _num(x) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def context_text(row) -> str:
+    """The attention a model's mixers see: a window, a segment, everything, or none (recurrent)."""
+    args = row.get("model_args") if _is_dict(row.get("model_args")) else {}
+    if args.get("window") is not None:
+        return f"window {args['window']}"
+    if args.get("segment") is not None:
+        return f"segment {args['segment']}"
+    return "full" if row.get("model") == "transformer" else "–"
+
+
+def runs(cells: pd.DataFrame) -> pd.DataFrame:
+    """The cells with the columns the section works with: ``lr``, ``val`` (validation accuracy of the
+    final model; 0 for a run that did not finish, so that it never wins the learning-rate choice),
+    ``val_choice`` (the same, at most the early-stopping threshold), ``context`` and ``chosen`` (the run
+    is at its model's chosen learning rate)."""
+    cells = cells.copy().reset_index(drop=True)
+    train = cells["train"] if "train" in cells else pd.Series([None] * len(cells))
+    cells["lr"] = [t.get("lr") if _is_dict(t) else None for t in train]
+    if "seed" not in cells:
+        cells["seed"] = 0
+    val = cells["val_accuracy"] if "val_accuracy" in cells else pd.Series([None] * len(cells))
+    best = cells["best_val_accuracy"] if "best_val_accuracy" in cells else pd.Series([None] * len(cells))
+    cells["val"] = [
+        0.0 if status != "ok" else (_num(v) if _num(v) is not None else (_num(b) or 0.0))
+        for status, v, b in zip(cells["status"], val, best, strict=True)
+    ]
+    # Runs that reached the early-stopping threshold stopped there: what they score above it is noise of
+    # the validation set, so they tie, and the tie goes to fewer steps.
+    thresholds = [_num(t.get("threshold")) if _is_dict(t) else None for t in train]
+    cells["val_choice"] = [
+        v if t is None else min(v, t) for v, t in zip(cells["val"], thresholds, strict=True)
+    ]
+    cells["context"] = [context_text(row) for _, row in cells.iterrows()]
+    steps = cells["steps_run"] if "steps_run" in cells else pd.Series([0] * len(cells))
+    cells["steps"] = pd.to_numeric(steps, errors="coerce").fillna(0)
+    cells["chosen"] = False
+    for _, group in cells.groupby(["label", "task_label"], sort=False, dropna=False):
+        if group["lr"].isna().all():
+            cells.loc[group.index, "chosen"] = True
+            continue
+        score = group.groupby("lr").agg(val=("val_choice", "mean"), steps=("steps", "mean")).reset_index()
+        best_lr = score.sort_values(["val", "steps", "lr"], ascending=[False, True, True]).iloc[0]["lr"]
+        cells.loc[group.index[group["lr"] == best_lr], "chosen"] = True
+    return cells
+
+
 def by_length(cells: pd.DataFrame) -> pd.DataFrame:
-    """One row per (cell, evaluation length): label, task_label, eval_len, accuracy, state_bytes, status.
-    A cell that did not train (crashed, timed out) still gets its rows, with no accuracy."""
+    """One row per (cell, evaluation length): label, task_label, eval_len, accuracy, beyond_train, the
+    counts behind them, state_bytes, status, lr, seed, chosen. A cell that did not train (crashed, timed
+    out) still gets its rows, with no accuracy."""
     rows = []
-    for _, cell in cells.iterrows():
+    for _, cell in runs(cells).iterrows():
         entries = cell.get("accuracy_by_len")
         if not _is_list(entries):
             lens = cell.get("eval_lens") if _is_list(cell.get("eval_lens")) else [cell["seq_len"]]
@@ -40,16 +121,186 @@ def by_length(cells: pd.DataFrame) -> pd.DataFrame:
                     "train_len": cell["seq_len"],
                     "eval_len": e["eval_len"],
                     "accuracy": e.get("accuracy"),
+                    "beyond_train": e.get("beyond_train"),
+                    "n_examples": e.get("n_examples"),
+                    "beyond_train_examples": e.get("beyond_train_examples"),
+                    "by_distance": e.get("by_distance"),
                     "state_bytes": e.get("state_bytes"),
                     "status": cell["status"],
                     "nonfinite": e.get("nonfinite") or 0.0,
+                    "lr": cell["lr"],
+                    "seed": cell["seed"],
+                    "chosen": cell["chosen"],
+                    "context": cell["context"],
+                    "cap_bound": _flag(cell.get("cap_bound")),
                 }
             )
     frame = pd.DataFrame(rows)
-    frame["accuracy"] = pd.to_numeric(frame["accuracy"], errors="coerce")
-    frame["state_bytes"] = pd.to_numeric(frame["state_bytes"], errors="coerce")
+    for column in ("accuracy", "beyond_train", "state_bytes"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
     frame["column"] = frame["task_label"] + " T=" + frame["eval_len"].astype(str)
     return frame
+
+
+def _interval(values: list[float], n: float | None) -> tuple[float, float] | None:
+    """95% interval of the mean of ``values`` (one per seed, each over ``n`` examples): Student's t over
+    the seeds when there are several, else Wilson over the examples. Seeds that happen to agree (all at
+    100%, say) give a t interval of zero width, which would claim more than the examples can show, so the
+    interval over seeds is never narrower than Wilson's over all the examples pooled."""
+    if not values:
+        return None
+    mean = sum(values) / len(values)
+    pooled = wilson_interval(mean * n * len(values), n * len(values)) if n else None
+    if len(values) == 1:
+        return pooled
+    _, low, high = t_interval(values)
+    low, high = max(0.0, low), min(1.0, high)
+    return (min(low, pooled[0]), max(high, pooled[1])) if pooled else (low, high)
+
+
+def summarize(long: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, task, evaluation length) at the chosen learning rate: the mean over seeds of
+    the overall and the beyond-training-length accuracy, each with its 95% interval."""
+    rows = []
+    keys = ["label", "task_label", "eval_len"]
+    for (label, task, length), g in long[long["chosen"]].groupby(keys, sort=False, dropna=False):
+        ok = g[(g["status"] == "ok") & g["accuracy"].notna()]
+        row = {
+            "label": label,
+            "task_label": task,
+            "eval_len": length,
+            "train_len": g["train_len"].iloc[0],
+            "column": g["column"].iloc[0],
+            "context": g["context"].iloc[0],
+            "lr": g["lr"].iloc[0],
+            "seeds": len(g),
+            "ok_seeds": len(ok),
+            "status": "ok" if len(ok) else g["status"].iloc[-1],
+            "nonfinite": g["nonfinite"].max(),
+            "cap_bound": bool(g["cap_bound"].any()),
+            "state_bytes": g["state_bytes"].mean(),
+        }
+        for name, n_name in (("accuracy", "n_examples"), ("beyond_train", "beyond_train_examples")):
+            values = ok[name].dropna().tolist()
+            n = _num(ok[n_name].iloc[0]) if len(ok) and n_name in ok else None
+            row[name] = sum(values) / len(values) if values else None
+            interval = _interval(values, n)
+            row[f"{name}_low"], row[f"{name}_high"] = interval if interval else (None, None)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _percent(value, low, high, intervals: bool) -> str:
+    text = f"{100 * value:.1f}"
+    if intervals and low is not None and not pd.isna(low):
+        text += f" [{100 * low:.0f}–{100 * high:.0f}]"
+    return text
+
+
+def _cell_text(row, name: str = "accuracy", intervals: bool = True) -> str:
+    if row["status"] != "ok":
+        return FAILED.get(row["status"], row["status"])
+    value = row.get(name)
+    if value is None or pd.isna(value):
+        return "–"
+    text = _percent(value, row.get(f"{name}_low"), row.get(f"{name}_high"), intervals)
+    if row.get("ok_seeds", 1) < row.get("seeds", 1):
+        text += f" ({row['seeds'] - row['ok_seeds']} of {row['seeds']} seeds failed)"
+    if row.get("nonfinite", 0) > 0:
+        text += f" (NaN {100 * row['nonfinite']:.0f}%)"
+    if row.get("cap_bound"):
+        text += " (cap)"
+    return text
+
+
+def _lr_text(lr) -> str:
+    return "–" if lr is None or pd.isna(lr) else f"{lr:.0e}".replace("e-0", "e-")
+
+
+def table(long: pd.DataFrame, intervals: bool = True) -> str:
+    """One markdown table per task: a column per evaluation length (overall), and after each length above
+    the training length one for the items whose distance exceeds it; then context and learning rate."""
+    summary = summarize(long)
+    out = []
+    for task in dict.fromkeys(summary["task_label"]):
+        part = summary[summary["task_label"] == task]
+        train_len = part["train_len"].iloc[0]
+        lengths = sorted(dict.fromkeys(part["eval_len"]))
+        columns = []
+        for length in lengths:
+            columns.append((f"{task} T={length}", length, "accuracy"))
+            if length > train_len:
+                columns.append((f"{task} T={length}, d>{train_len}", length, "beyond_train"))
+        names = [c[0] for c in columns]
+        if out:
+            out.append("")
+        out += [
+            "| model | " + " | ".join(names) + " | context | lr |",
+            "|---|" + "---:|" * len(names) + "---|---|",
+        ]
+        for label in dict.fromkeys(part["label"]):
+            rows = part[part["label"] == label].set_index("eval_len")
+            texts = [
+                _cell_text(rows.loc[length], field, intervals) if length in rows.index else "–"
+                for _, length, field in columns
+            ]
+            first = rows.iloc[0]
+            out.append(
+                f"| {label} | " + " | ".join(texts) + f" | {first['context']} | {_lr_text(first['lr'])} |"
+            )
+    return "\n".join(out)
+
+
+def _fmt(x, spec: str) -> str:
+    return "–" if x is None or pd.isna(x) else format(x, spec)
+
+
+def _span(values: pd.Series, spec: str) -> str:
+    values = pd.to_numeric(values, errors="coerce").dropna()
+    if not len(values):
+        return "–"
+    low, high = values.min(), values.max()
+    return format(low, spec) if low == high else f"{format(low, spec)}–{format(high, spec)}"
+
+
+def training_table(cells: pd.DataFrame) -> str:
+    """One row per model, task and learning rate (its seeds together, means over them); ✓ marks the
+    chosen rate. `seconds` is the wall clock of training, `CPU s` the CPU time of its process: on a
+    shared machine the second is close to what the first would be on a quiet one."""
+    lines = [
+        "| model | task | T train | lr | chosen | seeds | status | val acc | steps | stopped by | "
+        "cap bound | seconds | CPU s | final loss | params | state at T train (KiB) |",
+        "|---|---|---:|---:|:-:|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    cells = runs(cells)
+    for (label, task, _lr), g in cells.groupby(["label", "task_label", "lr"], sort=False, dropna=False):
+        first = g.iloc[0]
+        stops = g["stop_reason"].value_counts() if "stop_reason" in g else pd.Series(dtype=int)
+        stopped = ", ".join(f"{k} ×{v}" if len(g) > 1 else str(k) for k, v in stops.items()) or "–"
+        statuses = g["status"].value_counts()
+        status = ", ".join(f"{k} ×{v}" if len(g) > 1 else str(k) for k, v in statuses.items())
+        capped = sum(_flag(x) for x in g["cap_bound"]) if "cap_bound" in g else 0
+        state = pd.to_numeric(g.get("state_bytes"), errors="coerce").mean() if "state_bytes" in g else None
+        fields = [
+            label,
+            task,
+            first["seq_len"],
+            _lr_text(first["lr"]),
+            "✓" if first["chosen"] else "",
+            len(g),
+            status,
+            _fmt(100 * g["val"].mean(), ".1f"),
+            _span(g["steps_run"], ".0f") if "steps_run" in g else "–",
+            stopped,
+            f"**{capped}**" if capped else "0",
+            _fmt(pd.to_numeric(g.get("train_seconds"), errors="coerce").mean(), ".1f"),
+            _fmt(pd.to_numeric(g.get("train_cpu_seconds"), errors="coerce").mean(), ".1f"),
+            _fmt(pd.to_numeric(g.get("final_loss"), errors="coerce").mean(), ".3g"),
+            _fmt(pd.to_numeric(g.get("n_params"), errors="coerce").mean(), ",.0f"),
+            _fmt(None if state is None or pd.isna(state) else state / 1024, ",.1f"),
+        ]
+        lines.append("| " + " | ".join(map(str, fields)) + " |")
+    return "\n".join(lines)
 
 
 def _columns(long: pd.DataFrame) -> list[str]:
@@ -59,81 +310,109 @@ def _columns(long: pd.DataFrame) -> list[str]:
     return [c for t in tasks for c in dict.fromkeys(ordered.loc[ordered["task_label"] == t, "column"])]
 
 
-def _cell_text(row) -> str:
-    if row["status"] != "ok":
-        return "div." if row["status"] == "diverged" else row["status"]
-    if pd.isna(row["accuracy"]):
-        return "–"
-    text = f"{100 * row['accuracy']:.1f}"
-    return f"{text} (NaN {100 * row['nonfinite']:.0f}%)" if row.get("nonfinite", 0) > 0 else text
-
-
-def table(long: pd.DataFrame) -> str:
-    long = long.assign(text=long.apply(_cell_text, axis=1))
-    pivot = long.pivot_table(index="label", columns="column", values="text", aggfunc="last", sort=False)
-    columns = _columns(long)
-    lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
-    for label, row in pivot.reindex(columns=columns).iterrows():
-        lines.append(f"| {label} | " + " | ".join("–" if pd.isna(v) else v for v in row) + " |")
-    return "\n".join(lines)
-
-
-def _fmt(x, spec: str) -> str:
-    return "–" if x is None or pd.isna(x) else format(x, spec)
-
-
-def training_table(cells: pd.DataFrame) -> str:
-    lines = [
-        "| model | task | T train | status | steps | seconds | stopped by | final loss | params | "
-        "state at T train (KiB) |",
-        "|---|---|---:|---|---:|---:|---|---:|---:|---:|",
-    ]
-    for _, c in cells.iterrows():
-        state = c.get("state_bytes")
-        fields = [
-            c["label"],
-            c["task_label"],
-            c["seq_len"],
-            c["status"],
-            _fmt(c.get("steps_run"), ".0f"),
-            _fmt(c.get("train_seconds"), ".1f"),
-            c.get("stop_reason") if isinstance(c.get("stop_reason"), str) else "–",
-            _fmt(c.get("final_loss"), ".3g"),
-            _fmt(c.get("n_params"), ",.0f"),
-            _fmt(None if state is None or pd.isna(state) else state / 1024, ",.1f"),
-        ]
-        lines.append("| " + " | ".join(map(str, fields)) + " |")
-    return "\n".join(lines)
-
-
 def plot_heatmap(long: pd.DataFrame, path: Path) -> None:
+    summary = summarize(long)
     columns = _columns(long)
-    pivot = long.pivot_table(index="label", columns="column", values="accuracy", aggfunc="last", sort=False)
-    pivot = 100 * pivot.reindex(columns=columns)
+    pivot = summary.pivot_table(
+        index="label", columns="column", values="accuracy", aggfunc="last", sort=False
+    )
+    pivot = 100 * pivot.reindex(index=list(dict.fromkeys(summary["label"])), columns=columns)
     fig, ax = plt.subplots(figsize=(2.5 + 0.9 * len(columns), 2.0 + 0.4 * len(pivot)))
     sns.heatmap(
         pivot, annot=True, fmt=".0f", vmin=0, vmax=100, cmap="viridis", ax=ax, cbar_kws={"label": "%"}
     )
-    ax.set_xlabel("task, evaluation length")
+    ax.set_xlabel("task, evaluation length (all items)")
     ax.set_ylabel("model")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def distance_grid(long: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy by (model, task, distance bin, evaluation length), pooled over the seeds of the chosen
+    learning rate: one row per non-empty bin."""
+    rows = []
+    for _, r in long[long["chosen"] & (long["status"] == "ok")].iterrows():
+        for b in r["by_distance"] if _is_list(r["by_distance"]) else []:
+            rows.append(
+                {
+                    "label": r["label"],
+                    "task_label": r["task_label"],
+                    "train_len": r["train_len"],
+                    "eval_len": r["eval_len"],
+                    "max_distance": b["max_distance"],
+                    "correct": b["correct"],
+                    "total": b["total"],
+                }
+            )
+    if not rows:
+        return pd.DataFrame()
+    grid = (
+        pd.DataFrame(rows)
+        .groupby(
+            ["label", "task_label", "train_len", "eval_len", "max_distance"], sort=False, as_index=False
+        )[["correct", "total"]]
+        .sum()
+    )
+    grid = grid[grid["total"] > 0]
+    return grid.assign(accuracy=grid["correct"] / grid["total"])
+
+
+def plot_by_distance(grid: pd.DataFrame, path: Path, per_row: int = 5) -> None:
+    """RULER's depth x length picture: for each task a row of small heatmaps, one per model, accuracy by
+    distance bin (up) and evaluation length (across); the line marks the training length."""
+    tasks = list(dict.fromkeys(grid["task_label"]))
+    labels = list(dict.fromkeys(grid["label"]))
+    blocks = math.ceil(len(labels) / per_row)
+    ncols = min(per_row, len(labels))
+    fig, axes = plt.subplots(
+        len(tasks) * blocks, ncols, figsize=(2.4 * ncols + 1, 2.6 * len(tasks) * blocks), squeeze=False
+    )
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for i, task in enumerate(tasks):
+        part = grid[grid["task_label"] == task]
+        bounds = sorted(part["max_distance"].unique())
+        lengths = sorted(part["eval_len"].unique())
+        train_len = part["train_len"].iloc[0]
+        for j, label in enumerate(labels):
+            ax = axes[i * blocks + j // per_row][j % per_row]
+            ax.set_visible(True)
+            cell = part[part["label"] == label]
+            pivot = 100 * cell.pivot_table(index="max_distance", columns="eval_len", values="accuracy")
+            pivot = pivot.reindex(index=bounds[::-1], columns=lengths)
+            sns.heatmap(pivot, vmin=0, vmax=100, cmap="viridis", cbar=False, annot=True, fmt=".0f", ax=ax)
+            ax.set_title(f"{label}\n{task}", fontsize=8)
+            ax.set_xlabel("T")
+            ax.set_ylabel("distance ≤" if j % per_row == 0 else "")
+            ax.tick_params(labelsize=7)
+            beyond = sum(1 for b in bounds if b > train_len)  # rows above the training length's bin
+            if 0 < beyond < len(bounds):
+                ax.axhline(beyond, color="red", lw=1.2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_curves(cells: pd.DataFrame, path: Path) -> None:
-    """Training loss (top) and validation accuracy (bottom) against step, one column per task."""
+    """Training loss (top) and validation accuracy (bottom) against step, one column per task: every seed
+    at the chosen learning rate."""
+    cells = runs(cells)
+    cells = cells[cells["chosen"]]
     tasks = list(dict.fromkeys(cells["task_label"]))
     labels = list(dict.fromkeys(cells["label"]))
     colors = dict(zip(labels, sns.color_palette(n_colors=len(labels)), strict=True))
     fig, axes = plt.subplots(2, len(tasks), figsize=(4 * len(tasks), 6), squeeze=False, sharex="col")
     for j, task in enumerate(tasks):
+        seen = set()
         for _, c in cells[cells["task_label"] == task].iterrows():
             for i, name in enumerate(("loss_curve", "val_curve")):
                 points = c.get(name)
                 if _is_list(points) and points:
                     x, y = zip(*points, strict=True)
-                    axes[i][j].plot(x, y, color=colors[c["label"]], label=c["label"])
+                    first = (c["label"], i) not in seen
+                    seen.add((c["label"], i))
+                    axes[i][j].plot(x, y, color=colors[c["label"]], label=c["label"] if first else None, lw=1)
         axes[0][j].set_title(task)
         axes[0][j].set_yscale("log")
         axes[1][j].set_ylim(-0.02, 1.02)
@@ -141,14 +420,14 @@ def plot_curves(cells: pd.DataFrame, path: Path) -> None:
     axes[0][0].set_ylabel("training loss")
     axes[1][0].set_ylabel("validation accuracy")
     if axes[1][-1].get_legend_handles_labels()[0]:
-        axes[1][-1].legend(title="model", loc="lower right")
+        axes[1][-1].legend(title="model", loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def plot_frontier(long: pd.DataFrame, path: Path) -> None:
-    data = long.dropna(subset=["accuracy", "state_bytes"]).rename(columns={"label": "model"})
+    data = summarize(long).dropna(subset=["accuracy", "state_bytes"]).rename(columns={"label": "model"})
     data["evaluated at"] = "T=" + data["eval_len"].astype(str)
     grid = sns.relplot(
         data=data,
@@ -157,46 +436,178 @@ def plot_frontier(long: pd.DataFrame, path: Path) -> None:
         hue="model",
         style="evaluated at",
         col="task_label",
+        col_wrap=min(4, data["task_label"].nunique()),
         kind="scatter",
         s=70,
         height=3.2,
         aspect=1.2,
     )
     grid.set(xscale="log", ylim=(-0.02, 1.02))
-    grid.set_axis_labels("inference state (bytes per sequence)", "accuracy")
+    grid.set_axis_labels("inference state at T (bytes per sequence)", "accuracy")
     grid.set_titles("{col_name}")
     grid.savefig(path, dpi=120)
     plt.close(grid.figure)
+
+
+def difficulty_axis(cells: pd.DataFrame) -> tuple[str, dict[str, float]] | None:
+    """When the tasks are one task under several settings of one numeric argument (Zoology's figure 2
+    sweeps the number of key-value pairs), that argument and each task label's value of it."""
+    if "task_args" not in cells or "task" not in cells or cells["task"].nunique() != 1:
+        return None
+    args = {r["task_label"]: r["task_args"] for _, r in cells.iterrows() if _is_dict(r["task_args"])}
+    if len(args) < 2:
+        return None
+    keys = set().union(*args.values())
+    varying = [k for k in sorted(keys) if len({repr(a.get(k)) for a in args.values()}) > 1]
+    if len(varying) != 1 or not all(isinstance(a.get(varying[0]), int | float) for a in args.values()):
+        return None
+    return varying[0], {label: a[varying[0]] for label, a in args.items()}
+
+
+def plot_difficulty(long: pd.DataFrame, axis: tuple[str, dict[str, float]], path: Path) -> None:
+    """Accuracy against the swept argument: at the training length, and beyond it at the longest length."""
+    name, values = axis
+    summary = summarize(long)
+    summary["x"] = summary["task_label"].map(values)
+    longest = summary.groupby("task_label")["eval_len"].transform("max")
+    panels = [
+        ("at the training length", summary[summary["eval_len"] == summary["train_len"]], "accuracy"),
+        ("beyond the training length (longest T)", summary[summary["eval_len"] == longest], "beyond_train"),
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    labels = list(dict.fromkeys(summary["label"]))
+    colors = dict(zip(labels, sns.color_palette(n_colors=len(labels)), strict=True))
+    for ax, (title, part, column) in zip(axes, panels, strict=True):
+        for label in labels:
+            line = part[part["label"] == label].sort_values("x")
+            if line[column].notna().any():
+                ax.plot(line["x"], line[column], marker="o", color=colors[label], label=label)
+        ax.set_title(title)
+        ax.set_xlabel(name)
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].set_ylabel("accuracy (mean over seeds, chosen lr)")
+    axes[1].legend(title="model", fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def spread_text(long: pd.DataFrame, axis: tuple[str, dict[str, float]] | None) -> list[str]:
+    """The best and the worst model at the hardest setting (the largest value of the swept argument, or
+    each task), at the training length: how far the task separates them."""
+    summary = summarize(long)
+    at_train = summary[(summary["eval_len"] == summary["train_len"]) & summary["accuracy"].notna()]
+    if not len(at_train):
+        return []
+    if axis is not None:
+        name, values = axis
+        hardest = max(values, key=values.get)
+        tasks, what = [hardest], f"At the hardest setting ({name} = {values[hardest]}, task {hardest})"
+    else:
+        tasks, what = list(dict.fromkeys(at_train["task_label"])), "Per task"
+    out = []
+    for task in tasks:
+        part = at_train[at_train["task_label"] == task].sort_values("accuracy", ascending=False)
+        best, worst = part.iloc[0], part.iloc[-1]
+        spread = 100 * (best["accuracy"] - worst["accuracy"])
+        out.append(
+            f"{task}: best {best['label']} {100 * best['accuracy']:.1f}%, worst {worst['label']} "
+            f"{100 * worst['accuracy']:.1f}% (spread {spread:.1f} points)"
+        )
+    return [f"{what}, at the training length: " + "; ".join(out) + ".", ""]
+
+
+def smoke_note(cells: pd.DataFrame) -> list[str]:
+    """The warning that heads a smoke-test run's section (the [accuracy] table's ``smoke_test``)."""
+    if "smoke_test" not in cells or not cells["smoke_test"].fillna(False).astype(bool).any():
+        return []
+    steps = _span(cells["steps_run"], ".0f") if "steps_run" in cells else "few"
+    return [
+        f"**Smoke test.** Every model trained for the same {steps} steps, far too few to learn these "
+        "tasks: this section shows that training, evaluation and scoring run end to end for every "
+        "model, not which architecture recalls better. To compare models, run "
+        "`python -m bench run --preset cpu-accuracy` or `--preset cpu-recall` (about 30 minutes each "
+        "on two CPU cores) or `--preset paper` (a GPU).",
+        "",
+    ]
 
 
 def accuracy_section(cells: pd.DataFrame, run_dir: Path) -> list[str]:
     """Markdown lines for the accuracy cells of a run; writes the plots into ``run_dir``."""
     long = by_length(cells)
     first = cells.iloc[0]
-    out = [
-        "## Accuracy: synthetic recall, trained from scratch",
-        "",
+    grid = runs(cells)
+    lrs = sorted(grid["lr"].dropna().unique())
+    seeds = sorted(grid["seed"].dropna().unique())
+    out = ["## Accuracy: synthetic recall, trained from scratch", ""]
+    out += smoke_note(cells)
+    out += [
         "Each model is trained from scratch on each task at the training length, then scored on held-out "
         "examples at that length and beyond it (T = evaluation length). Accuracy %: MQAR counts queries "
-        "answered; S-NIAH counts needles whose whole value is generated exactly. `div.`: training diverged. "
-        "`(NaN x%)`: the model's outputs were not finite on x% of the examples at that length.",
+        "answered; S-NIAH counts needles whose whole value is generated exactly. Every query or needle "
+        "knows its *distance*, how many tokens back the evidence for its answer lies; `d>L` is the "
+        "accuracy over the items whose distance exceeds the training length L, the honest extrapolation "
+        "figure (beyond L the evaluation stretches the distances: MQAR asks every key after position L, "
+        "S-NIAH spaces its needles evenly over the whole context). "
+        "`[low–high]`: 95% interval, "
+        + (
+            f"Student's t over the {len(seeds)} seeds (with 2 seeds t = 12.7: wide by construction), "
+            "never narrower than Wilson's over all their examples pooled"
+            if len(seeds) > 1
+            else "Wilson over the evaluation examples (one seed)"
+        )
+        + ". `div.`: training diverged. `(NaN x%)`: the model's outputs were not finite on x% of the "
+        "examples at that length. `(cap)`: the seconds cap stopped training before the step budget.",
         "",
-        f"Model shape: d_model {first['d_model']}, {first['n_layers']} layers, each task's own vocabulary.",
+        "Context: what the attention of a model can see. The hybrids (titans-mal and titans-mag: a "
+        "sliding window; titans-mac: a segment) get a quarter of the training length unless the sweep says "
+        "otherwise, shorter than the distances asked, so recall beyond it must come from their memory; "
+        "`transformer-swa` is the same sliding-window attention without a memory, the control. "
+        f"lr: the learning rate chosen per model and task by validation accuracy from {len(lrs) or 1} "
+        f"({', '.join(_lr_text(x) for x in lrs) or 'one'}); every run is in the training table and "
+        "results.jsonl.",
+        "",
+        f"Model shape: d_model {first['d_model']}, {first['n_layers']} layers, each task's own vocabulary; "
+        f"seeds: {', '.join(str(int(s)) for s in seeds) or '–'}.",
         "",
         table(long),
         "",
+    ]
+    axis = difficulty_axis(cells)
+    if not smoke_note(cells):  # a smoke test ranks nothing
+        out += spread_text(long, axis)
+    out += [
         "### Training",
+        "",
+        "One row per model, task and learning rate, over its seeds (✓: the chosen rate). `val acc`: "
+        "validation accuracy of the final model at the training length; `stopped by`: `threshold` "
+        "(validation accuracy reached it), `steps` (the budget), `max_seconds` (the safety cap bound: "
+        "counted in `cap bound`), `diverged`; `seconds`: wall clock of the training loop, `CPU s`: the "
+        "CPU time of its process (on a shared machine, about what a quiet one would take).",
         "",
         training_table(cells),
         "",
     ]
     plots = [
-        (HEATMAP, "accuracy heatmap", plot_heatmap, long),
-        (CURVES, "training curves", plot_curves, cells),
+        (HEATMAP, "accuracy heatmap", lambda p: plot_heatmap(long, p)),
+        (CURVES, "training curves", lambda p: plot_curves(cells, p)),
     ]
+    grid_by_distance = distance_grid(long)
+    if len(grid_by_distance):
+        plots.insert(
+            0,
+            (
+                BY_DISTANCE,
+                "accuracy by distance and evaluation length",
+                lambda p: plot_by_distance(grid_by_distance, p),
+            ),
+        )
     if long["accuracy"].notna().any():
-        plots.append((FRONTIER, "accuracy vs state size", plot_frontier, long))
-    for filename, title, plot, data in plots:
-        plot(data, run_dir / filename)
+        plots.append((FRONTIER, "accuracy vs state size", lambda p: plot_frontier(long, p)))
+        if axis is not None:
+            plots.append((DIFFICULTY, f"accuracy vs {axis[0]}", lambda p: plot_difficulty(long, axis, p)))
+    for filename, title, plot in plots:
+        plot(run_dir / filename)
         out += [f"![{title}]({filename})", ""]
     return out

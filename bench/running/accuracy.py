@@ -2,10 +2,21 @@
 training length and beyond it, the way Zoology measures associative recall.
 
 Training: AdamW (weight decay on matrices only), linear warm-up then cosine decay to 10% over
-``steps``, gradient clipping, fresh seeded batches every step. It stops at ``steps``, at ``max_seconds``
-of wall clock, at the first validation that reaches ``threshold``, or when the loss stops being finite
-(status "diverged"; the sweep goes on). Validation and test examples come from their own seed streams,
-and any training example identical to one of them is dropped, so a model is never scored on what it saw.
+``steps``, gradient clipping, fresh seeded batches every step. The step budget decides: it stops at
+``steps``, at the first validation that reaches ``threshold`` (if set), or when the loss stops being finite
+(status "diverged"; the sweep goes on). ``max_seconds`` is a safety cap on the wall clock; a cell it stops
+records ``cap_bound`` so that reports show it as such, never as a plain low accuracy. The final model is
+validated once more if the last step had no validation (``val_accuracy``: what the learning-rate grid is
+chosen by). Validation and test examples come from their own seed streams, and any training example
+identical to one of them is dropped, so a model is never scored on what it saw.
+
+Evaluation: at each evaluation length the held-out examples are generated with the training length known
+(so a task can stretch its distances beyond it, see bench/tasks/base.py), and every scored item (an MQAR
+query, a needle) is counted by the distance between its evidence and its question. Each entry of
+``accuracy_by_len`` holds ``accuracy`` (mean per-example score, as before), ``n_examples``, ``n_items``,
+``by_distance`` (doubling bins: ``{"max_distance", "correct", "total"}``) and ``beyond_train``: the
+accuracy over the items whose distance exceeds the training length (None where there are none), with
+``beyond_train_items`` and ``beyond_train_examples`` (how many items, and how many examples they come from).
 """
 
 from __future__ import annotations
@@ -24,12 +35,12 @@ from bench.running.failures import free_cuda, is_oom
 from bench.spec.cells import AccuracyCell
 from bench.spec.config import TrainSettings
 from bench.tasks import IGNORE, Task, make_task
-from bench.tasks.base import derive_seed, drop_seen, example_ids
+from bench.tasks.base import Examples, bin_by_distance, derive_seed, drop_seen, example_ids
 
 LOG_POINTS = 200  # loss-curve points kept per cell: enough to plot, small enough to store
 MIN_LR_FRACTION = 0.1
 
-Data = tuple[torch.Tensor, torch.Tensor]
+Data = Examples
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
@@ -38,6 +49,12 @@ def lr_at(step: int, s: TrainSettings) -> float:
     progress = min(1.0, (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps))
     cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
     return s.lr * (MIN_LR_FRACTION + (1.0 - MIN_LR_FRACTION) * cosine)
+
+
+def non_embedding(model) -> int | None:
+    """Non-embedding parameters, from the shell's method (a plug-in without it reports None)."""
+    count = getattr(model, "n_params_non_embedding", None)
+    return count() if callable(count) else None
 
 
 def make_optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
@@ -62,32 +79,63 @@ def precision(cell: AccuracyCell, model: torch.nn.Module, device: torch.device) 
 
 
 @torch.no_grad()  # not inference_mode: a memory that learns at test time may need autograd inside
-def evaluate(
-    model, task: Task, data: Data, batch_tokens: int, autocast: Callable[[], Any], stats: dict | None = None
-) -> float:
-    """Mean per-example score of the greedy (argmax) predictions; chunks of at most ``batch_tokens``.
-    ``stats``, if given, receives ``nonfinite``: the fraction of examples whose logits were not all finite
-    (their argmax is meaningless: a model that diverges beyond its training length scores 0 without it)."""
+def predict(
+    model, inputs: torch.Tensor, batch_tokens: int, autocast: Callable[[], Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy (argmax) predictions [n, T] in chunks of at most ``batch_tokens``, and for each example
+    whether its logits were all finite (the argmax of non-finite logits is meaningless)."""
     was_training = model.training
     model.eval()
-    inputs, targets = data
     device = next(model.parameters()).device
     chunk = max(1, batch_tokens // inputs.shape[1])
-    scores, bad = [], 0
+    predictions, finite = [], []
     for i in range(0, len(inputs), chunk):
         with autocast():
             logits = model(inputs[i : i + chunk].to(device))
-        bad += int((~torch.isfinite(logits)).flatten(1).any(1).sum())
-        scores.append(task.score(logits.argmax(-1).cpu(), targets[i : i + chunk]))
+        finite.append(torch.isfinite(logits).flatten(1).all(1).cpu())
+        predictions.append(logits.argmax(-1).cpu())
     model.train(was_training)
+    return torch.cat(predictions), torch.cat(finite)
+
+
+def evaluate(
+    model,
+    task: Task,
+    data: Data,
+    batch_tokens: int,
+    autocast: Callable[[], Any],
+    stats: dict | None = None,
+    train_len: int | None = None,
+) -> float:
+    """Mean per-example score of the greedy predictions. ``stats``, if given, receives ``nonfinite``: the
+    fraction of examples whose logits were not all finite (a model that diverges beyond its training
+    length scores 0 without it), and with ``train_len`` the item counts of :func:`score_by_distance`."""
+    predictions, finite = predict(model, data.inputs, batch_tokens, autocast)
     if stats is not None:
-        stats["nonfinite"] = bad / len(inputs)
-    return torch.cat(scores).mean().item()
+        stats["nonfinite"] = float((~finite).float().mean())
+        if train_len is not None:
+            stats.update(score_by_distance(task, predictions, data, train_len))
+    return task.score(predictions, data.targets).mean().item()
+
+
+def score_by_distance(task: Task, predictions: torch.Tensor, data: Data, train_len: int) -> dict[str, Any]:
+    """Counts of the scored items: in doubling distance bins, and beyond the training length."""
+    items = task.items(predictions, data)
+    beyond = items.distance > train_len
+    n_beyond = int(beyond.sum())
+    return {
+        "n_examples": data.n,
+        "n_items": len(items.distance),
+        "by_distance": bin_by_distance(items.distance, items.correct, data.inputs.shape[1]),
+        "beyond_train": float(items.correct[beyond].float().mean()) if n_beyond else None,
+        "beyond_train_items": n_beyond,
+        "beyond_train_examples": len(items.example[beyond].unique()),
+    }
 
 
 def next_batch(task: Task, cell: AccuracyCell, draw: int, seen: set[bytes]) -> Data:
     batch = task.generate(cell.batch_size, cell.seq_len, derive_seed(cell.seed, "train", draw))
-    return drop_seen(*batch, seen)
+    return drop_seen(batch, seen)
 
 
 def train(model, task: Task, cell: AccuracyCell, val: Data, seen: set[bytes], autocast) -> dict[str, Any]:
@@ -101,11 +149,11 @@ def train(model, task: Task, cell: AccuracyCell, val: Data, seen: set[bytes], au
     window: list[float] = []
     out: dict[str, Any] = {"status": "ok", "stop_reason": "steps"}
     model.train()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     step = 0
     draws = empty = 0
     while step < s.steps:
-        inputs, targets = next_batch(task, cell, draws, seen)
+        inputs, targets, _ = next_batch(task, cell, draws, seen)
         draws += 1
         if not len(inputs):  # a tiny task whose whole batch repeated held-out examples: draw again
             empty += 1
@@ -137,17 +185,23 @@ def train(model, task: Task, cell: AccuracyCell, val: Data, seen: set[bytes], au
         if step % s.eval_every == 0 or step == s.steps:
             accuracy = evaluate(model, task, val, batch_tokens, autocast)
             val_curve.append([step, accuracy])
-            if accuracy >= s.threshold:
+            if s.threshold is not None and accuracy >= s.threshold:
                 out["stop_reason"] = "threshold"
                 break
-        if time.perf_counter() - start >= s.max_seconds:
-            out["stop_reason"] = "max_seconds"
+        if step < s.steps and time.perf_counter() - start >= s.max_seconds:
+            out["stop_reason"] = "max_seconds"  # the cap bound: the step budget was not reached
             break
     if window:
         loss_curve.append([step, sum(window) / len(window)])
+    if out["status"] == "ok" and step and (not val_curve or val_curve[-1][0] != step):
+        val_curve.append([step, evaluate(model, task, val, batch_tokens, autocast)])  # the final model
     out.update(
         steps_run=step,
+        cap_bound=out["stop_reason"] == "max_seconds",
+        val_accuracy=val_curve[-1][1] if out["status"] == "ok" and val_curve else None,
         train_seconds=time.perf_counter() - start,
+        # CPU time of this process: on a shared machine, close to what the wall clock would be when quiet
+        train_cpu_seconds=time.process_time() - cpu_start,
         tokens_seen=step * batch_tokens,
         final_loss=loss_curve[-1][1] if loss_curve else None,
         loss_curve=loss_curve,
@@ -171,10 +225,10 @@ def run_accuracy_cell(cell: AccuracyCell) -> dict[str, Any]:
     T = cell.seq_len
     val = task.generate(s.val_samples, T, derive_seed(cell.seed, "val", T))
     tests = {T: task.generate(s.eval_samples, T, derive_seed(cell.seed, "test", T))}
-    seen = set(example_ids(*val)) | set(example_ids(*tests[T]))
+    seen = set(example_ids(val)) | set(example_ids(tests[T]))
     record = train(model, task, cell, val, seen, autocast)
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     by_len = []
     for length in cell.eval_lens:
         entry: dict[str, Any] = {"eval_len": length, "state_bytes": model.state_bytes(1, length)}
@@ -184,9 +238,12 @@ def run_accuracy_cell(cell: AccuracyCell) -> dict[str, Any]:
             entry.update(accuracy=None, error="skipped after an out-of-memory at a shorter length")
         else:
             if length not in tests:
-                tests[length] = task.generate(s.eval_samples, length, derive_seed(cell.seed, "test", length))
+                seed = derive_seed(cell.seed, "test", length)
+                tests[length] = task.generate(s.eval_samples, length, seed, train_len=T)
             try:
-                entry["accuracy"] = evaluate(model, task, tests[length], cell.batch_size * T, autocast, entry)
+                entry["accuracy"] = evaluate(
+                    model, task, tests[length], cell.batch_size * T, autocast, entry, train_len=T
+                )
             except Exception as err:  # noqa: BLE001 - a longer length may not fit; the shorter ones stand
                 if not is_oom(err):
                     raise
@@ -199,8 +256,10 @@ def run_accuracy_cell(cell: AccuracyCell) -> dict[str, Any]:
         accuracy=accuracy.get(T),
         accuracy_by_len=by_len,
         eval_seconds=time.perf_counter() - start,
+        eval_cpu_seconds=time.process_time() - cpu_start,
         state_bytes=model.state_bytes(1, T),
         n_params=model.n_params(),
+        n_params_non_embedding=non_embedding(model),
         backend=model.backend,
         torch_threads=torch.get_num_threads(),
     )

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.registry import build
-from bench.running.accuracy import make_optimizer, precision
+from bench.running.accuracy import make_optimizer, non_embedding, precision
 from bench.running.dispatch import count_dispatches
 from bench.running.environment import peak_flops
 from bench.running.memory import PeakMemory
@@ -202,9 +202,3 @@ def measure_cell(cell: TimingCell, isolated: bool = True) -> dict:
         torch_threads=torch.get_num_threads(),
     )
     return record
-
-
-def non_embedding(model) -> int | None:
-    """Non-embedding parameters, from the shell's method (a plug-in without it reports None)."""
-    count = getattr(model, "n_params_non_embedding", None)
-    return count() if callable(count) else None

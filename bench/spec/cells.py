@@ -1,8 +1,8 @@
 """A cell is one measurement, and the sweep's unit of work, resume and comparison. Two kinds:
 
 - ``TimingCell``: model x seq_len x batch x dtype x mode (train, prefill or decode) on one device;
-- ``AccuracyCell``: model x task, a model trained from scratch at seq_len (the training length) and
-  evaluated at ``eval_lens``.
+- ``AccuracyCell``: model x task x learning rate x seed, a model trained from scratch at seq_len (the
+  training length) and evaluated at ``eval_lens``.
 
 ``Cell`` is their tagged union (the tag is ``mode``), so code dispatches on the type, never on a string.
 A cell's ``key`` names everything that changes what is measured; two runs are compared cell by cell on it.
@@ -11,14 +11,18 @@ A cell's ``key`` names everything that changes what is measured; two runs are co
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from bench.spec.config import ACCURACY_MODE, ModelEntry, SweepSpec, TrainSettings
+from bench.registry import model_parameters
+from bench.spec.config import ACCURACY_MODE, AccuracySettings, ModelEntry, SweepSpec, TrainSettings
 from bench.spec.sizing import size_for_budget
 from bench.tasks import make_task
+
+SWA_SUFFIX = "-swa"  # the label of the sliding-window control: "transformer-swa"
 
 
 class CellBase(BaseModel):
@@ -104,7 +108,9 @@ class TimingCell(CellBase):
 
 
 class AccuracyCell(CellBase):
-    """A model trained from scratch on a task at seq_len, then scored at each of ``eval_lens``."""
+    """A model trained from scratch on a task at seq_len, then scored at each of ``eval_lens``. The seed
+    (of the model's initialisation and of the data) and the learning rate (``train.lr``) are part of the
+    key: the runs of a grid over seeds and learning rates are all kept, side by side."""
 
     mode: Literal["accuracy"] = "accuracy"
     task: str
@@ -112,9 +118,10 @@ class AccuracyCell(CellBase):
     task_args: dict[str, Any] = Field(default_factory=dict)
     eval_lens: list[int] = Field(default_factory=list)
     train: TrainSettings
+    smoke_test: bool = False  # how reports present it; not part of the identity
 
     def identity(self) -> tuple[str, ...]:
-        return (*self.COMMON_IDENTITY, "task", "task_label", "task_args", "eval_lens", "train")
+        return (*self.COMMON_IDENTITY, "task", "task_label", "task_args", "eval_lens", "train", "seed")
 
     @property
     def key(self) -> str:
@@ -182,38 +189,83 @@ def expand(spec: SweepSpec, models: list[ModelEntry], device: str) -> list[Timin
     return cells
 
 
-def accuracy_cells(spec: SweepSpec, entry: ModelEntry, device: str) -> list[AccuracyCell]:
-    """One cell per task for this model. The model is built with the task's vocabulary (a task defines
-    its tokens), and the sweep's width and depth unless the [accuracy] table sets its own."""
+def hybrid_args(entry: ModelEntry, context: int | None) -> dict[str, Any]:
+    """The model's arguments with its attention context (``window``, ``segment``) set to ``context``
+    where the model has one with a default (the Titans hybrids; not the plain Transformer, whose window
+    is None) and the sweep did not set it."""
+    args = dict(entry.args)
+    if context is None:
+        return args
+    for name, default in model_parameters(entry.name).items():
+        if (
+            name in ("window", "segment")
+            and default not in (None, inspect.Parameter.empty)
+            and name not in args
+        ):
+            args[name] = context
+    return args
+
+
+def swa_control(spec: SweepSpec, entry: ModelEntry) -> ModelEntry | None:
+    """The sliding-window control of a plain "transformer" entry, when the sweep asks for one
+    (``swa_control``; by default when the sweep lists no models) and the hybrids have a context to match
+    (``hybrid_context`` not None). Its window is resolved per task, like the hybrids'."""
     acc = spec.accuracy
-    settings = TrainSettings(**acc.model_dump(include=set(TrainSettings.model_fields)))
+    wanted = spec.models is None if acc.swa_control is None else acc.swa_control
+    label = entry.display + SWA_SUFFIX
+    if not wanted or acc.hybrid_context is None or entry.name != "transformer" or "window" in entry.args:
+        return None
+    if label in {m.display for m in spec.models or []}:  # listed by hand already
+        return None
+    return ModelEntry(name=entry.name, label=label, args=entry.args)
+
+
+def accuracy_cells(spec: SweepSpec, entry: ModelEntry, device: str) -> list[AccuracyCell]:
+    """One cell per task, learning rate and seed for this model (and its sliding-window control, see
+    :func:`swa_control`). The model is built with the task's vocabulary (a task defines its tokens),
+    and the sweep's width and depth unless the [accuracy] table sets its own; the hybrids' attention
+    context is ``hybrid_context`` of each task's training length."""
+    acc = spec.accuracy
     dtype = acc.dtype or ("bfloat16" if device == "cuda" else "float32")
+    control = swa_control(spec, entry)
     cells = []
-    for job in spec.tasks:
-        task = make_task(job.name, job.args)
-        train_len = job.train_len or acc.train_len
-        eval_lens = sorted(train_len * f for f in acc.eval_factors)
-        for length in (train_len, *eval_lens):
-            task.check_len(length)
-        cells.append(
-            AccuracyCell(
-                model=entry.name,
-                label=entry.display,
-                model_args=entry.args,
-                vocab_size=task.vocab_size,
-                d_model=acc.d_model or spec.d_model,
-                n_layers=acc.n_layers or spec.n_layers,
-                seq_len=train_len,
-                batch_size=acc.batch_size,
-                dtype=dtype,
-                device=device,
-                threads=acc.threads or spec.threads,
-                seed=spec.seed,
-                task=job.name,
-                task_label=job.display,
-                task_args=job.args,
-                eval_lens=eval_lens,
-                train=settings,
-            )
-        )
+    for model in [entry] if control is None else [entry, control]:
+        for job in spec.tasks:
+            task = make_task(job.name, job.args)
+            train_len = job.train_len or acc.train_len
+            eval_lens = sorted(train_len * f for f in acc.eval_factors)
+            for length in (train_len, *eval_lens):
+                task.check_len(length)
+            context = acc.context_tokens(train_len)
+            args = hybrid_args(model, context)
+            if model is control:
+                args["window"] = context
+            for lr in acc.lrs or [acc.lr]:
+                for seed in acc.seeds or [spec.seed]:
+                    cells.append(
+                        AccuracyCell(
+                            model=model.name,
+                            label=model.display,
+                            model_args=args,
+                            vocab_size=task.vocab_size,
+                            d_model=acc.d_model or spec.d_model,
+                            n_layers=acc.n_layers or spec.n_layers,
+                            seq_len=train_len,
+                            batch_size=acc.batch_size,
+                            dtype=dtype,
+                            device=device,
+                            threads=acc.threads or spec.threads,
+                            seed=seed,
+                            task=job.name,
+                            task_label=job.display,
+                            task_args=job.args,
+                            eval_lens=eval_lens,
+                            train=train_settings(acc, lr),
+                            smoke_test=acc.smoke_test,
+                        )
+                    )
     return cells
+
+
+def train_settings(acc: AccuracySettings, lr: float) -> TrainSettings:
+    return TrainSettings(**{**acc.model_dump(include=set(TrainSettings.model_fields)), "lr": lr})

@@ -29,7 +29,11 @@ ACCURACY_MODE = "accuracy"  # a model trained on a task, then scored (an Accurac
 
 PRESET_DIR = Path(__file__).parent / "presets"
 # --preset NAME: a packaged sweep file used as the base spec
-PRESETS = {"paper": "paper-accuracy.toml", "cpu-accuracy": "cpu-accuracy.toml"}
+PRESETS = {
+    "paper": "paper-accuracy.toml",
+    "cpu-accuracy": "cpu-accuracy.toml",
+    "cpu-recall": "cpu-recall.toml",
+}
 
 
 class Strict(BaseModel):
@@ -65,18 +69,26 @@ class TrainSettings(Strict):
     """How an accuracy cell trains its model: all of it changes what is measured, so all of it is
     part of the cell's identity."""
 
-    steps: PositiveInt = 2000  # the cosine schedule's length; training may stop earlier
-    max_seconds: PositiveFloat = 600.0  # wall-clock budget of the training loop (validation included)
-    # lr is the setting worth sweeping per model (Zoology does). A long warm-up matters: a small
-    # Transformer at lr 3e-3 with a short one stalls on MQAR's plateau and never learns recall.
+    steps: PositiveInt = 2000  # the budget, and the cosine schedule's length; training may stop earlier
+    # A safety cap on the training loop's wall clock (validation included), not a budget: a cell it
+    # stops is marked `cap_bound` and reports show it as such.
+    max_seconds: PositiveFloat = 600.0
+    # A small Transformer at lr 3e-3 with a short warm-up stalls on MQAR's plateau and never learns
+    # recall: a long warm-up matters. The [accuracy] table's `lrs` sweeps it per model, as Zoology does.
     lr: PositiveFloat = 3e-3
     warmup_steps: NonNegativeInt = 300
     weight_decay: NonNegativeFloat = 0.1
     grad_clip: PositiveFloat | None = 1.0
-    threshold: float = Field(default=0.99, gt=0, le=1)  # stop once validation accuracy reaches it
+    # Stop once validation accuracy reaches it; None (`false` in TOML): never, every model trains `steps`.
+    threshold: float | None = Field(default=0.99, gt=0, le=1)
     eval_every: PositiveInt = 25  # steps between validations
     val_samples: PositiveInt = 256  # held-out examples at the training length, for early stopping
     eval_samples: PositiveInt = 256  # held-out examples per evaluation length, for the results
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _false_is_none(cls, value: Any) -> Any:
+        return None if value is False else value  # TOML has no null
 
 
 class AccuracySettings(TrainSettings):
@@ -90,13 +102,44 @@ class AccuracySettings(TrainSettings):
     n_layers: PositiveInt | None = None
     dtype: DType | None = None  # None: float32 on the CPU, bfloat16 autocast on CUDA
     threads: PositiveInt | None = None  # CPU threads for torch; None: the sweep's
+    # Fair training: every model is trained at every learning rate of `lrs` (None: just `lr`) and every
+    # seed of `seeds` (None: the sweep's seed); reports pick each model's best learning rate by
+    # validation accuracy and give the mean over seeds with a 95% interval.
+    lrs: list[PositiveFloat] | None = Field(default=None, min_length=1)
+    seeds: list[int] | None = Field(default=None, min_length=1)
+    # The attention context of the hybrids (`window` of titans-mal/-mag, `segment` of titans-mac; any
+    # model whose `window` or `segment` has a default): a float is a fraction of the task's training
+    # length, an int a number of tokens, None the models' own defaults. Shorter than the distances the
+    # task asks about, so that what attention cannot reach must come from the memory. An explicit model
+    # argument in the sweep wins.
+    hybrid_context: PositiveInt | PositiveFloat | None = 0.25
+    # Add the sliding-window Transformer ("transformer-swa", window = hybrid_context) next to each plain
+    # "transformer", as the control for the hybrids: the same attention without the memory. None: when
+    # the sweep lists no models (every registered model runs).
+    swa_control: bool | None = None
+    # The report calls the accuracy section a smoke test (too little training to rank the models) and
+    # points to the presets. Not part of any cell's identity.
+    smoke_test: bool = False
 
-    @field_validator("eval_factors")
+    @field_validator("eval_factors", "lrs", "seeds")
     @classmethod
-    def _unique(cls, value: list) -> list:
-        if len(set(value)) != len(value):
+    def _unique(cls, value: list | None) -> list | None:
+        if value is not None and len(set(value)) != len(value):
             raise ValueError("contains duplicates")
         return value
+
+    @model_validator(mode="after")
+    def _lr_or_lrs(self) -> AccuracySettings:
+        if self.lrs is not None and self.lr != TrainSettings.model_fields["lr"].default:
+            raise ValueError(f"give lr ({self.lr}) or lrs ({self.lrs}), not both")
+        return self
+
+    def context_tokens(self, train_len: int) -> int | None:
+        """The hybrids' window / segment for a task trained at ``train_len``."""
+        c = self.hybrid_context
+        if c is None or isinstance(c, int):
+            return c
+        return max(1, round(c * train_len))
 
 
 class SweepSpec(Strict):

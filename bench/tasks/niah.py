@@ -14,6 +14,14 @@ rest of the sequence. Three variants:
 The "text" is a fixed essay sampled from a random Markov chain over filler tokens (seeded once, the same
 in every run), so the haystack varies like prose while never containing a key, a digit or a marker.
 
+Distance of a needle: the position at which a value token is asked minus the position of the same value
+token in the needle; it is the same for every token of the value, and the needle is scored as one item at it.
+
+Placement (``eval_placement``): in training and at the training length the needle sits at a uniformly random
+depth. With ``"stretch"`` (the default), examples longer than the training length put their needles at
+evenly spaced depths over the whole context, from the first token to the last, as RULER does, so that the
+distances cover the whole length evenly (at 2L, about half beyond L); ``"train"`` keeps random depths.
+
 Scoring is exact match of the whole value. Under teacher forcing, the argmax at every value position equals
 its target exactly when greedy generation would produce the whole value (each generated token is then the
 one fed next), so scoring the forward pass is scoring greedy generation, at the cost of one forward.
@@ -28,7 +36,7 @@ import torch
 from pydantic import Field, PositiveInt
 
 from bench.registry import register_task
-from bench.tasks.base import IGNORE, Task, TaskConfig
+from bench.tasks.base import IGNORE, NO_DISTANCE, Examples, Placement, Task, TaskConfig
 
 # Marker tokens, then the 16 hex digits (0-9 are the decimal digits), then keys, then filler.
 NEEDLE, IS, END, QUERY, DASH = 1, 2, 3, 4, 5
@@ -63,6 +71,7 @@ def essay(num_filler: int) -> torch.Tensor:
 class NiahConfig(TaskConfig):
     num_keys: int = Field(default=64, ge=1)  # distinct key tokens (RULER draws a random word)
     num_filler: int = Field(default=64, ge=2)  # distinct haystack tokens
+    eval_placement: Placement = "stretch"  # beyond the training length; "train": random depths throughout
 
 
 class NumberConfig(NiahConfig):
@@ -114,7 +123,7 @@ class Niah(Task):
         offsets = torch.randint(0, len(text), (n, 1), generator=g)
         return text[(offsets + torch.arange(length)) % len(text)] + self.filler0
 
-    def generate(self, n: int, seq_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def generate(self, n: int, seq_len: int, seed: int, train_len: int | None = None) -> Examples:
         self.check_len(seq_len)
         g = torch.Generator().manual_seed(seed)
         k = self.value_len()
@@ -123,7 +132,10 @@ class Niah(Task):
         haystacks = self.make_haystack(n, hay_len, g)
         keys = torch.randint(0, self.config.num_keys, (n,), generator=g) + KEY0
         values = self.values(n, g)
-        depths = torch.randint(0, hay_len + 1, (n,), generator=g)
+        if self.stretches(seq_len, train_len):  # RULER: evenly spaced depths, 0% to 100%
+            depths = torch.linspace(0, hay_len, n, dtype=torch.float64).round().long()
+        else:
+            depths = torch.randint(0, hay_len + 1, (n,), generator=g)
 
         full = torch.empty(n, seq_len + 1, dtype=torch.long)
         for i in range(n):
@@ -134,7 +146,10 @@ class Niah(Task):
         inputs = full[:, :-1].clone()
         targets = torch.full((n, seq_len), IGNORE, dtype=torch.long)
         targets[:, -k:] = full[:, -k:]
-        return inputs, targets
+        # Value token i is asked at seq_len - k + i and sits in the needle at depth + 3 + i.
+        distances = torch.full((n, seq_len), NO_DISTANCE, dtype=torch.long)
+        distances[:, -k:] = (seq_len - k - depths - 3)[:, None]
+        return Examples(inputs, targets, distances)
 
 
 class NumberNiah(Niah):

@@ -14,6 +14,7 @@ from tests.helpers import accuracy_cell
 def accuracy_spec(**accuracy):
     return parse_spec(
         {
+            "models": ["transformer"],  # listed: no sliding-window control added (see test_hybrid_context_*)
             "modes": ["train", "accuracy"],
             "seq_lens": [32],
             "d_model": 16,
@@ -86,7 +87,7 @@ def test_bad_tasks_are_named_before_anything_runs(tasks, message):
     "args, message",
     [
         (["--modes", "accuracy", "--tasks", "mqar,bogus"], "unknown task 'bogus'"),
-        (["--preset", "huge"], "unknown preset 'huge'; known presets: cpu-accuracy, paper"),
+        (["--preset", "huge"], "unknown preset 'huge'; known presets: cpu-accuracy, cpu-recall, paper"),
         (["x.toml", "--preset", "paper"], "give a sweep file or --preset, not both"),
         (["--modes", "train", "--tasks", "mqar"], "--tasks needs 'accuracy' among the modes"),
     ],
@@ -114,7 +115,24 @@ def test_presets_and_defaults():
 
     cpu = default_spec("cpu")
     assert "accuracy" in cpu.modes and [t.name for t in cpu.tasks] == ["mqar", "niah-pk"]
-    assert cpu.accuracy.max_seconds <= 15  # every registered model, within the 5-minute default run
+    # Was a 7-second race (max_seconds <= 15): now every registered model trains the same few steps, no
+    # early stop, within the 5-minute default run, and the report calls it a smoke test.
+    assert cpu.accuracy.threshold is None and cpu.accuracy.steps <= 100 and cpu.accuracy.smoke_test
+    assert cpu.accuracy.max_seconds >= 60  # a cap that load does not bind, not the budget
+
+    # Every accuracy preset: distance scoring (always), hybrids' context a quarter of the training length,
+    # the control (no models listed), a learning-rate grid, and seeds.
+    for name, n_lrs, n_seeds in (("cpu-accuracy", 2, 2), ("cpu-recall", 2, 1), ("paper", 3, 3)):
+        spec = preset_spec(name)
+        assert (
+            spec.models is None and spec.accuracy.hybrid_context == 0.25 and spec.accuracy.swa_control is None
+        )
+        assert len(spec.accuracy.lrs) == n_lrs and len(spec.accuracy.seeds or [spec.seed]) == n_seeds
+        assert spec.accuracy.max_seconds < spec.timeout_s and spec.accuracy.threads in (None, 1)
+    recall = preset_spec("cpu-recall")
+    assert [t.args["num_kv_pairs"] for t in recall.tasks] == [4, 8] and {t.name for t in recall.tasks} == {
+        "mqar"
+    }
 
 
 def test_lr_schedule_warms_up_then_decays_to_a_tenth():
@@ -147,5 +165,90 @@ def test_outputs_that_turn_nan_beyond_the_training_length_are_flagged():
     from bench.analysis.report_accuracy import by_length, table
 
     row = {**record, "label": "unstable", "task_label": "mqar", "seq_len": 16}
-    cells = table(by_length(pd.DataFrame([row]))).splitlines()[-1].split("|")[2:4]
+    cells = table(by_length(pd.DataFrame([row])), intervals=False).splitlines()[-1].split("|")[2:4]
     assert "(NaN" not in cells[0] and cells[1].strip() == f"{100 * record['acc_T32']:.1f} (NaN 100%)"
+
+
+def accuracy_cells_of(models, **accuracy):
+    """The accuracy cells of a sweep over ``models`` (None: the sweep lists none) with those settings."""
+    data = {"modes": ["accuracy"], "tasks": ["mqar", {"name": "niah-pk", "train_len": 128}]}
+    if models is not None:
+        data["models"] = models
+    spec = parse_spec({**data, "accuracy": {"train_len": 64, **accuracy}}, "test")
+    entries = spec.models or [ModelEntry(name=n) for n in ("titans-lmm", "titans-mac", "transformer")]
+    return expand(spec, entries, "cpu")
+
+
+def test_learning_rates_and_seeds_multiply_the_cells_and_are_part_of_the_key():
+    cells = accuracy_cells_of(["transformer"], lrs=[1e-3, 3e-3], seeds=[0, 1, 2])
+    assert len(cells) == 2 * 2 * 3
+    mqar = [c for c in cells if c.task == "mqar"]
+    assert [(c.train.lr, c.seed) for c in mqar] == [(lr, s) for lr in (1e-3, 3e-3) for s in (0, 1, 2)]
+    assert len({c.key for c in cells}) == len(cells)  # a second seed no longer overwrites the first
+    assert {c.label for c in cells} == {"transformer"} and {c.group for c in mqar} == {mqar[0].group}
+    one = mqar[0]
+    assert one.model_copy(update={"seed": 5}).key != one.key  # the seed is in the key...
+    assert one.model_copy(update={"threads": 2}).key == one.key  # ...how it runs is not
+    # Defaults: one learning rate (lr, 3e-3) and the sweep's seed; the key is stable across expansions.
+    default = accuracy_cells_of(["transformer"])
+    assert [(c.train.lr, c.seed) for c in default] == [(3e-3, 0), (3e-3, 0)]
+    assert [c.key for c in default] == [c.key for c in accuracy_cells_of(["transformer"])]
+    spec = parse_spec({"seed": 7, "models": ["transformer"], "modes": ["accuracy"], "tasks": ["mqar"]}, "t")
+    assert [c.seed for c in expand(spec, [ModelEntry(name="transformer")], "cpu")] == [7]
+
+
+@pytest.mark.parametrize(
+    "accuracy, message",
+    [
+        ({"lr": 1e-3, "lrs": [1e-3, 3e-3]}, "give lr .* or lrs .*, not both"),
+        ({"lrs": [1e-3, 1e-3]}, "duplicates"),
+        ({"seeds": [0, 0]}, "duplicates"),
+        ({"seeds": []}, "at least 1"),
+        ({"hybrid_context": 0}, "accuracy.hybrid_context"),
+    ],
+)
+def test_bad_grids_are_named(accuracy, message):
+    with pytest.raises(BenchError, match=message):
+        parse_spec({"accuracy": accuracy}, "x.toml")
+
+
+def test_hybrid_context_is_a_quarter_of_each_tasks_training_length_and_recorded():
+    cells = accuracy_cells_of(
+        ["titans-lmm", "titans-mal", "titans-mag", "titans-mac", "transformer", "deltanet"]
+    )
+    args = {(c.label, c.task): c.model_args for c in cells}
+    for task, quarter in (("mqar", 16), ("niah-pk", 32)):
+        assert args["titans-mal", task] == args["titans-mag", task] == {"window": quarter}
+        assert args["titans-mac", task] == {"segment": quarter}
+        assert args["titans-lmm", task] == args["transformer", task] == args["deltanet", task] == {}
+    assert "transformer-swa" not in {c.label for c in cells}  # models listed: no control unless asked
+
+    # An explicit argument wins; an int is tokens, a float a fraction; None keeps the models' defaults.
+    mal = {"name": "titans-mal", "args": {"window": 5}}
+    assert [c.model_args for c in accuracy_cells_of([mal, "titans-mag"])] == [{"window": 5}] * 2 + [
+        {"window": 16},
+        {"window": 32},
+    ]
+    assert {c.model_args["segment"] for c in accuracy_cells_of(["titans-mac"], hybrid_context=7)} == {7}
+    assert {c.model_args["segment"] for c in accuracy_cells_of(["titans-mac"], hybrid_context=0.5)} == {
+        32,
+        64,
+    }
+    assert [c.model_args for c in accuracy_cells_of(["titans-mac"], hybrid_context=None)] == [{}, {}]
+
+
+def test_the_sliding_window_control_comes_with_the_default_model_list():
+    cells = accuracy_cells_of(None)  # the sweep lists no models: every registered one, and the control
+    labels = list(dict.fromkeys(c.label for c in cells))
+    assert labels == ["titans-lmm", "titans-mac", "transformer", "transformer-swa"]
+    swa = {c.task: c for c in cells if c.label == "transformer-swa"}
+    mac = {c.task: c for c in cells if c.label == "titans-mac"}
+    assert {t: c.model_args for t, c in swa.items()} == {"mqar": {"window": 16}, "niah-pk": {"window": 32}}
+    assert all(swa[t].model_args["window"] == mac[t].model_args["segment"] for t in swa)
+    assert swa["mqar"].model == "transformer" and len({c.key for c in cells}) == len(cells)
+    # Asked for explicitly with listed models; never twice; not at all when switched off.
+    assert "transformer-swa" in {c.label for c in accuracy_cells_of(["transformer"], swa_control=True)}
+    by_hand = {"name": "transformer", "label": "transformer-swa", "args": {"window": 9}}
+    cells = accuracy_cells_of(["transformer", by_hand], swa_control=True)
+    assert [c.model_args for c in cells if c.label == "transformer-swa"] == [{"window": 9}] * 2
+    assert "transformer-swa" not in {c.label for c in accuracy_cells_of(None, swa_control=False)}

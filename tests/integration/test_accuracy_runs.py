@@ -69,3 +69,54 @@ def test_accuracy_sweep_through_the_cli(tmp_path):
     for png in ("accuracy_heatmap.png", "training_curves.png", "accuracy_vs_state.png"):
         assert (out / png).stat().st_size > 1000
     assert "Training throughput" not in report  # an accuracy-only run has no timing section
+
+
+def test_a_grid_of_learning_rates_and_seeds_through_the_cli(tmp_path):
+    """Every run of the grid is kept; the report shows the chosen rate, the mean over seeds with its
+    interval, the beyond-training-length columns and the distance heatmap. The models recall exactly what
+    lies 4 or 64 tokens back (tests/plugins/window_recall.py), so the numbers are known."""
+    spec = tmp_path / "grid.toml"
+    spec.write_text(
+        """
+        models = [
+            { name = "tests.plugins.window_recall:build", label = "reach-4", args = { reach = 4 } },
+            { name = "tests.plugins.window_recall:build", label = "reach-64", args = { reach = 64 } },
+        ]
+        modes = ["accuracy"]
+        device = "cpu"
+        tasks = [{ name = "mqar", args = { vocab_size = 16, num_kv_pairs = 2, random_non_queries = false } }]
+        [accuracy]
+        train_len = 16
+        eval_factors = [1, 2, 4]
+        batch_size = 8
+        steps = 4
+        eval_every = 2
+        val_samples = 16
+        eval_samples = 32
+        lrs = [1e-3, 3e-3]
+        seeds = [0, 1]
+        threads = 1
+        """
+    )
+    out = tmp_path / "run"
+    assert main(["run", str(spec), "--out", str(out), *TINY_MODEL]) == 0
+    frame = results.load(out)
+    assert len(frame) == 8 and frame["key"].nunique() == 8  # 2 models x 2 rates x 2 seeds, all kept
+    assert sorted({(c["lr"], s) for c, s in zip(frame["train"], frame["seed"], strict=True)}) == [
+        (1e-3, 0),
+        (1e-3, 1),
+        (3e-3, 0),
+        (3e-3, 1),
+    ]
+    near = frame[frame["label"] == "reach-4"].iloc[0]
+    beyond = [e["beyond_train"] for e in near["accuracy_by_len"]]
+    assert beyond == [None, 0.0, 0.0]  # nothing beyond 16 tokens back
+    report = (out / "REPORT.md").read_text()
+    assert (
+        "| model | mqar T=16 | mqar T=32 | mqar T=32, d>16 | mqar T=64 | mqar T=64, d>16 | context | lr |"
+        in report
+    )
+    # Two seeds that agree at 100%: the t interval has no width, so Wilson's over the 2 x 32 examples shows
+    assert "| reach-64 | 100.0 [94–100] | 100.0 [94–100] | 100.0 [94–100] |" in report
+    assert report.count("| ✓ |") == 2 and "Student's t over the 2 seeds" in report
+    assert (out / "accuracy_by_distance.png").stat().st_size > 1000

@@ -1,0 +1,167 @@
+"""The accuracy report: the learning rate chosen by validation, the mean and interval over seeds, the
+beyond-training-length columns, the seconds cap shown as such, the smoke-test label and the difficulty
+sweep, from records made by hand (and one real capped cell)."""
+
+import pandas as pd
+import pytest
+
+from bench.analysis.report_accuracy import (
+    accuracy_section,
+    by_length,
+    difficulty_axis,
+    runs,
+    smoke_note,
+    summarize,
+    table,
+    training_table,
+)
+from bench.analysis.stats import t_interval, wilson_interval
+from bench.running.accuracy import run_accuracy_cell
+from tests.helpers import accuracy_cell
+
+
+def record(label, lr, seed, val, acc, beyond=None, status="ok", steps=100, task="mqar", **extra):
+    """A stored accuracy record: trained at 32, evaluated at 32 and 64 (``acc``, ``beyond`` at 64)."""
+    entries = [
+        {"eval_len": 32, "accuracy": acc[0], "n_examples": 100, "state_bytes": 10, "by_distance": []},
+        {
+            "eval_len": 64,
+            "accuracy": acc[1],
+            "beyond_train": beyond,
+            "n_examples": 100,
+            "beyond_train_examples": 80,
+            "state_bytes": 20,
+            "by_distance": [
+                {"max_distance": 32, "correct": 10, "total": 20},
+                {"max_distance": 64, "correct": 0, "total": 80},
+            ],
+        },
+    ]
+    if status != "ok":
+        entries = [{**e, "accuracy": None} for e in entries]
+    return {
+        "label": label,
+        "model": label,
+        "model_args": {},
+        "task": "mqar",
+        "task_label": task,
+        "task_args": {"num_kv_pairs": 4},
+        "seq_len": 32,
+        "d_model": 64,
+        "n_layers": 2,
+        "status": status,
+        "train": {"lr": lr, "steps": 600},
+        "seed": seed,
+        "val_accuracy": val if status == "ok" else None,
+        "steps_run": steps,
+        "stop_reason": "steps",
+        "cap_bound": False,
+        "accuracy_by_len": entries,
+        "train_seconds": 1.0,
+        "final_loss": 0.1,
+        "n_params": 1000,
+        "state_bytes": 10,
+        **extra,
+    }
+
+
+def test_the_learning_rate_is_chosen_by_mean_validation_accuracy_over_seeds():
+    cells = pd.DataFrame(
+        [
+            # lr 1e-3 has the best single run (0.99) but the worse mean (0.6); 3e-3 wins on the mean
+            record("a", 1e-3, 0, 0.99, (0.99, 0.5)),
+            record("a", 1e-3, 1, 0.21, (0.2, 0.1)),
+            record("a", 3e-3, 0, 0.80, (0.8, 0.7), beyond=0.6),
+            record("a", 3e-3, 1, 0.90, (0.9, 0.6), beyond=0.5),
+            # both reached the early-stopping threshold (0.99): a tie, to the rate that got there first
+            record("b", 1e-3, 0, 1.0, (1.0, 0.9), steps=300, train={"lr": 1e-3, "threshold": 0.99}),
+            record("b", 1e-2, 0, 0.992, (1.0, 0.4), steps=150, train={"lr": 1e-2, "threshold": 0.99}),
+            # a diverged run counts as 0, never as a missing value that would let its rate win
+            record("c", 1e-2, 0, None, (None, None), status="diverged"),
+            record("c", 1e-3, 0, 0.3, (0.3, 0.2)),
+        ]
+    )
+    chosen = runs(cells)
+    assert chosen.loc[chosen["chosen"], ["label", "lr"]].drop_duplicates().values.tolist() == [
+        ["a", 3e-3],
+        ["b", 1e-2],
+        ["c", 1e-3],
+    ]
+    summary = summarize(by_length(cells)).set_index(["label", "eval_len"])
+    a = summary.loc[("a", 64)]
+    assert a["accuracy"] == pytest.approx(0.65) and a["seeds"] == 2  # the mean over seeds
+    _, low, high = t_interval([0.7, 0.6])  # wider than Wilson's over the 200 examples: t decides
+    assert (a["accuracy_low"], a["accuracy_high"]) == pytest.approx((max(0, low), min(1, high)))
+    assert low < wilson_interval(130, 200)[0]
+    assert a["beyond_train"] == pytest.approx(0.55)
+    b = summary.loc[("b", 64)]  # one seed: Wilson over the examples
+    assert (b["accuracy_low"], b["accuracy_high"]) == pytest.approx(wilson_interval(40, 100))
+    assert pd.isna(b["beyond_train"]) and pd.isna(b["beyond_train_low"])  # no beyond figure stored
+
+    text = table(by_length(cells))
+    assert "| model | mqar T=32 | mqar T=64 | mqar T=64, d>32 | context | lr |" in text
+    lines = {line.split("|")[1].strip(): line for line in text.splitlines()[2:]}
+    assert "| 65.0 [1–100] | 55.0 [0–100] | – | 3e-3 |" in lines["a"]  # two seeds: t(1) = 12.7, wide
+    assert "| 40.0 [31–50] | – | – | 1e-2 |" in lines["b"]
+    # Seeds that agree exactly: the interval is Wilson's over their examples pooled, not zero-wide.
+    same = pd.DataFrame([record("d", 1e-3, s, 1.0, (1.0, 1.0)) for s in (0, 1)])
+    d = summarize(by_length(same)).iloc[0]
+    assert (d["accuracy_low"], d["accuracy_high"]) == pytest.approx(wilson_interval(200, 200))
+    training = training_table(cells)
+    assert training.count("✓") == 3 and len(training.splitlines()) == 2 + 6  # a row per model and rate
+    assert "| a | mqar | 32 | 3e-3 | ✓ | 2 | ok ×2 | 85.0 |" in training
+
+
+def test_failed_seeds_and_the_seconds_cap_are_shown_as_such():
+    cells = pd.DataFrame(
+        [
+            record("a", 1e-3, 0, 0.9, (0.9, 0.5)),
+            record("a", 1e-3, 1, None, (None, None), status="diverged"),
+            record("b", 1e-3, 0, 0.3, (0.3, 0.1), cap_bound=True, stop_reason="max_seconds"),
+        ]
+    )
+    lines = {line.split("|")[1].strip(): line for line in table(by_length(cells)).splitlines()[2:]}
+    assert "90.0 [" in lines["a"] and "(1 of 2 seeds failed)" in lines["a"]
+    assert "30.0 [" in lines["b"] and lines["b"].count("(cap)") == 2
+    assert "| max_seconds | **1** |" in training_table(cells)
+
+
+def test_a_capped_cell_says_so_and_its_final_model_is_validated():
+    cell = accuracy_cell(
+        "tests.plugins.window_recall:build",
+        "mqar",
+        {"vocab_size": 16, "num_kv_pairs": 2, "random_non_queries": False},
+        16,
+        steps=1000,
+        max_seconds=1e-6,
+        threshold=None,
+    )
+    rec = run_accuracy_cell(cell)
+    assert rec["stop_reason"] == "max_seconds" and rec["cap_bound"] is True and rec["steps_run"] == 1
+    assert rec["val_curve"] == [[1, rec["val_accuracy"]]]  # validated once more after the cap
+    row = {**rec, "label": "w", "task_label": "mqar", "seq_len": 16, "train": cell.train.model_dump()}
+    assert "(cap)" in table(by_length(pd.DataFrame([row])))
+    # A cap passed on the last step did not bind: the budget was run in full.
+    done = run_accuracy_cell(cell.model_copy(update={"train": cell.train.model_copy(update={"steps": 1})}))
+    assert done["cap_bound"] is False and done["stop_reason"] == "steps" and done["steps_run"] == 1
+
+
+def test_difficulty_axis_and_smoke_test_note(tmp_path):
+    pairs = [
+        record(m, 1e-3, 0, 0.9, (acc, acc / 2), beyond=0.1, task=f"mqar-p{n}", task_args={"num_kv_pairs": n})
+        for n, accs in ((2, (1.0, 0.9)), (8, (0.9, 0.4)))
+        for m, acc in zip(("x", "y"), accs, strict=True)
+    ]
+    cells = pd.DataFrame(pairs)
+    assert difficulty_axis(cells) == ("num_kv_pairs", {"mqar-p2": 2, "mqar-p8": 8})
+    mixed = pd.DataFrame([pairs[0], {**pairs[2], "task": "niah-pk"}])
+    assert difficulty_axis(mixed) is None
+    text = "\n".join(accuracy_section(cells, tmp_path))
+    assert "At the hardest setting (num_kv_pairs = 8, task mqar-p8)" in text
+    assert "best x 90.0%, worst y 40.0% (spread 50.0 points)" in text
+    assert "Smoke test" not in text and smoke_note(cells) == []
+    assert (tmp_path / "accuracy_vs_difficulty.png").stat().st_size > 1000
+    assert (tmp_path / "accuracy_by_distance.png").stat().st_size > 1000
+    smoke = smoke_note(cells.assign(smoke_test=True))[0]
+    assert smoke.startswith("**Smoke test.** Every model trained for the same 100 steps")
+    assert "--preset cpu-recall" in smoke
