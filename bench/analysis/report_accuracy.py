@@ -521,6 +521,25 @@ def spread_text(long: pd.DataFrame, axis: tuple[str, dict[str, float]] | None) -
     return [f"{what}, at the training length: " + "; ".join(out) + ".", ""]
 
 
+def time_text(cells: pd.DataFrame) -> str:
+    """How long the cells took: the wall clock of all of them, and an estimate for a quiet core (each
+    cell's wall clock scaled by the share of the CPU its training got), for runs on a shared machine."""
+    if "wall_s" not in cells:
+        return ""
+    wall = pd.to_numeric(cells["wall_s"], errors="coerce")
+    text = f"{len(cells)} cells, {wall.sum() / 60:.0f} minutes of wall clock in all"
+    if {"train_cpu_seconds", "train_seconds"} <= set(cells.columns):
+        share = pd.to_numeric(cells["train_cpu_seconds"], errors="coerce") / pd.to_numeric(
+            cells["train_seconds"], errors="coerce"
+        )
+        quiet = (wall * share.clip(upper=1)).sum()
+        text += (
+            f", about {quiet / 60:.0f} on a quiet core (each cell's wall clock times the share of the "
+            "CPU its training got)"
+        )
+    return text + "."
+
+
 def smoke_note(cells: pd.DataFrame) -> list[str]:
     """The warning that heads a smoke-test run's section (the [accuracy] table's ``smoke_test``)."""
     if "smoke_test" not in cells or not cells["smoke_test"].fillna(False).astype(bool).any():
@@ -587,7 +606,8 @@ def accuracy_section(cells: pd.DataFrame, run_dir: Path) -> list[str]:
         "validation accuracy of the final model at the training length; `stopped by`: `threshold` "
         "(validation accuracy reached it), `steps` (the budget), `max_seconds` (the safety cap bound: "
         "counted in `cap bound`), `diverged`; `seconds`: wall clock of the training loop, `CPU s`: the "
-        "CPU time of its process (on a shared machine, about what a quiet one would take).",
+        "CPU time of its process (on a shared machine, about what a quiet one would take). "
+        + time_text(cells),
         "",
         training_table(cells),
         "",
