@@ -485,6 +485,9 @@ def plot_difficulty(long: pd.DataFrame, axis: tuple[str, dict[str, float]], path
         ax.set_title(title)
         ax.set_xlabel(name)
         ax.set_xscale("log", base=2)
+        ticks = sorted(set(values.values()))
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
         ax.set_ylim(-0.02, 1.02)
     axes[0].set_ylabel("accuracy (mean over seeds, chosen lr)")
     axes[1].legend(title="model", fontsize=7, loc="lower left")
@@ -516,6 +519,25 @@ def spread_text(long: pd.DataFrame, axis: tuple[str, dict[str, float]] | None) -
             f"{100 * worst['accuracy']:.1f}% (spread {spread:.1f} points)"
         )
     return [f"{what}, at the training length: " + "; ".join(out) + ".", ""]
+
+
+def time_text(cells: pd.DataFrame) -> str:
+    """How long the cells took: the wall clock of all of them, and an estimate for a quiet core (each
+    cell's wall clock scaled by the share of the CPU its training got), for runs on a shared machine."""
+    if "wall_s" not in cells:
+        return ""
+    wall = pd.to_numeric(cells["wall_s"], errors="coerce")
+    text = f"{len(cells)} cells, {wall.sum() / 60:.0f} minutes of wall clock in all"
+    if {"train_cpu_seconds", "train_seconds"} <= set(cells.columns):
+        share = pd.to_numeric(cells["train_cpu_seconds"], errors="coerce") / pd.to_numeric(
+            cells["train_seconds"], errors="coerce"
+        )
+        quiet = (wall * share.clip(upper=1)).sum()
+        text += (
+            f", about {quiet / 60:.0f} on a quiet core (each cell's wall clock times the share of the "
+            "CPU its training got)"
+        )
+    return text + "."
 
 
 def smoke_note(cells: pd.DataFrame) -> list[str]:
@@ -584,7 +606,8 @@ def accuracy_section(cells: pd.DataFrame, run_dir: Path) -> list[str]:
         "validation accuracy of the final model at the training length; `stopped by`: `threshold` "
         "(validation accuracy reached it), `steps` (the budget), `max_seconds` (the safety cap bound: "
         "counted in `cap bound`), `diverged`; `seconds`: wall clock of the training loop, `CPU s`: the "
-        "CPU time of its process (on a shared machine, about what a quiet one would take).",
+        "CPU time of its process (on a shared machine, about what a quiet one would take). "
+        + time_text(cells),
         "",
         training_table(cells),
         "",

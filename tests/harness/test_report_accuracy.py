@@ -13,6 +13,7 @@ from bench.analysis.report_accuracy import (
     smoke_note,
     summarize,
     table,
+    time_text,
     training_table,
 )
 from bench.analysis.stats import t_interval, wilson_interval
@@ -124,6 +125,13 @@ def test_failed_seeds_and_the_seconds_cap_are_shown_as_such():
     assert "90.0 [" in lines["a"] and "(1 of 2 seeds failed)" in lines["a"]
     assert "30.0 [" in lines["b"] and lines["b"].count("(cap)") == 2
     assert "| max_seconds | **1** |" in training_table(cells)
+    timed = cells.assign(
+        wall_s=[120.0, 60.0, 60.0], train_seconds=100.0, train_cpu_seconds=[50.0, 25.0, 100.0]
+    )
+    assert time_text(timed) == (
+        "3 cells, 4 minutes of wall clock in all, about 2 on a quiet core (each cell's wall clock times the "
+        "share of the CPU its training got)."
+    )
 
 
 def test_a_capped_cell_says_so_and_its_final_model_is_validated():
