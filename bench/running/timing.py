@@ -3,9 +3,11 @@ synchronisation (CUDA events on GPU), one sample per repeat, raw samples kept, d
 
 A fixed warm-up count is not enough: on a CPU the first calls of a model can run 30-50% slower than later
 ones for several calls (allocator growth, caches, the OS placing threads), and a median over a handful of
-repeats then understates the steady rate. So warm-up continues past ``min_calls`` until the last
-``SETTLE_WINDOW`` calls agree within ``SETTLE_TOLERANCE``, up to a cap in calls and in seconds; the row
-records how many warm-up calls ran and whether they settled. What remains is checked on the timed samples:
+repeats then understates the steady rate. So warm-up continues past ``min_calls`` until the calls stop
+getting faster: until the fastest of the last ``SETTLE_WINDOW`` calls is no more than ``SETTLE_TOLERANCE``
+faster than the fastest call before them. A slow outlier (another process taking the core for a moment)
+does not hold warm-up back; only a trend does. It stops at a cap in calls and in seconds; the row records
+how many warm-up calls ran and whether they settled. What remains is checked on the timed samples:
 when the first two differ from the last two by more than ``DRIFT_LIMIT``, the row says so (``drift``) and
 the report flags the cell.
 """
@@ -22,7 +24,7 @@ import torch
 from bench import results
 
 SETTLE_WINDOW = 3
-SETTLE_TOLERANCE = 0.10  # the slowest of the window at most 10% above the fastest
+SETTLE_TOLERANCE = 0.05  # the last calls at most 5% faster than the best before them
 DRIFT_LIMIT = 0.15
 
 
@@ -58,11 +60,11 @@ class Warmup:
 
 
 def settled(times: list[float], window: int = SETTLE_WINDOW, tolerance: float = SETTLE_TOLERANCE) -> bool:
-    """Whether the last ``window`` calls agree: the slowest within ``tolerance`` of the fastest."""
-    if len(times) < window:
+    """Whether the calls stopped getting faster: the best of the last ``window`` is within ``tolerance``
+    of the best of the calls before them."""
+    if len(times) <= window:
         return False
-    last = times[-window:]
-    return max(last) <= (1 + tolerance) * min(last)
+    return min(times[-window:]) >= (1 - tolerance) * min(times[:-window])
 
 
 def warm_up(
@@ -70,8 +72,8 @@ def warm_up(
     device: torch.device,
     setup: Callable[[], object] | None = None,
     min_calls: int = 2,
-    max_calls: int = 20,
-    max_seconds: float = 30.0,
+    max_calls: int = 12,
+    max_seconds: float = 15.0,
 ) -> Warmup:
     """Call ``fn`` (untimed for the results) until at least ``min_calls`` calls ran and the timings settle,
     or ``max_calls`` / ``max_seconds`` is reached."""

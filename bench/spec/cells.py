@@ -79,7 +79,7 @@ class TimingCell(CellBase):
     mode: Literal["train", "prefill", "decode"]
     repeats: int = 5
     warmup: int = 2
-    warmup_max: int = 20
+    warmup_max: int = 12
     decode_tokens: int = 32
     compile: bool = False
 

@@ -159,7 +159,7 @@ class SweepSpec(Strict):
     # How cells are timed. decode_tokens and threads change what a cell measures: they are in its key.
     repeats: PositiveInt = 5
     warmup: PositiveInt = 2  # warm-up calls at least; more until the timings settle, up to warmup_max
-    warmup_max: PositiveInt = 20
+    warmup_max: PositiveInt = 12
     decode_tokens: PositiveInt = 32
     threads: PositiveInt | None = None  # CPU threads for torch; None: torch's default
     # Every cell measured `rounds` times, each time in a fresh process, the cells in a new seeded order
