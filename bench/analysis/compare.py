@@ -10,7 +10,9 @@ exact Mann-Whitney p cannot go below 2 / C(2n, n) (n = 3: 0.10, n = 4: 0.029, n 
 samples cannot reach ``alpha`` the comparison says so and refuses to decide (exit 2) instead of silently
 calling every change "not significant".
 
-Peak memory and state size are nearly deterministic, so a rise beyond ``mem_threshold`` is enough;
+Peak memory and state size are nearly deterministic, so a rise beyond ``mem_threshold`` is enough, as
+long as it is also larger than ``mem_floor`` bytes: the CPU high-water mark moves in pages and the CUDA
+caching allocator in blocks, so on a tiny model one page more would otherwise read as a 20% regression;
 accuracy counts when it drops by more than ``acc_threshold`` (absolute). A cell that was ok and now fails
 is a regression. Exit codes (from the CLI): 0 no regression, 1 a regression, 2 bad input or a comparison
 that cannot decide.
@@ -118,11 +120,12 @@ def compare_timing(key: str, base: list[float], new: list[float], threshold: flo
 
 
 def _deterministic(
-    key: str, metric: str, base: float, new: float, threshold: float, higher_is_worse: bool
+    key: str, metric: str, base: float, new: float, threshold: float, higher_is_worse: bool, floor: float = 0.0
 ) -> Change:
     ratio = new / base if base else (math.inf if new else 1.0)
-    worse = ratio > 1 + threshold if higher_is_worse else ratio < 1 - threshold
-    better = ratio < 1 - threshold if higher_is_worse else ratio > 1 + threshold
+    big = abs(new - base) > floor
+    worse = big and (ratio > 1 + threshold if higher_is_worse else ratio < 1 - threshold)
+    better = big and (ratio < 1 - threshold if higher_is_worse else ratio > 1 + threshold)
     verdict = "regression" if worse else "improvement" if better else "unchanged"
     return Change(key, metric, base, new, ratio, None, verdict)
 
@@ -138,6 +141,7 @@ def compare_runs(
     alpha: float = 0.01,
     mem_threshold: float = 0.10,
     acc_threshold: float = 0.05,
+    mem_floor: float = 2**20,
 ) -> Comparison:
     base, new = _load(base_run), _load(new_run)
     out = Comparison(only_base=sorted(set(base) - set(new)), only_new=sorted(set(new) - set(base)))
@@ -161,7 +165,7 @@ def compare_runs(
         for metric in ("peak_mem_bytes", "state_bytes"):
             bv, nv = _number(b.get(metric)), _number(n.get(metric))
             if bv is not None and nv is not None:
-                out.changes.append(_deterministic(key, metric, bv, nv, mem_threshold, higher_is_worse=True))
+                out.changes.append(_deterministic(key, metric, bv, nv, mem_threshold, True, mem_floor))
         for col in sorted(c for c in b if c.startswith("acc_T")):
             bv, nv = _number(b.get(col)), _number(n.get(col))
             if bv is None or nv is None:

@@ -29,6 +29,12 @@ def add_arguments(cmp: argparse.ArgumentParser) -> None:
         help="relative memory/state growth that counts (%(default)s)",
     )
     cmp.add_argument(
+        "--mem-floor",
+        type=float,
+        default=1.0,
+        help="MiB: a smaller memory/state change never counts, whatever its ratio (%(default)s)",
+    )
+    cmp.add_argument(
         "--acc-threshold", type=float, default=0.05, help="absolute accuracy drop that counts (%(default)s)"
     )
     cmp.add_argument(
@@ -49,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         ("--threshold", args.threshold),
         ("--mem-threshold", args.mem_threshold),
         ("--acc-threshold", args.acc_threshold),
+        ("--mem-floor", args.mem_floor),
     ):
         if value < 0:
             raise BenchError(f"{name} must be >= 0, got {value}")
@@ -57,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     if args.min_common < 1:
         raise BenchError(f"--min-common must be >= 1, got {args.min_common}")
     comp = compare_runs(
-        args.base, args.new, args.threshold, args.alpha, args.mem_threshold, args.acc_threshold
+        args.base, args.new, args.threshold, args.alpha, args.mem_threshold, args.acc_threshold,
+        mem_floor=args.mem_floor * 2**20,
     )
     text = to_markdown(comp, show_unchanged=args.all)
     print(text)

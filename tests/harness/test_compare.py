@@ -54,12 +54,15 @@ def test_significant_but_small_change_is_unchanged():
     assert change.p_value < 0.01 and change.verdict == "unchanged"
 
 
+MIB = 2**20
+
+
 def write_run(path, records):
     for r in records:
         results.append(path / results.RESULTS, r)
 
 
-def cell(key, time_s, mem=100.0, state=10.0, status="ok", n=8, seed=0, **extra):
+def cell(key, time_s, mem=100 * MIB, state=10.0, status="ok", n=8, seed=0, **extra):
     rec = {"key": key, "status": status, **extra}
     if status == "ok":
         rec.update(samples_s=samples(time_s, n, seed), peak_mem_bytes=mem, state_bytes=state)
@@ -74,7 +77,7 @@ def runs(tmp_path):
         base,
         [
             cell("same", 1.0, seed=1),
-            cell("mem", 1.0, mem=100, seed=2),
+            cell("mem", 1.0, mem=100 * MIB, seed=2),
             cell("gone", 1.0),
             cell("breaks", 1.0),
         ],
@@ -83,7 +86,7 @@ def runs(tmp_path):
         new,
         [
             cell("same", 1.0, seed=3),
-            cell("mem", 1.0, mem=150, seed=4),
+            cell("mem", 1.0, mem=150 * MIB, seed=4),
             cell("added", 1.0),
             cell("breaks", 1.0, status="oom"),
         ],
@@ -96,6 +99,20 @@ def test_memory_growth_failures_and_unmatched_cells(runs):
     flagged = {(c.key, c.metric) for c in comp.regressions}
     assert flagged == {("mem", "peak_mem_bytes"), ("breaks", "status ok -> oom")}
     assert comp.only_base == ["gone"] and comp.only_new == ["added"]
+
+
+def test_a_page_more_on_a_tiny_model_is_not_a_memory_regression(tmp_path):
+    """The CPU high-water mark moves in 4 KiB pages: 20 -> 24 KiB is +20% but no regression; 20 -> 24 MiB is."""
+    base, new = tmp_path / "base", tmp_path / "new"
+    base.mkdir(), new.mkdir()
+    write_run(base, [cell("tiny", 1.0, mem=20 * 1024, seed=1), cell("big", 1.0, mem=20 * MIB, seed=2)])
+    write_run(new, [cell("tiny", 1.0, mem=24 * 1024, seed=3), cell("big", 1.0, mem=24 * MIB, seed=4)])
+    comp = compare_runs(str(base), str(new))
+    assert {(c.key, c.metric) for c in comp.regressions} == {("big", "peak_mem_bytes")}
+    assert {(c.key, c.metric) for c in compare_runs(str(base), str(new), mem_floor=0).regressions} == {
+        ("tiny", "peak_mem_bytes"),
+        ("big", "peak_mem_bytes"),
+    }
 
 
 def test_cli_exit_codes_and_markdown(runs, tmp_path, capsys):
