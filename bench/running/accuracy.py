@@ -17,6 +17,9 @@ query, a needle) is counted by the distance between its evidence and its questio
 ``by_distance`` (doubling bins: ``{"max_distance", "correct", "total"}``) and ``beyond_train``: the
 accuracy over the items whose distance exceeds the training length (None where there are none), with
 ``beyond_train_items`` and ``beyond_train_examples`` (how many items, and how many examples they come from).
+A task scored by position (a running state, bench/tasks/state.py) also gets ``longest_prefix_90``: the
+longest prefix length L such that the accuracy over the examples is at least 90% at every position < L
+(bench.tasks.base.longest_prefix; L = eval_len when no position falls short).
 """
 
 from __future__ import annotations
@@ -35,10 +38,18 @@ from bench.running.failures import free_cuda, is_oom
 from bench.spec.cells import AccuracyCell
 from bench.spec.config import TrainSettings
 from bench.tasks import IGNORE, Task, make_task
-from bench.tasks.base import Examples, bin_by_distance, derive_seed, drop_seen, example_ids
+from bench.tasks.base import (
+    Examples,
+    bin_by_distance,
+    derive_seed,
+    drop_seen,
+    example_ids,
+    longest_prefix,
+)
 
 LOG_POINTS = 200  # loss-curve points kept per cell: enough to plot, small enough to store
 MIN_LR_FRACTION = 0.1
+PREFIX_LEVEL = 0.9  # longest_prefix_90: the longest prefix at which a model is still this accurate
 
 Data = Examples
 
@@ -123,7 +134,7 @@ def score_by_distance(task: Task, predictions: torch.Tensor, data: Data, train_l
     items = task.items(predictions, data)
     beyond = items.distance > train_len
     n_beyond = int(beyond.sum())
-    return {
+    out = {
         "n_examples": data.n,
         "n_items": len(items.distance),
         "by_distance": bin_by_distance(items.distance, items.correct, data.inputs.shape[1]),
@@ -131,6 +142,10 @@ def score_by_distance(task: Task, predictions: torch.Tensor, data: Data, train_l
         "beyond_train_items": n_beyond,
         "beyond_train_examples": len(items.example[beyond].unique()),
     }
+    if task.scored_by_position:
+        asked = data.targets != IGNORE
+        out["longest_prefix_90"] = longest_prefix(predictions == data.targets, asked, PREFIX_LEVEL)
+    return out
 
 
 def next_batch(task: Task, cell: AccuracyCell, draw: int, seen: set[bytes]) -> Data:

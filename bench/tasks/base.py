@@ -78,6 +78,9 @@ class Task:
     # False: an example scores the fraction of its asked positions that are right (MQAR).
     # True: an example scores 1 only if every asked position is right (a needle's whole value).
     exact: ClassVar[bool] = False
+    # True: every position is asked and its distance is the position + 1 (a running state, nothing to
+    # recall): the evaluation also records the longest prefix the model gets right (see longest_prefix).
+    scored_by_position: ClassVar[bool] = False
 
     def __init__(self, config: TaskConfig):
         self.config = config
@@ -151,6 +154,19 @@ def bin_by_distance(distance: torch.Tensor, correct: torch.Tensor, length: int) 
         out.append({"max_distance": bound, "correct": int(correct[inside].sum()), "total": int(inside.sum())})
         low = bound
     return out
+
+
+def longest_prefix(correct: torch.Tensor, asked: torch.Tensor, level: float = 0.9) -> int:
+    """The longest prefix length L at which the model is still at least ``level`` correct: the largest L
+    such that, at every position t < L, the accuracy over the examples (``correct`` and ``asked`` bool
+    [n, T]; positions nobody was asked are skipped) is >= ``level``. 0 if the first position already falls
+    short; T if none does (then the model's true figure is at least T: the evaluation is too short to see
+    where it fails). Each position's accuracy is a mean over n examples: with n = 128 a position whose true
+    accuracy is 0.93 falls below 0.9 with probability 0.11 (0.95: 0.012), so the figure is noisy near 0.9."""
+    n_asked = asked.sum(0)
+    accuracy = (correct & asked).sum(0).double() / n_asked.clamp(min=1)
+    failing = ((accuracy < level) & (n_asked > 0)).nonzero()
+    return int(failing[0, 0]) if len(failing) else correct.shape[1]
 
 
 def derive_seed(seed: int, *stream: object) -> int:
