@@ -149,7 +149,7 @@ def score_by_distance(task: Task, predictions: torch.Tensor, data: Data, train_l
 
 
 def next_batch(task: Task, cell: AccuracyCell, draw: int, seen: set[bytes]) -> Data:
-    batch = task.generate(cell.batch_size, cell.seq_len, derive_seed(cell.seed, "train", draw))
+    batch = task.examples("train", cell.batch_size, cell.seq_len, derive_seed(cell.seed, "train", draw))
     return drop_seen(batch, seen)
 
 
@@ -238,8 +238,8 @@ def run_accuracy_cell(cell: AccuracyCell) -> dict[str, Any]:
     autocast = precision(cell, model, device)
 
     T = cell.seq_len
-    val = task.generate(s.val_samples, T, derive_seed(cell.seed, "val", T))
-    tests = {T: task.generate(s.eval_samples, T, derive_seed(cell.seed, "test", T))}
+    val = task.examples("validation", s.val_samples, T, derive_seed(cell.seed, "val", T))
+    tests = {T: task.examples("test", s.eval_samples, T, derive_seed(cell.seed, "test", T))}
     seen = set(example_ids(val)) | set(example_ids(tests[T]))
     record = train(model, task, cell, val, seen, autocast)
 
@@ -254,7 +254,7 @@ def run_accuracy_cell(cell: AccuracyCell) -> dict[str, Any]:
         else:
             if length not in tests:
                 seed = derive_seed(cell.seed, "test", length)
-                tests[length] = task.generate(s.eval_samples, length, seed, train_len=T)
+                tests[length] = task.examples("test", s.eval_samples, length, seed, train_len=T)
             try:
                 entry["accuracy"] = evaluate(
                     model, task, tests[length], cell.batch_size * T, autocast, entry, train_len=T
@@ -267,6 +267,7 @@ def run_accuracy_cell(cell: AccuracyCell) -> dict[str, Any]:
         by_len.append(entry)
     accuracy = {e["eval_len"]: e.get("accuracy") for e in by_len}
     record.update(
+        scoring="loss" if task.loss_scored else "position" if task.scored_by_position else "distance",
         train_len=T,
         accuracy=accuracy.get(T),
         accuracy_by_len=by_len,

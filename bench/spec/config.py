@@ -33,6 +33,7 @@ PRESETS = {
     "paper": "paper-accuracy.toml",
     "cpu-accuracy": "cpu-accuracy.toml",
     "cpu-recall": "cpu-recall.toml",
+    "cpu-state": "cpu-state.toml",
 }
 
 

@@ -37,6 +37,7 @@ IGNORE = -100  # cross_entropy's ignore_index
 NO_DISTANCE = -1  # in ``distances`` where nothing is asked
 
 Placement = Literal["stretch", "train"]
+Split = Literal["train", "validation", "test"]
 
 
 class Examples(NamedTuple):
@@ -81,6 +82,10 @@ class Task:
     # True: every position is asked and its distance is the position + 1 (a running state, nothing to
     # recall): the evaluation also records the longest prefix the model gets right (see longest_prefix).
     scored_by_position: ClassVar[bool] = False
+    # True: scored by the loss (negative log-likelihood) of every asked position, not by the argmax
+    # (language modelling, bench/tasks/lm.py): the evaluation records bits per byte by position instead
+    # of accuracy, and training runs its whole step budget.
+    loss_scored: ClassVar[bool] = False
 
     def __init__(self, config: TaskConfig):
         self.config = config
@@ -97,6 +102,15 @@ class Task:
         the model is (or was) trained at; None, or a ``seq_len`` not above it, gives the training
         distribution."""
         raise NotImplementedError
+
+    def examples(
+        self, split: Split, n: int, seq_len: int, seed: int, train_len: int | None = None
+    ) -> Examples:
+        """``n`` examples of one split, "train", "validation" or "test". A synthetic task draws every split
+        from the same distribution, kept apart by the seed (the caller derives one per split and stream:
+        :func:`derive_seed`); a task over a corpus draws from that split's documents, and may return fewer
+        than ``n`` (as many documents as are long enough)."""
+        return self.generate(n, seq_len, seed, train_len)
 
     def stretches(self, seq_len: int, train_len: int | None) -> bool:
         """Whether examples of ``seq_len`` use the evaluation placement that stretches the distances."""

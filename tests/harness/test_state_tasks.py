@@ -178,3 +178,42 @@ def test_the_identity_scores_at_chance(name, args, group_name):
         if entry["beyond_train"] is not None:
             m = entry["beyond_train_items"]
             assert abs(entry["beyond_train"] - p) < 5 * math.sqrt(p * (1 - p) / m)
+
+
+def test_the_state_report_section(tmp_path):
+    """Real cells of the oracle (100%) and the identity (chance), parity and A5, at two learning rates:
+    the section's tables, longest-prefix figures, the theory and measured sentences, and its plots."""
+    import pandas as pd
+
+    from bench.analysis.report_accuracy import accuracy_section
+
+    rows = []
+    for name, args, group_name in (TASKS[0], TASKS[4]):
+        for answer in ("state", "identity"):
+            for lr in (1e-3, 3e-3):
+                cell = oracle_cell(name, args, group_name, answer, **{**SETTINGS, "lr": lr})
+                cell = cell.model_copy(update={"label": answer, "task_label": name})
+                rows.append({"key": cell.key, **cell.model_dump(), **run_accuracy_cell(cell)})
+    lines = accuracy_section(pd.DataFrame(rows), tmp_path)
+    text = "\n".join(lines)
+    assert "## State tracking: group word problems, trained short, evaluated long" in text
+    assert "## Accuracy: synthetic recall" not in text  # no recall task in this run
+    assert "**parity** (group Z2, order 2: chance 50.0%; trained at L = 16)" in text
+    assert "**permutation** (group A5, order 60: chance 1.7%; trained at L = 16)" in text
+    header = "| model | T=16 | T=32 | T=64 | T=128 | positions > 16 at T=128 | args | context | lr |"
+    assert text.count(header) == 2
+    state_rows = [line for line in lines if line.startswith("| state |")]
+    assert len(state_rows) == 2 and all(
+        "100.0 [94–100], 90%: ≥128 | 100.0 [94–100] |" in r for r in state_rows
+    )
+    identity = [line for line in lines if line.startswith("| identity |")]
+    assert all(", 90%: 0 |" in r for r in identity)
+    assert (
+        "| answer=state, group=Z2 | – | 1e-3 |" in text and "| answer=identity, group=A5 | – | 1e-3 |" in text
+    )
+    # Each task: the prediction (A5: NC1-complete) and what was measured, from the numbers.
+    assert "A5's word problem is NC¹-complete" in text and "parity is in TC⁰" in text
+    assert "1 of 2 models is at least 90% correct on average (state 100.0%)" in text
+    assert "the 90% prefix goes past L in every seed for state (≥128)" in text
+    for png in ("state_accuracy_by_position.png", "state_training_curves.png"):
+        assert (tmp_path / png).stat().st_size > 1000
