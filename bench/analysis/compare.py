@@ -11,9 +11,10 @@ samples cannot reach ``alpha`` the comparison says so and refuses to decide (exi
 calling every change "not significant".
 
 Peak memory and state size are nearly deterministic, so a rise beyond ``mem_threshold`` is enough;
-accuracy counts when it drops by more than ``acc_threshold`` (absolute). A cell that was ok and now fails
-is a regression. Exit codes (from the CLI): 0 no regression, 1 a regression, 2 bad input or a comparison
-that cannot decide.
+accuracy counts when it drops by more than ``acc_threshold`` (absolute); bits per byte (the ``bpb_T*``
+columns of language-modelling cells, lower is better) when they rise by more than ``bpb_threshold``
+(absolute, default 0.05 bits per byte). A cell that was ok and now fails is a regression. Exit codes
+(from the CLI): 0 no regression, 1 a regression, 2 bad input or a comparison that cannot decide.
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ def compare_runs(
     alpha: float = 0.01,
     mem_threshold: float = 0.10,
     acc_threshold: float = 0.05,
+    bpb_threshold: float = 0.05,
 ) -> Comparison:
     base, new = _load(base_run), _load(new_run)
     out = Comparison(only_base=sorted(set(base) - set(new)), only_new=sorted(set(new) - set(base)))
@@ -172,6 +174,19 @@ def compare_runs(
                 if drop > acc_threshold
                 else "improvement"
                 if -drop > acc_threshold
+                else "unchanged"
+            )
+            out.changes.append(Change(key, col, bv, nv, nv / bv if bv else math.inf, None, verdict))
+        for col in sorted(c for c in b if c.startswith("bpb_T")):  # bits per byte: lower is better
+            bv, nv = _number(b.get(col)), _number(n.get(col))
+            if bv is None or nv is None:
+                continue
+            rise = nv - bv
+            verdict = (
+                "regression"
+                if rise > bpb_threshold
+                else "improvement"
+                if -rise > bpb_threshold
                 else "unchanged"
             )
             out.changes.append(Change(key, col, bv, nv, nv / bv if bv else math.inf, None, verdict))

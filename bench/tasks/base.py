@@ -26,7 +26,7 @@ training distribution at every length).
 from __future__ import annotations
 
 import hashlib
-from typing import ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -111,6 +111,20 @@ class Task:
         :func:`derive_seed`); a task over a corpus draws from that split's documents, and may return fewer
         than ``n`` (as many documents as are long enough)."""
         return self.generate(n, seq_len, seed, train_len)
+
+    def examples_with_bytes(
+        self, split: Split, n: int, seq_len: int, seed: int, train_len: int | None = None
+    ) -> tuple[Examples, torch.Tensor]:
+        """For a task scored by loss: :meth:`examples` and the bytes of text each target stands for [n, T]
+        (bits per byte divide by them). One token is one byte unless the task says otherwise."""
+        examples = self.examples(split, n, seq_len, seed, train_len)
+        return examples, torch.ones_like(examples.targets)
+
+    def pinned_args(self) -> dict[str, Any]:
+        """Arguments the sweep adds to a cell's ``task_args`` when it makes the cells: what a result depends
+        on beyond the arguments given (a corpus's fingerprint), so that it is part of the cell's key and
+        checked where the cell runs. Validated by ``Config`` like every argument."""
+        return {}
 
     def stretches(self, seq_len: int, train_len: int | None) -> bool:
         """Whether examples of ``seq_len`` use the evaluation placement that stretches the distances."""

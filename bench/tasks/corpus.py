@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import sys
 import sysconfig
 from collections.abc import Iterator
@@ -70,7 +71,12 @@ def _digest(items: Iterator[bytes]) -> str:
 
 def _stdlib() -> Corpus:
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py") if not (set(p.relative_to(root).parts[:-1]) & SKIP_DIRS))
+    files = []
+    # os.walk prunes the skipped folders: site-packages alone can hold a hundred thousand files
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if d not in SKIP_DIRS]
+        files += [Path(folder) / name for name in names if name.endswith(".py")]
+    files.sort()
     docs = tuple(Document(p.relative_to(root).as_posix(), p.read_bytes()) for p in files)
     version = ".".join(map(str, sys.version_info[:3]))
     listing = _digest(d.name.encode() for d in docs)

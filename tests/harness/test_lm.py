@@ -1,0 +1,321 @@
+"""Language modelling on real documents (bench/tasks/corpus.py, bench/tasks/lm.py): the corpora load and
+split stably, the byte stream round-trips, a tokenizer works, and loss by position is computed exactly
+(models whose loss is known in closed form, through real accuracy cells)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from bench.errors import BenchError
+from bench.running.accuracy import FIRST_CONTEXT, run_accuracy_cell
+from bench.spec.cells import expand
+from bench.spec.config import ModelEntry, parse_spec
+from bench.tasks import make_task
+from bench.tasks.corpus import SPLITS, STDLIB, load_corpus, split_of
+from bench.tasks.lm import SEP_BYTE, tokenized
+from tests.helpers import accuracy_cell
+
+PLUGIN = "tests.plugins.closed_form_lm:build"
+
+
+def write_corpus(root, n=200, length=lambda i: 300 + 7 * i, byte=None):
+    """``n`` text files doc000.txt ... in ``root``: file i holds ``length(i)`` bytes (one repeated byte if
+    ``byte``, else varied ASCII text)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        if byte is not None:
+            data = bytes([byte]) * length(i)
+        else:
+            words = " ".join(f"w{(i * 31 + j * 7) % 97}" for j in range(length(i)))
+            data = words.encode()[: length(i)]
+        (root / f"doc{i:03d}.txt").write_bytes(data)
+    return str(root)
+
+
+def fresh(source):
+    load_corpus.cache_clear()
+    tokenized.cache_clear()
+    return load_corpus(source)
+
+
+# -- corpora ---------------------------------------------------------------------------------------------
+
+
+def test_the_split_is_stable_and_disjoint():
+    # The split of a name is a hash of the name alone: the same on every machine and in every run.
+    assert [split_of(f"doc{i:03d}.txt") for i in range(8)] == [split_of(f"doc{i:03d}.txt") for i in range(8)]
+    assert split_of("asyncio/base_events.py") == "test" and split_of("os.py") == "train"
+    names = [f"file{i}.py" for i in range(20000)]
+    counts = {s: sum(split_of(n) == s for n in names) for s in SPLITS}
+    assert abs(counts["train"] / 20000 - 0.90) < 0.01 and abs(counts["test"] / 20000 - 0.05) < 0.005
+    corpus = load_corpus(STDLIB)
+    parts = {s: {d.name for d in corpus.split(s)} for s in SPLITS}
+    assert not (parts["train"] & parts["validation"]) and not (parts["train"] & parts["test"])
+    assert not (parts["validation"] & parts["test"])
+    assert set().union(*parts.values()) == {d.name for d in corpus.documents}
+    assert all(parts.values()) and len(corpus.documents) > 500
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        corpus.split("dev")
+
+
+def test_the_stdlib_corpus_is_the_standard_library_without_tests():
+    corpus = load_corpus(STDLIB)
+    names = [d.name for d in corpus.documents]
+    assert "os.py" in names and "asyncio/base_events.py" in names and names == sorted(names)
+    assert not any(
+        part in ("test", "tests", "site-packages", "idle_test") for n in names for part in n.split("/")
+    )
+    assert all(n.endswith(".py") for n in names)
+    import sys
+
+    assert corpus.fingerprint.startswith(f"python-{sys.version_info[0]}.{sys.version_info[1]}.")
+
+
+def test_a_local_directory_loads(tmp_path):
+    root = tmp_path / "texts"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text("alpha")
+    (root / "sub" / "b.md").write_text("# beta")
+    (root / "c.py").write_text("print('gamma')")
+    (root / "d.jsonl").write_text(
+        json.dumps({"text": "delta"}) + "\n\n" + json.dumps({"text": "epsilon"}) + "\n"
+    )
+    (root / "ignored.bin").write_bytes(b"\x00\x01")
+    corpus = fresh(str(root))
+    docs = {d.name: d.data for d in corpus.documents}
+    assert docs == {
+        "a.txt": b"alpha",
+        "c.py": b"print('gamma')",
+        "d.jsonl#1": b"delta",
+        "d.jsonl#3": b"epsilon",
+        "sub/b.md": b"# beta",
+    }
+    assert corpus.fingerprint.startswith("local-")
+    (root / "a.txt").write_text("alpha!")  # the fingerprint follows the documents
+    assert fresh(str(root)).fingerprint != corpus.fingerprint
+    single = fresh(str(root / "c.py"))  # one file is a corpus too
+    assert [d.name for d in single.documents] == ["c.py"]
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({}, "holds no documents"),
+        ({"x.jsonl": "not json\n"}, r"x.jsonl:1: a .jsonl corpus needs one JSON object with a 'text'"),
+        ({"x.jsonl": json.dumps({"body": "no text"})}, "needs one JSON object with a 'text'"),
+    ],
+)
+def test_bad_local_corpora_are_named(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(BenchError, match=message):
+        fresh(str(tmp_path))
+    with pytest.raises(BenchError, match="no such file or directory"):
+        fresh(str(tmp_path / "missing"))
+
+
+def test_an_on_disk_datasets_corpus_loads(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # nothing is fetched
+    texts = [f"document number {i} " * (i + 1) for i in range(30)]
+    path = tmp_path / "ds"
+    datasets.Dataset.from_dict({"text": texts, "id": list(range(30))}).save_to_disk(str(path))
+    corpus = fresh(f"hf:{path}")
+    assert [d.data.decode() for d in corpus.documents] == texts
+    assert [d.name for d in corpus.documents] == [f"{path}#{i}" for i in range(30)]
+    assert corpus.fingerprint.startswith("hf-")
+    # A DatasetDict: its first split, or the one named.
+    both = tmp_path / "dd"
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"text": ["a", "b"]}),
+            "extra": datasets.Dataset.from_dict({"text": ["c"]}),
+        }
+    ).save_to_disk(str(both))
+    assert [d.data for d in fresh(f"hf:{both}").documents] == [b"a", b"b"]
+    assert [d.data for d in fresh(f"hf:{both}:extra").documents] == [b"c"]
+    notext = tmp_path / "notext"
+    datasets.Dataset.from_dict({"body": ["x"]}).save_to_disk(str(notext))
+    with pytest.raises(BenchError, match="has no 'text' column"):
+        fresh(f"hf:{notext}")
+    with pytest.raises(BenchError, match="is not available locally"):
+        fresh(f"hf:{tmp_path / 'absent'}")
+
+
+# -- the task ----------------------------------------------------------------------------------------------
+
+
+def test_the_byte_stream_round_trips(tmp_path):
+    source = write_corpus(tmp_path / "c")
+    corpus = fresh(source)
+    task = make_task("lm", {"corpus": source})
+    assert task.vocab_size == 256
+    train = sorted(corpus.split("train"), key=lambda d: d.name)
+    stream = b"".join(bytes([SEP_BYTE]) + d.data for d in train)
+    assert bytes(tokenized(source, None).stream.tolist()) == stream
+    # A training window is a stretch of that stream, its targets the next tokens.
+    inputs, targets, _ = task.generate(8, 64, seed=3)
+    for x, y in zip(inputs.tolist(), targets.tolist(), strict=True):
+        assert bytes(x) in stream and x[1:] == y[:-1] and bytes(x + y[-1:]) in stream
+    assert torch.equal(task.generate(8, 64, seed=3).inputs, inputs)
+    # Held-out examples: each document's first T bytes, after the boundary byte, in name order.
+    test_docs = sorted((d for d in corpus.split("test") if len(d.data) >= 500), key=lambda d: d.name)
+    examples, nbytes = task.examples_with_bytes("test", 100, 500, seed=0)
+    assert [bytes(row) for row in examples.targets.tolist()] == [d.data[:500] for d in test_docs]
+    assert (examples.inputs[:, 0] == SEP_BYTE).all() and torch.equal(
+        examples.inputs[:, 1:], examples.targets[:, :-1]
+    )
+    assert (nbytes == 1).all() and (examples.distances == torch.arange(1, 501)).all()
+    assert task.document_names("test", 500, 100) == [d.name for d in test_docs]
+    # Shorter documents are skipped, so fewer are scored at longer lengths; n caps them.
+    long = [d.data[:1200] for d in test_docs if len(d.data) >= 1200]
+    assert 0 < len(long) < len(test_docs)
+    assert [bytes(row) for row in task.examples("test", 100, 1200, seed=0).targets.tolist()] == long
+    assert len(task.examples("test", 2, 500, seed=0).inputs) == 2
+
+
+def test_lengths_no_held_out_document_reaches_are_refused(tmp_path):
+    source = write_corpus(tmp_path / "c", length=lambda i: 100)
+    task = make_task("lm", {"corpus": source})
+    task.check_len(100)
+    with pytest.raises(
+        BenchError, match=r"no (validation|test) document of corpus .* has 101 tokens \(the longest has 100\)"
+    ):
+        task.check_len(101)
+
+
+def test_the_corpus_fingerprint_is_pinned_in_the_cell(tmp_path):
+    source = write_corpus(tmp_path / "c")
+    spec = parse_spec(
+        {
+            "models": ["transformer"],
+            "modes": ["accuracy"],
+            "tasks": [{"name": "lm", "args": {"corpus": source}}],
+            "accuracy": {"train_len": 64},
+        },
+        "t",
+    )
+    (cell,) = expand(spec, [ModelEntry(name="transformer")], "cpu")
+    fingerprint = fresh(source).fingerprint
+    assert cell.task_args == {"corpus": source, "fingerprint": fingerprint}
+    assert cell.train.threshold is None  # a loss task trains its whole budget
+    # The documents change: a new key, and the old cell refuses to run on them.
+    (tmp_path / "c" / "doc000.txt").write_text("changed")
+    fresh(source)
+    (again,) = expand(spec, [ModelEntry(name="transformer")], "cpu")
+    assert again.key != cell.key
+    with pytest.raises(BenchError, match="but the cell was made for .*results would not be comparable"):
+        _ = make_task("lm", cell.task_args).vocab_size
+
+
+# -- loss by position through real accuracy cells ----------------------------------------------------------
+
+
+def lm_cell(source, train_len, factors=(1, 2), favour=None, tokenizer=None, **train):
+    args = {"corpus": source, **({"tokenizer": tokenizer} if tokenizer else {})}
+    settings = dict(steps=3, warmup_steps=1, eval_every=2, val_samples=16, eval_samples=16, threshold=None)
+    cell = accuracy_cell(PLUGIN, "lm", args, train_len, **{**settings, **train})
+    return cell.model_copy(
+        update={
+            "model_args": {"favour": favour},
+            "eval_lens": [train_len * f for f in factors],
+            "batch_size": 4,
+        }
+    )
+
+
+def test_uniform_bytes_cost_exactly_8_bits_per_byte_at_every_position(tmp_path):
+    source = write_corpus(tmp_path / "c")
+    record = run_accuracy_cell(lm_cell(source, 64, factors=(1, 2, 4)))
+    assert record["status"] == "ok" and record["scoring"] == "loss" and record["steps_run"] == 3
+    assert record["accuracy"] is None and "acc_T64" not in record
+    assert [v for _, v in record["val_curve"]] == pytest.approx([8.0, 8.0], abs=1e-6)
+    assert record["val_bpb"] == pytest.approx(8.0, abs=1e-6) and record["train_tokens_per_s"] > 0
+    assert record["bpb"] == record["bpb_T64"] == pytest.approx(8.0, abs=1e-6)
+    for entry in record["accuracy_by_len"]:
+        length = entry["eval_len"]
+        assert (
+            entry["n_examples"] >= 1 and entry["n_tokens"] == entry["n_bytes"] == entry["n_examples"] * length
+        )
+        assert record[f"bpb_T{length}"] == entry["bpb"] == pytest.approx(8.0, abs=1e-6)
+        assert [b["max_distance"] for b in entry["by_position"]] == [
+            2**i for i in range(int(math.log2(length)) + 1)
+        ]
+        assert sum(b["tokens"] for b in entry["by_position"]) == entry["n_tokens"]
+        for b in entry["by_position"]:
+            assert b["nll"] / math.log(2) / b["bytes"] == pytest.approx(8.0, abs=1e-6)
+        assert entry["gain_from_context"] == pytest.approx(0.0, abs=1e-6)
+        if length > 64:
+            assert entry["bpb_beyond_train"] == pytest.approx(8.0, abs=1e-6)
+            assert entry["beyond_train_tokens"] == entry["n_examples"] * (length - 64)
+            assert entry["gain_beyond_train"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_loss_by_position_is_bucketed_exactly(tmp_path):
+    """Documents of one repeated byte and a model that gives it probability (t + 1) / (t + 256) at input
+    position t: every bucket's bits per byte is the mean of -log2 of that over its positions."""
+    source = write_corpus(tmp_path / "c", length=lambda i: 1000, byte=ord("a"))
+    record = run_accuracy_cell(lm_cell(source, 32, factors=(1, 8), favour=ord("a")))
+    entry = record["accuracy_by_len"][1]
+    assert entry["eval_len"] == 256
+
+    def expected(positions):  # target position p (1-based) is predicted at input position t = p - 1
+        return sum(-math.log2(p / (p + 255)) for p in positions) / len(positions)
+
+    low = 0
+    for b in entry["by_position"]:
+        d = b["max_distance"]
+        assert b["tokens"] == entry["n_examples"] * (d - low)
+        assert b["nll"] / math.log(2) / b["bytes"] == pytest.approx(expected(range(low + 1, d + 1)), rel=1e-6)
+        low = d
+    assert entry["bpb"] == pytest.approx(expected(range(1, 257)), rel=1e-6)
+    first, last = expected(range(1, FIRST_CONTEXT + 1)), expected(range(129, 257))
+    assert entry["gain_from_context"] == pytest.approx(first - last, rel=1e-6) and first - last > 4
+    assert entry["bpb_beyond_train"] == pytest.approx(expected(range(33, 257)), rel=1e-6)
+    assert entry["gain_beyond_train"] == pytest.approx(expected(range(17, 33)) - last, rel=1e-6)
+
+
+def test_a_tokenizer_file_built_here_works(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import models, pre_tokenizers, trainers
+
+    # Text with multi-byte characters, so that tokens and bytes differ.
+    source = write_corpus(tmp_path / "c", n=120, length=lambda i: 400 + 5 * i)
+    for path in (tmp_path / "c").glob("*.txt"):
+        path.write_text(" naïve café — ünïcode ✓ ".join(path.read_text().split(" w1")))
+    tok = tokenizers.Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train(
+        [str(p) for p in (tmp_path / "c").glob("*.txt")],
+        trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]"]),
+    )
+    path = str(tmp_path / "tok.json")
+    tok.save(path)
+
+    fresh(source)
+    task = make_task("lm", {"corpus": source, "tokenizer": path})
+    vocab = tok.get_vocab_size() + 1  # and the document boundary
+    assert task.vocab_size == vocab and tokenized(source, path).sep == vocab - 1
+    assert task.pinned_args()["fingerprint"].startswith(load_corpus(source).fingerprint + "-tok-")
+    examples, nbytes = task.examples_with_bytes("test", 50, 60, seed=0)
+    names = task.document_names("test", 60, 50)
+    corpus = {d.name: d.data.decode() for d in load_corpus(source).documents}
+    for row, counts, name in zip(examples.targets.tolist(), nbytes.tolist(), names, strict=True):
+        encoding = tok.encode(corpus[name], add_special_tokens=False)
+        assert row == encoding.ids[:60]
+        covered = corpus[name][: encoding.offsets[59][1]]  # the text the first 60 tokens cover
+        assert sum(counts) == len(covered.encode()) and min(counts) >= 0
+    assert all(len(corpus[n].encode()) > len(corpus[n]) for n in names)  # multi-byte characters in each
+    # Uniform over the vocabulary: log2(V) bits per token, so per byte log2(V) x tokens / bytes.
+    record = run_accuracy_cell(lm_cell(source, 30, tokenizer=path))
+    for entry in record["accuracy_by_len"]:
+        assert entry["n_bytes"] > entry["n_tokens"]
+        assert entry["bpb"] == pytest.approx(
+            math.log2(vocab) * entry["n_tokens"] / entry["n_bytes"], rel=1e-6
+        )
+    with pytest.raises(BenchError, match="tokenizer file .* does not exist"):
+        _ = make_task("lm", {"corpus": source, "tokenizer": str(tmp_path / "none.json")}).vocab_size
