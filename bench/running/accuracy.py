@@ -26,9 +26,11 @@ budget (no accuracy threshold), validated by bits per byte on its validation doc
 lower is better: what the learning-rate grid is chosen by), and evaluated by the negative log-likelihood
 of every target, from the logits in float32: each entry of ``accuracy_by_len`` holds ``bpb`` (bits per
 byte: nats / ln 2 / the bytes the targets stand for), ``by_position`` (doubling buckets of the position
-in the document with their summed nll, tokens and bytes), ``bpb_beyond_train``, ``gain_from_context`` and
-``gain_beyond_train`` (see :func:`evaluate_loss`) and ``n_examples``, the documents long enough to be
-scored at that length. Its flat columns are ``bpb_T{n}`` instead of ``acc_T{n}``.
+in the document with their summed nll, tokens and bytes), ``bpb_beyond_train``, ``gain_from_context``,
+``gain_beyond_train`` and ``context_gain_beyond_train`` (the targets past the training length scored with
+the context cut to the training length, against the whole document before them; see
+:func:`evaluate_loss`), and ``n_examples``, the documents long enough to be scored at that length. Its
+flat columns are ``bpb_T{n}`` instead of ``acc_T{n}``.
 """
 
 from __future__ import annotations
@@ -200,40 +202,88 @@ def validation_bpb(model, data: Data, nbytes: torch.Tensor, batch_tokens: int, a
     return math.inf if value is None or not math.isfinite(value) else value
 
 
+def truncated_nll(
+    model, data: Data, full: torch.Tensor, window: int, batch_tokens: int, autocast
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The nll of every target [n, T] with the context cut to at most ``window`` tokens (the training
+    length): windows of ``window`` tokens every ``window // 2`` (a "strided" evaluation), each scoring the
+    targets in its second half, so every target from position ``window`` on is scored with between
+    ``window // 2 + 1`` and ``window`` tokens of context, starting inside the document as a training window
+    does; the targets before it see the whole (short) prefix, as in ``full``, whose values they keep.
+    Also, per example, whether all its windows' logits were finite."""
+    n, length = data.targets.shape
+    half = window // 2
+    out = full.clone()
+    if length <= window or half < 1:
+        return out, torch.ones(n, dtype=torch.bool)
+    windows, scored_from = [], []  # window start a, and the first target it scores
+    covered = window
+    while covered < length:
+        a = min(covered - half, length - window)
+        windows.append(a)
+        scored_from.append(covered)
+        covered = a + window
+    index = torch.tensor(windows)[:, None] + torch.arange(window)  # [k, window]
+    pieces = Examples(*(x[:, index].flatten(0, 1) for x in data))
+    nll, finite = position_nll(model, pieces, batch_tokens, autocast)
+    nll, finite = nll.view(n, len(windows), window), finite.view(n, len(windows)).all(1)
+    for j, (a, first) in enumerate(zip(windows, scored_from, strict=True)):
+        out[:, first : a + window] = nll[:, j, first - a :]
+    return out, finite
+
+
 def evaluate_loss(
     model, data: Data, nbytes: torch.Tensor, batch_tokens: int, autocast, train_len: int
 ) -> dict[str, Any]:
-    """Bits per byte of held-out examples of a task scored by loss, overall and by position (distance =
-    position, bench/tasks/lm.py): ``bpb``; ``by_position``, doubling buckets {"max_distance", "nll" (nats,
-    summed), "tokens", "bytes"} (bucket d holds positions in (d/2, d]); ``bpb_beyond_train`` (positions
-    past the training length); ``gain_from_context``: bpb at positions <= FIRST_CONTEXT minus bpb in the
-    last bucket, (T/2, T] (how much the model gains from context, in bits per byte); at lengths above the
-    training length L, ``gain_beyond_train``: bpb in the bucket (L/2, L] minus bpb in the last bucket (> 0:
-    the loss still falls past L). None wherever the logits of any example were not finite (``nonfinite``:
-    the fraction of such examples)."""
+    """Bits per byte of held-out examples of a task scored by loss (distance = position in the document,
+    bench/tasks/lm.py), every figure in bits per byte:
+
+    - ``bpb``: over every target; ``bpb_beyond_train``: over the positions past the training length L;
+    - ``by_position``: doubling buckets (bucket d holds positions in (d/2, d]) with their summed nll in nats
+      (``nll``; ``nll_truncated``: the same targets with the context cut to at most L tokens, see
+      :func:`truncated_nll`), ``tokens`` and ``bytes``; ``by_document``: the same sums per example and
+      bucket (``nll``, ``nll_truncated``, ``bytes``: lists [n][buckets]), for intervals over documents;
+    - ``gain_from_context``: bpb at positions <= FIRST_CONTEXT minus bpb in the last bucket, (T/2, T]: how
+      much lower the loss is late in a document than at its start (context, but also how the text changes
+      along a document);
+    - above L: ``gain_beyond_train``, bpb in the bucket (L/2, L] minus bpb in the last bucket;
+      ``bpb_beyond_train_truncated`` and ``context_gain_beyond_train``, the bpb of the targets past L with
+      the context cut to L minus that with the whole document before them: what the context beyond the
+      training length is worth on exactly the same targets (> 0: the model uses it; < 0: it hurts).
+
+    Figures are None wherever the logits of any example were not finite (``nonfinite``: the fraction of
+    such examples); ``n_examples`` is the number of documents scored."""
     nll, finite = position_nll(model, data, batch_tokens, autocast)
     length = data.inputs.shape[1]
+    truncated, finite_truncated = truncated_nll(model, data, nll, train_len, batch_tokens, autocast)
+    finite &= finite_truncated
     asked = data.targets != IGNORE
     position = data.distances
-    bins, low = [], 0
+    bins, per_document, low = [], {"nll": [], "nll_truncated": [], "bytes": []}, 0
     for bound in doubling_bounds(length):
         inside = asked & (position > low) & (position <= bound)
         bins.append(
             {
                 "max_distance": bound,
                 "nll": float(nll[inside].sum()),
+                "nll_truncated": float(truncated[inside].sum()),
                 "tokens": int(inside.sum()),
                 "bytes": int(nbytes[inside].sum()),
             }
         )
+        per_document["nll"].append((nll * inside).sum(1))
+        per_document["nll_truncated"].append((truncated * inside).sum(1))
+        per_document["bytes"].append((nbytes * inside).sum(1))
         low = bound
     ok = bool(finite.all())
 
-    def bpb_where(mask: torch.Tensor) -> float | None:
-        return bits(nll[mask], nbytes[mask]) if ok and mask.any() else None
+    def bpb_where(mask: torch.Tensor, values: torch.Tensor = nll) -> float | None:
+        return bits(values[mask], nbytes[mask]) if ok and mask.any() else None
 
-    last = asked & (position > length // 2)
-    first = bpb_where(asked & (position <= FIRST_CONTEXT))
+    def difference(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a - b
+
+    beyond = asked & (position > train_len)
     out: dict[str, Any] = {
         "bpb": bpb_where(asked),
         "n_examples": data.n,
@@ -241,17 +291,21 @@ def evaluate_loss(
         "n_bytes": int(nbytes[asked].sum()),
         "nonfinite": float((~finite).float().mean()),
         "by_position": bins,
-        "bpb_beyond_train": bpb_where(asked & (position > train_len)),
-        "beyond_train_tokens": int((asked & (position > train_len)).sum()),
-        "bpb_first": first,
-        "bpb_last": bpb_where(last),
+        "by_document": {
+            name: torch.stack(columns, 1).tolist() if ok else None for name, columns in per_document.items()
+        },
+        "bpb_beyond_train": bpb_where(beyond),
+        "beyond_train_tokens": int(beyond.sum()),
+        "bpb_first": bpb_where(asked & (position <= FIRST_CONTEXT)),
+        "bpb_last": bpb_where(asked & (position > length // 2)),
     }
-    out["gain_from_context"] = None if first is None or out["bpb_last"] is None else first - out["bpb_last"]
+    out["gain_from_context"] = difference(out["bpb_first"], out["bpb_last"])
     if length > train_len:
-        at_train = bpb_where(asked & (position > train_len // 2) & (position <= train_len))
-        out["bpb_at_train"] = at_train
-        out["gain_beyond_train"] = (
-            None if at_train is None or out["bpb_last"] is None else at_train - out["bpb_last"]
+        out["bpb_at_train"] = bpb_where(asked & (position > train_len // 2) & (position <= train_len))
+        out["gain_beyond_train"] = difference(out["bpb_at_train"], out["bpb_last"])
+        out["bpb_beyond_train_truncated"] = bpb_where(beyond, truncated)
+        out["context_gain_beyond_train"] = difference(
+            out["bpb_beyond_train_truncated"], out["bpb_beyond_train"]
         )
     return out
 

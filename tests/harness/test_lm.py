@@ -253,6 +253,8 @@ def test_uniform_bytes_cost_exactly_8_bits_per_byte_at_every_position(tmp_path):
             assert entry["bpb_beyond_train"] == pytest.approx(8.0, abs=1e-6)
             assert entry["beyond_train_tokens"] == entry["n_examples"] * (length - 64)
             assert entry["gain_beyond_train"] == pytest.approx(0.0, abs=1e-6)
+            assert entry["bpb_beyond_train_truncated"] == pytest.approx(8.0, abs=1e-6)
+            assert entry["context_gain_beyond_train"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_loss_by_position_is_bucketed_exactly(tmp_path):
@@ -277,6 +279,25 @@ def test_loss_by_position_is_bucketed_exactly(tmp_path):
     assert entry["gain_from_context"] == pytest.approx(first - last, rel=1e-6) and first - last > 4
     assert entry["bpb_beyond_train"] == pytest.approx(expected(range(33, 257)), rel=1e-6)
     assert entry["gain_beyond_train"] == pytest.approx(expected(range(17, 33)) - last, rel=1e-6)
+    # With the context cut to L = 32 (windows of 32 every 16, each scoring its second half), the target at
+    # 0-based t >= 32 is predicted at window position t - a, a = 16 (t // 16 - 1): the model's loss there.
+    truncated = [
+        -math.log2((t - 16 * (t // 16 - 1) + 1) / (t - 16 * (t // 16 - 1) + 256)) for t in range(32, 256)
+    ]
+    assert entry["bpb_beyond_train_truncated"] == pytest.approx(sum(truncated) / len(truncated), rel=1e-6)
+    assert entry["context_gain_beyond_train"] == pytest.approx(
+        sum(truncated) / len(truncated) - expected(range(33, 257)), rel=1e-6
+    )
+    for b in entry["by_position"]:  # before L the truncated context is the whole prefix
+        if b["max_distance"] <= 32:
+            assert b["nll_truncated"] == b["nll"]
+    documents = entry["by_document"]
+    assert len(documents["nll"]) == entry["n_examples"] and len(documents["nll"][0]) == len(
+        entry["by_position"]
+    )
+    for name in ("nll", "nll_truncated", "bytes"):
+        sums = [sum(column) for column in zip(*documents[name], strict=True)]
+        assert sums == pytest.approx([b[name] for b in entry["by_position"]], rel=1e-9)
 
 
 def test_a_tokenizer_file_built_here_works(tmp_path):
@@ -319,3 +340,26 @@ def test_a_tokenizer_file_built_here_works(tmp_path):
         )
     with pytest.raises(BenchError, match="tokenizer file .* does not exist"):
         _ = make_task("lm", {"corpus": source, "tokenizer": str(tmp_path / "none.json")}).vocab_size
+
+
+@pytest.mark.parametrize("window, length", [(6, 20), (8, 32), (5, 23), (16, 16)])
+def test_truncated_context_windows_cover_every_target_once(window, length):
+    """Every target from position ``window`` on is scored once, with between window // 2 + 1 and window
+    tokens of context, the last window aligned to the end when the length is not a multiple."""
+    import contextlib
+
+    from bench.running.accuracy import position_nll, truncated_nll
+    from bench.tasks.base import Examples
+    from tests.plugins.closed_form_lm import build
+
+    model = build(favour=7)
+    ids = torch.full((3, length), 7)
+    data = Examples(ids, ids, torch.arange(1, length + 1).expand(3, length))
+    full, _ = position_nll(model, data, 64, contextlib.nullcontext)
+    cut, finite = truncated_nll(model, data, full, window, 64, contextlib.nullcontext)
+    assert finite.all() and torch.equal(cut[:, :window], full[:, :window])
+    # The model's loss at input position j is -ln((j + 1) / (j + 256)): invert it to read the context.
+    context = torch.round(255 / (torch.exp(cut) - 1)).long()  # j + 1 tokens of context
+    assert torch.equal(context[:, :window], torch.arange(1, window + 1).expand(3, window))
+    later = context[0, window:]
+    assert (later >= window // 2 + 1).all() and (later <= window).all()
