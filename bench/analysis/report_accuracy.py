@@ -43,6 +43,7 @@ from bench.analysis.accuracy_common import (  # noqa: E402
     summarize,
     training_table,
 )
+from bench.analysis.report_lm import lm_section  # noqa: E402
 from bench.analysis.report_state import state_section  # noqa: E402
 
 HEATMAP = "accuracy_heatmap.png"
@@ -256,13 +257,15 @@ def smoke_note(cells: pd.DataFrame) -> list[str]:
 
 def accuracy_section(cells: pd.DataFrame, run_dir: Path) -> list[str]:
     """Markdown lines for the accuracy cells of a run, a section per kind of task (recall, state
-    tracking); writes the plots into ``run_dir``."""
+    tracking, language modelling); writes the plots into ``run_dir``."""
     kinds = pd.Series([scoring(row) for _, row in cells.iterrows()], index=cells.index)
     out = []
     if (kinds == "distance").any():
         out += recall_section(cells[kinds == "distance"], run_dir)
     if (kinds == "position").any():
         out += state_section(cells[kinds == "position"], run_dir)
+    if (kinds == "loss").any():
+        out += lm_section(cells[kinds == "loss"], run_dir)
     return out
 
 

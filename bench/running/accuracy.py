@@ -242,7 +242,9 @@ def evaluate_loss(
     - ``by_position``: doubling buckets (bucket d holds positions in (d/2, d]) with their summed nll in nats
       (``nll``; ``nll_truncated``: the same targets with the context cut to at most L tokens, see
       :func:`truncated_nll`), ``tokens`` and ``bytes``; ``by_document``: the same sums per example and
-      bucket (``nll``, ``nll_truncated``, ``bytes``: lists [n][buckets]), for intervals over documents;
+      bucket (``nll``, ``nll_truncated``, ``bytes``: lists [n][buckets]) and per example over the
+      positions past L (``nll_beyond``, ``nll_truncated_beyond``, ``bytes_beyond``: lists [n]), for
+      intervals over documents;
     - ``gain_from_context``: bpb at positions <= FIRST_CONTEXT minus bpb in the last bucket, (T/2, T]: how
       much lower the loss is late in a document than at its start (context, but also how the text changes
       along a document);
@@ -284,6 +286,14 @@ def evaluate_loss(
         return None if a is None or b is None else a - b
 
     beyond = asked & (position > train_len)
+    by_document: dict[str, Any] = {
+        name: torch.stack(columns, 1).tolist() for name, columns in per_document.items()
+    }
+    by_document.update(
+        nll_beyond=(nll * beyond).sum(1).tolist(),
+        nll_truncated_beyond=(truncated * beyond).sum(1).tolist(),
+        bytes_beyond=(nbytes * beyond).sum(1).tolist(),
+    )
     out: dict[str, Any] = {
         "bpb": bpb_where(asked),
         "n_examples": data.n,
@@ -291,9 +301,7 @@ def evaluate_loss(
         "n_bytes": int(nbytes[asked].sum()),
         "nonfinite": float((~finite).float().mean()),
         "by_position": bins,
-        "by_document": {
-            name: torch.stack(columns, 1).tolist() if ok else None for name, columns in per_document.items()
-        },
+        "by_document": by_document if ok else None,
         "bpb_beyond_train": bpb_where(beyond),
         "beyond_train_tokens": int(beyond.sum()),
         "bpb_first": bpb_where(asked & (position <= FIRST_CONTEXT)),

@@ -363,3 +363,39 @@ def test_truncated_context_windows_cover_every_target_once(window, length):
     assert torch.equal(context[:, :window], torch.arange(1, window + 1).expand(3, window))
     later = context[0, window:]
     assert (later >= window // 2 + 1).all() and (later <= window).all()
+
+
+def test_the_lm_report_section(tmp_path):
+    """Real cells of the closed-form models (uniform: 8 bits per byte everywhere; favouring the byte the
+    documents are made of: falling with position) at two learning rates: the tables, the documents
+    counted, what the context beyond L is worth, and the plots."""
+    import pandas as pd
+
+    from bench.analysis.report_accuracy import accuracy_section
+
+    source = write_corpus(tmp_path / "c", length=lambda i: 200 + 4 * i, byte=ord("a"))
+    rows = []
+    for label, favour in (("uniform", None), ("favour", ord("a"))):
+        for lr in (1e-3, 3e-3):
+            cell = lm_cell(source, 32, factors=(1, 2, 4), favour=favour, lr=lr)
+            cell = cell.model_copy(update={"label": label, "task_label": "lm"})
+            rows.append({"key": cell.key, **cell.model_dump(), **run_accuracy_cell(cell)})
+    out = tmp_path / "run"
+    out.mkdir()
+    lines = accuracy_section(pd.DataFrame(rows), out)
+    text = "\n".join(lines)
+    assert "## Language modelling: bits per byte by context position" in text
+    assert "## Accuracy: synthetic recall" not in text and "## State tracking" not in text
+    counts = {n: len(make_task("lm", {"corpus": source}).documents("test", n)) for n in (32, 64, 128)}
+    assert f"T=32: {counts[32]}, T=64: {counts[64]}, T=128: {counts[128]}." in text
+    assert counts[128] < 10 and "**Few documents**" in text
+    uniform = next(line for line in lines if line.startswith("| uniform |"))
+    assert uniform.startswith("| uniform | " + "8.000 [8.000, 8.000] | " * 3 + "8.000 | 8.000 | +0.000")
+    # The favoured byte's loss falls with position: past L it is lower with the whole document.
+    assert "lower with the whole document (the context beyond L helps): favour (+" in text
+    assert "no difference the documents can show: uniform." in text
+    bucket_head = next(line for line in lines if line.startswith("| model | 1–16 |"))
+    assert bucket_head == "| model | 1–16 | 17–32 | 33–64 (> L) | 65–128 (> L) |"
+    assert text.count("| ✓ |") == 2  # one chosen rate per model
+    for png in ("lm_bpb_by_position.png", "lm_training_curves.png"):
+        assert (out / png).stat().st_size > 1000
