@@ -244,6 +244,8 @@ def accuracy_cells(spec: SweepSpec, entry: ModelEntry, device: str) -> list[Accu
                 args["window"] = context
             for lr in acc.lrs or [acc.lr]:
                 train = train_settings(acc, lr)
+                if job.steps is not None:
+                    train = train.model_copy(update={"steps": job.steps})
                 if task.loss_scored:  # an accuracy threshold means nothing for a loss: the whole budget
                     train = train.model_copy(update={"threshold": None})
                 for seed in acc.seeds or [spec.seed]:

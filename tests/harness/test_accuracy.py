@@ -9,6 +9,7 @@ from bench.errors import BenchError
 from bench.running.accuracy import lr_at, run_accuracy_cell
 from bench.spec.cells import cell_from_json, expand
 from bench.spec.config import ModelEntry, TrainSettings, default_spec, parse_spec, preset_spec
+from bench.tasks import make_task
 from tests.helpers import accuracy_cell
 
 
@@ -90,7 +91,7 @@ def test_bad_tasks_are_named_before_anything_runs(tasks, message):
         (["--modes", "accuracy", "--tasks", "mqar,bogus"], "unknown task 'bogus'"),
         (
             ["--preset", "huge"],
-            "unknown preset 'huge'; known presets: cpu-accuracy, cpu-recall, cpu-state, paper",
+            "unknown preset 'huge'; known presets: cpu-accuracy, cpu-lm, cpu-recall, cpu-state, paper",
         ),
         (["x.toml", "--preset", "paper"], "give a sweep file or --preset, not both"),
         (["--modes", "train", "--tasks", "mqar"], "--tasks needs 'accuracy' among the modes"),
@@ -115,6 +116,7 @@ def test_presets_and_defaults():
         "parity",
         "modular",
         "permutation",
+        "lm",
     }
     state = {
         t.display: (t.train_len, t.args)
@@ -122,6 +124,13 @@ def test_presets_and_defaults():
         if t.name in ("parity", "modular", "permutation")
     }
     assert state == {"parity": (64, {}), "z5": (64, {"m": 5}), "a5": (64, {"group": "A5"})}
+    (lm,) = [t for t in paper.tasks if t.name == "lm"]
+    assert (lm.train_len, lm.steps, lm.args) == (1024, 1500, {"corpus": "python-stdlib"})
+    lm_cells = [c for c in expand(paper, [ModelEntry(name="transformer")], "cpu") if c.task == "lm"]
+    assert {(c.train.steps, c.train.threshold) for c in lm_cells} == {(1500, None)}  # the task's own budget
+    assert {
+        c.train.steps for c in expand(paper, [ModelEntry(name="transformer")], "cpu") if c.task == "mqar"
+    } == {paper.accuracy.steps}
     args = build_parser().parse_args(["run", "--preset", "paper", "--tasks", "mqar-128,niah-pk"])
     spec = spec_from_args(args)
     assert [t.display for t in spec.tasks] == ["mqar-128", "niah-pk"]
@@ -169,6 +178,22 @@ def test_presets_and_defaults():
     assert state.accuracy.threshold == 0.99 and state.accuracy.max_seconds < state.timeout_s
     assert len(cells) == 12 * 3 * 2 and len({c.key for c in cells}) == len(cells)
     assert len({c.train.steps for c in cells}) == 1  # the same budget for every model
+    # cpu-lm: every model and the control, bytes of the standard library, the same steps and no threshold.
+    lm = preset_spec("cpu-lm")
+    assert (
+        lm.models is None
+        and [t.name for t in lm.tasks] == ["lm"]
+        and lm.tasks[0].args["corpus"] == "python-stdlib"
+    )
+    cells = expand(lm, [ModelEntry(name=n) for n in sorted(registered)], "cpu")
+    assert {c.label for c in cells} == registered | {"transformer-swa"} and len(cells) == 2 * (
+        len(registered) + 1
+    )
+    assert {(c.train.steps, c.train.threshold, c.vocab_size) for c in cells} == {
+        (lm.accuracy.steps, None, 256)
+    }
+    assert {c.task_args["fingerprint"] for c in cells} == {make_task("lm").pinned_args()["fingerprint"]}
+    assert lm.accuracy.eval_factors == [1, 2, 4, 8] and len(lm.accuracy.lrs) == 2
     recall = preset_spec("cpu-recall")
     assert [t.args["num_kv_pairs"] for t in recall.tasks] == [4, 8] and {t.name for t in recall.tasks} == {
         "mqar"
