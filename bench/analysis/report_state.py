@@ -168,7 +168,11 @@ def measured(long: pd.DataFrame, task: str) -> str:
         text += ", ".join(f"{r['label']} {100 * r['accuracy']:.1f}%" for _, r in trained.iterrows()) + ")"
     elif len(best):
         top = best.iloc[0]
-        text += f"no model is {LEVEL}% correct on average (best {top['label']} {100 * top['accuracy']:.1f}%)"
+        text += (
+            f"no model is {LEVEL}% correct on average (best {top['label']} {100 * top['accuracy']:.1f}%), "
+            "so this run cannot tell the models apart on it: none learned the task even at the training "
+            "length"
+        )
     at_end = part[(part["eval_len"] == longest) & (part["status"] == "ok")]
     beyond = []
     for label, g in at_end.groupby("label", sort=False):

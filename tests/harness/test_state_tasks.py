@@ -217,3 +217,9 @@ def test_the_state_report_section(tmp_path):
     assert "the 90% prefix goes past L in every seed for state (≥128)" in text
     for png in ("state_accuracy_by_position.png", "state_training_curves.png"):
         assert (tmp_path / png).stat().st_size > 1000
+    # Nobody learns the task: the measured sentence says the run cannot tell the models apart.
+    chance_only = pd.DataFrame([r for r in rows if r["label"] == "identity"])
+    text = "\n".join(accuracy_section(chance_only, tmp_path))
+    assert "no model is 90% correct on average (best identity 50." in text
+    assert "so this run cannot tell the models apart on it: none learned the task even at the" in text
+    assert "at T = 128 no model's 90% prefix goes past L in every seed" in text
