@@ -25,7 +25,7 @@ import seaborn as sns  # noqa: E402
 
 from bench.analysis.stats import t_interval, wilson_interval  # noqa: E402
 from bench.errors import BenchError  # noqa: E402
-from bench.tasks import make_task  # noqa: E402
+from bench.registry import TASKS  # noqa: E402
 
 FAILED = {"diverged": "div."}
 
@@ -54,7 +54,7 @@ def scoring(row) -> str:
     if isinstance(stored, str):
         return stored
     try:
-        task = make_task(row["task"], row.get("task_args") if _is_dict(row.get("task_args")) else {})
+        task = TASKS.get(row["task"]).load()  # the class: its scoring needs no arguments (nor a corpus)
     except BenchError:
         return "distance"
     return "loss" if task.loss_scored else "position" if task.scored_by_position else "distance"

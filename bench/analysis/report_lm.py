@@ -77,6 +77,8 @@ def summarize_lm(cells: pd.DataFrame) -> pd.DataFrame:
         first = group.iloc[0]
         ok = group[group["status"] == "ok"]
         lengths = sorted({e["eval_len"] for _, c in group.iterrows() for e in _entries(c)})
+        if not lengths and _is_list(first.get("eval_lens")):  # a cell that never finished
+            lengths = sorted(first["eval_lens"])
         for length in lengths:
             entries = [e for _, c in ok.iterrows() for e in _entries(c) if e["eval_len"] == length]
             entries = [e for e in entries if e.get("bpb") is not None]

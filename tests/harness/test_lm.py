@@ -380,6 +380,9 @@ def test_the_lm_report_section(tmp_path):
             cell = lm_cell(source, 32, factors=(1, 2, 4), favour=favour, lr=lr)
             cell = cell.model_copy(update={"label": label, "task_label": "lm"})
             rows.append({"key": cell.key, **cell.model_dump(), **run_accuracy_cell(cell)})
+    # A cell that timed out has only its cell fields and a status: still an lm cell, shown as such.
+    late = lm_cell(source, 32, factors=(1, 2, 4)).model_copy(update={"label": "late", "task_label": "lm"})
+    rows.append({"key": late.key, **late.model_dump(), "status": "timeout", "error": "timed out"})
     out = tmp_path / "run"
     out.mkdir()
     lines = accuracy_section(pd.DataFrame(rows), out)
@@ -396,6 +399,7 @@ def test_the_lm_report_section(tmp_path):
     assert "no difference the documents can show: uniform." in text
     bucket_head = next(line for line in lines if line.startswith("| model | 1–16 |"))
     assert bucket_head == "| model | 1–16 | 17–32 | 33–64 (> L) | 65–128 (> L) |"
-    assert text.count("| ✓ |") == 2  # one chosen rate per model
+    assert text.count("| ✓ |") == 3  # one chosen rate per model
+    assert "| late | timeout | timeout | timeout | – |" in text
     for png in ("lm_bpb_by_position.png", "lm_training_curves.png"):
         assert (out / png).stat().st_size > 1000
