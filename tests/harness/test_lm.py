@@ -118,9 +118,8 @@ def test_bad_local_corpora_are_named(tmp_path, files, message):
         fresh(str(tmp_path / "missing"))
 
 
-def test_an_on_disk_datasets_corpus_loads(tmp_path, monkeypatch):
+def test_an_on_disk_datasets_corpus_loads(tmp_path):
     datasets = pytest.importorskip("datasets")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # nothing is fetched
     texts = [f"document number {i} " * (i + 1) for i in range(30)]
     path = tmp_path / "ds"
     datasets.Dataset.from_dict({"text": texts, "id": list(range(30))}).save_to_disk(str(path))
@@ -144,6 +143,13 @@ def test_an_on_disk_datasets_corpus_loads(tmp_path, monkeypatch):
         fresh(f"hf:{notext}")
     with pytest.raises(BenchError, match="is not available locally"):
         fresh(f"hf:{tmp_path / 'absent'}")
+    # A hub name that is not cached: refused offline (never downloaded), the offline switch then restored.
+    import huggingface_hub.constants
+
+    before = datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE
+    with pytest.raises(BenchError, match="is not available locally: .*Offline"):
+        fresh("hf:no-such-owner/no-such-dataset-titans-bench")
+    assert (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE) == before
 
 
 # -- the task ----------------------------------------------------------------------------------------------
