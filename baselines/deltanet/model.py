@@ -4,6 +4,10 @@ language-model shell.
 - ``deltanet``: q/k/v projections, each through a causal depthwise conv and SiLU; q and k L2-normalised per
   head; beta = sigmoid(b_proj x); the delta rule; a per-head output RMSNorm (gated by SiLU(g_proj x) with
   ``use_gate``); o_proj.
+- ``allow_neg_eigval`` (both families, fla's option of the same name): beta = 2 sigmoid(b_proj x) in
+  (0, 2) instead of (0, 1), so the transition I - beta k k^T (k unit-norm) has the eigenvalue 1 - beta in
+  (-1, 1) along k instead of (0, 1): the "negative eigenvalues" variant of Grazzi et al. (2024), which
+  lets a linear recurrence flip a sign and so track parity. Off by default, as in fla and the papers.
 - ``gated-deltanet``: the same with a per-head decay before each write, the log decay
   g = -exp(A_log) * softplus(a_proj x + dt_bias), and the gated output norm by default.
 
@@ -104,6 +108,7 @@ class DeltaNet(Mixer):
         chunk_size: int = 64,
         norm_eps: float = 1e-5,
         backend: str = "torch-chunked",
+        allow_neg_eigval: bool = False,
     ):
         super().__init__()
         if backend not in TORCH_BACKENDS:
@@ -115,6 +120,7 @@ class DeltaNet(Mixer):
             chunked, recurrent = delta_rule_chunked, delta_rule_recurrent
         self.rule = partial(chunked, chunk_size=chunk_size) if backend == "torch-chunked" else recurrent
         self.d_model, self.num_heads, self.gated, self.use_gate = d_model, num_heads, gated, use_gate
+        self.allow_neg_eigval = allow_neg_eigval
         self.head_k_dim, self.head_v_dim = head_k_dim, head_v_dim
         self.key_dim, self.value_dim = num_heads * head_k_dim, num_heads * head_v_dim
         self.conv_size, self.chunk_size = conv_size, chunk_size
@@ -145,9 +151,12 @@ class DeltaNet(Mixer):
         return self.q_conv1d, self.k_conv1d, self.v_conv1d
 
     def _gates(self, x: torch.Tensor):
-        """beta [.., H] in (0, 1) and, for the gated rule, the log decay g [.., H] <= 0; float32 or wider."""
+        """beta [.., H] in (0, 1) (in (0, 2) with ``allow_neg_eigval``) and, for the gated rule, the log
+        decay g [.., H] <= 0; float32 or wider."""
         wide = compute_dtype(x.dtype)
         beta = torch.sigmoid(self.b_proj(x).to(wide))
+        if self.allow_neg_eigval:
+            beta = 2.0 * beta
         if not self.gated:
             return beta, None
         decay_rate = F.softplus(self.a_proj(x).to(wide) + self.dt_bias.to(wide))
@@ -306,6 +315,7 @@ class DeltaNetConfig(ModelConfig):
     conv_size: PositiveInt = 4
     use_gate: bool = False
     chunk_size: PositiveInt = 32
+    allow_neg_eigval: bool = False  # beta in (0, 2): the transition's eigenvalue along k in (-1, 1)
 
 
 class GatedDeltaNetConfig(ModelConfig):
@@ -319,6 +329,7 @@ class GatedDeltaNetConfig(ModelConfig):
     conv_size: PositiveInt = 4
     use_gate: bool = True
     chunk_size: PositiveInt = 32
+    allow_neg_eigval: bool = False  # beta in (0, 2), as for DeltaNet
 
 
 @register("deltanet", config=DeltaNetConfig, backends=fla_backends, reference="torch-recurrent")
@@ -342,6 +353,7 @@ def build_deltanet(config: DeltaNetConfig) -> LanguageModel:
                 num_heads=heads,
                 use_gate=c.use_gate,
                 conv_size=c.conv_size,
+                allow_neg_eigval=c.allow_neg_eigval,
                 layer_idx=0,
             )
             init_projections(layer)
@@ -356,6 +368,7 @@ def build_deltanet(config: DeltaNetConfig) -> LanguageModel:
             conv_size=c.conv_size,
             chunk_size=c.chunk_size,
             backend=resolved,
+            allow_neg_eigval=c.allow_neg_eigval,
         )
 
     return LanguageModel(c.vocab_size, c.d_model, c.n_layers, make, mlp_hidden=c.mlp_hidden)
@@ -383,6 +396,7 @@ def build_gated_deltanet(config: GatedDeltaNetConfig) -> LanguageModel:
                 num_heads=heads,
                 use_gate=c.use_gate,
                 conv_size=c.conv_size,
+                allow_neg_eigval=c.allow_neg_eigval,
                 layer_idx=0,
             )
             init_projections(layer)
@@ -397,6 +411,7 @@ def build_gated_deltanet(config: GatedDeltaNetConfig) -> LanguageModel:
             conv_size=c.conv_size,
             chunk_size=c.chunk_size,
             backend=resolved,
+            allow_neg_eigval=c.allow_neg_eigval,
         )
 
     return LanguageModel(c.vocab_size, c.d_model, c.n_layers, make, mlp_hidden=c.mlp_hidden)

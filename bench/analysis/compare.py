@@ -13,9 +13,10 @@ calling every change "not significant".
 Peak memory and state size are nearly deterministic, so a rise beyond ``mem_threshold`` is enough, as
 long as it is also larger than ``mem_floor`` bytes: the CPU high-water mark moves in pages and the CUDA
 caching allocator in blocks, so on a tiny model one page more would otherwise read as a 20% regression;
-accuracy counts when it drops by more than ``acc_threshold`` (absolute). A cell that was ok and now fails
-is a regression. Exit codes (from the CLI): 0 no regression, 1 a regression, 2 bad input or a comparison
-that cannot decide.
+accuracy counts when it drops by more than ``acc_threshold`` (absolute); bits per byte (the ``bpb_T*``
+columns of language-modelling cells, lower is better) when they rise by more than ``bpb_threshold``
+(absolute, default 0.05 bits per byte). A cell that was ok and now fails is a regression. Exit codes
+(from the CLI): 0 no regression, 1 a regression, 2 bad input or a comparison that cannot decide.
 """
 
 from __future__ import annotations
@@ -120,7 +121,13 @@ def compare_timing(key: str, base: list[float], new: list[float], threshold: flo
 
 
 def _deterministic(
-    key: str, metric: str, base: float, new: float, threshold: float, higher_is_worse: bool, floor: float = 0.0
+    key: str,
+    metric: str,
+    base: float,
+    new: float,
+    threshold: float,
+    higher_is_worse: bool,
+    floor: float = 0.0,
 ) -> Change:
     ratio = new / base if base else (math.inf if new else 1.0)
     big = abs(new - base) > floor
@@ -141,6 +148,7 @@ def compare_runs(
     alpha: float = 0.01,
     mem_threshold: float = 0.10,
     acc_threshold: float = 0.05,
+    bpb_threshold: float = 0.05,
     mem_floor: float = 2**20,
 ) -> Comparison:
     base, new = _load(base_run), _load(new_run)
@@ -176,6 +184,19 @@ def compare_runs(
                 if drop > acc_threshold
                 else "improvement"
                 if -drop > acc_threshold
+                else "unchanged"
+            )
+            out.changes.append(Change(key, col, bv, nv, nv / bv if bv else math.inf, None, verdict))
+        for col in sorted(c for c in b if c.startswith("bpb_T")):  # bits per byte: lower is better
+            bv, nv = _number(b.get(col)), _number(n.get(col))
+            if bv is None or nv is None:
+                continue
+            rise = nv - bv
+            verdict = (
+                "regression"
+                if rise > bpb_threshold
+                else "improvement"
+                if -rise > bpb_threshold
                 else "unchanged"
             )
             out.changes.append(Change(key, col, bv, nv, nv / bv if bv else math.inf, None, verdict))

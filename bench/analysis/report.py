@@ -242,6 +242,24 @@ def _plot_state(data: pd.DataFrame, path: Path, lens: list[int]) -> None:
     plt.close(fig)
 
 
+def cost_lines(frame: pd.DataFrame) -> list[str]:
+    """What the run cost: each cell's process wall clock summed (the run's length when its cells ran one
+    after another, as a local run does), and the CPU time of the accuracy cells' training and evaluation,
+    which a shared machine does not inflate."""
+    wall = pd.to_numeric(frame.get("wall_s"), errors="coerce").dropna() if "wall_s" in frame else None
+    if wall is None or wall.empty:
+        return []
+    text = f"Cell wall clock, summed over {len(wall)} cells: {wall.sum() / 60:.1f} minutes"
+    cpu = [
+        pd.to_numeric(frame[c], errors="coerce").fillna(0)
+        for c in ("train_cpu_seconds", "eval_cpu_seconds")
+        if c in frame
+    ]
+    if cpu:
+        text += f" (training and evaluation CPU time: {sum(c.sum() for c in cpu) / 60:.1f} minutes)"
+    return [text + ".", ""]
+
+
 def timing_section(timing: pd.DataFrame, run_dir: Path) -> list[str]:
     timing = timing.assign(series=_series(timing))
     lens = sorted(int(t) for t in timing["seq_len"].unique())
@@ -341,6 +359,7 @@ def write_report(run_dir: str | Path) -> Path:
     ]
     counts = frame["status"].value_counts().to_dict()
     out += ["## Cells", "", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), ""]
+    out += cost_lines(frame)
 
     ok = frame[frame["status"] == "ok"]
     timing = ok[ok["mode"].isin(TIMING_MODES)] if "mode" in ok else ok.iloc[0:0]

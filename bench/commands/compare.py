@@ -38,6 +38,12 @@ def add_arguments(cmp: argparse.ArgumentParser) -> None:
         "--acc-threshold", type=float, default=0.05, help="absolute accuracy drop that counts (%(default)s)"
     )
     cmp.add_argument(
+        "--bpb-threshold",
+        type=float,
+        default=0.05,
+        help="absolute rise of a language-modelling cell's bits per byte that counts (%(default)s)",
+    )
+    cmp.add_argument(
         "--min-common",
         type=int,
         default=1,
@@ -56,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         ("--mem-threshold", args.mem_threshold),
         ("--acc-threshold", args.acc_threshold),
         ("--mem-floor", args.mem_floor),
+        ("--bpb-threshold", args.bpb_threshold),
     ):
         if value < 0:
             raise BenchError(f"{name} must be >= 0, got {value}")
@@ -64,7 +71,13 @@ def run(args: argparse.Namespace) -> int:
     if args.min_common < 1:
         raise BenchError(f"--min-common must be >= 1, got {args.min_common}")
     comp = compare_runs(
-        args.base, args.new, args.threshold, args.alpha, args.mem_threshold, args.acc_threshold,
+        args.base,
+        args.new,
+        args.threshold,
+        args.alpha,
+        args.mem_threshold,
+        args.acc_threshold,
+        bpb_threshold=args.bpb_threshold,
         mem_floor=args.mem_floor * 2**20,
     )
     text = to_markdown(comp, show_unchanged=args.all)

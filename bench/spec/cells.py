@@ -224,7 +224,8 @@ def accuracy_cells(spec: SweepSpec, entry: ModelEntry, device: str) -> list[Accu
     """One cell per task, learning rate and seed for this model (and its sliding-window control, see
     :func:`swa_control`). The model is built with the task's vocabulary (a task defines its tokens),
     and the sweep's width and depth unless the [accuracy] table sets its own; the hybrids' attention
-    context is ``hybrid_context`` of each task's training length."""
+    context is ``hybrid_context`` of each task's training length. A task's pinned arguments (a corpus's
+    fingerprint) join its ``task_args``; a task scored by loss trains without an accuracy threshold."""
     acc = spec.accuracy
     dtype = acc.dtype or ("bfloat16" if device == "cuda" else "float32")
     control = swa_control(spec, entry)
@@ -232,6 +233,7 @@ def accuracy_cells(spec: SweepSpec, entry: ModelEntry, device: str) -> list[Accu
     for model in [entry] if control is None else [entry, control]:
         for job in spec.tasks:
             task = make_task(job.name, job.args)
+            task_args = {**job.args, **task.pinned_args()}  # e.g. a corpus's fingerprint: in the key
             train_len = job.train_len or acc.train_len
             eval_lens = sorted(train_len * f for f in acc.eval_factors)
             for length in (train_len, *eval_lens):
@@ -241,6 +243,11 @@ def accuracy_cells(spec: SweepSpec, entry: ModelEntry, device: str) -> list[Accu
             if model is control:
                 args["window"] = context
             for lr in acc.lrs or [acc.lr]:
+                train = train_settings(acc, lr)
+                if job.steps is not None:
+                    train = train.model_copy(update={"steps": job.steps})
+                if task.loss_scored:  # an accuracy threshold means nothing for a loss: the whole budget
+                    train = train.model_copy(update={"threshold": None})
                 for seed in acc.seeds or [spec.seed]:
                     cells.append(
                         AccuracyCell(
@@ -258,9 +265,9 @@ def accuracy_cells(spec: SweepSpec, entry: ModelEntry, device: str) -> list[Accu
                             seed=seed,
                             task=job.name,
                             task_label=job.display,
-                            task_args=job.args,
+                            task_args=task_args,
                             eval_lens=eval_lens,
-                            train=train_settings(acc, lr),
+                            train=train,
                             smoke_test=acc.smoke_test,
                         )
                     )

@@ -33,6 +33,8 @@ PRESETS = {
     "paper": "paper-accuracy.toml",
     "cpu-accuracy": "cpu-accuracy.toml",
     "cpu-recall": "cpu-recall.toml",
+    "cpu-state": "cpu-state.toml",
+    "cpu-lm": "cpu-lm.toml",
 }
 
 
@@ -59,6 +61,7 @@ class TaskEntry(Strict):
     label: str | None = None  # how results and reports name it; defaults to `name`
     args: dict[str, Any] = Field(default_factory=dict)
     train_len: PositiveInt | None = None  # None: the [accuracy] table's train_len
+    steps: PositiveInt | None = None  # None: the [accuracy] table's steps (a small corpus wants fewer)
 
     @property
     def display(self) -> str:

@@ -26,7 +26,7 @@ training distribution at every length).
 from __future__ import annotations
 
 import hashlib
-from typing import ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -37,6 +37,7 @@ IGNORE = -100  # cross_entropy's ignore_index
 NO_DISTANCE = -1  # in ``distances`` where nothing is asked
 
 Placement = Literal["stretch", "train"]
+Split = Literal["train", "validation", "test"]
 
 
 class Examples(NamedTuple):
@@ -78,6 +79,13 @@ class Task:
     # False: an example scores the fraction of its asked positions that are right (MQAR).
     # True: an example scores 1 only if every asked position is right (a needle's whole value).
     exact: ClassVar[bool] = False
+    # True: every position is asked and its distance is the position + 1 (a running state, nothing to
+    # recall): the evaluation also records the longest prefix the model gets right (see longest_prefix).
+    scored_by_position: ClassVar[bool] = False
+    # True: scored by the loss (negative log-likelihood) of every asked position, not by the argmax
+    # (language modelling, bench/tasks/lm.py): the evaluation records bits per byte by position instead
+    # of accuracy, and training runs its whole step budget.
+    loss_scored: ClassVar[bool] = False
 
     def __init__(self, config: TaskConfig):
         self.config = config
@@ -94,6 +102,29 @@ class Task:
         the model is (or was) trained at; None, or a ``seq_len`` not above it, gives the training
         distribution."""
         raise NotImplementedError
+
+    def examples(
+        self, split: Split, n: int, seq_len: int, seed: int, train_len: int | None = None
+    ) -> Examples:
+        """``n`` examples of one split, "train", "validation" or "test". A synthetic task draws every split
+        from the same distribution, kept apart by the seed (the caller derives one per split and stream:
+        :func:`derive_seed`); a task over a corpus draws from that split's documents, and may return fewer
+        than ``n`` (as many documents as are long enough)."""
+        return self.generate(n, seq_len, seed, train_len)
+
+    def examples_with_bytes(
+        self, split: Split, n: int, seq_len: int, seed: int, train_len: int | None = None
+    ) -> tuple[Examples, torch.Tensor]:
+        """For a task scored by loss: :meth:`examples` and the bytes of text each target stands for [n, T]
+        (bits per byte divide by them). One token is one byte unless the task says otherwise."""
+        examples = self.examples(split, n, seq_len, seed, train_len)
+        return examples, torch.ones_like(examples.targets)
+
+    def pinned_args(self) -> dict[str, Any]:
+        """Arguments the sweep adds to a cell's ``task_args`` when it makes the cells: what a result depends
+        on beyond the arguments given (a corpus's fingerprint), so that it is part of the cell's key and
+        checked where the cell runs. Validated by ``Config`` like every argument."""
+        return {}
 
     def stretches(self, seq_len: int, train_len: int | None) -> bool:
         """Whether examples of ``seq_len`` use the evaluation placement that stretches the distances."""
@@ -151,6 +182,19 @@ def bin_by_distance(distance: torch.Tensor, correct: torch.Tensor, length: int) 
         out.append({"max_distance": bound, "correct": int(correct[inside].sum()), "total": int(inside.sum())})
         low = bound
     return out
+
+
+def longest_prefix(correct: torch.Tensor, asked: torch.Tensor, level: float = 0.9) -> int:
+    """The longest prefix length L at which the model is still at least ``level`` correct: the largest L
+    such that, at every position t < L, the accuracy over the examples (``correct`` and ``asked`` bool
+    [n, T]; positions nobody was asked are skipped) is >= ``level``. 0 if the first position already falls
+    short; T if none does (then the model's true figure is at least T: the evaluation is too short to see
+    where it fails). Each position's accuracy is a mean over n examples: with n = 128 a position whose true
+    accuracy is 0.93 falls below 0.9 with probability 0.11 (0.95: 0.012), so the figure is noisy near 0.9."""
+    n_asked = asked.sum(0)
+    accuracy = (correct & asked).sum(0).double() / n_asked.clamp(min=1)
+    failing = ((accuracy < level) & (n_asked > 0)).nonzero()
+    return int(failing[0, 0]) if len(failing) else correct.shape[1]
 
 
 def derive_seed(seed: int, *stream: object) -> int:

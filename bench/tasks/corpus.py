@@ -8,8 +8,9 @@ Sources (``corpus`` in the task's args):
 - ``"path/to/dir-or-file"``: any local text, a folder of ``.txt`` / ``.md`` / ``.py`` / ``.jsonl`` files (a
   ``.jsonl`` file holds one document per line, in its ``text`` field) or one such file;
 - ``"hf:NAME"`` (``"hf:NAME:SPLIT"``): a Hugging Face dataset that is available locally (a directory saved
-  with ``save_to_disk``, or a name in the local cache with ``HF_DATASETS_OFFLINE=1``), read when the
-  ``datasets`` package is installed; its ``text`` column is the documents.
+  with ``save_to_disk``, or a name in the local cache), read when the ``datasets`` package is installed,
+  with datasets and huggingface_hub held offline while it loads (a name not cached is an error, never a
+  download); its ``text`` column is the documents.
 
 Every document gets a split by a stable hash of its name (its path relative to the corpus, or its index in
 a file or dataset): train / validation / test, the same on every machine and run. A corpus's
@@ -19,9 +20,11 @@ cells that use it, so runs on different corpora are never compared as if they we
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import os
 import sys
 import sysconfig
 from collections.abc import Iterator
@@ -70,7 +73,12 @@ def _digest(items: Iterator[bytes]) -> str:
 
 def _stdlib() -> Corpus:
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py") if not (set(p.relative_to(root).parts[:-1]) & SKIP_DIRS))
+    files = []
+    # os.walk prunes the skipped folders: site-packages alone can hold a hundred thousand files
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if d not in SKIP_DIRS]
+        files += [Path(folder) / name for name in names if name.endswith(".py")]
+    files.sort()
     docs = tuple(Document(p.relative_to(root).as_posix(), p.read_bytes()) for p in files)
     version = ".".join(map(str, sys.version_info[:3]))
     listing = _digest(d.name.encode() for d in docs)
@@ -108,6 +116,19 @@ def _local(source: str) -> Corpus:
     return Corpus(source, tuple(docs), "local-" + _digest(d.name.encode() + d.data for d in docs))
 
 
+@contextlib.contextmanager
+def _offline(datasets):
+    """datasets and huggingface_hub in offline mode for the duration: the local cache or nothing."""
+    import huggingface_hub.constants as hub
+
+    saved = datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = saved
+
+
 def _hf(source: str) -> Corpus:
     name, _, split = source.removeprefix("hf:").partition(":")
     try:
@@ -115,10 +136,11 @@ def _hf(source: str) -> Corpus:
     except ImportError:
         raise BenchError(f"corpus {source!r} needs the 'datasets' package: pip install datasets") from None
     try:
-        if Path(name).is_dir():
-            data = datasets.load_from_disk(name)
-        else:
-            data = datasets.load_dataset(name, split=split or "train", download_mode="reuse_cache_if_exists")
+        with _offline(datasets):
+            if Path(name).is_dir():
+                data = datasets.load_from_disk(name)
+            else:
+                data = datasets.load_dataset(name, split=split or "train")
     except Exception as err:  # noqa: BLE001 - nothing is downloaded at run time: say what is missing
         raise BenchError(f"corpus {source!r} is not available locally: {type(err).__name__}: {err}") from None
     if isinstance(data, datasets.DatasetDict):

@@ -3,11 +3,13 @@
 import pandas as pd
 import pytest
 
+import bench
 from bench.cli import build_parser, main
 from bench.errors import BenchError
 from bench.running.accuracy import lr_at, run_accuracy_cell
 from bench.spec.cells import cell_from_json, expand
 from bench.spec.config import ModelEntry, TrainSettings, default_spec, parse_spec, preset_spec
+from bench.tasks import make_task
 from tests.helpers import accuracy_cell
 
 
@@ -87,7 +89,10 @@ def test_bad_tasks_are_named_before_anything_runs(tasks, message):
     "args, message",
     [
         (["--modes", "accuracy", "--tasks", "mqar,bogus"], "unknown task 'bogus'"),
-        (["--preset", "huge"], "unknown preset 'huge'; known presets: cpu-accuracy, cpu-recall, paper"),
+        (
+            ["--preset", "huge"],
+            "unknown preset 'huge'; known presets: cpu-accuracy, cpu-lm, cpu-recall, cpu-state, paper",
+        ),
         (["x.toml", "--preset", "paper"], "give a sweep file or --preset, not both"),
         (["--modes", "train", "--tasks", "mqar"], "--tasks needs 'accuracy' among the modes"),
     ],
@@ -103,7 +108,29 @@ def test_presets_and_defaults():
 
     paper = preset_spec("paper")
     assert paper.modes == ["accuracy"] and paper.accuracy.eval_factors == [1, 2, 4, 8]
-    assert {t.name for t in paper.tasks} == {"mqar", "niah-pk", "niah-n", "niah-uuid"}
+    assert {t.name for t in paper.tasks} == {
+        "mqar",
+        "niah-pk",
+        "niah-n",
+        "niah-uuid",
+        "parity",
+        "modular",
+        "permutation",
+        "lm",
+    }
+    state = {
+        t.display: (t.train_len, t.args)
+        for t in paper.tasks
+        if t.name in ("parity", "modular", "permutation")
+    }
+    assert state == {"parity": (64, {}), "z5": (64, {"m": 5}), "a5": (64, {"group": "A5"})}
+    (lm,) = [t for t in paper.tasks if t.name == "lm"]
+    assert (lm.train_len, lm.steps, lm.args) == (1024, 1500, {"corpus": "python-stdlib"})
+    lm_cells = [c for c in expand(paper, [ModelEntry(name="transformer")], "cpu") if c.task == "lm"]
+    assert {(c.train.steps, c.train.threshold) for c in lm_cells} == {(1500, None)}  # the task's own budget
+    assert {
+        c.train.steps for c in expand(paper, [ModelEntry(name="transformer")], "cpu") if c.task == "mqar"
+    } == {paper.accuracy.steps}
     args = build_parser().parse_args(["run", "--preset", "paper", "--tasks", "mqar-128,niah-pk"])
     spec = spec_from_args(args)
     assert [t.display for t in spec.tasks] == ["mqar-128", "niah-pk"]
@@ -129,6 +156,44 @@ def test_presets_and_defaults():
         )
         assert len(spec.accuracy.lrs) == n_lrs and len(spec.accuracy.seeds or [spec.seed]) == n_seeds
         assert spec.accuracy.max_seconds < spec.timeout_s and spec.accuracy.threads in (None, 1)
+    # cpu-state: every registered model listed by hand (plus DeltaNet's negative-eigenvalue variants) and
+    # the control asked for, the three groups trained short and evaluated at 8x; the same recipe otherwise.
+    state = preset_spec("cpu-state")
+    cells = expand(state, state.models, "cpu")
+    registered = set(bench.list_models())
+    assert {m.name for m in state.models} == registered and state.accuracy.swa_control
+    assert {c.label for c in cells} == registered | {
+        "deltanet-negeig",
+        "gated-deltanet-negeig",
+        "transformer-swa",
+    }
+    assert {c.model_args.get("allow_neg_eigval") for c in cells if c.label.endswith("-negeig")} == {True}
+    assert [(t.name, t.args) for t in state.tasks] == [
+        ("parity", {}),
+        ("modular", {"m": 5}),
+        ("permutation", {"group": "A5"}),
+    ]
+    assert state.accuracy.eval_factors == [1, 2, 4, 8] and state.accuracy.train_len <= 64
+    assert len(state.accuracy.lrs) == 2 and state.accuracy.hybrid_context == 0.25
+    assert state.accuracy.threshold == 0.99 and state.accuracy.max_seconds < state.timeout_s
+    assert len(cells) == 12 * 3 * 2 and len({c.key for c in cells}) == len(cells)
+    assert len({c.train.steps for c in cells}) == 1  # the same budget for every model
+    # cpu-lm: every model and the control, bytes of the standard library, the same steps and no threshold.
+    lm = preset_spec("cpu-lm")
+    assert (
+        lm.models is None
+        and [t.name for t in lm.tasks] == ["lm"]
+        and lm.tasks[0].args["corpus"] == "python-stdlib"
+    )
+    cells = expand(lm, [ModelEntry(name=n) for n in sorted(registered)], "cpu")
+    assert {c.label for c in cells} == registered | {"transformer-swa"} and len(cells) == 2 * (
+        len(registered) + 1
+    )
+    assert {(c.train.steps, c.train.threshold, c.vocab_size) for c in cells} == {
+        (lm.accuracy.steps, None, 256)
+    }
+    assert {c.task_args["fingerprint"] for c in cells} == {make_task("lm").pinned_args()["fingerprint"]}
+    assert lm.accuracy.eval_factors == [1, 2, 4, 8] and len(lm.accuracy.lrs) == 2
     recall = preset_spec("cpu-recall")
     assert [t.args["num_kv_pairs"] for t in recall.tasks] == [4, 8] and {t.name for t in recall.tasks} == {
         "mqar"

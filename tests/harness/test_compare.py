@@ -102,7 +102,7 @@ def test_memory_growth_failures_and_unmatched_cells(runs):
 
 
 def test_a_page_more_on_a_tiny_model_is_not_a_memory_regression(tmp_path):
-    """The CPU high-water mark moves in 4 KiB pages: 20 -> 24 KiB is +20% but no regression; 20 -> 24 MiB is."""
+    """The CPU high-water mark moves in 4 KiB pages: 20 -> 24 KiB is +20% but no regression; 20 -> 24 MiB is"""
     base, new = tmp_path / "base", tmp_path / "new"
     base.mkdir(), new.mkdir()
     write_run(base, [cell("tiny", 1.0, mem=20 * 1024, seed=1), cell("big", 1.0, mem=20 * MIB, seed=2)])
@@ -182,3 +182,36 @@ def test_runs_with_nothing_in_common_cannot_pass_the_gate(tmp_path, capsys):
     write_run(new, [cell("old-config", 1.0, seed=5)])
     assert main(["compare", str(base), str(new)]) == 0
     assert main(["compare", str(base), str(new), "--min-common", "2"]) == 2
+
+
+def test_bits_per_byte_are_lower_is_better(tmp_path):
+    """Language-modelling cells carry bpb_T{n} columns: a rise beyond bpb_threshold (0.05 bits per byte by
+    default) is a regression, a fall an improvement, the opposite of the accuracy columns."""
+    base, new = tmp_path / "base", tmp_path / "new"
+    base.mkdir(), new.mkdir()
+    write_run(
+        base,
+        [
+            {"key": "lm-a", "status": "ok", "bpb_T64": 2.0, "bpb_T128": 2.10},
+            {"key": "lm-b", "status": "ok", "bpb_T64": 2.0, "bpb_T128": None},  # not evaluated: skipped
+            {"key": "acc", "status": "ok", "acc_T64": 0.9},
+        ],
+    )
+    write_run(
+        new,
+        [
+            {"key": "lm-a", "status": "ok", "bpb_T64": 2.04, "bpb_T128": 2.20},
+            {"key": "lm-b", "status": "ok", "bpb_T64": 1.90, "bpb_T128": 3.0},
+            {"key": "acc", "status": "ok", "acc_T64": 0.99},
+        ],
+    )
+    verdicts = {(c.key, c.metric): c.verdict for c in compare_runs(str(base), str(new)).changes}
+    assert verdicts == {
+        ("lm-a", "bpb_T64"): "unchanged",  # +0.04, within the threshold
+        ("lm-a", "bpb_T128"): "regression",  # +0.10
+        ("lm-b", "bpb_T64"): "improvement",  # -0.10
+        ("acc", "acc_T64"): "improvement",  # accuracy: higher is better
+    }
+    assert [c.metric for c in compare_runs(str(base), str(new), bpb_threshold=0.2).regressions] == []
+    assert main(["compare", str(base), str(new)]) == 1
+    assert main(["compare", str(new), str(new)]) == 0

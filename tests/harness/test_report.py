@@ -16,6 +16,7 @@ def record(label, mode, seq_len, tps, status="ok"):
         "n_layers": 1,
         "vocab_size": 32,
         "status": status,
+        "wall_s": 30.0,
     }
     if status == "ok":
         rec.update(
@@ -44,6 +45,7 @@ def test_report_from_a_small_results_file(tmp_path):
     assert text.startswith("# Benchmark report: unit")
     assert "| attn | 2k ±5% | 1.5k ±5% |" in text
     assert "| rnn | train | 4096 | 1 | oom | simulated: cannot allocate |" in text
+    assert "Cell wall clock, summed over 13 cells: 6.5 minutes." in text  # what the run cost
     assert "## Inference state size (KiB)" in text  # small states in a unit that shows them
     assert "| attn | 8.0 | 32.0 |" in text and "| rnn | 4.0 | 4.0 |" in text
     for png in ("throughput.png", "memory.png", "state_size.png"):

@@ -95,6 +95,34 @@ def test_overrides_reach_the_mixers():
     assert not hasattr(m, "g_proj")
 
 
+@pytest.mark.parametrize("name", ["deltanet", "gated-deltanet"])
+def test_negative_eigenvalues_option(name):
+    """``allow_neg_eigval``: beta doubles (in (0, 2)), the chunked model still equals the per-token
+    reference in float64, forward and gradients, and decoding step by step reproduces the forward."""
+    default = tiny_model(name, **SMALL[name])
+    fast = tiny_model(name, backend="torch-chunked", allow_neg_eigval=True, **SMALL[name])
+    slow = tiny_model(name, backend="torch-recurrent", allow_neg_eigval=True, **SMALL[name])
+    fast.load_state_dict(default.state_dict())
+    slow.load_state_dict(default.state_dict())
+    assert not mixer(default).allow_neg_eigval and mixer(fast).allow_neg_eigval
+    x = torch.randn(2, 5, TINY["d_model"], dtype=torch.float64)
+    beta, beta_default = mixer(fast)._gates(x)[0], mixer(default)._gates(x)[0]
+    torch.testing.assert_close(beta, 2 * beta_default)
+    for model in (fast, slow):
+        model(X).pow(2).mean().backward()
+    torch.testing.assert_close(fast(X), slow(X), rtol=1e-10, atol=1e-10)
+    for (key, p), q in zip(fast.named_parameters(), slow.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=key)
+    assert not torch.allclose(fast(X), default(X))  # the option changes the model
+    with torch.no_grad():
+        state = fast.init_state(2)
+        steps = []
+        for t in range(X.shape[1]):
+            logits, state = fast.step(X[:, t], state)
+            steps.append(logits)
+        torch.testing.assert_close(torch.stack(steps, 1), fast(X), rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_bf16_model_keeps_a_float32_recurrent_state(name):
     model = bench.build(name, **TINY).to(torch.bfloat16)
@@ -183,6 +211,14 @@ def test_parameters_are_the_upstream_layers(monkeypatch, name, overrides):
     for key, value in ours.state_dict().items():
         assert torch.equal(theirs.state_dict()[key], value), key
     ours.load_state_dict(theirs.state_dict())
+
+
+@pytest.mark.upstream
+@pytest.mark.parametrize("name", ["deltanet", "gated-deltanet"])
+@pytest.mark.parametrize("allow", [False, True])
+def test_negative_eigenvalues_reach_the_fla_layers(monkeypatch, name, allow):
+    model = build_upstream(monkeypatch, name, allow_neg_eigval=allow)
+    assert all(block.mixer.layer.allow_neg_eigval is allow for block in model.blocks)
 
 
 @pytest.fixture

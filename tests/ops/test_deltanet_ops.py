@@ -86,6 +86,43 @@ def test_chunked_equals_recurrent(gated, length, chunk, initial, dtype):
         assert rel_err(g[name], g_ref[name]) < tol, name
 
 
+@pytest.mark.parametrize("initial", [False, True])
+@pytest.mark.parametrize("gated", [False, True])
+def test_chunked_equals_recurrent_with_negative_eigenvalues(gated, initial):
+    """beta in (0, 2), as DeltaNet's ``allow_neg_eigval`` makes it: the transition I - beta k k^T then has
+    a negative eigenvalue along k wherever beta > 1, and the chunked form must still equal the reference."""
+    inputs = make_inputs(length=37, gated=gated, initial=initial)
+    inputs["beta"] = (2 * inputs["beta"].detach()).requires_grad_()
+    assert inputs["beta"].max() > 1.5 and inputs["beta"].min() < 0.5
+    reference, chunked = (
+        (gated_delta_rule_recurrent, gated_delta_rule_chunked)
+        if gated
+        else (delta_rule_recurrent, delta_rule_chunked)
+    )
+    o_ref, s_ref, g_ref = run_with_grads(reference, inputs)
+    o, s, g = run_with_grads(chunked, inputs, chunk_size=8)
+    assert rel_err(o, o_ref) < 1e-10 and rel_err(s, s_ref) < 1e-10
+    for name in g_ref:
+        assert rel_err(g[name], g_ref[name]) < 1e-10, name
+
+
+def test_beta_two_is_a_reflection():
+    """With v = 0 and beta = 2 the update is S <- (I - 2 k k^T) S, a Householder reflection: the same key
+    twice gives S back, and S's component along k flips sign after once (eigenvalue -1; beta <= 1 can
+    only shrink it)."""
+    inputs = make_inputs(batch=1, heads=1, length=2, initial=True)
+    k = inputs["k"].detach()[:, :, :1].expand(1, 1, 2, -1).contiguous()  # the same key twice
+    v = torch.zeros_like(inputs["v"].detach())
+    beta = torch.full((1, 1, 2), 2.0, dtype=torch.float64)
+    q, s0 = inputs["q"].detach(), inputs["initial_state"].detach()
+    for op in (delta_rule_recurrent, delta_rule_chunked):
+        _, once = op(q[:, :, :1], k[:, :, :1], v[:, :, :1], beta[:, :, :1], initial_state=s0)
+        _, twice = op(q, k, v, beta, initial_state=s0)
+        along = k[0, 0, 0] @ s0[0, 0]
+        torch.testing.assert_close(k[0, 0, 0] @ once[0, 0], -along, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(twice, s0, rtol=1e-12, atol=1e-12)
+
+
 def test_explicit_scale_and_zero_gate():
     """A log decay of 0 is no decay: the gated rule reduces to the plain one, for any scale."""
     inputs = make_inputs(gated=True, initial=True)

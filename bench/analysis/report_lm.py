@@ -1,0 +1,470 @@
+"""The language-modelling part of the accuracy section (tasks scored by loss, bench/tasks/lm.py):
+
+- bits per byte at each evaluation length, the positions past the training length L with the whole
+  document as context and with the context cut to L (the same targets, so their difference is what the
+  context beyond L is worth, with a 95% t interval over the documents), and the gain from the first
+  positions of a document to its last bucket;
+- bits per byte by position bucket at the longest evaluation length;
+- a plot of bits per byte against position (log x), one line per model, dashed past L with the context
+  cut to L; the hybrids' window or segment in the table and the legend;
+- how many documents were scored at each length, which, and a warning when few are;
+- the training runs (learning rate chosen by validation bits per byte, lowest mean over seeds; ties to the
+  smaller rate), their throughput and curves.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from bench.analysis.accuracy_common import _fmt, _is_dict, _is_list, _lr_text, _num, context_text  # noqa: E402
+from bench.analysis.stats import t_interval  # noqa: E402
+from bench.errors import BenchError  # noqa: E402
+from bench.tasks import make_task  # noqa: E402
+
+PLOT = "lm_bpb_by_position.png"
+CURVES = "lm_training_curves.png"
+FIRST_CONTEXT = 16  # positions <= 16 are the first bucket of the table (bench/running/accuracy.py)
+FEW_DOCUMENTS = 10  # fewer documents than this at a length: the report says the figure is thin
+LN2 = math.log(2)
+
+
+def lm_runs(cells: pd.DataFrame) -> pd.DataFrame:
+    """The cells with ``lr``, ``seed``, ``context``, ``val`` (validation bits per byte of the final model;
+    infinite for a run that did not finish, so that it never wins) and ``chosen`` (the learning rate with
+    the lowest mean ``val`` over seeds of each model and task; ties to the smaller rate)."""
+    cells = cells.copy().reset_index(drop=True)
+    cells["lr"] = [t.get("lr") if _is_dict(t) else None for t in cells.get("train", [None] * len(cells))]
+    if "seed" not in cells:
+        cells["seed"] = 0
+    val = cells["val_bpb"] if "val_bpb" in cells else pd.Series([None] * len(cells))
+    cells["val"] = [
+        v if status == "ok" and v is not None and math.isfinite(v) else math.inf
+        for status, v in zip(cells["status"], (_num(x) for x in val), strict=True)
+    ]
+    cells["context"] = [context_text(row) for _, row in cells.iterrows()]
+    cells["chosen"] = False
+    for _, group in cells.groupby(["label", "task_label"], sort=False, dropna=False):
+        if group["lr"].isna().all():
+            cells.loc[group.index, "chosen"] = True
+            continue
+        score = group.groupby("lr")["val"].mean().reset_index().sort_values(["val", "lr"])
+        cells.loc[group.index[group["lr"] == score.iloc[0]["lr"]], "chosen"] = True
+    return cells
+
+
+def _entries(cell) -> list[dict]:
+    entries = cell.get("accuracy_by_len")
+    return entries if _is_list(entries) else []
+
+
+def summarize_lm(cells: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, task, evaluation length) at the chosen learning rate: bits per byte pooled over
+    the seeds, and per document (each document's figures averaged over the seeds: the held-out documents
+    are the same in every cell) for the intervals."""
+    rows = []
+    chosen = lm_runs(cells)
+    chosen = chosen[chosen["chosen"]]
+    for (label, task), group in chosen.groupby(["label", "task_label"], sort=False):
+        first = group.iloc[0]
+        ok = group[group["status"] == "ok"]
+        lengths = sorted({e["eval_len"] for _, c in group.iterrows() for e in _entries(c)})
+        if not lengths and _is_list(first.get("eval_lens")):  # a cell that never finished
+            lengths = sorted(first["eval_lens"])
+        for length in lengths:
+            entries = [e for _, c in ok.iterrows() for e in _entries(c) if e["eval_len"] == length]
+            entries = [e for e in entries if e.get("bpb") is not None]
+            row = {
+                "label": label,
+                "task_label": task,
+                "eval_len": length,
+                "train_len": int(first["seq_len"]),
+                "context": first["context"],
+                "lr": first["lr"],
+                "seeds": len(group),
+                "ok_seeds": len(entries),
+                "status": "ok" if entries else (first["status"] if first["status"] != "ok" else "non-finite"),
+                "tokens_per_s": pd.to_numeric(group.get("train_tokens_per_s"), errors="coerce").mean(),
+            }
+            if entries:
+                row.update(_pool(entries, int(first["seq_len"]), length))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _pool(entries: list[dict], train_len: int, length: int) -> dict:
+    """Bits per byte over the seeds' entries of one length, by bucket, and per-document intervals."""
+    bounds = [b["max_distance"] for b in entries[0]["by_position"]]
+    sums = {
+        name: [sum(e["by_position"][i][name] for e in entries) for i in range(len(bounds))]
+        for name in ("nll", "nll_truncated", "bytes")
+    }
+
+    def bpb(name: str, keep) -> float | None:
+        lows = [0, *bounds[:-1]]
+        index = [i for i, (low, high) in enumerate(zip(lows, bounds, strict=True)) if keep(low, high)]
+        total = sum(sums["bytes"][i] for i in index)
+        return sum(sums[name][i] for i in index) / LN2 / total if total else None
+
+    out = {
+        "n_examples": entries[0].get("n_examples"),
+        "bounds": bounds,
+        "bucket_bpb": [s / LN2 / b if b else None for s, b in zip(sums["nll"], sums["bytes"], strict=True)],
+        "bucket_bpb_truncated": [
+            s / LN2 / b if b else None for s, b in zip(sums["nll_truncated"], sums["bytes"], strict=True)
+        ],
+        "bpb": bpb("nll", lambda low, high: True),
+        "first": bpb("nll", lambda low, high: high <= FIRST_CONTEXT),
+        "last": bpb("nll", lambda low, high: high == bounds[-1]),
+        "beyond": _mean([e.get("bpb_beyond_train") for e in entries]),
+        "beyond_truncated": _mean([e.get("bpb_beyond_train_truncated") for e in entries]),
+    }
+    # Per document: its bits per byte over every position, and the worth of the context beyond L
+    documents = [e.get("by_document") for e in entries]
+    if all(_is_dict(d) and d.get("nll") is not None for d in documents):
+        n = len(documents[0]["nll"])
+        overall, gains = [], []
+        for j in range(n):  # each document: its sums over the seeds
+            nll = sum(sum(d["nll"][j]) for d in documents)
+            size = sum(sum(d["bytes"][j]) for d in documents)
+            overall.append(nll / LN2 / size)
+            beyond = {k: sum(d.get(k, [0] * n)[j] for d in documents) for k in BEYOND}
+            if beyond["bytes_beyond"]:
+                gains.append(
+                    (beyond["nll_truncated_beyond"] - beyond["nll_beyond"]) / LN2 / beyond["bytes_beyond"]
+                )
+        out["bpb_interval"] = _t(overall)
+        out["context_gain"] = sum(gains) / len(gains) if gains else None
+        out["context_gain_interval"] = _t(gains)
+    return out
+
+
+BEYOND = ("nll_beyond", "nll_truncated_beyond", "bytes_beyond")
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _t(values: list[float]) -> tuple[float, float] | None:
+    if len(values) < 2:
+        return None
+    _, low, high = t_interval(values)
+    return low, high
+
+
+def _bpb_text(value, interval=None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    text = f"{value:.{digits}f}"
+    if interval:
+        text += f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+    return text
+
+
+def _signed(value, interval=None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    text = f"{value:+.3f}"
+    if interval:
+        text += f" [{interval[0]:+.3f}, {interval[1]:+.3f}]"
+    return text
+
+
+def _row_text(row, value: str, interval: str | None = None) -> str:
+    if row["status"] != "ok":
+        return {"diverged": "div."}.get(row["status"], row["status"])
+    text = _bpb_text(row.get(value), row.get(interval) if interval else None)
+    if row["ok_seeds"] < row["seeds"]:
+        text += f" ({row['seeds'] - row['ok_seeds']} of {row['seeds']} seeds failed)"
+    return text
+
+
+def _bucket_name(low: int, high: int) -> str:
+    return f"{low + 1}–{high}" if high > low + 1 else str(high)
+
+
+def length_table(summary: pd.DataFrame, task: str) -> list[str]:
+    part = summary[summary["task_label"] == task]
+    train_len = int(part["train_len"].iloc[0])
+    lengths = sorted(part["eval_len"].unique())
+    longest = lengths[-1]
+    head = [f"T={n}" for n in lengths] + [
+        f"positions > {train_len} at T={longest}: whole document",
+        f"context cut to {train_len}",
+        f"context beyond {train_len} worth",
+        f"gain from context (≤{FIRST_CONTEXT} → last bucket)",
+        "train tokens/s",
+        "context",
+        "lr",
+    ]
+    out = ["| model | " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 2) + "---|---|"]
+    for label in dict.fromkeys(part["label"]):
+        rows = part[part["label"] == label].set_index("eval_len")
+        texts = [_row_text(rows.loc[n], "bpb", "bpb_interval") if n in rows.index else "–" for n in lengths]
+        end = rows.loc[longest] if longest in rows.index else None
+        ok = end is not None and end["status"] == "ok"
+        texts += [
+            _row_text(end, "beyond") if ok else "–",
+            _row_text(end, "beyond_truncated") if ok else "–",
+            _signed(end.get("context_gain"), end.get("context_gain_interval")) if ok else "–",
+            _signed(end["first"] - end["last"])
+            if ok and end["first"] is not None and end["last"] is not None
+            else "–",
+            _fmt(rows.iloc[0]["tokens_per_s"], ",.0f"),
+            rows.iloc[0]["context"],
+            _lr_text(rows.iloc[0]["lr"]),
+        ]
+        out.append(f"| {label} | " + " | ".join(texts) + " |")
+    return out
+
+
+def bucket_table(summary: pd.DataFrame, task: str) -> list[str]:
+    """Bits per byte by position bucket at the longest length (first bucket: positions <= 16); past the
+    training length, "whole / cut": with the whole document before the target, and with the context cut
+    to the training length."""
+    part = summary[summary["task_label"] == task]
+    longest = part["eval_len"].max()
+    part = part[(part["eval_len"] == longest) & (part["status"] == "ok")]
+    if not len(part):
+        return []
+    train_len = int(part["train_len"].iloc[0])
+    bounds = part.iloc[0]["bounds"]
+    groups = [[i for i, b in enumerate(bounds) if b <= FIRST_CONTEXT]]
+    groups += [[i] for i, b in enumerate(bounds) if b > FIRST_CONTEXT]
+    names = []
+    for group in groups:
+        low = 0 if group[0] == 0 else bounds[group[0] - 1]
+        names.append(_bucket_name(low, bounds[group[-1]]) + (" (> L)" if low >= train_len else ""))
+    out = [
+        f"Bits per byte by position at T = {longest} (past L = {train_len}: whole document / context cut "
+        "to L):",
+        "",
+        "| model | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for _, row in part.iterrows():
+        texts = []
+        for group in groups:
+            low = 0 if group[0] == 0 else bounds[group[0] - 1]
+            whole = _merge(row["bucket_bpb"], row, group)
+            text = _bpb_text(whole, digits=2)
+            if low >= train_len:
+                text += " / " + _bpb_text(_merge(row["bucket_bpb_truncated"], row, group), digits=2)
+            texts.append(text)
+        out.append(f"| {row['label']} | " + " | ".join(texts) + " |")
+    return out
+
+
+def _merge(values: list, row, group: list[int]) -> float | None:
+    """Bits per byte of merged buckets: weighted by their bytes (equal for bytes as tokens: the positions)."""
+    bounds = row["bounds"]
+    widths = [bounds[i] - (bounds[i - 1] if i else 0) for i in group]
+    chosen = [(v, w) for v, w in zip((values[i] for i in group), widths, strict=True) if v is not None]
+    return sum(v * w for v, w in chosen) / sum(w for _, w in chosen) if chosen else None
+
+
+def documents_text(cells: pd.DataFrame, summary: pd.DataFrame, task: str) -> list[str]:
+    part = summary[(summary["task_label"] == task) & (summary["status"] == "ok")]
+    counts = part.groupby("eval_len")["n_examples"].max().dropna().astype(int)
+    first = cells[cells["task_label"] == task].iloc[0]
+    args = first.get("task_args") if _is_dict(first.get("task_args")) else {}
+    text = (
+        f"Corpus `{args.get('corpus', 'python-stdlib')}` (fingerprint `{args.get('fingerprint', '?')}`), "
+        + (f"tokenizer `{args['tokenizer']}`" if args.get("tokenizer") else "bytes as tokens")
+        + "; held-out test documents scored at each length (those with at least T tokens, the first in "
+        "name order up to the evaluation's sample count): "
+        + ", ".join(f"T={n}: {c}" for n, c in counts.items())
+        + "."
+    )
+    out = [text]
+    thin = [str(n) for n, c in counts.items() if c < FEW_DOCUMENTS]
+    if thin:
+        out.append(
+            f"**Few documents**: fewer than {FEW_DOCUMENTS} documents are long enough at "
+            f"T = {', '.join(thin)}; figures there rest on a handful of files and their intervals are wide."
+        )
+    try:
+        task_obj = make_task(first["task"], args)
+        longest = int(counts.index.max())
+        names = task_obj.document_names("test", longest, int(counts.loc[longest]))
+        out.append(f"The documents at T={longest}: " + ", ".join(f"`{n}`" for n in names) + ".")
+    except (BenchError, KeyError, ValueError, AttributeError):
+        pass  # another machine's corpus: the counts stand
+    return out
+
+
+def measured(summary: pd.DataFrame, task: str) -> str:
+    part = summary[summary["task_label"] == task]
+    longest = part["eval_len"].max()
+    end = part[(part["eval_len"] == longest) & (part["status"] == "ok")]
+    train_len = int(part["train_len"].iloc[0])
+    gains, hurts, unclear = [], [], []
+    for _, row in end.iterrows():
+        interval = row.get("context_gain_interval")
+        if not interval or (isinstance(interval, float) and math.isnan(interval)):
+            unclear.append(row["label"])
+            continue
+        text = f"{row['label']} ({_signed(row['context_gain'], interval)})"
+        (gains if interval[0] > 0 else hurts if interval[1] < 0 else unclear).append(
+            text if interval[0] > 0 or interval[1] < 0 else row["label"]
+        )
+    out = f"At T = {longest}, on the targets past L = {train_len} (context cut to L minus whole document, "
+    out += "bits per byte, 95% t interval over documents): "
+    out += "lower with the whole document (the context beyond L helps): " + (", ".join(gains) or "none")
+    out += "; higher (it hurts): " + (", ".join(hurts) or "none")
+    out += "; no difference the documents can show: " + (", ".join(unclear) or "none") + "."
+    return out
+
+
+def plot_by_position(summary: pd.DataFrame, path: Path) -> None:
+    tasks = list(dict.fromkeys(summary["task_label"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(7 * len(tasks), 4.6), squeeze=False)
+    labels = list(dict.fromkeys(summary["label"]))
+    colors = dict(
+        zip(labels, sns.color_palette("tab20" if len(labels) > 10 else "tab10", len(labels)), strict=True)
+    )
+    for ax, task in zip(axes[0], tasks, strict=True):
+        part = summary[(summary["task_label"] == task) & (summary["status"] == "ok")]
+        longest = part["eval_len"].max()
+        part = part[part["eval_len"] == longest]
+        train_len = int(part["train_len"].iloc[0]) if len(part) else 0
+        for _, row in part.iterrows():
+            x = row["bounds"]
+            context = f" ({row['context']})" if row["context"] not in ("–", "full") else ""
+            ax.plot(
+                x,
+                row["bucket_bpb"],
+                "-o",
+                ms=3,
+                lw=1.3,
+                color=colors[row["label"]],
+                label=row["label"] + context,
+            )
+            beyond = [
+                (b, v)
+                for b, v, low in zip(x, row["bucket_bpb_truncated"], [0, *x[:-1]], strict=True)
+                if low >= train_len
+            ]
+            start = [(b, v) for b, v in zip(x, row["bucket_bpb"], strict=True) if b == train_len]
+            if beyond:
+                bx, by = zip(*(start + beyond), strict=True)  # from the last bucket within L
+                ax.plot(bx, by, "--", lw=1, color=colors[row["label"]])
+        ax.axvline(train_len, color="grey", ls="--", lw=1)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{task}, T = {longest}: dashed past L = {train_len}, context cut to L")
+        ax.set_xlabel("position in the document (upper end of its doubling bucket)")
+        ax.set_ylabel("bits per byte")
+    axes[0][-1].legend(fontsize=7, title="model (attention context)", loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def training_table(cells: pd.DataFrame) -> list[str]:
+    lines = [
+        "| model | task | T train | lr | chosen | seeds | status | val bpb | steps | seconds | CPU s | "
+        "tokens/s | final loss (nats/token) | params |",
+        "|---|---|---:|---:|:-:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    runs = lm_runs(cells)
+    for (label, task, _), g in runs.groupby(["label", "task_label", "lr"], sort=False, dropna=False):
+        first = g.iloc[0]
+        statuses = g["status"].value_counts()
+        fields = [
+            label,
+            task,
+            first["seq_len"],
+            _lr_text(first["lr"]),
+            "✓" if first["chosen"] else "",
+            len(g),
+            ", ".join(f"{k} ×{v}" if len(g) > 1 else str(k) for k, v in statuses.items()),
+            _fmt(g["val"].replace(math.inf, float("nan")).mean(), ".3f"),
+            _fmt(pd.to_numeric(g.get("steps_run"), errors="coerce").mean(), ".0f"),
+            _fmt(pd.to_numeric(g.get("train_seconds"), errors="coerce").mean(), ".1f"),
+            _fmt(pd.to_numeric(g.get("train_cpu_seconds"), errors="coerce").mean(), ".1f"),
+            _fmt(pd.to_numeric(g.get("train_tokens_per_s"), errors="coerce").mean(), ",.0f"),
+            _fmt(pd.to_numeric(g.get("final_loss"), errors="coerce").mean(), ".3f"),
+            _fmt(pd.to_numeric(g.get("n_params"), errors="coerce").mean(), ",.0f"),
+        ]
+        lines.append("| " + " | ".join(map(str, fields)) + " |")
+    return lines
+
+
+def plot_curves(cells: pd.DataFrame, path: Path) -> None:
+    runs = lm_runs(cells)
+    runs = runs[runs["chosen"]]
+    labels = list(dict.fromkeys(runs["label"]))
+    colors = dict(
+        zip(labels, sns.color_palette("tab20" if len(labels) > 10 else "tab10", len(labels)), strict=True)
+    )
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for _, c in runs.iterrows():
+        for ax, name, scale in ((axes[0], "loss_curve", 1 / LN2), (axes[1], "val_curve", 1.0)):
+            points = c.get(name)
+            if _is_list(points) and points:
+                x, y = zip(*points, strict=True)
+                ax.plot(x, [v * scale for v in y], color=colors[c["label"]], lw=1, label=c["label"])
+    axes[0].set_ylabel("training loss (bits per token)")
+    axes[1].set_ylabel("validation bits per byte")
+    for ax in axes:
+        ax.set_xlabel("step")
+    handles, names = axes[1].get_legend_handles_labels()
+    unique = dict(zip(names, handles, strict=True))
+    axes[1].legend(unique.values(), unique.keys(), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def lm_section(cells: pd.DataFrame, run_dir: Path) -> list[str]:
+    """Markdown lines for the accuracy cells of language-modelling tasks; writes the plots."""
+    summary = summarize_lm(cells)
+    first = cells.iloc[0]
+    seeds = sorted(pd.Series(cells.get("seed", [0])).dropna().unique())
+    out = [
+        "## Language modelling: bits per byte by context position",
+        "",
+        "Each model is trained from scratch on windows of the training documents (random offsets in their "
+        "concatenation, a boundary byte before each document), then scores held-out documents from their "
+        "first token: the target at position p is predicted from the p - 1 tokens of the document before "
+        "it (bench/tasks/lm.py). Bits per byte: the negative log-likelihood in bits over the bytes the "
+        "targets stand for (one byte a token with bytes as tokens), from the logits in float32; lower is "
+        "better (8 is a uniform guess over bytes). `T=n`: over every position of the documents' first n "
+        "tokens, with a 95% t interval over the documents "
+        + (f"(each document averaged over the {len(seeds)} seeds)" if len(seeds) > 1 else "(one seed)")
+        + ". Past the training length L the same targets are also scored with the context cut to L "
+        "(windows of L tokens every L/2, each scoring its second half): `context beyond L worth` is the cut "
+        "context's bits per byte minus the whole document's, with a 95% t interval over documents, > 0 when "
+        "the model uses what lies more than L back. `gain from context` compares a document's first "
+        f"{FIRST_CONTEXT} positions with its last bucket; it also carries how the text changes along a "
+        "document (imports and docstrings first), so it is not a pure measure of context use. `context`: "
+        "what the attention can see (the hybrids' window or segment caps it). lr: chosen per model by the "
+        "validation documents' bits per byte at L.",
+        "",
+        f"Model shape: d_model {first['d_model']}, {first['n_layers']} layers, vocabulary "
+        f"{first['vocab_size']}; seeds: {', '.join(str(int(s)) for s in seeds)}.",
+        "",
+    ]
+    for task in dict.fromkeys(summary["task_label"]):
+        out += [f"**{task}**", ""]
+        out += documents_text(cells, summary, task) + [""]
+        out += length_table(summary, task) + [""]
+        out += bucket_table(summary, task) + [""]
+        out += [f"Measured: {measured(summary, task)}", ""]
+    out += ["### Language modelling: training", "", *training_table(cells), ""]
+    if (summary["status"] == "ok").any():
+        plot_by_position(summary, run_dir / PLOT)
+        out += [f"![bits per byte by position]({PLOT})", ""]
+    plot_curves(cells, run_dir / CURVES)
+    out += [f"![language modelling: training curves]({CURVES})", ""]
+    return out
