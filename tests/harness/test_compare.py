@@ -102,7 +102,7 @@ def test_memory_growth_failures_and_unmatched_cells(runs):
 
 
 def test_a_page_more_on_a_tiny_model_is_not_a_memory_regression(tmp_path):
-    """The CPU high-water mark moves in 4 KiB pages: 20 -> 24 KiB is +20% but no regression; 20 -> 24 MiB is"""
+    """The CPU high-water mark moves in 4 KiB pages: 20 -> 24 KiB is +20%, no regression; 20 -> 24 MiB is."""
     base, new = tmp_path / "base", tmp_path / "new"
     base.mkdir(), new.mkdir()
     write_run(base, [cell("tiny", 1.0, mem=20 * 1024, seed=1), cell("big", 1.0, mem=20 * MIB, seed=2)])
