@@ -303,25 +303,37 @@ def documents_text(cells: pd.DataFrame, summary: pd.DataFrame, task: str) -> lis
     return out
 
 
+# A gain smaller than this (bits per byte) is reported as too small to matter even when the documents show
+# its sign: a hundredth of a bit per byte is well under the differences between the models' training runs.
+NEGLIGIBLE_BPB = 0.01
+
+
 def measured(summary: pd.DataFrame, task: str) -> str:
     part = summary[summary["task_label"] == task]
     longest = part["eval_len"].max()
     end = part[(part["eval_len"] == longest) & (part["status"] == "ok")]
     train_len = int(part["train_len"].iloc[0])
-    gains, hurts, unclear = [], [], []
+    gains, hurts, small, unclear = [], [], [], []
     for _, row in end.iterrows():
         interval = row.get("context_gain_interval")
         if not interval or (isinstance(interval, float) and math.isnan(interval)):
             unclear.append(row["label"])
             continue
         text = f"{row['label']} ({_signed(row['context_gain'], interval)})"
-        (gains if interval[0] > 0 else hurts if interval[1] < 0 else unclear).append(
-            text if interval[0] > 0 or interval[1] < 0 else row["label"]
-        )
+        if interval[0] <= 0 <= interval[1]:
+            unclear.append(row["label"])
+        elif abs(row["context_gain"]) < NEGLIGIBLE_BPB:
+            small.append(text)
+        else:
+            (gains if interval[0] > 0 else hurts).append(text)
     out = f"At T = {longest}, on the targets past L = {train_len} (context cut to L minus whole document, "
     out += "bits per byte, 95% t interval over documents): "
     out += "lower with the whole document (the context beyond L helps): " + (", ".join(gains) or "none")
     out += "; higher (it hurts): " + (", ".join(hurts) or "none")
+    if small:
+        out += f"; a difference the documents show but under {NEGLIGIBLE_BPB} bits per byte: " + ", ".join(
+            small
+        )
     out += "; no difference the documents can show: " + (", ".join(unclear) or "none") + "."
     return out
 

@@ -371,6 +371,28 @@ def test_truncated_context_windows_cover_every_target_once(window, length):
     assert (later >= window // 2 + 1).all() and (later <= window).all()
 
 
+def test_a_tiny_but_certain_context_gain_is_not_called_help():
+    """+0.0004 bits per byte with an interval above zero: the sign is shown, the help is not claimed."""
+    import pandas as pd
+
+    from bench.analysis.report_lm import measured
+
+    rows = [
+        {"label": "tiny", "context_gain": 0.0004, "context_gain_interval": [0.0001, 0.0007]},
+        {"label": "real", "context_gain": 0.2, "context_gain_interval": [0.1, 0.3]},
+        {"label": "worse", "context_gain": -0.5, "context_gain_interval": [-0.6, -0.4]},
+        {"label": "unsure", "context_gain": 0.05, "context_gain_interval": [-0.1, 0.2]},
+    ]
+    frame = pd.DataFrame(
+        [{**r, "task_label": "lm", "eval_len": 64, "status": "ok", "train_len": 16} for r in rows]
+    )
+    text = measured(frame, "lm")
+    assert "(the context beyond L helps): real (+0.200" in text
+    assert "; higher (it hurts): worse (-0.500" in text
+    assert "but under 0.01 bits per byte: tiny (+0.000" in text
+    assert text.endswith("no difference the documents can show: unsure.")
+
+
 def test_the_lm_report_section(tmp_path):
     """Real cells of the closed-form models (uniform: 8 bits per byte everywhere; favouring the byte the
     documents are made of: falling with position) at two learning rates: the tables, the documents
