@@ -51,13 +51,13 @@ _context = None
 
 
 def _fork_context():
-    """A forkserver that imports torch and the harness once: each cell is then a fresh process forked
-    from it in milliseconds, instead of a new interpreter that spends seconds importing torch. The server
-    runs no torch code, so no thread pool is forked in a locked state."""
+    """A forkserver that imports torch, the harness and the built-in models once (``preload``): each cell
+    is then a fresh process forked from it in milliseconds, instead of a new interpreter that spends
+    seconds importing torch. The server runs no torch code, so no thread pool is forked in a locked state."""
     global _context
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(["torch", "bench.running.isolation"])
+        _context.set_forkserver_preload(["torch", "bench.running.isolation", "bench.running.preload"])
     return _context
 
 

@@ -177,7 +177,8 @@ def test_presets_and_defaults():
     assert len(state.accuracy.lrs) == 2 and state.accuracy.hybrid_context == 0.25
     assert state.accuracy.threshold == 0.99 and state.accuracy.max_seconds < state.timeout_s
     assert len(cells) == 12 * 3 * 2 and len({c.key for c in cells}) == len(cells)
-    assert len({c.train.steps for c in cells}) == 1  # the same budget for every model
+    steps = {(c.task_label or c.task, c.train.steps) for c in cells}  # the same budget for every model...
+    assert steps == {("parity", 200), ("z5", 600), ("a5", 100)}  # ...of a task
     # cpu-lm: every model and the control, bytes of the standard library, the same steps and no threshold.
     lm = preset_spec("cpu-lm")
     assert (
