@@ -13,10 +13,11 @@ calling every change "not significant".
 Peak memory and state size are nearly deterministic, so a rise beyond ``mem_threshold`` is enough, as
 long as it is also larger than ``mem_floor`` bytes: the CPU high-water mark moves in pages and the CUDA
 caching allocator in blocks, so on a tiny model one page more would otherwise read as a 20% regression;
-accuracy counts when it drops by more than ``acc_threshold`` (absolute); bits per byte (the ``bpb_T*``
-columns of language-modelling cells, lower is better) when they rise by more than ``bpb_threshold``
-(absolute, default 0.05 bits per byte). A cell that was ok and now fails is a regression. Exit codes
-(from the CLI): 0 no regression, 1 a regression, 2 bad input or a comparison that cannot decide.
+accuracy (overall, ``acc_T*``, and past the training length, ``acc_beyond_T*``) counts when it drops by
+more than ``acc_threshold`` (absolute); bits per byte (the ``bpb_T*`` columns of language-modelling cells,
+lower is better) when they rise by more than ``bpb_threshold`` (absolute, default 0.05 bits per byte). A
+cell that was ok and now fails is a regression. Exit codes (from the CLI): 0 no regression, 1 a
+regression, 2 bad input or a comparison that cannot decide.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def compare_runs(
             bv, nv = _number(b.get(metric)), _number(n.get(metric))
             if bv is not None and nv is not None:
                 out.changes.append(_deterministic(key, metric, bv, nv, mem_threshold, True, mem_floor))
-        for col in sorted(c for c in b if c.startswith("acc_T")):
+        for col in sorted(c for c in b if c.startswith(("acc_T", "acc_beyond_T"))):
             bv, nv = _number(b.get(col)), _number(n.get(col))
             if bv is None or nv is None:
                 continue

@@ -485,4 +485,13 @@ def run_accuracy_cell(cell: AccuracyCell) -> dict[str, Any]:
     # Flat columns too, one per length, for tools that compare runs cell by cell (bench.analysis.compare):
     # acc_T{n} (higher is better) or, for a task scored by loss, bpb_T{n} (lower is better).
     record.update({f"{'bpb' if loss else 'acc'}_T{length}": value for length, value in scores.items()})
+    # acc_beyond_T{n}: only the items whose evidence lies past the training length, the extrapolation figure
+    # that the overall acc_T{n} can hide (a model that fails past L still scores the items within it).
+    record.update(
+        {
+            f"acc_beyond_T{e['eval_len']}": e["beyond_train"]
+            for e in by_len
+            if e.get("beyond_train") is not None
+        }
+    )
     return record

@@ -66,6 +66,8 @@ def test_beyond_train_reports_the_failure_that_the_overall_number_hides():
         assert at["z"][length]["beyond_train_items"] > 0
         assert at["s"][length]["beyond_train"] == 0.0 and at["s"][length]["accuracy"] <= 0.25
         assert at["s"][length]["beyond_train_items"] >= 0.75 * at["s"][length]["n_items"]
+    # compare sees both numbers as flat columns: the overall one and the one past L.
+    assert zoology["acc_T64"] >= 0.6 and zoology["acc_beyond_T64"] == 0.0 and "acc_beyond_T32" not in zoology
 
     # The report puts the two numbers side by side.
     row = {**zoology, "label": "window-recall", "task_label": "mqar", "seq_len": L, "model": PLUGIN}

@@ -115,6 +115,19 @@ def test_a_page_more_on_a_tiny_model_is_not_a_memory_regression(tmp_path):
     }
 
 
+def test_accuracy_past_the_training_length_is_compared_too(tmp_path):
+    """The overall accuracy at 4L holds while the part past L collapses: a regression, named by its column."""
+    base, new = tmp_path / "base", tmp_path / "new"
+    base.mkdir(), new.mkdir()
+    write_run(base, [{"key": "acc", "status": "ok", "acc_T128": 0.90, "acc_beyond_T128": 0.80}])
+    write_run(new, [{"key": "acc", "status": "ok", "acc_T128": 0.88, "acc_beyond_T128": 0.40}])
+    comp = compare_runs(str(base), str(new))
+    assert [(c.metric, c.verdict) for c in comp.changes] == [
+        ("acc_T128", "unchanged"),
+        ("acc_beyond_T128", "regression"),
+    ]
+
+
 def test_cli_exit_codes_and_markdown(runs, tmp_path, capsys):
     base, new = map(str, runs)
     md = tmp_path / "cmp.md"
