@@ -138,6 +138,15 @@ def _deterministic(
     return Change(key, metric, base, new, ratio, None, verdict)
 
 
+def _absolute(
+    key: str, metric: str, base: float, new: float, threshold: float, lower_is_better: bool
+) -> Change:
+    """A score judged by its absolute change: accuracy (higher is better) or bits per byte (lower is)."""
+    worse = new - base if lower_is_better else base - new
+    verdict = "regression" if worse > threshold else "improvement" if -worse > threshold else "unchanged"
+    return Change(key, metric, base, new, new / base if base else math.inf, None, verdict)
+
+
 def _number(x) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
@@ -175,32 +184,12 @@ def compare_runs(
             bv, nv = _number(b.get(metric)), _number(n.get(metric))
             if bv is not None and nv is not None:
                 out.changes.append(_deterministic(key, metric, bv, nv, mem_threshold, True, mem_floor))
-        for col in sorted(c for c in b if c.startswith(("acc_T", "acc_beyond_T"))):
-            bv, nv = _number(b.get(col)), _number(n.get(col))
-            if bv is None or nv is None:
-                continue
-            drop = bv - nv
-            verdict = (
-                "regression"
-                if drop > acc_threshold
-                else "improvement"
-                if -drop > acc_threshold
-                else "unchanged"
-            )
-            out.changes.append(Change(key, col, bv, nv, nv / bv if bv else math.inf, None, verdict))
-        for col in sorted(c for c in b if c.startswith("bpb_T")):  # bits per byte: lower is better
-            bv, nv = _number(b.get(col)), _number(n.get(col))
-            if bv is None or nv is None:
-                continue
-            rise = nv - bv
-            verdict = (
-                "regression"
-                if rise > bpb_threshold
-                else "improvement"
-                if -rise > bpb_threshold
-                else "unchanged"
-            )
-            out.changes.append(Change(key, col, bv, nv, nv / bv if bv else math.inf, None, verdict))
+        scores = ((("acc_T", "acc_beyond_T"), acc_threshold, False), (("bpb_T",), bpb_threshold, True))
+        for prefixes, limit, lower_is_better in scores:
+            for col in sorted(c for c in b if c.startswith(prefixes)):
+                bv, nv = _number(b.get(col)), _number(n.get(col))
+                if bv is not None and nv is not None:
+                    out.changes.append(_absolute(key, col, bv, nv, limit, lower_is_better))
     return out
 
 

@@ -162,22 +162,19 @@ def _t(values: list[float]) -> tuple[float, float] | None:
     return low, high
 
 
-def _bpb_text(value, interval=None, digits: int = 3) -> str:
+def _bpb_text(value, interval=None, digits: int = 3, sign: str = "") -> str:
+    """``value [low, high]`` with ``digits`` decimals; ``sign="+"`` writes the sign of a difference."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    text = f"{value:.{digits}f}"
+    spec = f"{sign}.{digits}f"
+    text = f"{value:{spec}}"
     if interval:
-        text += f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+        text += f" [{interval[0]:{spec}}, {interval[1]:{spec}}]"
     return text
 
 
 def _signed(value, interval=None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    text = f"{value:+.3f}"
-    if interval:
-        text += f" [{interval[0]:+.3f}, {interval[1]:+.3f}]"
-    return text
+    return _bpb_text(value, interval, sign="+")
 
 
 def _row_text(row, value: str, interval: str | None = None) -> str:
