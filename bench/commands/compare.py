@@ -32,7 +32,7 @@ def add_arguments(cmp: argparse.ArgumentParser) -> None:
         "--mem-floor",
         type=float,
         default=1.0,
-        help="MiB: a smaller memory/state change never counts, whatever its ratio (%(default)s)",
+        help="MiB: a smaller change of peak memory never counts, whatever its ratio (%(default)s)",
     )
     cmp.add_argument(
         "--acc-threshold", type=float, default=0.05, help="absolute accuracy drop that counts (%(default)s)"

@@ -113,6 +113,12 @@ def test_a_page_more_on_a_tiny_model_is_not_a_memory_regression(tmp_path):
         ("tiny", "peak_mem_bytes"),
         ("big", "peak_mem_bytes"),
     }
+    # A state is counted exactly, in bytes: no floor, so 10 -> 20 bytes is a regression.
+    write_run(base, [cell("state", 1.0, state=10.0, seed=5)])
+    write_run(new, [cell("state", 1.0, state=20.0, seed=6)])
+    assert ("state", "state_bytes") in {
+        (c.key, c.metric) for c in compare_runs(str(base), str(new)).regressions
+    }
 
 
 def test_accuracy_past_the_training_length_is_compared_too(tmp_path):
