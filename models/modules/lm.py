@@ -8,7 +8,8 @@ comparison the Titans and Gated DeltaNet papers make.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -27,8 +28,36 @@ class Mixer(nn.Module):
     # or "constant" (a recurrent state). The conformance tests hold every model to what it declares.
     state_growth: str = "constant"
 
+    # True where ``forward_from`` is implemented: a recurrent mixer that can continue a sequence from a
+    # state with gradients (state-passing training carries it from one training window to the next).
+    supports_state_passing: bool = False
+    # True where the mixer learns at test time and ``set_test_time_writes`` can switch that off (Titans:
+    # the memory's step size theta forced to 0), so that an evaluation can say what the writes are worth.
+    has_test_time_writes: bool = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def forward_from(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """Continue a sequence with gradients: x [B, T, d] after ``state`` (None: the initial state) ->
+        (y [B, T, d], the state after x). Unlike ``prefill`` it is differentiable and runs in training mode;
+        the caller detaches the returned state (``models.modules.state.detach_state``) before the next
+        window, so gradients stop at the window boundary. ``forward_from(x, None)[0]`` equals
+        ``forward(x)``, and a sequence split in two with the state carried gives the outputs of the whole."""
+        raise NotImplementedError(f"{type(self).__name__} does not support state passing")
+
+    def trace(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Diagnostics by position for x [B, T, d]: name -> tensor [B, T] (float32; NaN where a position is
+        not measured). Every recurrent mixer reports ``state_norm`` (the Frobenius norm of its recurrent
+        state after each token, summed over heads) and, where its initial state is not zero,
+        ``state_norm_ratio`` (that norm over the initial state's); mixers may add their own (Titans: gates
+        per memory layer, the fraction of the initial memory left). Slow paths are fine: reports call it
+        on a few held-out examples, not in training. The default reports nothing."""
+        return {}
+
+    def set_test_time_writes(self, enabled: bool) -> None:
+        """Switch the mixer's test-time learning on or off (only where ``has_test_time_writes``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no test-time writes")
 
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """Process a prompt: (output [B, T, d], decoding state after it). The default runs ``step``
@@ -68,6 +97,11 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.mixer(self.mixer_norm(x))
         return x + self.mlp(self.mlp_norm(x))
+
+    def forward_from(self, x: torch.Tensor, state):
+        y, state = self.mixer.forward_from(self.mixer_norm(x), state)
+        x = x + y
+        return x + self.mlp(self.mlp_norm(x)), state
 
     def prefill(self, x: torch.Tensor):
         y, state = self.mixer.prefill(self.mixer_norm(x))
@@ -129,12 +163,59 @@ class LanguageModel(nn.Module):
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self.norm(h) @ self.embed.weight.t()  # tied output head
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids LongTensor [B, T] -> logits [B, T, vocab]."""
+    def forward(self, input_ids: torch.Tensor, state: list | None = None, return_state: bool = False):
+        """input_ids LongTensor [B, T] -> logits [B, T, vocab]. With ``return_state`` (state passing, see
+        ``Mixer.forward_from``): continue from ``state`` (one entry per block; None: the initial state) and
+        return (logits, the state after input_ids), with gradients through the window."""
         h = self.embed(input_ids)
-        for block in self.blocks:
+        if not return_state:
+            if state is not None:
+                raise ValueError("a state to continue from needs return_state=True")
+            for block in self.blocks:
+                h = block(h)
+            return self.head(h)
+        if not self.supports_state_passing:
+            kinds = sorted(
+                {type(b.mixer).__name__ for b in self.blocks if not b.mixer.supports_state_passing}
+            )
+            raise ValueError(f"state passing is not supported by {', '.join(kinds)}")
+        states = state if state is not None else [None] * len(self.blocks)
+        new_states = []
+        for block, s in zip(self.blocks, states, strict=True):
+            h, s = block.forward_from(h, s)
+            new_states.append(s)
+        return self.head(h), new_states
+
+    @property
+    def supports_state_passing(self) -> bool:
+        return all(block.mixer.supports_state_passing for block in self.blocks)
+
+    @property
+    def has_test_time_writes(self) -> bool:
+        return any(block.mixer.has_test_time_writes for block in self.blocks)
+
+    @contextlib.contextmanager
+    def test_time_writes_off(self) -> Iterator[None]:
+        """Within the block, every mixer that learns at test time runs without writing (then restored)."""
+        mixers = [b.mixer for b in self.blocks if b.mixer.has_test_time_writes]
+        for mixer in mixers:
+            mixer.set_test_time_writes(False)
+        try:
+            yield
+        finally:
+            for mixer in mixers:
+                mixer.set_test_time_writes(True)
+
+    @torch.no_grad()
+    def trace(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every mixer's diagnostics by position (``Mixer.trace``), keyed "block{i}.{name}", each [B, T]."""
+        h = self.embed(input_ids)
+        out: dict[str, torch.Tensor] = {}
+        for i, block in enumerate(self.blocks):
+            for name, values in block.mixer.trace(block.mixer_norm(h)).items():
+                out[f"block{i}.{name}"] = values.float()
             h = block(h)
-        return self.head(h)
+        return out
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor):
