@@ -34,7 +34,6 @@ from baselines.deltanet.naive import (
     gated_delta_rule_recurrent,
     gated_delta_rule_step,
 )
-from bench.registry import register
 from models.modules.backends import (
     TORCH_BACKENDS,
     UpstreamMixer,
@@ -42,6 +41,7 @@ from models.modules.backends import (
     torch_or_upstream_backends,
     upstream_problem,
 )
+from models.modules.catalog import ModelFamily
 from models.modules.config import ModelConfig
 from models.modules.conv import CausalConv1d
 from models.modules.dtypes import compute_dtype, dtype_bytes
@@ -332,7 +332,6 @@ class GatedDeltaNetConfig(ModelConfig):
     allow_neg_eigval: bool = False  # beta in (0, 2), as for DeltaNet
 
 
-@register("deltanet", config=DeltaNetConfig, backends=fla_backends, reference="torch-recurrent")
 def build_deltanet(config: DeltaNetConfig) -> LanguageModel:
     """DeltaNet in every block."""
     c = config
@@ -374,7 +373,6 @@ def build_deltanet(config: DeltaNetConfig) -> LanguageModel:
     return LanguageModel(c.vocab_size, c.d_model, c.n_layers, make, mlp_hidden=c.mlp_hidden)
 
 
-@register("gated-deltanet", config=GatedDeltaNetConfig, backends=fla_backends, reference="torch-recurrent")
 def build_gated_deltanet(config: GatedDeltaNetConfig) -> LanguageModel:
     """Gated DeltaNet in every block."""
     c = config
@@ -415,3 +413,9 @@ def build_gated_deltanet(config: GatedDeltaNetConfig) -> LanguageModel:
         )
 
     return LanguageModel(c.vocab_size, c.d_model, c.n_layers, make, mlp_hidden=c.mlp_hidden)
+
+
+DELTANET = ModelFamily("deltanet", build_deltanet, DeltaNetConfig, fla_backends, reference="torch-recurrent")
+GATED_DELTANET = ModelFamily(
+    "gated-deltanet", build_gated_deltanet, GatedDeltaNetConfig, fla_backends, reference="torch-recurrent"
+)

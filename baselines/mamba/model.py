@@ -28,7 +28,6 @@ from torch import nn
 from baselines.mamba.chunk import ssd_chunked
 from baselines.mamba.naive import selective_scan_recurrent, selective_state_update, ssd_recurrent, ssd_step
 from baselines.mamba.scan import selective_scan
-from bench.registry import register
 from models.modules.backends import (
     TORCH_BACKENDS,
     UpstreamMixer,
@@ -36,6 +35,7 @@ from models.modules.backends import (
     torch_or_upstream_backends,
     upstream_problem,
 )
+from models.modules.catalog import ModelFamily
 from models.modules.config import ModelConfig
 from models.modules.conv import CausalConv1d
 from models.modules.dtypes import compute_dtype, dtype_bytes
@@ -383,7 +383,6 @@ class Mamba2Config(ModelConfig):
     chunk_size: PositiveInt | None = None
 
 
-@register("mamba", config=MambaConfig, backends=mamba_backends, reference="torch-recurrent")
 def build_mamba(config: MambaConfig) -> LanguageModel:
     """Mamba in every block."""
     c = config
@@ -407,7 +406,6 @@ def mamba2_head_dim(config: Mamba2Config) -> int:
     return d_inner // heads
 
 
-@register("mamba2", config=Mamba2Config, backends=mamba_backends, reference="torch-recurrent")
 def build_mamba2(config: Mamba2Config) -> LanguageModel:
     """Mamba2 in every block."""
     c = config
@@ -438,3 +436,7 @@ def build_mamba2(config: Mamba2Config) -> LanguageModel:
         )
 
     return LanguageModel(c.vocab_size, c.d_model, c.n_layers, make, mlp_hidden=c.mlp_hidden)
+
+
+MAMBA = ModelFamily("mamba", build_mamba, MambaConfig, mamba_backends, reference="torch-recurrent")
+MAMBA2 = ModelFamily("mamba2", build_mamba2, Mamba2Config, mamba_backends, reference="torch-recurrent")

@@ -18,10 +18,10 @@ import time
 import traceback
 from pathlib import Path
 
-from bench.running.accuracy import run_accuracy_cell
-from bench.running.failures import free_cuda, is_oom
-from bench.running.measure import measure_cell
+from bench.failures import free_cuda, is_oom
+from bench.measure.cell import measure_cell
 from bench.spec.cells import AccuracyCell, TimingCell, cell_from_json
+from bench.train.cell import run_accuracy_cell
 
 STDERR_TAIL = 2000
 

@@ -15,10 +15,10 @@ import torch
 from tqdm import tqdm
 
 from bench import results
+from bench.device import resolve_device
 from bench.errors import BenchError
 from bench.registry import build, list_models
 from bench.running import environment
-from bench.running.environment import resolve_device
 from bench.running.executors import run_local, run_ray
 from bench.running.isolation import shutdown
 from bench.running.ledger import Ledger, round_order
@@ -111,6 +111,24 @@ def stop_on_signals():
             signal.signal(sig, old)
 
 
+# How the cells are sent out, not what they measure: a run may be resumed with other values.
+NOT_MEASURED = ("executor", "ray_cpus_per_cell", "out")
+
+
+def changed_fields(before: dict, after: dict, prefix: str = "") -> list[str]:
+    """The fields (dotted paths) whose values differ between two specs, leaving out NOT_MEASURED."""
+    out = []
+    for name in sorted(set(before) | set(after)):
+        if not prefix and name in NOT_MEASURED:
+            continue
+        a, b = before.get(name), after.get(name)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_fields(a, b, f"{prefix}{name}.")
+        elif a != b:
+            out.append(prefix + name)
+    return out
+
+
 @dataclass
 class SweepOutcome:
     run_dir: Path
@@ -124,8 +142,6 @@ def run_sweep(
     retry_failed: bool = False,
     progress: bool = True,
     command: str | None = None,
-    executor: str = "local",
-    ray_cpus_per_cell: int | None = None,
 ) -> SweepOutcome:
     # Everything that can be wrong with the input is found before the run directory is touched.
     device = resolve_device(spec.device)
@@ -134,16 +150,21 @@ def run_sweep(
     cells = expand(spec, models, device)
     if resume:
         spec_path = run_dir / "spec.json"
-        if spec_path.exists() and json.loads(spec_path.read_text()) != json.loads(spec.model_dump_json()):
-            raise BenchError(
-                f"{run_dir} was started with a different sweep spec; resume it with the same one"
-            )
+        if spec_path.exists():
+            differs = changed_fields(json.loads(spec_path.read_text()), json.loads(spec.model_dump_json()))
+            if differs:
+                raise BenchError(
+                    f"{run_dir} was started with a different sweep spec ({', '.join(differs)} differ); "
+                    "resume it with the same one"
+                )
     _make_run_dir(run_dir)
     ledger = Ledger(cells, run_dir / results.RESULTS, resume, retry_failed)
     manifest = environment.collect(seed=spec.seed)
     if command:
         manifest["command"] = command
-    manifest.update(name=spec.name, device=device, n_cells=len(cells), rounds=spec.rounds, executor=executor)
+    manifest.update(
+        name=spec.name, device=device, n_cells=len(cells), rounds=spec.rounds, executor=spec.executor
+    )
     results.write_manifest(run_dir, manifest)
     (run_dir / "spec.json").write_text(spec.model_dump_json(indent=2))
 
@@ -155,8 +176,8 @@ def run_sweep(
         ):
             for round_index in range(spec.rounds):
                 ordered = round_order(cells, round_index, spec.seed)
-                if executor == "ray":
-                    run_ray(ordered, ledger, spec, bar, round_index, ray_cpus_per_cell)
+                if spec.executor == "ray":
+                    run_ray(ordered, ledger, spec, bar, round_index, spec.ray_cpus_per_cell)
                 else:
                     run_local(ordered, ledger, spec, bar, round_index)
     finally:

@@ -20,8 +20,8 @@ download, comparable across models), or the ids of a ``tokenizers`` JSON file (`
   document, so doubling distance bins are context-position buckets. In training windows it is the
   position within the window.
 
-Every position is asked; the task is scored by loss (``loss_scored``): bits per byte, by position
-(bench/running/accuracy.py). With bytes as tokens a token is a byte. With a tokenizer, each target token
+Every position is asked; the task is scored by loss (its scorer, ``loss``: bench/scoring/loss.py): bits
+per byte, by position. With bytes as tokens a token is a byte. With a tokenizer, each target token
 stands for the bytes of text from the end of the previous token to its own end (the tokenizer's offsets,
 in the UTF-8 text decoded from the document with invalid bytes replaced), so the bytes of a document's
 scored tokens add up to the bytes of text they cover and bits per byte are comparable with the byte
@@ -140,7 +140,7 @@ def tokenized(corpus: str, tokenizer: str | None) -> Tokenized:
 class LanguageModelling(Task):
     Config = LMConfig
     config: LMConfig
-    loss_scored: ClassVar[bool] = True
+    scorer: ClassVar[str] = "loss"
 
     @property
     def data(self) -> Tokenized:

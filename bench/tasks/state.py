@@ -18,9 +18,8 @@ probability 1/order at every position, independently across positions (the chanc
 Distance (see bench/tasks/base.py): there is no single piece of evidence to recall, so the distance of
 position t (0-based) is t + 1, the length of the prefix whose product is asked. Scoring by distance is then
 scoring by position: the doubling distance bins are position buckets, and ``beyond_train`` is the accuracy
-at the positions past the training length. ``scored_by_position`` tells the evaluation to record, besides,
-the longest prefix at which the model is still at least 90% correct (``longest_prefix``, bench/running/
-accuracy.py).
+at the positions past the training length. Its scorer, ``position`` (bench/scoring/position.py), records
+besides the longest prefix at which the model is still at least 90% correct.
 
 Solvable groups (Z_m, S_3) have word problems in TC^0; A_5 and S_5 are the smallest non-solvable groups,
 whose word problems are NC^1-complete (Barrington 1989): the case a model limited to TC^0 cannot solve at
@@ -62,7 +61,7 @@ class PermutationConfig(TaskConfig):
 class WordProblem(Task):
     """A group's word problem: uniform elements in, the running product at every position out."""
 
-    scored_by_position: ClassVar[bool] = True
+    scorer: ClassVar[str] = "position"
 
     @property
     def group(self) -> Group:

@@ -7,7 +7,7 @@ import pytest
 
 from bench import results
 from bench.cli import main
-from bench.running.accuracy import run_accuracy_cell
+from bench.train.cell import run_accuracy_cell
 from tests.helpers import TINY_MODEL, accuracy_cell
 
 pytestmark = pytest.mark.slow

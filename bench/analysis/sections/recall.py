@@ -1,4 +1,4 @@
-"""The accuracy section of REPORT.md, built from the stored records of accuracy cells only:
+"""The recall section of REPORT.md (records scored by distance: MQAR, S-NIAH), from stored records only:
 
 - one table per task like the Titans paper's Table 2 (models x evaluation length, accuracy %), with the
   beyond-training-length accuracy next to the overall one at every length above the training length, a
@@ -9,12 +9,7 @@
   training curves, accuracy against state size (Zoology's recall/state frontier) and, when a sweep varies
   one argument of a task (e.g. the number of key-value pairs), accuracy against it.
 
-The learning rate of each model and task is the one with the best mean validation accuracy of the final
-model over seeds (at the training length, on held-out validation examples, never the test examples), as
-Zoology picks the best rate per model; a run that reached the early-stopping threshold counts as the
-threshold, and ties go to fewer steps, then to the smaller rate. Results at the
-chosen rate are the mean over seeds, with a t interval over seeds when there are several and a Wilson
-interval over the evaluation examples when there is one.
+How the learning rate is chosen and seeds are summarised: bench/analysis/selection.py.
 """
 
 from __future__ import annotations
@@ -22,29 +17,21 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from bench.analysis.accuracy_common import (  # noqa: E402
-    _cell_text,
-    _is_dict,
-    _lr_text,
-    _span,
+from bench.analysis.plotting import model_styles, plt, save, sns
+from bench.analysis.sections import register_section
+from bench.analysis.selection import (
     by_length,
+    cell_text,
+    choose_lrs,
     distance_grid,
     plot_curves,
-    runs,
-    scoring,
     summarize,
     training_table,
 )
-from bench.analysis.report_lm import lm_section  # noqa: E402
-from bench.analysis.report_state import state_section  # noqa: E402
+from bench.analysis.text import lr_text, span
+from bench.results import AccuracyRow
 
 HEATMAP = "accuracy_heatmap.png"
 BY_DISTANCE = "accuracy_by_distance.png"
@@ -77,12 +64,12 @@ def table(long: pd.DataFrame, intervals: bool = True) -> str:
         for label in dict.fromkeys(part["label"]):
             rows = part[part["label"] == label].set_index("eval_len")
             texts = [
-                _cell_text(rows.loc[length], field, intervals) if length in rows.index else "–"
+                cell_text(rows.loc[length], field, intervals) if length in rows.index else "–"
                 for _, length, field in columns
             ]
             first = rows.iloc[0]
             out.append(
-                f"| {label} | " + " | ".join(texts) + f" | {first['context']} | {_lr_text(first['lr'])} |"
+                f"| {label} | " + " | ".join(texts) + f" | {first['context']} | {lr_text(first['lr'])} |"
             )
     return "\n".join(out)
 
@@ -108,8 +95,7 @@ def plot_heatmap(long: pd.DataFrame, path: Path) -> None:
     ax.set_xlabel("task, evaluation length (all items)")
     ax.set_ylabel("model")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_by_distance(grid: pd.DataFrame, path: Path, per_row: int = 5) -> None:
@@ -144,8 +130,7 @@ def plot_by_distance(grid: pd.DataFrame, path: Path, per_row: int = 5) -> None:
             if 0 < beyond < len(bounds):
                 ax.axhline(beyond, color="red", lw=1.2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110)
 
 
 def plot_frontier(long: pd.DataFrame, path: Path) -> None:
@@ -167,16 +152,15 @@ def plot_frontier(long: pd.DataFrame, path: Path) -> None:
     grid.set(xscale="log", ylim=(-0.02, 1.02))
     grid.set_axis_labels("inference state at T (bytes per sequence)", "accuracy")
     grid.set_titles("{col_name}")
-    grid.savefig(path, dpi=120)
-    plt.close(grid.figure)
+    save(grid.figure, path)
 
 
-def difficulty_axis(cells: pd.DataFrame) -> tuple[str, dict[str, float]] | None:
+def difficulty_axis(rows: list[AccuracyRow]) -> tuple[str, dict[str, float]] | None:
     """When the tasks are one task under several settings of one numeric argument (Zoology's figure 2
     sweeps the number of key-value pairs), that argument and each task label's value of it."""
-    if "task_args" not in cells or "task" not in cells or cells["task"].nunique() != 1:
+    if len({r.task for r in rows}) != 1:
         return None
-    args = {r["task_label"]: r["task_args"] for _, r in cells.iterrows() if _is_dict(r["task_args"])}
+    args = {r.task_label: r.task_args for r in rows}
     if len(args) < 2:
         return None
     keys = set().union(*args.values())
@@ -197,13 +181,12 @@ def plot_difficulty(long: pd.DataFrame, axis: tuple[str, dict[str, float]], path
         ("beyond the training length (longest T)", summary[summary["eval_len"] == longest], "beyond_train"),
     ]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    labels = list(dict.fromkeys(summary["label"]))
-    colors = dict(zip(labels, sns.color_palette(n_colors=len(labels)), strict=True))
+    styles = model_styles(list(summary["label"]))
     for ax, (title, part, column) in zip(axes, panels, strict=True):
-        for label in labels:
+        for label, style in styles.items():
             line = part[part["label"] == label].sort_values("x")
             if line[column].notna().any():
-                ax.plot(line["x"], line[column], marker="o", color=colors[label], label=label)
+                ax.plot(line["x"], line[column], label=label, **style.kwargs())
         ax.set_title(title)
         ax.set_xlabel(name)
         ax.set_xscale("log", base=2)
@@ -214,8 +197,7 @@ def plot_difficulty(long: pd.DataFrame, axis: tuple[str, dict[str, float]], path
     axes[0].set_ylabel("accuracy (mean over seeds, chosen lr)")
     axes[1].legend(title="model", fontsize=7, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def spread_text(long: pd.DataFrame, axis: tuple[str, dict[str, float]] | None) -> list[str]:
@@ -234,27 +216,31 @@ def spread_text(long: pd.DataFrame, axis: tuple[str, dict[str, float]] | None) -
     out = []
     for task in tasks:
         part = at_train[at_train["task_label"] == task].sort_values("accuracy", ascending=False)
+        if not len(part):
+            continue
         best, worst = part.iloc[0], part.iloc[-1]
         spread = 100 * (best["accuracy"] - worst["accuracy"])
         out.append(
             f"{task}: best {best['label']} {100 * best['accuracy']:.1f}%, worst {worst['label']} "
             f"{100 * worst['accuracy']:.1f}% (spread {spread:.1f} points)"
         )
-    return [f"{what}, at the training length: " + "; ".join(out) + ".", ""]
+    return [f"{what}, at the training length: " + "; ".join(out) + ".", ""] if out else []
 
 
-def time_text(cells: pd.DataFrame) -> str:
+def time_text(rows: list[AccuracyRow]) -> str:
     """How long the cells took: the wall clock of all of them, and an estimate for a quiet core (each
     cell's wall clock scaled by the share of the CPU its training got), for runs on a shared machine."""
-    if "wall_s" not in cells:
+    walls = [r.wall_s for r in rows if r.wall_s is not None]
+    if not walls:
         return ""
-    wall = pd.to_numeric(cells["wall_s"], errors="coerce")
-    text = f"{len(cells)} cells, {wall.sum() / 60:.0f} minutes of wall clock in all"
-    if {"train_cpu_seconds", "train_seconds"} <= set(cells.columns):
-        share = pd.to_numeric(cells["train_cpu_seconds"], errors="coerce") / pd.to_numeric(
-            cells["train_seconds"], errors="coerce"
-        )
-        quiet = (wall * share.clip(upper=1)).sum()
+    text = f"{len(rows)} cells, {sum(walls) / 60:.0f} minutes of wall clock in all"
+    shares = [
+        (r.wall_s, min(1.0, r.train_cpu_seconds / r.train_seconds))
+        for r in rows
+        if r.wall_s is not None and r.train_cpu_seconds is not None and r.train_seconds
+    ]
+    if shares:
+        quiet = sum(w * s for w, s in shares)
         text += (
             f", about {quiet / 60:.0f} on a quiet core (each cell's wall clock times the share of the "
             "CPU its training got)"
@@ -262,11 +248,11 @@ def time_text(cells: pd.DataFrame) -> str:
     return text + "."
 
 
-def smoke_note(cells: pd.DataFrame) -> list[str]:
+def smoke_note(rows: list[AccuracyRow]) -> list[str]:
     """The warning that heads a smoke-test run's section (the [accuracy] table's ``smoke_test``)."""
-    if "smoke_test" not in cells or not cells["smoke_test"].fillna(False).astype(bool).any():
+    if not any(r.smoke_test for r in rows):
         return []
-    steps = _span(cells["steps_run"], ".0f") if "steps_run" in cells else "few"
+    steps = span([r.steps_run for r in rows], ".0f") if rows else "few"
     return [
         f"**Smoke test.** Every model trained for the same {steps} steps, far too few to learn these "
         "tasks: this section shows that training, evaluation and scoring run end to end for every "
@@ -277,29 +263,28 @@ def smoke_note(cells: pd.DataFrame) -> list[str]:
     ]
 
 
-def accuracy_section(cells: pd.DataFrame, run_dir: Path) -> list[str]:
-    """Markdown lines for the accuracy cells of a run, a section per kind of task (recall, state
-    tracking, language modelling); writes the plots into ``run_dir``."""
-    kinds = pd.Series([scoring(row) for _, row in cells.iterrows()], index=cells.index)
-    out = []
-    if (kinds == "distance").any():
-        out += recall_section(cells[kinds == "distance"], run_dir)
-    if (kinds == "position").any():
-        out += state_section(cells[kinds == "position"], run_dir)
-    if (kinds == "loss").any():
-        out += lm_section(cells[kinds == "loss"], run_dir)
-    return out
+def lr_rule(rows: list[AccuracyRow]) -> str:
+    """The sentence that says how the learning rates were chosen."""
+    rules = {c.rule for c in choose_lrs(rows).values()}
+    if rules <= {"only rate"}:
+        return "one learning rate per model"
+    if "validation score" in rules:
+        return (
+            "the learning rate with the best mean validation accuracy over seeds (records without a "
+            "validation loss: accuracy capped at the early-stopping threshold, ties to fewer steps)"
+        )
+    return "the learning rate with the lowest mean validation loss over seeds at the end of the budget"
 
 
-def recall_section(cells: pd.DataFrame, run_dir: Path) -> list[str]:
+@register_section("recall")
+def recall_section(rows: list[AccuracyRow], run_dir: Path) -> list[str]:
     """Markdown lines for the accuracy cells of recall tasks (scored by distance); writes the plots."""
-    long = by_length(cells)
-    first = cells.iloc[0]
-    grid = runs(cells)
-    lrs = sorted(grid["lr"].dropna().unique())
-    seeds = sorted(grid["seed"].dropna().unique())
+    long = by_length(rows)
+    first = rows[0]
+    lrs = sorted({r.lr for r in rows if r.lr is not None})
+    seeds = sorted({r.seed for r in rows})
     out = ["## Accuracy: synthetic recall, trained from scratch", ""]
-    out += smoke_note(cells)
+    out += smoke_note(rows)
     out += [
         "Each model is trained from scratch on each task at the training length, then scored on held-out "
         "examples at that length and beyond it (T = evaluation length). Accuracy %: MQAR counts queries "
@@ -322,46 +307,39 @@ def recall_section(cells: pd.DataFrame, run_dir: Path) -> list[str]:
         "sliding window; titans-mac: a segment) get a quarter of the training length unless the sweep says "
         "otherwise, shorter than the distances asked, so recall beyond it must come from their memory; "
         "`transformer-swa` is the same sliding-window attention without a memory, the control. "
-        f"lr: the learning rate chosen per model and task by validation accuracy from {len(lrs) or 1} "
-        f"({', '.join(_lr_text(x) for x in lrs) or 'one'}); every run is in the training table and "
-        "results.jsonl.",
+        f"lr: {lr_rule(rows)}, from {len(lrs) or 1} ({', '.join(lr_text(x) for x in lrs) or 'one'}); every "
+        "run is in the training table and results.jsonl.",
         "",
-        f"Model shape: d_model {first['d_model']}, {first['n_layers']} layers, each task's own vocabulary; "
-        f"seeds: {', '.join(str(int(s)) for s in seeds) or '–'}.",
+        f"Model shape: d_model {first.d_model}, {first.n_layers} layers, each task's own vocabulary; "
+        f"seeds: {', '.join(str(s) for s in seeds) or '–'}.",
         "",
         table(long),
         "",
     ]
-    axis = difficulty_axis(cells)
-    if not smoke_note(cells):  # a smoke test ranks nothing
+    axis = difficulty_axis(rows)
+    if not smoke_note(rows):  # a smoke test ranks nothing
         out += spread_text(long, axis)
     out += [
         "### Training",
         "",
-        "One row per model, task and learning rate, over its seeds (✓: the chosen rate). `val acc`: "
-        "validation accuracy of the final model at the training length; `stopped by`: `threshold` "
-        "(validation accuracy reached it), `steps` (the budget), `max_seconds` (the safety cap bound: "
-        "counted in `cap bound`), `diverged`; `seconds`: wall clock of the training loop, `CPU s`: the "
-        "CPU time of its process (on a shared machine, about what a quiet one would take). "
-        + time_text(cells),
+        "One row per model, task and learning rate, over its seeds (✓: the chosen rate). `val loss`: the "
+        "validation cross-entropy of the final model (nats per asked token); `val accuracy`: its accuracy "
+        "at the training length (%); `stopped by`: `threshold` (validation accuracy reached it), `steps` "
+        "(the budget), `max_seconds` (the safety cap bound: counted in `cap bound`), `diverged`; "
+        "`seconds`: wall clock of the training loop, `CPU s`: the CPU time of its process (on a shared "
+        "machine, about what a quiet one would take). " + time_text(rows),
         "",
-        training_table(cells),
+        *training_table(rows, "accuracy"),
         "",
     ]
     plots = [
         (HEATMAP, "accuracy heatmap", lambda p: plot_heatmap(long, p)),
-        (CURVES, "training curves", lambda p: plot_curves(cells, p)),
+        (CURVES, "training curves", lambda p: plot_curves(rows, p, "validation accuracy")),
     ]
-    grid_by_distance = distance_grid(long)
-    if len(grid_by_distance):
-        plots.insert(
-            0,
-            (
-                BY_DISTANCE,
-                "accuracy by distance and evaluation length",
-                lambda p: plot_by_distance(grid_by_distance, p),
-            ),
-        )
+    grid = distance_grid(long)
+    if len(grid):
+        plots.insert(0, (BY_DISTANCE, "accuracy by distance and evaluation length",
+                         lambda p: plot_by_distance(grid, p)))  # fmt: skip
     if long["accuracy"].notna().any():
         plots.append((FRONTIER, "accuracy vs state size", lambda p: plot_frontier(long, p)))
         if axis is not None:
