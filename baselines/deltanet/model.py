@@ -371,6 +371,51 @@ class GatedDeltaNetConfig(ModelConfig):
     allow_neg_eigval: bool = False  # beta in (0, 2), as for DeltaNet
 
 
+def _build(
+    config: DeltaNetConfig | GatedDeltaNetConfig,
+    resolved: str,
+    gated: bool,
+    heads: int,
+    head_k: int,
+    head_v: int,
+    fla_sizes: dict,
+) -> LanguageModel:
+    """The shell with a (gated) DeltaNet mixer in every block, on the resolved backend: fla's layer, sized
+    by ``fla_sizes`` (its own names for the head sizes), or ours with heads of head_k and head_v."""
+    c = config
+
+    def make(i: int) -> Mixer:
+        if resolved == "fla":
+            import fla.layers
+
+            layer_class = fla.layers.GatedDeltaNet if gated else fla.layers.DeltaNet
+            layer = layer_class(
+                hidden_size=c.d_model,
+                num_heads=heads,
+                use_gate=c.use_gate,
+                conv_size=c.conv_size,
+                allow_neg_eigval=c.allow_neg_eigval,
+                layer_idx=0,
+                **fla_sizes,
+            )
+            init_projections(layer)
+            return FlaDeltaNet(layer)
+        return DeltaNet(
+            c.d_model,
+            heads,
+            head_k,
+            head_v,
+            gated=gated,
+            use_gate=c.use_gate,
+            conv_size=c.conv_size,
+            chunk_size=c.chunk_size,
+            backend=resolved,
+            allow_neg_eigval=c.allow_neg_eigval,
+        )
+
+    return LanguageModel(c.vocab_size, c.d_model, c.n_layers, make, mlp_hidden=c.mlp_hidden)
+
+
 @register("deltanet", config=DeltaNetConfig, backends=fla_backends, reference="torch-recurrent")
 def build_deltanet(config: DeltaNetConfig) -> LanguageModel:
     """DeltaNet in every block."""
@@ -380,37 +425,8 @@ def build_deltanet(config: DeltaNetConfig) -> LanguageModel:
     key_dim, value_dim = round(c.d_model * c.expand_k), round(c.d_model * c.expand_v)
     head_k = _check_heads("d_model * expand_k", key_dim, heads)
     head_v = _check_heads("d_model * expand_v", value_dim, heads)
-
-    def make(i: int) -> Mixer:
-        if resolved == "fla":
-            from fla.layers import DeltaNet as FlaDeltaNetLayer
-
-            layer = FlaDeltaNetLayer(
-                hidden_size=c.d_model,
-                expand_k=c.expand_k,
-                expand_v=c.expand_v,
-                num_heads=heads,
-                use_gate=c.use_gate,
-                conv_size=c.conv_size,
-                allow_neg_eigval=c.allow_neg_eigval,
-                layer_idx=0,
-            )
-            init_projections(layer)
-            return FlaDeltaNet(layer)
-        return DeltaNet(
-            c.d_model,
-            heads,
-            head_k,
-            head_v,
-            gated=False,
-            use_gate=c.use_gate,
-            conv_size=c.conv_size,
-            chunk_size=c.chunk_size,
-            backend=resolved,
-            allow_neg_eigval=c.allow_neg_eigval,
-        )
-
-    return LanguageModel(c.vocab_size, c.d_model, c.n_layers, make, mlp_hidden=c.mlp_hidden)
+    fla_sizes = dict(expand_k=c.expand_k, expand_v=c.expand_v)
+    return _build(c, resolved, False, heads, head_k, head_v, fla_sizes)
 
 
 @register("gated-deltanet", config=GatedDeltaNetConfig, backends=fla_backends, reference="torch-recurrent")
@@ -423,34 +439,5 @@ def build_gated_deltanet(config: GatedDeltaNetConfig) -> LanguageModel:
     head_v = head_k * c.expand_v
     if head_k < 1 or head_v != int(head_v):
         raise ValueError(f"head_dim {head_k} * expand_v {c.expand_v} must be a positive integer")
-
-    def make(i: int) -> Mixer:
-        if resolved == "fla":
-            from fla.layers import GatedDeltaNet as FlaGatedDeltaNetLayer
-
-            layer = FlaGatedDeltaNetLayer(
-                hidden_size=c.d_model,
-                expand_v=c.expand_v,
-                head_dim=head_k,
-                num_heads=heads,
-                use_gate=c.use_gate,
-                conv_size=c.conv_size,
-                allow_neg_eigval=c.allow_neg_eigval,
-                layer_idx=0,
-            )
-            init_projections(layer)
-            return FlaDeltaNet(layer)
-        return DeltaNet(
-            c.d_model,
-            heads,
-            head_k,
-            int(head_v),
-            gated=True,
-            use_gate=c.use_gate,
-            conv_size=c.conv_size,
-            chunk_size=c.chunk_size,
-            backend=resolved,
-            allow_neg_eigval=c.allow_neg_eigval,
-        )
-
-    return LanguageModel(c.vocab_size, c.d_model, c.n_layers, make, mlp_hidden=c.mlp_hidden)
+    fla_sizes = dict(expand_v=c.expand_v, head_dim=head_k)
+    return _build(c, resolved, True, heads, head_k, int(head_v), fla_sizes)
