@@ -217,14 +217,14 @@ class DeltaNet(Mixer):
         - ``decay`` (gated rule only): the factor exp(g) by which the token multiplies a head's memory before
           writing, averaged over heads (1 keeps the memory, 0 erases it).
 
-        The memories come from the decoding step, token by token, so they are those ``prefill`` returns."""
+        The memories come from the decoding step, token by token: those ``prefill`` returns, to rounding."""
         q, k, v, _ = self._qkv(x, None)
         beta, g = self._gates(x)
         memory = self.init_state(x.shape[0], x.device, x.dtype).memory
         norms = []
         for t in range(x.shape[1]):
             _, memory = self._rule_step(
-                memory, q[:, t], k[:, t], v[:, t], beta[:, t], g if g is None else g[:, t]
+                memory, q[:, t], k[:, t], v[:, t], beta[:, t], None if g is None else g[:, t]
             )
             norms.append(torch.linalg.matrix_norm(memory).sum(-1))
         trace = {"state_norm": torch.stack(norms, 1), "beta": beta.mean(-1)}

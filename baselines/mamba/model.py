@@ -14,8 +14,9 @@ state_dict moves between backends.
 
 Our mixers (both torch backends) support state passing: ``forward_from`` continues from a state (the conv
 window and the SSM state, as ``prefill`` returns it) with gradients into it. mamba_ssm's layers do not: its
-fused training kernels take neither a conv window nor, for Mamba, an initial SSM state. ``trace`` reports
-by position the state's norm and the step size and decay that set how fast the state forgets.
+selective scan takes no initial state (and passes no gradient back from its last one), and Mamba2's fused
+kernel takes no conv window. ``trace`` reports by position the state's norm, and the step size and decay
+that set how fast the state forgets.
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ class Mamba(Mixer):
         - ``decay``: the factor exp(dt A) by which the token multiplies each state entry, averaged over
           channels and state indices (1 keeps the state, 0 erases it).
 
-        The states come from the decoding step, token by token, so they are those ``prefill`` returns."""
+        The states come from the decoding step, token by token: those ``prefill`` returns, to rounding."""
         u, _ = self.in_proj(x).chunk(2, dim=-1)
         u, _ = self.conv1d(u)
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -304,7 +305,7 @@ class Mamba2(Mixer):
         - ``decay``: the factor exp(dt A) by which the token multiplies a head's state, averaged over heads
           (1 keeps the state, 0 erases it).
 
-        The states come from the decoding step, token by token, so they are those ``prefill`` returns."""
+        The states come from the decoding step, token by token: those ``prefill`` returns, to rounding."""
         _, xBC, dt = self._split(self.in_proj(u))
         xBC, _ = self.conv1d(xBC)
         _, x_dt, A_dt, B, C = self._ssm_inputs(xBC, dt)

@@ -64,6 +64,7 @@ def grads(model, loss: torch.Tensor) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", FAMILIES)
 def test_forward_from_the_initial_state_is_forward(name, backend):
+    """``forward_from(x, None)[0]`` is ``forward(x)``, for the mixer and through the shell."""
     model = model_for(name, backend)
     assert model.supports_state_passing
     mixer = model.blocks[0].mixer
@@ -73,6 +74,9 @@ def test_forward_from_the_initial_state_is_forward(name, backend):
     assert type(state) is type(mixer.prefill(h)[1])
     logits, states = model(X, return_state=True)
     assert torch.equal(logits, model(X)) and len(states) == len(model.blocks)
+    # the empty decoding state is the initial state too
+    logits, _ = model(X, state=model.init_state(X.shape[0]), return_state=True)
+    torch.testing.assert_close(logits, model(X), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("cuts", CUTS)
