@@ -11,6 +11,7 @@ from bench.analysis.sections import get_section
 from bench.analysis.selection import scorer_of
 from bench.analysis.text import cell_text
 from bench.results import AccuracyRow, TimingRow
+from bench.results.outputs import REPORT_FILES, Folder
 
 
 def _environment(manifest: dict) -> str:
@@ -35,6 +36,7 @@ def _environment(manifest: dict) -> str:
         ("git commit", f"{manifest.get('git_commit')}{' (dirty)' if manifest.get('git_dirty') else ''}"),
         ("command", f"`{manifest.get('command')}`"),
         ("started", manifest.get("created_at")),
+        *(("resumed", f"{m.get('created_at')}: `{m.get('command')}`") for m in manifest.get("resumed", [])),
         ("seed", manifest.get("seed")),
         ("rounds", manifest.get("rounds", 1)),
     ]
@@ -77,16 +79,39 @@ def accuracy_sections(rows: list[AccuracyRow], run_dir: Path) -> list[str]:
     return out
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write REPORT.md (and PNG plots beside it) for the run in ``run_dir``; returns its path."""
+def write_report(
+    run_dir: str | Path,
+    source: str | Path | None = None,
+    folder: Folder | None = None,
+    rows: list[TimingRow | AccuracyRow] | None = None,
+) -> Path:
+    """Write REPORT.md (and PNG plots beside it) into ``run_dir`` from the results file ``source`` (default:
+    the run's own; ``rows``: its rows, when read already), under the write policy (``folder``: ``run_dir``
+    as the command claimed it); returns its path. The report is rendered aside and moved in whole, so
+    that nothing is left half-written."""
     run_dir = Path(run_dir)
-    rows = results.load_rows(run_dir)
-    manifest = results.read_manifest(run_dir)
-    name = manifest.get("name", run_dir.name)
+    source = Path(source) if source is not None else run_dir / results.RESULTS
+    rows = results.load_rows(source) if rows is None else rows
+    # The manifest describes a run: read beside a run's results file only, never beside any other file.
+    own = source.name == results.RESULTS
+    manifest = results.read_manifest(source) if own else {}
+    # Called as a library, the caller answers for the folder; still, no file it did not write is replaced.
+    folder = folder or Folder(run_dir, "report")
+    folder.check_replaceable(REPORT_FILES)
+    folder.create()
+    with folder.staging() as stage:
+        _render(rows, manifest, manifest.get("name", run_dir.name if own else source.stem), source, stage)
+        folder.install(stage)
+    return run_dir / "REPORT.md"
+
+
+def _render(
+    rows: list[TimingRow | AccuracyRow], manifest: dict, name: str, source: Path, run_dir: Path
+) -> None:
     out = [
         f"# Benchmark report: {name}",
         "",
-        f"Generated from `{results.RESULTS}` ({len(rows)} cells).",
+        f"Generated from `{source.name}` ({len(rows)} cells).",
         "",
         "## Environment",
         "",
@@ -119,6 +144,4 @@ def write_report(run_dir: str | Path) -> Path:
             out.append(f"| {row.label} | {mode} | {length} | {row.batch_size} | {row.status} | {reason} |")
         out.append("")
 
-    path = run_dir / "REPORT.md"
-    path.write_text("\n".join(out))
-    return path
+    (run_dir / "REPORT.md").write_text("\n".join(out))

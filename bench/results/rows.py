@@ -13,9 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bench.results.store import finished_records
+from bench.errors import BenchError
+from bench.results.store import finished_records, results_path
 
 
 class Lenient(BaseModel):
@@ -235,5 +236,17 @@ def parse_row(record: dict[str, Any]) -> TimingRow | AccuracyRow:
 
 
 def load_rows(run: str | Path) -> list[TimingRow | AccuracyRow]:
-    """One typed row per finished cell of a run (rounds pooled; see ``bench.results.store.load``)."""
-    return [parse_row(r) for r in finished_records(run)]
+    """One typed row per finished cell of a run (rounds pooled; see ``bench.results.store.load``); a record
+    that is not one (another version's, a damaged one) is bad input naming the file, cell and field."""
+    rows = []
+    for record in finished_records(run):
+        try:
+            rows.append(parse_row(record))
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise BenchError(
+                f"{str(results_path(run))!r}: cell {record.get('key')!r}: field {field!r}: {first['msg']} "
+                "(written by another version, or damaged)"
+            ) from None
+    return rows

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bench.failures import free_cuda, is_oom
 from bench.measure.cell import measure_cell
+from bench.plugins import describe_failure, model_name
 from bench.spec.cells import AccuracyCell, TimingCell, cell_from_json
 from bench.train.cell import run_accuracy_cell
 
@@ -38,7 +39,7 @@ def run_in_process(cell: TimingCell | AccuracyCell, isolated: bool = False) -> d
     except Exception as err:  # noqa: BLE001 - any failure of a cell is recorded, the sweep goes on
         record = {
             "status": "oom" if is_oom(err) else "crashed",
-            "error": f"{type(err).__name__}: {err}"[:STDERR_TAIL],
+            "error": describe_failure(err, model_name(cell.model, cell.label))[:STDERR_TAIL],
             "traceback": traceback.format_exc()[-STDERR_TAIL:],
         }
         if is_oom(err):

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 from bench import results
+from bench.running.notices import cell_failed
 from bench.spec.cells import AccuracyCell, TimingCell
 
 AnyCell = TimingCell | AccuracyCell
@@ -89,3 +90,4 @@ class Ledger:
         self.done[(cell.key, round_index)] = outcome["status"]
         stamp = {"round": round_index, "run_id": self.run_id, "finished_at": time.time()}
         results.append(self.path, {"key": cell.key, **cell.model_dump(), **outcome, **stamp})
+        cell_failed(cell.describe, outcome)

@@ -9,6 +9,7 @@ from the validation context (``given``: field path -> the flag typed).
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -60,7 +61,21 @@ def given_flags(info: ValidationInfo) -> dict[str, str]:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict types: `true` is not a length and 64.5 not a width; no field takes NaN or an infinity (a
+    # NaN passes every comparison a check makes, and no limit or rate here means anything infinite).
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+# Characters that would break the report's markdown tables or the one-line messages that name a label.
+LABEL_BREAKERS = ("|", "`", "\n", "\r")
+
+
+def check_label(value: str | None) -> str | None:
+    if value is not None:
+        bad = [c for c in LABEL_BREAKERS if c in value]
+        if bad:
+            raise ValueError(f"label {value!r} contains {bad[0]!r}, which the report's tables cannot show")
+    return value
 
 
 class ModelEntry(Strict):
@@ -69,6 +84,8 @@ class ModelEntry(Strict):
     name: str = Field(min_length=1)
     label: str | None = None  # how results and reports name it; defaults to `name`
     args: dict[str, Any] = Field(default_factory=dict)  # passed to the factory as keyword arguments
+
+    _label = field_validator("label")(check_label)
 
     @property
     def display(self) -> str:
@@ -83,6 +100,8 @@ class TaskEntry(Strict):
     args: dict[str, Any] = Field(default_factory=dict)
     train_len: PositiveInt | None = None  # None: the [accuracy] table's train_len
     steps: PositiveInt | None = None  # None: the [accuracy] table's steps (a small corpus wants fewer)
+
+    _label = field_validator("label")(check_label)
 
     @property
     def display(self) -> str:
@@ -345,28 +364,41 @@ class SweepSpec(Strict):
         return self
 
     @model_validator(mode="after")
-    def _threads_fit_the_machine(self) -> SweepSpec:
+    def _threads_fit_the_machine(self, info: ValidationInfo) -> SweepSpec:
         cores = os.cpu_count() or 1
-        for where, threads in (("threads", self.threads), ("[accuracy] threads", self.accuracy.threads)):
+        given = given_flags(info)
+        threads_is = (
+            f"{given['threads']} {self.threads}" if "threads" in given else f"threads = {self.threads}"
+        )
+        for where, threads in ((threads_is, self.threads), ("[accuracy] threads", self.accuracy.threads)):
             if threads is not None and threads > cores:
-                raise ValueError(f"{where} = {threads} is more than the {cores} CPU cores here")
+                where = where if where != "[accuracy] threads" else f"{where} = {threads}"
+                raise ValueError(f"{where} is more than the {cores} CPU cores here")
         return self
 
     @model_validator(mode="after")
-    def _warmup_cap(self) -> SweepSpec:
+    def _warmup_cap(self, info: ValidationInfo) -> SweepSpec:
         if self.warmup_max < self.warmup:
+            given = given_flags(info)
+            if "warmup" in given:  # the user typed the flag: name it, and the cap it ran into
+                raise ValueError(
+                    f"{given['warmup']} {self.warmup} is above {self.warmup_max}, the most warm-up calls "
+                    "(warmup_max in a sweep file)"
+                )
             raise ValueError(f"warmup_max ({self.warmup_max}) is below warmup ({self.warmup})")
         return self
 
     @field_validator("param_budget", mode="before")
     @classmethod
     def _budget(cls, value: Any) -> Any:
+        if isinstance(value, float):  # 2e6 in a sweep file
+            return parse_count(repr(value))
         return parse_count(value) if isinstance(value, str) else value
 
-    @field_validator("seq_lens", "batch_sizes", "modes")
+    @field_validator("seq_lens", "batch_sizes", "modes", "dtypes")
     @classmethod
-    def _unique(cls, value: list) -> list:
-        if len(set(value)) != len(value):
+    def _unique(cls, value: list | None) -> list | None:
+        if value is not None and len(set(value)) != len(value):
             raise ValueError("contains duplicates")
         return value
 
@@ -386,6 +418,8 @@ def parse_count(text: str) -> int:
         number = float(value) * scale
     except ValueError:
         raise ValueError(f"{text!r} is not a count (e.g. 2000000, 2e6, 2M)") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{text!r} is not a finite count (e.g. 2000000, 2e6, 2M)")
     if number != int(number) or number < 1:
         raise ValueError(f"{text!r} is not a positive whole count")
     return int(number)
@@ -418,15 +452,42 @@ def parse_spec(data: dict[str, Any], source: str, given: dict[str, str] | None =
         raise BenchError(format_validation_error(err, source, given)) from None
 
 
-def load_spec(path: str | Path) -> SweepSpec:
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A sweep file's data; a BenchError that says what is wrong with the file as a file."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise BenchError(f"sweep file {str(path)!r} is a directory, not a file")
+    if not path.exists():
         raise BenchError(f"sweep file {str(path)!r} does not exist")
     try:
-        data = tomllib.loads(path.read_text())
+        raw = path.read_bytes()
+    except OSError as err:
+        raise BenchError(f"sweep file {str(path)!r} cannot be read: {err.strerror}") from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise BenchError(
+            f"{path}: starts with a UTF-8 byte-order mark (BOM), which TOML does not allow; save it as UTF-8 "
+            "without one"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BenchError(
+            f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); a sweep file is "
+            "TOML text"
+        ) from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise BenchError(f"{path}: not valid TOML: {err}") from None
-    return parse_spec(data, str(path))
+    if not data:
+        raise BenchError(
+            f"{path} sets nothing; write the fields to change in it, or leave it out to run the default sweep"
+        )
+    return data
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    return parse_spec(read_toml(path), str(path))
 
 
 def default_spec(device: str) -> SweepSpec:
