@@ -90,6 +90,8 @@ def import_object(spec: str, name: str | None = None) -> Any:
 def _load_file(path: str) -> Any:
     """A plug-in given by file path, loaded once per process under a name derived from its path."""
     file = Path(path).resolve()
+    if file.is_dir():
+        raise BenchError(f"plug-in file {path!r} is a directory, not a Python file")
     if not file.is_file():
         raise BenchError(f"plug-in file {path!r} does not exist")
     module_name = "titans_bench_plugin_" + hashlib.sha1(str(file).encode()).hexdigest()[:12]

@@ -70,6 +70,11 @@ class Folder:
     path: Path
     flag: str  # how the user names this folder on the command line: "--out", "--resume", ...
     made: list[Path] = field(default_factory=list)  # folders this command created, outermost first
+    given: str | None = None  # the folder as the user wrote it, for messages
+
+    @property
+    def shown(self) -> str:
+        return repr(self.given if self.given is not None else str(self.path))
 
     # -- which files are ours ------------------------------------------------------------------------------
 
@@ -118,9 +123,7 @@ class Folder:
             self.record()
         except OSError as err:
             self.discard()
-            raise BenchError(
-                f"{self.flag}: cannot write the folder {_quote(self.path)}: {err.strerror}"
-            ) from None
+            raise BenchError(f"{self.flag}: cannot write the folder {self.shown}: {err.strerror}") from None
 
     def write_text(self, name: str, text: str) -> Path:
         """Write (or replace) one of this folder's files, whole or not at all."""
@@ -162,22 +165,22 @@ def claim_folder(path: str | Path, flag: str, own_only: bool = False, instead: s
     """The folder ``path`` as an output, checked now and nothing written: refused when it is a file, or a
     folder holding files this harness did not write (``own_only``: any folder this harness did not write,
     even an empty one). ``flag`` is how the user gave it and ``instead`` what to do then, for the error."""
-    folder = Path(path)
+    folder, given = Path(path), repr(str(path))
     if folder.exists() and not folder.is_dir():
-        raise BenchError(f"{flag} {_quote(folder)} is a file, not a directory")
+        raise BenchError(f"{flag} {given} is a file, not a directory")
     if folder.is_dir() and not recognised(folder):
         try:
             content = _visible(folder)
         except OSError as err:
-            raise BenchError(f"{flag}: cannot read the folder {_quote(folder)}: {err.strerror}") from None
+            raise BenchError(f"{flag}: cannot read the folder {given}: {err.strerror}") from None
         if own_only or content:
             shown = ", ".join(repr(n) for n in content[:3]) + (", ..." if len(content) > 3 else "")
             raise BenchError(
-                f"{flag} {_quote(folder)} is not a folder this harness wrote"
+                f"{flag} {given} is not a folder this harness wrote"
                 + (f" (it holds {shown})" if content else "")
                 + f"; {instead or f'give {flag} a new or empty folder'}"
             )
-    return Folder(folder, flag)
+    return Folder(folder, flag, given=str(path))
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -200,35 +203,35 @@ def check_output_file(path: str | Path, flag: str, inputs: dict[str, Path], mark
     """A single output file (``compare --markdown``), checked before the work: never one of the command's
     ``inputs`` (what the user calls each -> its path), never a file this command did not write (one it
     wrote starts with ``mark``), and its folder writable."""
-    path = Path(path)
+    given, path = repr(str(path)), Path(path)  # named as the user wrote it
     for what, source in inputs.items():
         if _same(path, source):
             raise BenchError(
-                f"{flag} {_quote(path)} is {what}, an input of this command; give {flag} a file of its own"
+                f"{flag} {given} is {what}, an input of this command; give {flag} a file of its own"
             )
     if path.is_dir():
-        raise BenchError(f"{flag} {_quote(path)} is a directory; give {flag} a file name")
+        raise BenchError(f"{flag} {given} is a directory; give {flag} a file name")
     if path.exists():
         try:
             with open(path, "rb") as f:
                 first = f.readline().decode("utf-8", "replace").strip()
         except OSError as err:
-            raise BenchError(f"{flag}: cannot read {_quote(path)}: {err.strerror}") from None
+            raise BenchError(f"{flag}: cannot read {given}: {err.strerror}") from None
         if first != mark:
             raise BenchError(
-                f"{flag} {_quote(path)} exists and was not written by this command; give {flag} a new file "
+                f"{flag} {given} exists and was not written by this command; give {flag} a new file "
                 "(or move that one away)"
             )
     parent = path.parent
     if parent.exists() and not parent.is_dir():
-        raise BenchError(f"{flag} {_quote(path)}: {_quote(parent)} is a file, not a folder")
+        raise BenchError(f"{flag} {given}: {_quote(parent)} is a file, not a folder")
     if not parent.is_dir():
-        raise BenchError(f"{flag} {_quote(path)}: the folder {_quote(parent)} does not exist")
+        raise BenchError(f"{flag} {given}: the folder {_quote(parent)} does not exist")
     try:
         with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", suffix=".probe"):
             pass
     except OSError as err:
-        raise BenchError(f"{flag}: cannot write {_quote(path)}: {err.strerror}") from None
+        raise BenchError(f"{flag}: cannot write {given}: {err.strerror}") from None
     return path
 
 

@@ -8,6 +8,7 @@ ignored on read and never glued to the next record.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import warnings
@@ -110,10 +111,10 @@ def _check_pooled_fields(record: dict[str, Any], run: str | Path) -> None:
         raise BenchError(f"{where}: a record's field 'key' is {type(key).__name__}, not a string")
     samples = record.get("samples_s")
     numbers = isinstance(samples, list) and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) for x in samples
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in samples
     )
     if samples is not None and not numbers:
-        raise BenchError(f"{where}: cell {key!r}: field 'samples_s' is not a list of numbers")
+        raise BenchError(f"{where}: cell {key!r}: field 'samples_s' is not a list of finite numbers")
 
 
 def pool_rounds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

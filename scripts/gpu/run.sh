@@ -310,6 +310,8 @@ if [[ -s $WORK/sweep-long/results.jsonl ]]; then
     mkdir -p "$SWEEP"
     cat "$WORK/sweep-long/results.jsonl" >> "$SWEEP/results.jsonl"
     cp "$WORK/sweep-long/manifest.json" "$SWEEP/manifest-16k.json"
+    # a first pass that left nothing: the second's manifest makes the folder a run `bench report` writes into
+    [[ -e $SWEEP/manifest.json ]] || cp "$WORK/sweep-long/manifest.json" "$SWEEP/manifest.json"
     cp "$WORK/sweep-long/spec.json" "$SWEEP/spec-16k.json"
 fi
 if [[ -s $SWEEP/results.jsonl ]]; then

@@ -111,3 +111,18 @@ def no_reference(vocab_size=32, d_model=16, n_layers=1, backend="auto"):
 
 
 no_reference.available_backends = lambda: {"torch": True}
+
+
+def no_backends(vocab_size=32, d_model=16, n_layers=1, backend="auto"):
+    return build_gru(vocab_size, d_model, n_layers)
+
+
+no_backends.reference_backend = "torch"
+
+
+def reference_factory_raises(vocab_size=32, d_model=16, n_layers=1, backend="auto"):
+    raise RuntimeError("the plug-in's own bug")
+
+
+reference_factory_raises.available_backends = lambda: {"torch": True}
+reference_factory_raises.reference_backend = "torch"
