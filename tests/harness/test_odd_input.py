@@ -333,7 +333,10 @@ ACCEPTED = [
         "--seq-lens given twice ('16', then '32')",
     ),
     case(run_("--models", "transformer", "--warmup", "20", "--warmup", "1"), "--warmup given twice"),
-    case(run_("--models", "transformer", "--no-report", "--no-report"), "--no-report given twice"),
+    case(
+        run_("--models", "transformer", "--models", "mamba"),
+        "--models given twice ('transformer', then 'mamba')",
+    ),
     case(
         ["compare", "A.jsonl", "B.jsonl", "--threshold", "0.1", "--threshold", "0.5"],
         "--threshold given twice",
