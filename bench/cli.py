@@ -36,6 +36,7 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning  # a user reads one line, not the source line that warned
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as given, for the manifest
     twice = repeated(args)
     if twice:
         print(f"error: {twice}; give it once", file=sys.stderr)

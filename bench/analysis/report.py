@@ -99,9 +99,13 @@ def write_report(
     folder = folder or Folder(run_dir, "report")
     folder.check_replaceable(REPORT_FILES)
     folder.create()
-    with folder.staging() as stage:
-        _render(rows, manifest, manifest.get("name", run_dir.name if own else source.stem), source, stage)
-        folder.install(stage)
+    try:
+        with folder.staging() as stage:
+            _render(rows, manifest, manifest.get("name", run_dir.name if own else source.stem), source, stage)
+            folder.install(stage)
+    except BaseException:
+        folder.discard()  # a folder made for this report goes again; an existing one keeps what it had
+        raise
     return run_dir / "REPORT.md"
 
 

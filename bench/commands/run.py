@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             raise BenchError(f"--resume: {str(run_dir)!r} is not a run directory (no spec.json)")
     else:
         run_dir = new_run_dir(spec, spec.out, report=not args.no_report)
-    command = shlex.join(["python", "-m", "bench", *sys.argv[1:]])
+    command = shlex.join(["python", "-m", "bench", *getattr(args, "argv", sys.argv[1:])])
     try:
         outcome = run_sweep(
             spec,
