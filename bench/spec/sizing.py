@@ -29,7 +29,9 @@ def size_for_budget(name: str, label: str, kwargs: dict[str, Any], budget: int) 
     non-embedding parameters, e.g. {"mlp_hidden": 344}; a BenchError naming the model when none can."""
     knob = MODELS.get(name).get("size_knob") or "mlp_hidden"
     if knob in kwargs:
-        raise BenchError(f"model {label!r} sets {knob} itself; a param_budget sizes it, so leave it out")
+        raise BenchError(
+            f"model {label!r} sets {knob} itself; a param_budget (--param-budget) sizes it, so leave it out"
+        )
 
     def count(value: int) -> int:
         return non_embedding_params(name, {**kwargs, knob: value})
@@ -38,7 +40,9 @@ def size_for_budget(name: str, label: str, kwargs: dict[str, Any], budget: int) 
     while count(hi) < budget:  # the count grows with the knob: bracket the budget, then bisect
         lo, hi = hi, 2 * hi
         if hi > 1 << 24:
-            raise BenchError(f"model {label!r} cannot reach a param_budget of {budget:,} by its {knob}")
+            raise BenchError(
+                f"model {label!r} cannot reach a param_budget (--param-budget) of {budget:,} by its {knob}"
+            )
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if count(mid) < budget else (lo, mid)
@@ -48,7 +52,7 @@ def size_for_budget(name: str, label: str, kwargs: dict[str, Any], budget: int) 
         smallest = count(1)
         why = f"even with {knob}=1 it has {smallest:,}" if smallest > budget else f"the closest is {got:,}"
         raise BenchError(
-            f"model {label!r} cannot be sized to a param_budget of {budget:,} non-embedding parameters "
-            f"(within {TOLERANCE:.0%}) by its {knob}: {why}"
+            f"model {label!r} cannot be sized to a param_budget (--param-budget) of {budget:,} non-embedding "
+            f"parameters (within {TOLERANCE:.0%}) by its {knob}: {why}"
         )
     return {knob: best}
