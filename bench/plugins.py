@@ -14,6 +14,7 @@ which call, in one line, not an "internal error" pointing into the harness. Here
 
 from __future__ import annotations
 
+import os
 import sys
 import sysconfig
 import traceback
@@ -27,8 +28,8 @@ from bench.errors import BenchError
 from bench.failures import is_oom
 from bench.registry import build
 
-_HARNESS = str(Path(__file__).resolve().parent)
-_TORCH = str(Path(torch.__file__).resolve().parent)
+_HARNESS = str(Path(__file__).resolve().parent) + os.sep
+_TORCH = str(Path(torch.__file__).resolve().parent) + os.sep
 _STDLIB = str(Path(sysconfig.get_paths()["stdlib"]).resolve())
 _REGISTRY = str(Path(__file__).resolve().parent / "registry.py")
 
@@ -72,10 +73,13 @@ def first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+def _blame(model: str, call: str, what: str) -> str:
+    return f"model {model!r}: {'its factory' if call == 'factory' else call} raised {what}"
+
+
 def model_error(model: str, call: str, err: BaseException) -> str:
     """The one line that blames ``call`` of ``model``."""
-    what = "its factory" if call == "factory" else call
-    return f"model {model!r}: {what} raised {first_line(err)}"
+    return _blame(model, call, first_line(err))
 
 
 def describe_failure(err: BaseException, model: str) -> str:
@@ -83,9 +87,7 @@ def describe_failure(err: BaseException, model: str) -> str:
     model's own code."""
     call = call_of(err)
     text = f"{type(err).__name__}: {err}"
-    if call is None:
-        return text
-    return f"model {model!r}: {'its factory' if call == 'factory' else call} raised {text}"
+    return text if call is None else _blame(model, call, text)
 
 
 _built_for_real: set[str] = set()

@@ -85,7 +85,10 @@ class ModelEntry(Strict):
     label: str | None = None  # how results and reports name it; defaults to `name`
     args: dict[str, Any] = Field(default_factory=dict)  # passed to the factory as keyword arguments
 
-    _label = field_validator("label")(check_label)
+    @field_validator("label")
+    @classmethod
+    def _label_fits_the_report(cls, value: str | None) -> str | None:
+        return check_label(value)
 
     @property
     def display(self) -> str:
@@ -101,7 +104,10 @@ class TaskEntry(Strict):
     train_len: PositiveInt | None = None  # None: the [accuracy] table's train_len
     steps: PositiveInt | None = None  # None: the [accuracy] table's steps (a small corpus wants fewer)
 
-    _label = field_validator("label")(check_label)
+    @field_validator("label")
+    @classmethod
+    def _label_fits_the_report(cls, value: str | None) -> str | None:
+        return check_label(value)
 
     @property
     def display(self) -> str:
@@ -365,14 +371,11 @@ class SweepSpec(Strict):
 
     @model_validator(mode="after")
     def _threads_fit_the_machine(self, info: ValidationInfo) -> SweepSpec:
-        cores = os.cpu_count() or 1
-        given = given_flags(info)
-        threads_is = (
-            f"{given['threads']} {self.threads}" if "threads" in given else f"threads = {self.threads}"
-        )
-        for where, threads in ((threads_is, self.threads), ("[accuracy] threads", self.accuracy.threads)):
+        cores, given = os.cpu_count() or 1, given_flags(info)
+        typed = f"{given['threads']} {self.threads}" if "threads" in given else f"threads = {self.threads}"
+        accuracy = f"[accuracy] threads = {self.accuracy.threads}"
+        for where, threads in ((typed, self.threads), (accuracy, self.accuracy.threads)):
             if threads is not None and threads > cores:
-                where = where if where != "[accuracy] threads" else f"{where} = {threads}"
                 raise ValueError(f"{where} is more than the {cores} CPU cores here")
         return self
 
