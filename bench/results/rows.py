@@ -178,6 +178,8 @@ class AccuracyRow(Row):
     train: TrainRecipe = Field(default_factory=TrainRecipe)
     smoke_test: bool = False
     context: str | None = None
+    lr_origin: str = "grid"
+    calibration: dict[str, Any] | None = None
     scoring: str | None = None
     section: str | None = None
     score_columns: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -192,6 +194,8 @@ class AccuracyRow(Row):
     tokens_seen: int | None = None
     final_loss: float | None = None
     val_loss: float | None = None
+    still_improving: bool | None = None
+    val_loss_drop_last_20pct: float | None = None
     val_accuracy: float | None = None
     best_val_accuracy: float | None = None
     val_bpb: float | None = None

@@ -20,6 +20,7 @@ from bench.errors import BenchError
 from bench.registry import build, list_models
 from bench.running import environment
 from bench.running.executors import run_local, run_ray
+from bench.running.grid import grid_extensions
 from bench.running.isolation import shutdown
 from bench.running.ledger import Ledger, round_order
 from bench.spec.cells import expand
@@ -111,6 +112,14 @@ def stop_on_signals():
             signal.signal(sig, old)
 
 
+def execute(spec: SweepSpec, cells: list, ledger: Ledger, bar, round_index: int) -> None:
+    """Hand ``cells`` to the sweep's executor."""
+    if spec.executor == "ray":
+        run_ray(cells, ledger, spec, bar, round_index, spec.ray_cpus_per_cell)
+    else:
+        run_local(cells, ledger, spec, bar, round_index)
+
+
 # How the cells are sent out, not what they measure: a run may be resumed with other values.
 NOT_MEASURED = ("executor", "ray_cpus_per_cell", "out")
 
@@ -176,10 +185,14 @@ def run_sweep(
         ):
             for round_index in range(spec.rounds):
                 ordered = round_order(cells, round_index, spec.seed)
-                if spec.executor == "ray":
-                    run_ray(ordered, ledger, spec, bar, round_index, spec.ray_cpus_per_cell)
-                else:
-                    run_local(ordered, ledger, spec, bar, round_index)
+                execute(spec, ordered, ledger, bar, round_index)
+            # Learning-rate grids that do not bracket their choice grow, a step at a time.
+            while extra := grid_extensions(spec, cells, run_dir / results.RESULTS):
+                cells += extra
+                ledger.add(extra)
+                bar.total += len(extra)
+                bar.refresh()
+                execute(spec, extra, ledger, bar, 0)
     finally:
         shutdown()
     statuses = Counter(status for (key, r), status in ledger.done.items() if r == 0)

@@ -115,6 +115,24 @@ class TrainSettings(Strict):
         return None if value is False else value  # TOML has no null
 
 
+class Calibration(Strict):
+    """The [accuracy.calibration] table: a model that must learn the preset's tasks, the check that the
+    training budget is long enough to rank the others. The report says PASS or FAIL for it."""
+
+    model: str = Field(
+        min_length=1,
+        description="a model label of the sweep, or 'best': the model with the lowest validation loss",
+    )
+    min_score: float | None = Field(
+        default=None,
+        description="the score it must reach at the training length on every task (mean over seeds at its "
+        "chosen learning rate; a fraction for accuracy); None: no bar",
+    )
+    converged: bool = Field(
+        default=True, description="its runs at the chosen rate must have stopped improving by the end"
+    )
+
+
 class AccuracySettings(TrainSettings):
     """The [accuracy] table: how accuracy cells are trained and evaluated."""
 
@@ -135,6 +153,19 @@ class AccuracySettings(TrainSettings):
     # validation accuracy and give the mean over seeds with a 95% interval.
     lrs: list[PositiveFloat] | None = Field(default=None, min_length=1)
     seeds: list[int] | None = Field(default=None, min_length=1)
+    # A grid brackets its optimum, or the sweep extends it: when a model's chosen rate is the largest (the
+    # smallest) of those tried, it trains again at 3x (1/3) that rate, at most this many times each way.
+    lr_extend: NonNegativeInt = Field(
+        default=2,
+        description="times a learning-rate grid may grow by x3 beyond an edge where the chosen rate sits",
+    )
+    # Every model sized to this many non-embedding parameters (within 5%) by its width knob, at the
+    # accuracy cells' own shape; None: as built (the models differ by up to ~2x at one width and depth).
+    param_budget: PositiveInt | None = Field(
+        default=None,
+        description="size every accuracy model to this many non-embedding parameters (within 5%), e.g. 200k",
+    )
+    calibration: Calibration | None = None
     # The attention context of the hybrids (`window` of titans-mal/-mag, `segment` of titans-mac; any
     # model whose `window` or `segment` has a default): a float is a fraction of the task's training
     # length, an int a number of tokens, None the models' own defaults. Shorter than the distances the
@@ -148,6 +179,11 @@ class AccuracySettings(TrainSettings):
     # The report calls the accuracy section a smoke test (too little training to rank the models) and
     # points to the presets. Not part of any cell's identity.
     smoke_test: bool = False
+
+    @field_validator("param_budget", mode="before")
+    @classmethod
+    def _budget(cls, value: Any) -> Any:
+        return parse_count(value) if isinstance(value, str) else value
 
     @field_validator("eval_factors", "lrs", "seeds")
     @classmethod
@@ -277,6 +313,12 @@ class SweepSpec(Strict):
         default=None,
         description="CPUs each Ray task reserves (default: all of a node's)",
         json_schema_extra=cli("--ray-cpus-per-cell"),
+    )
+    parallel: PositiveInt = Field(
+        default=1,
+        description="accuracy cells trained at once by the local executor, each in its own process (give "
+        "each [accuracy] threads = 1); timing cells always run alone",
+        json_schema_extra=cli("--parallel"),
     )
     out: str | None = Field(
         default=None,

@@ -91,6 +91,11 @@ class Task:
         placement = getattr(self.config, "eval_placement", "train")
         return placement == "stretch" and train_len is not None and seq_len > train_len
 
+    def chance(self) -> str | None:
+        """What a model that has learned nothing scores, in words (the reports print it beside the
+        results); None where no single figure says it."""
+        return None
+
     def fail(self, message: str) -> BenchError:
         return BenchError(f"task {self.name!r}: {message}")
 

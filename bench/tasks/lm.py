@@ -154,6 +154,9 @@ class LanguageModelling(Task):
             )
         return data
 
+    def chance(self) -> str:
+        return "a uniform guess over bytes costs 8 bits per byte"
+
     def pinned_args(self) -> dict[str, str]:
         return {"fingerprint": self.data.fingerprint}
 

@@ -20,9 +20,9 @@ from bench.scoring import Examples, Inference, Scorer
 from bench.spec.cells import AccuracyCell
 from bench.tasks import Task, make_task
 from bench.tasks.base import derive_seed, drop_seen, example_ids
+from bench.train.amp import precision
 from bench.train.loop import train
 from bench.train.optim import non_embedding
-from bench.train.amp import precision
 
 MAX_EMPTY_DRAWS = 100
 

@@ -119,7 +119,7 @@ def test_failed_seeds_and_the_seconds_cap_are_shown_as_such():
     lines = {line.split("|")[1].strip(): line for line in table(by_length(cells)).splitlines()[2:]}
     assert "90.0 [" in lines["a"] and "(1 of 2 seeds failed)" in lines["a"]
     assert "30.0 [" in lines["b"] and lines["b"].count("(cap)") == 2
-    assert "| max_seconds | **1** |" in "\n".join(training_table(cells, "accuracy"))
+    assert "| max_seconds | – | **1** |" in "\n".join(training_table(cells, "accuracy"))
     timed = [
         c.model_copy(update={"wall_s": wall, "train_seconds": 100.0, "train_cpu_seconds": cpu})
         for c, wall, cpu in zip(cells, (120.0, 60.0, 60.0), (50.0, 25.0, 100.0), strict=True)

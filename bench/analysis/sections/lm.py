@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.analysis.plotting import model_styles, plt, save
+from bench.analysis.quality import quality_section
 from bench.analysis.sections import register_section
 from bench.analysis.selection import choose_lrs, context_of, is_chosen, plot_curves, training_table
 from bench.analysis.stats import t_interval
@@ -356,6 +357,7 @@ def lm_section(rows: list[AccuracyRow], run_dir: Path) -> list[str]:
         f"{first.vocab_size}; seeds: {', '.join(str(s) for s in seeds)}.",
         "",
     ]
+    out += quality_section(rows, "bpb", higher_is_better=False)
     for task in dict.fromkeys(summary["task_label"]):
         out += [f"**{task}**", ""]
         out += documents_text(rows, summary, task) + [""]
