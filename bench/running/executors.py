@@ -46,8 +46,9 @@ def run_local(cells: list[AnyCell], ledger: Ledger, spec: SweepSpec, bar, round_
 
 def _run_local_parallel(cells: list[AnyCell], ledger: Ledger, spec: SweepSpec, bar, round_index: int) -> None:
     """Accuracy cells ``spec.parallel`` at a time; a timing cell waits until nothing else runs, and
-    nothing starts beside it. A group's cells still start in order (the OOM skip rule reads the shorter
-    lengths' outcomes), so a cell waits while an earlier cell of its group is in flight."""
+    nothing starts beside it. The OOM skip rule reads a group's shorter lengths' outcomes before a longer
+    one starts, so a cell waits while a shorter cell of its group is in flight (its other seeds and
+    learning rates, of the same length, run beside it)."""
     in_flight: dict[int, IsolatedRun] = {}
 
     def collect(block: bool) -> None:
@@ -68,7 +69,7 @@ def _run_local_parallel(cells: list[AnyCell], ledger: Ledger, spec: SweepSpec, b
             while in_flight and (
                 alone
                 or len(in_flight) >= spec.parallel
-                or any(r.cell.group == cell.group for r in in_flight.values())
+                or any(r.cell.group == cell.group and r.cell.length < cell.length for r in in_flight.values())
             ):
                 collect(block=True)
             if not ledger.settle(cell, round_index):

@@ -46,7 +46,7 @@ def check_models(spec: SweepSpec, models: list[ModelEntry]) -> None:
         for d_model, n_layers, where in dict.fromkeys(shapes):
             try:
                 with torch.device("meta"):
-                    build(
+                    model = build(
                         entry.name,
                         vocab_size=spec.vocab_size,
                         d_model=d_model,
@@ -60,6 +60,11 @@ def check_models(spec: SweepSpec, models: list[ModelEntry]) -> None:
                     f"model {entry.display!r} cannot be built at {where} (d_model {d_model}, {n_layers} "
                     f"layers): {err}"
                 ) from None
+            if entry.state_passing and not getattr(model, "supports_state_passing", False):
+                raise BenchError(
+                    f"model {entry.display!r} sets state_passing but cannot continue from a state with "
+                    "gradients (its mixers lack forward_from, or its backend's kernels do)"
+                )
 
 
 def new_run_dir(spec: SweepSpec, out: str | None) -> Path:

@@ -297,8 +297,10 @@ def accuracy_cells(spec: SweepSpec, entry: ModelEntry, device: str) -> list[Accu
                 shape = dict(vocab_size=task.vocab_size, d_model=d_model, n_layers=n_layers)
                 args = {**args, **sized(model.name, model.display, {**shape, **args}, acc.param_budget)}
             scorer = task.make_scorer()
+            if model.state_passing:
+                task.train_stream(1, train_len, 0)  # a task without a stream says so here
             for lr in acc.lrs or [acc.lr]:
-                train = train_settings(acc, lr)
+                train = train_settings(acc, lr).model_copy(update={"state_passing": model.state_passing})
                 if job.steps is not None:
                     train = train.model_copy(update={"steps": job.steps})
                 if not scorer.stops_early:  # a score threshold means nothing for a loss: the whole budget

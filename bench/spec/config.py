@@ -69,6 +69,8 @@ class ModelEntry(Strict):
     name: str = Field(min_length=1)
     label: str | None = None  # how results and reports name it; defaults to `name`
     args: dict[str, Any] = Field(default_factory=dict)  # passed to the factory as keyword arguments
+    # Accuracy cells train it with state passing (see TrainSettings.state_passing): give it its own label.
+    state_passing: bool = False
 
     @property
     def display(self) -> str:
@@ -105,6 +107,11 @@ class TrainSettings(Strict):
     grad_clip: PositiveFloat | None = 1.0
     # Stop once validation accuracy reaches it; None (`false` in TOML): never, every model trains `steps`.
     threshold: float | None = Field(default=0.99, gt=0, le=1)
+    # State passing (recurrent models, on a task with a stream of text): row i of each batch continues row
+    # i of the batch before, and the model starts from the state the previous batch left (detached: the
+    # gradient stops at the window boundary), so training sees states longer than the window. Set per model
+    # in the sweep's model list (``state_passing = true``).
+    state_passing: bool = False
     eval_every: PositiveInt = 25  # steps between validations
     val_samples: PositiveInt = 256  # held-out examples at the training length, for early stopping
     eval_samples: PositiveInt = 256  # held-out examples per evaluation length, for the results

@@ -15,6 +15,7 @@ A task declares how it is scored with one attribute, ``scorer``: the name of a r
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -71,6 +72,12 @@ class Task:
         :func:`derive_seed`); a task over a corpus draws from that split's documents, and may return fewer
         than ``n`` (as many documents as are long enough)."""
         return self.generate(n, seq_len, seed, train_len)
+
+    def train_stream(self, batch_size: int, seq_len: int, seed: int) -> Iterator[Examples]:
+        """Training batches for state-passing training: row i of each batch continues row i of the batch
+        before it (the next ``seq_len`` tokens of one long stream), so that a recurrent state carried from
+        one batch to the next has read what came before. Only a task made of long text has one."""
+        raise self.fail("has no stream of text to carry a state along (state passing needs one, e.g. lm)")
 
     def examples_with_bytes(
         self, split: Split, n: int, seq_len: int, seed: int, train_len: int | None = None

@@ -166,7 +166,7 @@ class NumberNiah(Niah):
         return self.config.digits
 
     def n_values(self) -> int:
-        return 10 ** self.config.digits - (10 ** (self.config.digits - 1) if self.config.digits > 1 else 0)
+        return 10**self.config.digits - (10 ** (self.config.digits - 1) if self.config.digits > 1 else 0)
 
     def values(self, n: int, g: torch.Generator) -> torch.Tensor:
         digits = torch.randint(0, 10, (n, self.config.digits), generator=g)

@@ -28,7 +28,11 @@ MAX_EMPTY_DRAWS = 100
 
 
 def training_batches(task: Task, cell: AccuracyCell, seen: set[bytes]):
-    """() -> the next training batch: fresh seeded examples, none identical to a held-out one."""
+    """() -> the next training batch: fresh seeded examples, none identical to a held-out one; with state
+    passing, the task's stream, each row continuing the batch before."""
+    if cell.train.state_passing:
+        stream = task.train_stream(cell.batch_size, cell.train_len, derive_seed(cell.seed, "train", "stream"))
+        return lambda: next(stream)
     draws = 0
 
     def next_batch() -> Examples:

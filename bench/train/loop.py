@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from bench.scoring import IGNORE, Examples, Validation
 from bench.spec.config import TrainSettings
 from bench.train.optim import lr_at, make_optimizer
+from models.modules.state import detach_state
 
 LOG_POINTS = 200  # loss-curve points kept per run: enough to plot, small enough to store
 CHECK_AT = 0.8  # the convergence check compares the validation loss here with the final one
@@ -78,12 +79,17 @@ def train(
         val_loss_curve.append([step, result.loss])
         return result
 
+    carried = None  # state passing: what the previous batch left, detached
     while step < s.steps:
         inputs, targets, _ = next_batch()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, s)
         with autocast():
-            logits = model(inputs.to(device))
+            if s.state_passing:
+                logits, carried = model(inputs.to(device), state=carried, return_state=True)
+                carried = detach_state(carried)  # the gradient stops at the window boundary
+            else:
+                logits = model(inputs.to(device))
         loss = F.cross_entropy(
             logits.float().flatten(0, 1), targets.to(device).flatten(), ignore_index=IGNORE
         )
