@@ -122,13 +122,14 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--executor",
-        choices=["local", "ray"],
-        default="local",
-        help="local: one cell at a time here; ray: cells as Ray tasks (RAY_ADDRESS or a local Ray)",
+        choices=["local", "ray", "slurm"],
+        help="local (default): one cell at a time here; ray: cells as Ray tasks (RAY_ADDRESS or a local "
+        "Ray); slurm: each model's cells as a Slurm job-array task (the [slurm] table, --slurm-* flags)",
     )
     run.add_argument(
         "--ray-cpus-per-cell", type=int, help="CPUs each Ray task reserves (default: all of a node's)"
     )
+    _add_slurm_arguments(run)
     run.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run: only cells not yet done")
     run.add_argument("--retry-failed", action="store_true", help="with --resume, also re-run failed cells")
     run.add_argument(
@@ -136,6 +137,49 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-report", action="store_true", help="write results only, no REPORT.md or plots")
+
+
+# --slurm-FIELD flags: the common fields of the sweep's [slurm] table (bench/spec/config.py, SlurmSettings).
+SLURM_FLAGS = {
+    "partition": (str, "partition to submit to (default: the cluster's)"),
+    "account": (str, "account to charge"),
+    "qos": (str, "quality of service"),
+    "gpus_per_cell": (int, "GPUs per cell (default: 1 on CUDA cells, 0 on CPU cells)"),
+    "cpus_per_cell": (int, "CPUs per cell (default: the sweep's threads, else 4 on CUDA cells, 1 on CPU)"),
+    "mem_gb": (float, "memory per cell in GB (default: the partition's)"),
+    "array_parallelism": (int, "at most this many of the sweep's tasks at once (default: no cap)"),
+}
+
+
+def _slurm_flag(field: str) -> str:
+    return "--slurm-" + field.replace("_", "-")
+
+
+def _add_slurm_arguments(run: argparse.ArgumentParser) -> None:
+    for field, (kind, text) in SLURM_FLAGS.items():
+        run.add_argument(_slurm_flag(field), dest=f"slurm_{field}", type=kind, help=text)
+
+
+def _slurm_overrides(args: argparse.Namespace) -> dict:
+    """The --slurm-* flags given, as [slurm] fields; a number out of range names its flag."""
+    given = {f: getattr(args, f"slurm_{f}") for f in SLURM_FLAGS if getattr(args, f"slurm_{f}") is not None}
+    for field, value in given.items():
+        floor = 0 if field == "gpus_per_cell" else 1
+        if SLURM_FLAGS[field][0] is not str and not value >= floor:
+            raise BenchError(f"{_slurm_flag(field)} must be >= {floor}, got {value}")
+        if SLURM_FLAGS[field][0] is str and not value.strip():
+            raise BenchError(f"{_slurm_flag(field)} is empty; leave the flag out for the cluster's default")
+    return given
+
+
+def _default_device(args: argparse.Namespace) -> str:
+    """The device the default sweep is chosen for. On Slurm, the GPUs are the compute nodes', which a
+    login node may lack."""
+    from bench.running.environment import resolve_device
+
+    if args.executor == "slurm" and (args.device == "cuda" or (args.slurm_gpus_per_cell or 0) > 0):
+        return "cuda"
+    return resolve_device(args.device or "auto")
 
 
 def _resumed_spec(run_dir: Path):
@@ -153,15 +197,11 @@ def _check_flags(args: argparse.Namespace) -> None:
     for flag, value in (("--ray-cpus-per-cell", args.ray_cpus_per_cell), ("--train-len", args.train_len)):
         if value is not None and value < 1:
             raise BenchError(f"{flag} must be >= 1, got {value}")
-    if args.ray_cpus_per_cell is not None and args.executor != "ray":
-        raise BenchError("--ray-cpus-per-cell applies to --executor ray only")
 
 
 def spec_from_args(args: argparse.Namespace):
     """The sweep the command line asks for: a file, a preset, a resumed run's spec or the default, with
     the flags laid over it, validated as a whole."""
-    from bench.running.environment import resolve_device
-
     _check_flags(args)
     if args.spec and args.preset:
         raise BenchError("give a sweep file or --preset, not both")
@@ -172,7 +212,7 @@ def spec_from_args(args: argparse.Namespace):
     elif args.resume and Path(args.resume).is_dir() and (Path(args.resume) / "spec.json").exists():
         spec = _resumed_spec(Path(args.resume))
     else:
-        spec = default_spec(resolve_device(args.device or "auto"))
+        spec = default_spec(_default_device(args))
     data = spec.model_dump(exclude_unset=False)
     models, tasks = _listed("--models", args.models), _listed("--tasks", args.tasks)
     modes = _listed("--modes", args.modes)
@@ -196,8 +236,12 @@ def spec_from_args(args: argparse.Namespace):
         "param_budget": args.param_budget,
         "compile": args.compile,
         "tasks": _tasks(spec, tasks) if tasks else None,
+        "executor": args.executor,
     }
     given = {k: v for k, v in overrides.items() if v is not None}
+    slurm_given = _slurm_overrides(args)
+    if slurm_given:
+        data["slurm"] = {**data["slurm"], **slurm_given}
     if args.train_len is not None:
         data["accuracy"] = {**data["accuracy"], "train_len": args.train_len}
         given["train_len"] = args.train_len
@@ -217,7 +261,12 @@ def spec_from_args(args: argparse.Namespace):
     if not args.spec and not args.name and not args.resume and set(given) & set(SHAPING_FLAGS):
         data["name"] = "sweep"  # no longer the packaged sweep: do not report it under that name
     spec = parse_spec(data, "command line" if not args.spec else args.spec)
-    _check_threads(spec)
+    if args.ray_cpus_per_cell is not None and spec.executor != "ray":
+        raise BenchError("--ray-cpus-per-cell applies to --executor ray only")
+    if slurm_given and spec.executor != "slurm":
+        raise BenchError(f"{_slurm_flag(next(iter(slurm_given)))} applies to --executor slurm only")
+    if spec.executor != "slurm":  # on Slurm the cells' cores are the compute nodes', not this machine's
+        _check_threads(spec)
     return spec
 
 
@@ -248,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             progress=not args.no_progress,
             command=command,
-            executor=args.executor,
+            executor=spec.executor,
             ray_cpus_per_cell=args.ray_cpus_per_cell,
         )
     except Interrupted as stop:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from bench import results
 from bench.errors import BenchError
 from bench.registry import build, list_models
-from bench.running import environment
+from bench.running import environment, slurm
 from bench.running.environment import resolve_device
 from bench.running.executors import run_local, run_ray
 from bench.running.isolation import shutdown
@@ -111,6 +111,11 @@ def stop_on_signals():
             signal.signal(sig, old)
 
 
+def _measured(spec: dict) -> dict:
+    """A spec without where its cells run: a run started on one executor may be resumed on another."""
+    return {k: v for k, v in spec.items() if k not in ("executor", "slurm")}
+
+
 @dataclass
 class SweepOutcome:
     run_dir: Path
@@ -124,17 +129,24 @@ def run_sweep(
     retry_failed: bool = False,
     progress: bool = True,
     command: str | None = None,
-    executor: str = "local",
+    executor: str | None = None,
     ray_cpus_per_cell: int | None = None,
 ) -> SweepOutcome:
     # Everything that can be wrong with the input is found before the run directory is touched.
-    device = resolve_device(spec.device)
+    executor = executor or spec.executor
+    if executor == "slurm":
+        slurm.check_available()
+        device = slurm.slurm_device(spec)  # the compute nodes', not this login node's
+    else:
+        device = resolve_device(spec.device)
     models = spec.models or [ModelEntry(name=n) for n in list_models()]
     check_models(spec, models)
     cells = expand(spec, models, device)
     if resume:
         spec_path = run_dir / "spec.json"
-        if spec_path.exists() and json.loads(spec_path.read_text()) != json.loads(spec.model_dump_json()):
+        if spec_path.exists() and _measured(json.loads(spec_path.read_text())) != _measured(
+            json.loads(spec.model_dump_json())
+        ):
             raise BenchError(
                 f"{run_dir} was started with a different sweep spec; resume it with the same one"
             )
@@ -157,6 +169,8 @@ def run_sweep(
                 ordered = round_order(cells, round_index, spec.seed)
                 if executor == "ray":
                     run_ray(ordered, ledger, spec, bar, round_index, ray_cpus_per_cell)
+                elif executor == "slurm":
+                    slurm.run_slurm(ordered, ledger, spec, bar, round_index, run_dir)
                 else:
                     run_local(ordered, ledger, spec, bar, round_index)
     finally:

@@ -145,6 +145,42 @@ class AccuracySettings(TrainSettings):
         return max(1, round(c * train_len))
 
 
+Executor = Literal["local", "ray", "slurm"]
+
+
+class SlurmSettings(Strict):
+    """The [slurm] table: how `executor = "slurm"` asks Slurm for each group of cells (one job-array
+    task per group; see bench/running/slurm.py). None leaves the choice to the cluster's defaults, or
+    to the rule in the comment."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    # Minutes of the job's time limit per cell; None: the sweep's timeout_s plus a minute for the
+    # cell's process to start, rounded up. A group's task gets this times its cells, plus 2 minutes.
+    time_per_cell_min: PositiveInt | None = None
+    gpus_per_cell: NonNegativeInt | None = None  # None: 1 on CUDA cells, 0 on CPU cells
+    # None: the sweep's `threads` when set, else 4 on CUDA cells (the launching thread and some room)
+    # and 1 on CPU cells.
+    cpus_per_cell: PositiveInt | None = None
+    mem_gb: PositiveFloat | None = None
+    array_parallelism: PositiveInt | None = None  # at most this many tasks at once; None: no cap
+    # More `#SBATCH` options, each in its long form: "--constraint=a100", "--exclusive".
+    extra_sbatch: list[str] = Field(default_factory=list)
+    # Shell lines run in the job before the cells, e.g. "module load cuda/12.4".
+    setup: list[str] = Field(default_factory=list)
+    poll_s: PositiveFloat = 5.0  # how often the driver asks squeue about its jobs
+
+    @field_validator("extra_sbatch")
+    @classmethod
+    def _long_options(cls, value: list[str]) -> list[str]:
+        for line in value:
+            option = line.removeprefix("#SBATCH").strip()
+            if not option.startswith("--") or len(option) < 3 or " " in option.split("=", 1)[0]:
+                raise ValueError(f"{line!r} is not a long sbatch option such as '--constraint=a100'")
+        return value
+
+
 class SweepSpec(Strict):
     name: str = Field(default="sweep", pattern=r"^[A-Za-z0-9._-]+$")
     models: list[ModelEntry] | None = Field(default=None, min_length=1)  # None: every registered model
@@ -178,6 +214,9 @@ class SweepSpec(Strict):
     # Accuracy mode: each model is trained from scratch on each task (see bench/running/accuracy.py).
     tasks: list[TaskEntry] = Field(default_factory=list)
     accuracy: AccuracySettings = Field(default_factory=AccuracySettings)
+    # Where cells run (not what they measure: a run may be resumed with another executor).
+    executor: Executor = "local"
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
 
     @field_validator("models", "tasks", mode="before")
     @classmethod
