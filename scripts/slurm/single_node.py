@@ -37,6 +37,11 @@ class ClusterError(RuntimeError):
     pass
 
 
+def _which(tool: str) -> str | None:
+    """Slurm's and munge's daemons live in /usr/sbin, outside a plain user's PATH."""
+    return shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+
+
 def _free_ports(n: int) -> list[int]:
     sockets = [socket.socket() for _ in range(n)]
     try:
@@ -50,7 +55,7 @@ def _free_ports(n: int) -> list[int]:
 
 def _node_resources() -> tuple[int, int]:
     """CPUs and memory (MiB) as slurmd itself counts them: a node declaring more is never used."""
-    out = subprocess.run(["slurmd", "-C"], capture_output=True, text=True).stdout
+    out = subprocess.run([_which("slurmd") or "slurmd", "-C"], capture_output=True, text=True).stdout
     fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
     cpus = int(fields.get("CPUs", os.cpu_count() or 1))
     memory = int(fields.get("RealMemory", 1024))
@@ -104,7 +109,12 @@ def _env(directory: Path) -> dict[str, str]:
 def _spawn(argv: list[str], directory: Path, log_name: str) -> int:
     log = open(directory / "log" / log_name, "ab")
     proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_env(directory), start_new_session=True
+        [_which(argv[0]) or argv[0], *argv[1:]],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        env=_env(directory),
+        start_new_session=True,
     )
     log.close()
     return proc.pid
@@ -131,7 +141,7 @@ def _node_state(directory: Path) -> str:
 def start(directory: Path = DEFAULT_DIR, timeout_s: float = 60.0) -> dict:
     """Start munged, slurmctld and slurmd with fresh state under ``directory``; return when the node is
     idle. Returns what was started: the config path, the PIDs and the seconds it took."""
-    missing = [tool for tool in (*DAEMONS, *CLIENTS) if shutil.which(tool) is None]
+    missing = [tool for tool in (*DAEMONS, *CLIENTS) if _which(tool) is None]
     if missing:
         raise ClusterError(
             f"{', '.join(missing)} not found: install Slurm and munge first (bash scripts/slurm/install.sh)"
