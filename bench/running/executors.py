@@ -3,6 +3,7 @@
 - ``run_local``: one cell at a time on this machine (timing cells never share a device), each in a fresh
   process (``isolation = "process"``) or in this one (``"none"``, for debugging).
 - ``run_ray``: cells as Ray tasks, on the cluster named by RAY_ADDRESS or a local Ray instance.
+- ``run_slurm`` (``slurm.py``): groups of cells as Slurm job-array tasks, through submitit.
 
 Each Ray task still measures its cell in a fresh process (``run_isolated``) on the node Ray
 picked, so the per-cell isolation and time limit hold. Each task asks for a whole GPU on CUDA and a

@@ -223,12 +223,13 @@ class SlurmRun:
 
     def _finish(self, task: _Task, state: str | None) -> list[AnyCell]:
         """The task's job is over: record what came back, and the verdict on the cell it was measuring
-        (on every cell, if it measured none); return the cells it never started."""
+        (on every cell, if it never started one: a job that cannot even start must not be resubmitted);
+        return the cells it never started."""
         self._harvest(task)
         self.tasks.pop(task.job_id, None)
         if not (task.dir / DONE).exists():
-            started = sorted(i for i in task.owed if (task.dir / f"{i}{STARTED}").exists())
-            for i in started or sorted(task.owed):
+            started = [i for i in range(len(task.cells)) if (task.dir / f"{i}{STARTED}").exists()]
+            for i in sorted(task.owed) if not started else [i for i in started if i in task.owed]:
                 task.owed.discard(i)
                 self._record(task.cells[i], self._verdict(task, i, state or slurm_queue.UNKNOWN))
         return [task.cells[i] for i in sorted(task.owed)]
@@ -389,12 +390,15 @@ class SlurmRun:
 
 
 def cells_in_flight(run_dir: Path) -> dict[str, str]:
-    """Cell key -> Slurm job id of every cell a task has started and not yet reported on."""
+    """Cell key -> Slurm job id of every cell a task has started and not yet reported on (tasks a
+    stopped driver cancelled left aside)."""
     found = {}
     for path in (Path(run_dir) / FOLDER).glob(f"*{SUBMITTED}"):
         with open(path, "rb") as f:
             payload = pickle.load(f).args[0]
         task_dir = Path(run_dir) / FOLDER / "tasks" / Path(payload["task_dir"]).name
+        if (task_dir / CANCELLED).exists():
+            continue
         for i, cell_json in enumerate(payload["cells"]):
             if (task_dir / f"{i}{STARTED}").exists() and not (task_dir / f"{i}{OUTCOME}").exists():
                 found[cell_from_json(cell_json).key] = path.name.removesuffix(SUBMITTED)

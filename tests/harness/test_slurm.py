@@ -2,6 +2,7 @@
 from them, how a job's end becomes a cell's status, and one task's loop run here, in this process."""
 
 import json
+import os
 import signal
 
 import pytest
@@ -185,3 +186,92 @@ def test_the_device_is_the_compute_nodes_and_slurm_must_be_there(monkeypatch):
     monkeypatch.setattr(slurm.shutil, "which", lambda tool: None)
     with pytest.raises(BenchError, match="sbatch, srun, squeue, scancel not found"):
         slurm.check_available()
+
+
+class _Bar:
+    def __init__(self):
+        self.n = 0
+
+    def update(self, n=1):
+        self.n += n
+
+    def set_postfix_str(self, text, refresh=True):
+        pass
+
+
+def driver(tmp_path, model=f"{FAULTY}:healthy", retry_failed=False):
+    from bench.running.ledger import Ledger
+
+    spec, cells = cells_of(model)
+    ledger = Ledger(cells, tmp_path / "results.jsonl", resume=True, retry_failed=retry_failed)
+    return slurm.SlurmRun(spec, ledger, _Bar(), 0, tmp_path), cells
+
+
+def task_at(run, cells, name: str, job_id: str = "7_0"):
+    task_dir = run.folder / "tasks" / name
+    task_dir.mkdir(parents=True)
+    return slurm._Task(job_id, task_dir, cells, set(range(len(cells))), 0.0)
+
+
+def test_a_job_killed_mid_cell_fails_that_cell_and_gives_back_the_rest(tmp_path):
+    run, cells = driver(tmp_path)
+    task = task_at(run, cells, "a")
+    write_whole(task.dir / f"0{STARTED}", {"slurm_job_id": "7_0", "slurm_node": "n1"})
+    write_whole(task.dir / f"0{OUTCOME}", {"status": "ok", "slurm_job_id": "7_0", "slurm_node": "n1"})
+    write_whole(task.dir / f"1{STARTED}", {"slurm_job_id": "7_0", "slurm_node": "n1"})
+    assert run._finish(task, "TIMEOUT") == [cells[2]]
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [(r["seq_len"], r["status"]) for r in records] == [(16, "ok"), (64, "timeout")]
+    assert "slurm job 7_0 reached its time limit" in records[1]["error"] and records[1]["slurm_node"] == "n1"
+    assert run.bar.n == 2 and [p["key"] for p in run.placements] == [cells[0].key, cells[1].key]
+
+
+def test_a_task_stopped_between_cells_gives_back_the_rest_without_a_verdict(tmp_path):
+    run, cells = driver(tmp_path)
+    task = task_at(run, cells, "a")
+    write_whole(task.dir / f"0{STARTED}", {})
+    write_whole(
+        task.dir / f"0{OUTCOME}", {"status": "timeout", "error": "the Slurm job's time limit came first"}
+    )
+    assert run._finish(task, "COMPLETED") == cells[1:]
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_job_that_never_started_a_cell_fails_them_all_with_its_log(tmp_path):
+    run, cells = driver(tmp_path)
+    task = task_at(run, cells, "a")
+    (run.folder / "7_0_0_log.err").write_text("ModuleNotFoundError: No module named 'bench'\n")
+    assert run._finish(task, "FAILED") == []
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert {r["status"] for r in records} == {"crashed"} and len(records) == 3
+    assert all("No module named 'bench'" in r["stderr_tail"] for r in records)
+
+
+def test_resume_adopts_calls_from_the_submitit_folder(tmp_path):
+    from submitit.core.utils import DelayedSubmission
+
+    run, cells = driver(tmp_path)
+
+    def submitted(job_id, name, group, cancelled=False):
+        task_dir = run.folder / "tasks" / name
+        task_dir.mkdir(parents=True)
+        call = {"task_dir": str(task_dir), "round": 0, "cells": [c.model_dump_json() for c in group]}
+        DelayedSubmission(run_task, call).dump(run.folder / f"{job_id}{slurm.SUBMITTED}")
+        if cancelled:
+            write_whole(task_dir / "cancelled", {})
+        return task_dir
+
+    first = submitted("5_0", "a", cells)  # measured T=16, was measuring T=64 when the driver died
+    write_whole(first / f"0{STARTED}", {})
+    write_whole(first / f"0{OUTCOME}", {"status": "ok"})
+    write_whole(first / f"1{STARTED}", {})
+    then = (run.folder / f"5_0{slurm.SUBMITTED}").stat().st_mtime
+    later = submitted("6_0", "b", cells[2:], cancelled=True)  # a stopped driver's: T=128 runs again
+    os.utime(run.folder / f"6_0{slurm.SUBMITTED}", (then + 1, then + 1))
+    write_whole(later / f"0{STARTED}", {})
+    run._adopt({c.key for c in cells})
+
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [(r["seq_len"], r["status"]) for r in records] == [(16, "ok")]  # recorded once, now
+    assert list(run.tasks) == ["5_0"] and run.tasks["5_0"].owed == {1}  # T=64 waited on; T=128 is free
+    assert slurm.cells_in_flight(tmp_path) == {cells[1].key: "5_0"}
