@@ -67,9 +67,10 @@ def slurm_conf(
 ) -> str:
     user = getpass.getuser()
     return f"""\
-# A single-node cluster for titans-bench's tests (scripts/slurm/single_node.py).
+# A single-node cluster for titans-bench's tests (scripts/slurm/single_node.py). Addresses are
+# loopback, so the machine's name need not resolve.
 ClusterName=titans-bench
-SlurmctldHost={node}
+SlurmctldHost={node}(127.0.0.1)
 SlurmUser={user}
 SlurmdUser={user}
 SlurmctldPort={ports[0]}
@@ -97,7 +98,7 @@ JobCompType=jobcomp/none
 MinJobAge=3600
 # Cancelled and timed-out jobs are killed 5 s after their SIGTERM (default 30), so tests stay short.
 KillWait=5
-NodeName={node} CPUs={cpus} RealMemory={memory_mib} State=UNKNOWN
+NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mib} State=UNKNOWN
 PartitionName={PARTITION} Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
 
