@@ -5,6 +5,7 @@
   device), accuracy cells up to ``parallel`` at a time (each trains on its own threads: on a CPU, give
   each one thread and run as many as there are cores).
 - ``run_ray``: cells as Ray tasks, on the cluster named by RAY_ADDRESS or a local Ray instance.
+- ``run_slurm`` (``slurm.py``): groups of cells as Slurm job-array tasks, through submitit.
 
 Each Ray task still measures its cell in a fresh process (``run_isolated``) on the node Ray
 picked, so the per-cell isolation and time limit hold. Each task asks for a whole GPU on CUDA and a

@@ -18,7 +18,7 @@ from bench import results
 from bench.device import resolve_device
 from bench.errors import BenchError
 from bench.registry import build, list_models
-from bench.running import environment
+from bench.running import environment, slurm
 from bench.running.executors import run_local, run_ray
 from bench.running.grid import grid_extensions
 from bench.running.isolation import shutdown
@@ -117,16 +117,18 @@ def stop_on_signals():
             signal.signal(sig, old)
 
 
-def execute(spec: SweepSpec, cells: list, ledger: Ledger, bar, round_index: int) -> None:
+def execute(spec: SweepSpec, cells: list, ledger: Ledger, bar, round_index: int, run_dir: Path) -> None:
     """Hand ``cells`` to the sweep's executor."""
     if spec.executor == "ray":
         run_ray(cells, ledger, spec, bar, round_index, spec.ray_cpus_per_cell)
+    elif spec.executor == "slurm":
+        slurm.run_slurm(cells, ledger, spec, bar, round_index, run_dir)
     else:
         run_local(cells, ledger, spec, bar, round_index)
 
 
 # How the cells are sent out, not what they measure: a run may be resumed with other values.
-NOT_MEASURED = ("executor", "ray_cpus_per_cell", "out")
+NOT_MEASURED = ("executor", "ray_cpus_per_cell", "slurm", "parallel", "out")
 
 
 def changed_fields(before: dict, after: dict, prefix: str = "") -> list[str]:
@@ -158,7 +160,11 @@ def run_sweep(
     command: str | None = None,
 ) -> SweepOutcome:
     # Everything that can be wrong with the input is found before the run directory is touched.
-    device = resolve_device(spec.device)
+    if spec.executor == "slurm":
+        slurm.check_available()
+        device = slurm.slurm_device(spec)  # the compute nodes', not this login node's
+    else:
+        device = resolve_device(spec.device)
     models = spec.models or [ModelEntry(name=n) for n in list_models()]
     check_models(spec, models)
     cells = expand(spec, models, device)
@@ -190,14 +196,14 @@ def run_sweep(
         ):
             for round_index in range(spec.rounds):
                 ordered = round_order(cells, round_index, spec.seed)
-                execute(spec, ordered, ledger, bar, round_index)
+                execute(spec, ordered, ledger, bar, round_index, run_dir)
             # Learning-rate grids that do not bracket their choice grow, a step at a time.
             while extra := grid_extensions(spec, cells, run_dir / results.RESULTS):
                 cells += extra
                 ledger.add(extra)
                 bar.total += len(extra)
                 bar.refresh()
-                execute(spec, extra, ledger, bar, 0)
+                execute(spec, extra, ledger, bar, 0, run_dir)
     finally:
         shutdown()
     statuses = Counter(status for (key, r), status in ledger.done.items() if r == 0)

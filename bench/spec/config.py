@@ -213,6 +213,67 @@ class AccuracySettings(TrainSettings):
         return max(1, round(c * train_len))
 
 
+Executor = Literal["local", "ray", "slurm"]
+
+
+class SlurmSettings(Strict):
+    """The [slurm] table: how `executor = "slurm"` asks Slurm for each group of cells (one job-array
+    task per group; see bench/running/slurm.py). None leaves the choice to the cluster's defaults, or
+    to the rule in the comment."""
+
+    partition: str | None = Field(
+        default=None,
+        pattern=r"\S",
+        description="partition to submit to (default: the cluster's)",
+        json_schema_extra=cli("--slurm-partition"),
+    )
+    account: str | None = Field(
+        default=None, pattern=r"\S", description="account to charge", json_schema_extra=cli("--slurm-account")
+    )
+    qos: str | None = Field(
+        default=None, pattern=r"\S", description="quality of service", json_schema_extra=cli("--slurm-qos")
+    )
+    # Minutes of the job's time limit per cell; None: the sweep's timeout_s plus a minute for the
+    # cell's process to start, rounded up. A group's task gets this times its cells, plus 2 minutes.
+    time_per_cell_min: PositiveInt | None = None
+    gpus_per_cell: NonNegativeInt | None = Field(
+        default=None,
+        description="GPUs per cell (default: 1 on CUDA cells, 0 on CPU cells)",
+        json_schema_extra=cli("--slurm-gpus-per-cell"),
+    )
+    # None: the sweep's `threads` when set, else 4 on CUDA cells (the launching thread and some room)
+    # and 1 on CPU cells.
+    cpus_per_cell: PositiveInt | None = Field(
+        default=None,
+        description="CPUs per cell (default: the sweep's threads, else 4 on CUDA cells, 1 on CPU)",
+        json_schema_extra=cli("--slurm-cpus-per-cell"),
+    )
+    mem_gb: PositiveFloat | None = Field(
+        default=None,
+        description="memory per cell in GB (default: the partition's)",
+        json_schema_extra=cli("--slurm-mem-gb"),
+    )
+    array_parallelism: PositiveInt | None = Field(
+        default=None,
+        description="at most this many of the sweep's tasks at once (default: no cap)",
+        json_schema_extra=cli("--slurm-array-parallelism"),
+    )
+    # More `#SBATCH` options, each in its long form: "--constraint=a100", "--exclusive".
+    extra_sbatch: list[str] = Field(default_factory=list)
+    # Shell lines run in the job before the cells, e.g. "module load cuda/12.4".
+    setup: list[str] = Field(default_factory=list)
+    poll_s: PositiveFloat = 5.0  # how often the driver asks squeue about its jobs
+
+    @field_validator("extra_sbatch")
+    @classmethod
+    def _long_options(cls, value: list[str]) -> list[str]:
+        for line in value:
+            option = line.removeprefix("#SBATCH").strip()
+            if not option.startswith("--") or len(option) < 3 or " " in option.split("=", 1)[0]:
+                raise ValueError(f"{line!r} is not a long sbatch option such as '--constraint=a100'")
+        return value
+
+
 class SweepSpec(Strict):
     name: str = Field(
         default="sweep",
@@ -311,9 +372,12 @@ class SweepSpec(Strict):
         description="one process per cell (default) or none, for debugging",
         json_schema_extra=cli("--isolation"),
     )
-    executor: Literal["local", "ray"] = Field(
+    # Where cells run (not what they measure: a run may be resumed with another executor).
+    executor: Executor = Field(
         default="local",
-        description="local: one cell at a time here; ray: cells as Ray tasks (RAY_ADDRESS or a local Ray)",
+        description="local: cells here, one at a time (accuracy cells --parallel at a time); ray: cells as "
+        "Ray tasks (RAY_ADDRESS or a local Ray); slurm: each group of cells as a Slurm job-array task (the "
+        "[slurm] table, --slurm-* flags)",
         json_schema_extra=cli("--executor"),
     )
     ray_cpus_per_cell: PositiveInt | None = Field(
@@ -340,6 +404,7 @@ class SweepSpec(Strict):
         json_schema_extra=cli("--tasks", shapes=True),
     )
     accuracy: AccuracySettings = Field(default_factory=AccuracySettings)
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
 
     @field_validator("models", "tasks", mode="before")
     @classmethod
@@ -394,7 +459,16 @@ class SweepSpec(Strict):
         return self
 
     @model_validator(mode="after")
+    def _slurm_options(self, info: ValidationInfo) -> SweepSpec:
+        given = [flag for path, flag in given_flags(info).items() if path.startswith("slurm.")]
+        if given and self.executor != "slurm":
+            raise ValueError(f"{given[0]} applies to --executor slurm only")
+        return self
+
+    @model_validator(mode="after")
     def _threads_fit_the_machine(self) -> SweepSpec:
+        if self.executor == "slurm":  # the cells' cores are the compute nodes', not this machine's
+            return self
         cores = os.cpu_count() or 1
         for where, threads in (("threads", self.threads), ("[accuracy] threads", self.accuracy.threads)):
             if threads is not None and threads > cores:
