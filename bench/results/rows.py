@@ -51,6 +51,7 @@ class Row(Lenient):
     round: int = 0
     run_id: str | None = None
     backend: str | None = None
+    model_settings: dict[str, Any] | None = None
     n_params: int | None = None
     n_params_non_embedding: int | None = None
     state_bytes: int | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import signal
 from collections import Counter
 from dataclasses import dataclass
@@ -180,6 +181,7 @@ def run_sweep(
     _make_run_dir(run_dir)
     ledger = Ledger(cells, run_dir / results.RESULTS, resume, retry_failed)
     manifest = environment.collect(seed=spec.seed)
+    manifest["load_average_start"] = os.getloadavg()  # a busy machine shows in the report
     if command:
         manifest["command"] = command
     manifest.update(
@@ -206,5 +208,7 @@ def run_sweep(
                 execute(spec, extra, ledger, bar, 0, run_dir)
     finally:
         shutdown()
+        manifest["load_average_end"] = os.getloadavg()
+        results.write_manifest(run_dir, manifest)
     statuses = Counter(status for (key, r), status in ledger.done.items() if r == 0)
     return SweepOutcome(run_dir, dict(statuses))

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from bench.registry import build
+from bench.registry import build, model_config
 from bench.scoring import Examples, Inference, Scorer
 from bench.spec.cells import AccuracyCell
 from bench.tasks import Task, make_task
@@ -96,6 +96,7 @@ def run_accuracy_cell(cell: AccuracyCell) -> dict[str, Any]:
         n_params=model.n_params(),
         n_params_non_embedding=non_embedding(model),
         backend=model.backend,
+        model_settings=model_config(cell.model, cell.build_kwargs()),
         torch_threads=torch.get_num_threads(),
     )
     return record
