@@ -270,6 +270,18 @@ def build(name: str, **kwargs: Any):
     return model
 
 
+def model_config(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Every setting a model is built with: its family's config with the defaults filled in (what a report
+    prints so that a reader sees the whole model), or for a plug-in the factory's defaults and the
+    arguments given."""
+    entry = MODELS.get(name)
+    config_class = entry.metadata.get("config")
+    if config_class is not None:
+        return make_config(name, config_class, kwargs).model_dump(mode="json")
+    defaults = {k: v for k, v in model_parameters(name).items() if v is not inspect.Parameter.empty}
+    return {**defaults, **kwargs}
+
+
 def make_config(name: str, config_class: Any, kwargs: dict[str, Any]) -> Any:
     """The family's config from keyword arguments; a BenchError naming the first bad one."""
     from pydantic import ValidationError  # only where a config is used: `bench list` stays light

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench import results
+from bench.analysis.configs import config_lines
 from bench.analysis.sections import get_section
 from bench.analysis.selection import scorer_of
 from bench.analysis.text import cell_text
@@ -56,6 +57,32 @@ def cost_lines(rows: list[TimingRow | AccuracyRow]) -> list[str]:
         cpu = sum((r.train_cpu_seconds or 0) + (r.eval_cpu_seconds or 0) for r in accuracy)
         text += f" (training and evaluation CPU time: {cpu / 60:.1f} minutes)"
     return [text + ".", ""]
+
+
+def provenance_lines(manifest: dict) -> list[str]:
+    """What a reader must know before trusting the numbers: a dirty tree, and a machine that was busy."""
+    out = []
+    if manifest.get("git_dirty"):
+        out.append(
+            f"**Generated from a dirty tree** (commit {manifest.get('git_commit')} with uncommitted "
+            "changes): the code that measured these numbers is not a commit anyone can check out."
+        )
+    start, end = manifest.get("load_average_start"), manifest.get("load_average_end")
+    cores = manifest.get("cpu_count") or 1
+    if start is not None:
+        text = f"Machine load (1-minute average) before the run: {start[0]:.2f} on {cores} cores"
+        text += f"; at its end: {end[0]:.2f}" if end else ""
+        busy = start[0] > 0.5
+        out.append(
+            text
+            + (
+                ". **The machine was busy with other work when the run started**: timings and wall clocks "
+                "are slower than on a quiet machine, and noisier."
+                if busy
+                else "."
+            )
+        )
+    return [x for line in out for x in (line, "")]
 
 
 def section_of(row: AccuracyRow) -> str:
@@ -112,9 +139,8 @@ def write_report(
 def _render(
     rows: list[TimingRow | AccuracyRow], manifest: dict, name: str, source: Path, run_dir: Path
 ) -> None:
-    out = [
-        f"# Benchmark report: {name}",
-        "",
+    out = [f"# Benchmark report: {name}", "", *provenance_lines(manifest)]
+    out += [
         f"Generated from `{source.name}` ({len(rows)} cells).",
         "",
         "## Environment",
@@ -148,4 +174,5 @@ def _render(
             out.append(f"| {row.label} | {mode} | {length} | {row.batch_size} | {row.status} | {reason} |")
         out.append("")
 
+    out += config_lines(rows)
     (run_dir / "REPORT.md").write_text("\n".join(out))

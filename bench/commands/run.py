@@ -66,7 +66,13 @@ def spec_from_args(args: argparse.Namespace):
         spec, source = _resumed_spec(Path(args.resume)), "--resume"
     else:
         device = getattr(args, "sweep__device", None) or "auto"
-        spec, source = default_spec(resolve_device(device)), "the default sweep"
+        gpus = getattr(args, "sweep__slurm__gpus_per_cell", None)
+        on_slurm = getattr(args, "sweep__executor", None) == "slurm"
+        if on_slurm and (device == "cuda" or (gpus or "0") not in ("0", "")):
+            device = "cuda"  # on Slurm the GPUs are the compute nodes', which a login node may lack
+        else:
+            device = resolve_device(device)
+        spec, source = default_spec(device), "the default sweep"
     data, given = apply_sweep_flags(args, spec.model_dump(exclude_unset=False))
     if data.get("models") is None:
         data.pop("models")

@@ -52,6 +52,7 @@ class Row(Lenient):
     round: int = 0
     run_id: str | None = None
     backend: str | None = None
+    model_settings: dict[str, Any] | None = None
     n_params: int | None = None
     n_params_non_embedding: int | None = None
     state_bytes: int | None = None
@@ -179,6 +180,8 @@ class AccuracyRow(Row):
     train: TrainRecipe = Field(default_factory=TrainRecipe)
     smoke_test: bool = False
     context: str | None = None
+    lr_origin: str = "grid"
+    calibration: dict[str, Any] | None = None
     scoring: str | None = None
     section: str | None = None
     score_columns: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -193,6 +196,8 @@ class AccuracyRow(Row):
     tokens_seen: int | None = None
     final_loss: float | None = None
     val_loss: float | None = None
+    still_improving: bool | None = None
+    val_loss_drop_last_20pct: float | None = None
     val_accuracy: float | None = None
     best_val_accuracy: float | None = None
     val_bpb: float | None = None

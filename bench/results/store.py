@@ -157,14 +157,25 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def manifest_text(run_dir: Path, manifest: dict[str, Any], resume: bool) -> str:
-    """The manifest to write for an invocation: a new run's own; on ``--resume`` the run's manifest as it
-    was, this invocation appended to its history (``resumed``), so that the first invocation's command,
-    start and environment stay with the cells it measured (each record's ``run_id`` names its own)."""
-    if resume:
-        first = read_manifest(run_dir)
-        if first:
-            manifest = {**first, "resumed": [*first.get("resumed", []), manifest]}
-    return json.dumps(manifest, indent=2, default=str)
+    """The manifest file's text with this invocation's ``manifest`` in it. A new run's is its own; an
+    invocation that resumes the run (``--resume``) is appended to the history (``resumed``) and leaves the
+    first invocation's command, start and environment with the cells it measured; an invocation writing
+    again (its end) updates its own entry, found by its ``run_id``, and keeps what others added."""
+    current = read_manifest(run_dir)
+    run_id = manifest.get("run_id")
+    if current and current.get("run_id") == run_id:
+        merged = {**current, **manifest}
+    elif not resume or not current:
+        merged = manifest
+    else:
+        history = [dict(entry) for entry in current.get("resumed", []) if isinstance(entry, dict)]
+        mine = [entry for entry in history if entry.get("run_id") == run_id]
+        if mine:
+            mine[0].update(manifest)
+        else:
+            history.append(manifest)
+        merged = {**current, "resumed": history}
+    return json.dumps(merged, indent=2, default=str)
 
 
 def read_manifest(run: str | Path) -> dict[str, Any]:

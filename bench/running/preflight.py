@@ -43,7 +43,7 @@ def check_models(spec: SweepSpec, models: list[ModelEntry]) -> None:
     for entry in models:
         for d_model, n_layers, where in dict.fromkeys(shapes):
             try:
-                build_to_check(
+                model = build_to_check(
                     entry.name,
                     entry.display,
                     vocab_size=spec.vocab_size,
@@ -64,6 +64,11 @@ def check_models(spec: SweepSpec, models: list[ModelEntry]) -> None:
                 raise BenchError(
                     f"model {model_name(entry.name, entry.display)!r} cannot be built at {shape}: {why}"
                 ) from None
+            if entry.state_passing and not getattr(model, "supports_state_passing", False):
+                raise BenchError(
+                    f"model {entry.display!r} sets state_passing but cannot continue from a state with "
+                    "gradients (its mixers lack forward_from, or its backend's kernels do)"
+                )
 
 
 def check_calls(cells: list[AnyCell]) -> None:

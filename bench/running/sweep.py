@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import signal
 from collections import Counter
 from dataclasses import dataclass
@@ -18,8 +19,9 @@ from bench.device import resolve_device
 from bench.errors import BenchError
 from bench.registry import list_models
 from bench.results.outputs import REPORT_FILES, claim_folder
-from bench.running import environment
+from bench.running import environment, slurm
 from bench.running.executors import run_local, run_ray
+from bench.running.grid import grid_extensions
 from bench.running.isolation import shutdown
 from bench.running.ledger import Ledger, round_order
 from bench.running.preflight import check_calls, check_models
@@ -83,8 +85,18 @@ def stop_on_signals():
             signal.signal(sig, old)
 
 
+def execute(spec: SweepSpec, cells: list, ledger: Ledger, bar, round_index: int, run_dir: Path) -> None:
+    """Hand ``cells`` to the sweep's executor."""
+    if spec.executor == "ray":
+        run_ray(cells, ledger, spec, bar, round_index, spec.ray_cpus_per_cell)
+    elif spec.executor == "slurm":
+        slurm.run_slurm(cells, ledger, spec, bar, round_index, run_dir)
+    else:
+        run_local(cells, ledger, spec, bar, round_index)
+
+
 # How the cells are sent out, not what they measure: a run may be resumed with other values.
-NOT_MEASURED = ("executor", "ray_cpus_per_cell", "out")
+NOT_MEASURED = ("executor", "ray_cpus_per_cell", "slurm", "parallel", "out")
 
 
 def changed_fields(before: dict, after: dict, prefix: str = "") -> list[str]:
@@ -135,7 +147,11 @@ def run_sweep(
                     + "; ".join(field_text(f, before, after) for f in differs)
                     + "; resume it with the same one"
                 )
-    device = resolve_device(spec.device)
+    if spec.executor == "slurm":
+        slurm.check_available()
+        device = slurm.slurm_device(spec)  # the compute nodes', not this login node's
+    else:
+        device = resolve_device(spec.device)
     models = spec.models or [ModelEntry(name=n) for n in list_models()]
     check_models(spec, models)
     cells = expand(spec, models, device)
@@ -144,6 +160,7 @@ def run_sweep(
     folder.record(results.RESULTS)
     ledger = Ledger(cells, run_dir / results.RESULTS, resume, retry_failed)
     manifest = environment.collect(seed=spec.seed)
+    manifest["load_average_start"] = os.getloadavg()  # a busy machine shows in the report
     if command:
         manifest["command"] = command
     manifest.update(
@@ -165,11 +182,17 @@ def run_sweep(
         ):
             for round_index in range(spec.rounds):
                 ordered = round_order(cells, round_index, spec.seed)
-                if spec.executor == "ray":
-                    run_ray(ordered, ledger, spec, bar, round_index, spec.ray_cpus_per_cell)
-                else:
-                    run_local(ordered, ledger, spec, bar, round_index)
+                execute(spec, ordered, ledger, bar, round_index, run_dir)
+            # Learning-rate grids that do not bracket their choice grow, a step at a time.
+            while extra := grid_extensions(spec, cells, run_dir / results.RESULTS):
+                cells += extra
+                ledger.add(extra)
+                bar.total += len(extra)
+                bar.refresh()
+                execute(spec, extra, ledger, bar, 0, run_dir)
     finally:
         shutdown()
+        manifest["load_average_end"] = os.getloadavg()
+        folder.write_text(results.MANIFEST, results.manifest_text(run_dir, manifest, resume))
     statuses = Counter(status for (key, r), status in ledger.done.items() if r == 0)
     return SweepOutcome(run_dir, dict(statuses))

@@ -145,8 +145,8 @@ def test_imports_point_down_the_layers():
         for target in targets:
             theirs, their_group = layer(target)
             allowed = SIDEWAYS.get((my_group, their_group), ())
-            sideways = theirs == mine and their_group != my_group and not (
-                allowed is None or target in allowed
+            sideways = (
+                theirs == mine and their_group != my_group and not (allowed is None or target in allowed)
             )
             if theirs > mine or sideways:
                 upward.append(f"{name} -> {target}")
