@@ -29,7 +29,10 @@ def make_case(T: int, n_layers: int, gates: str = "channel", seed: int = 0, stro
 
     sizes = [D] + [HIDDEN] * (n_layers - 1) + [D]
     d_ins = sizes[:-1]
-    params = [torch.randn(H, o, i, generator=gen, dtype=dtype) / i**0.5 for i, o in zip(sizes, sizes[1:])]
+    params = [
+        torch.randn(H, o, i, generator=gen, dtype=dtype) / i**0.5
+        for i, o in zip(sizes, sizes[1:], strict=False)
+    ]
     case = dict(
         q=torch.randn(B, H, T, D, generator=gen, dtype=dtype),
         k=torch.nn.functional.normalize(torch.randn(B, H, T, D, generator=gen, dtype=dtype), dim=-1),
@@ -44,7 +47,8 @@ def make_case(T: int, n_layers: int, gates: str = "channel", seed: int = 0, stro
             return lo + width * rand(B, H, T)
         return [lo + width * (rand(B, H, T) if form == "layer" else rand(B, H, T, d)) for d in d_ins]
 
-    forms = dict(zip(NAMES, ("channel", "layer", "head"))) if gates == "mixed" else dict.fromkeys(NAMES, gates)
+    mixed = dict(zip(NAMES, ("channel", "layer", "head"), strict=True))
+    forms = mixed if gates == "mixed" else dict.fromkeys(NAMES, gates)
     for name in NAMES:
         case[name] = gate(name, forms[name])
     if affine:
@@ -129,7 +133,8 @@ def test_strong_channel_gates_and_long_chunks(activation: str, chunk_size: int, 
 
 def test_no_forgetting_is_alpha_zero() -> None:
     case = make_case(9, 2, "channel", seed=7, affine=True)
-    case["alpha"] = torch.zeros(B, H, 9, dtype=torch.float64, requires_grad=True)  # shared by the layers, beside per-channel gates
+    # shared by the layers, beside per-channel gates
+    case["alpha"] = torch.zeros(B, H, 9, dtype=torch.float64, requires_grad=True)
     for fn in OPS:
         check(case, fn, chunk_size=4, norm=True)
 
