@@ -53,8 +53,6 @@ in the backward (checkpointed) rather than kept, and only G of the layers after 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -63,7 +61,7 @@ from torch.utils.checkpoint import checkpoint
 
 from models.modules.dtypes import compute_dtype
 
-from .chunk_scan import MemoryScan, _scan
+from .chunk_scan import MemoryScan, _dual_form, _scan
 from .naive import GATE_NAMES, Gate, MemoryState, get_activation, initial_state, layer_gates
 
 
@@ -73,20 +71,20 @@ class DecayProducts(torch.autograd.Function):
     g: [..., n] -> P: [..., n + 1, n + 1] with P[j, r] = prod_{r < m <= j} g_m for r <= j (tokens numbered
     1..n, so column 0 means "from the chunk start"), and 0 above the diagonal.
 
-    Forward: exp of differences of cumulative log-sums, masked, so no entry is a ratio of vanishing products.
-    Backward: division-free, so gates that are exactly 0 (no momentum, full forgetting) get exact gradients;
-    it uses P[j, r] = P[j, m] g_m P[m - 1, r] for r < m <= j.
+    Forward: one cumulative product down the columns of a matrix holding g_j below the diagonal and 1 on and
+    above it, then the upper triangle zeroed: products of gates in [0, 1] only, so no entry is a ratio of
+    vanishing products, and a gate that is exactly 0 gives exact zeros. (Exp of differences of cumulative
+    log-sums is as stable but costs a transcendental per entry, which per-channel gates multiply by the
+    channels.) Backward: division-free, so gates that are exactly 0 (no momentum, full forgetting) get
+    exact gradients; it uses P[j, r] = P[j, m] g_m P[m - 1, r] for r < m <= j.
     """
 
     @staticmethod
     def forward(ctx, g: Tensor) -> Tensor:
         n = g.shape[-1]
-        tiny = torch.finfo(g.dtype).tiny
-        logs = torch.log(g.clamp_min(tiny))
-        cum = torch.cat([logs.new_zeros(*logs.shape[:-1], 1), logs.cumsum(-1)], dim=-1)
-        mask = torch.ones(n + 1, n + 1, dtype=torch.bool, device=g.device).tril()
-        diff = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~mask, -math.inf)
-        prod = torch.exp(diff)
+        below = torch.ones(n + 1, n + 1, dtype=torch.bool, device=g.device).tril(-1)
+        rows = torch.cat([g.new_ones(*g.shape[:-1], 1), g], dim=-1).unsqueeze(-1)  # g_j on row j
+        prod = torch.where(below, rows, 1.0).cumprod(-2).tril()
         ctx.save_for_backward(prod)
         return prod
 
@@ -116,33 +114,75 @@ def chunk_coefficients(theta: Tensor, eta: Tensor, alpha: Tensor) -> tuple[Tenso
     return a_cum, c, g_mat, theta * e_dec[..., -1, :], e_cum[..., -1]
 
 
-def layer_coefficients(theta: Tensor, eta: Tensor, alpha: Tensor, K: int):
+def layer_coefficients(theta: Tensor, eta: Tensor, alpha: Tensor, K: int, pair=None):
     """The coefficients of one memory layer's chunks, as chunk_scan.MemoryScan takes them.
 
     theta, eta, alpha: [..., n, C] (C = 1: one per head; C = d_in: per input channel; they broadcast).
     K: the memory's row blocks, 2 ([W^T; S^T]) or 3 ([W^T; S^T; M_0^T], forgetting toward M_0).
-    Returns ac [..., n, K, C] = (A, c (, 1 - A)), the retrieval's factors; gs [..., n, 2, C] = -(g, s), the
+    Returns ac [..., n, K, C] = (A, c (, 1 - A)), the retrieval's factors; -(g, s) [..., n, 2, C], the
     update's; neg_g = -G, [..., n, n] with one coefficient per head, [..., n, n, C] (j, i, channel) per
-    channel; mix [..., K, K, C], the end-of-chunk coefficients [[A, c (, 1 - A)], [0, E (, 0)] (, [0, 0, 1])].
+    channel, or with ``pair`` (z, x) [..., n, C] the dual form -sum_c G[:, :, c] z_c x_c [..., n, n] in its
+    place (chunk_scan._dual_form); mix [..., K, K, C], the end-of-chunk coefficients
+    [[A, c (, 1 - A)], [0, E (, 0)] (, [0, 0, 1])].
     """
     C = max(g.shape[-1] for g in (theta, eta, alpha))
     if C == 1:
         A, c, G, s, e = chunk_coefficients(theta[..., 0], eta[..., 0], alpha[..., 0])
-        A, c, s, e, g_end = A[..., None], c[..., None], s[..., None], e[..., None], G[..., -1, :, None]
-    else:  # the channels as a batch dimension before the tokens, as chunk_coefficients takes them
-        shape = torch.broadcast_shapes(theta.shape, eta.shape, alpha.shape)
-        A, c, G, s, e = chunk_coefficients(*(g.expand(shape).movedim(-1, -2) for g in (theta, eta, alpha)))
-        A, c, s = (t.movedim(-1, -2) for t in (A, c, s))
-        G = G.movedim(-3, -1).contiguous()  # [..., j, i, c]
-        g_end = G[..., -1, :, :]
+        A, c, e, neg_g = A[..., None], c[..., None], e[..., None], -G
+        neg_gs = -torch.stack([G[..., -1, :, None], s[..., None]], dim=-2)
+        if pair is not None:
+            neg_g = _dual_form(neg_g, *pair)[0]
+    else:
+        A, c, neg_g, neg_s, e, neg_g_end = channel_coefficients(theta, eta, alpha, pair)
+        neg_gs = torch.stack([neg_g_end, neg_s], dim=-2)
     ac = torch.stack([A, c, 1.0 - A] if K == 3 else [A, c], dim=-2)
-    gs = -torch.stack([g_end, s], dim=-2)
     a_end, c_end, zero = A[..., -1, :], c[..., -1, :], torch.zeros_like(e)
     if K == 2:
         rows = [a_end, c_end, zero, e]
     else:
         rows = [a_end, c_end, 1.0 - a_end, zero, e, zero, zero, zero, torch.ones_like(e)]
-    return ac, gs, -G, torch.stack(rows, dim=-2).unflatten(-2, (K, K))
+    return ac, neg_gs, neg_g, torch.stack(rows, dim=-2).unflatten(-2, (K, K))
+
+
+def channel_coefficients(theta: Tensor, eta: Tensor, alpha: Tensor, pair=None) -> tuple[Tensor, ...]:
+    """chunk_coefficients with a channel dimension last, by the recurrences behind the closed form.
+
+    theta, eta, alpha: [..., n, C] (they broadcast). With P_E[j, i] = prod_{i<m<=j} eta_m, row by row
+        P_E[j, :] = eta_j P_E[j-1, :] + onehot(j),   G[j, :] = (1 - alpha_j) G[j-1, :] + theta * P_E[j, :],
+        c_j = (1 - alpha_j) c_{j-1} + E_j,
+    products and sums of numbers in [0, 1] only, as stable as the interval products of chunk_coefficients.
+    Per channel that is n steps over [..., n, C] tensors, every one contiguous in the channels, where the
+    matrix form would batch one tiny n x n product per channel and chunk. pair: (z, x) [..., n, C] to
+    return, in place of -G, its dual form (chunk_scan._dual_form) with them, row by row, so that the
+    first layer's G is never held whole.
+    Returns A [..., n, C], c [..., n, C], -G [..., n, n, C] (j, i, channel) or the dual form [..., n, n],
+    -s [..., n, C], e [..., C], and -G's last row [..., n, C].
+    """
+    shape = torch.broadcast_shapes(theta.shape, eta.shape, alpha.shape)
+    n = shape[-2]
+    keep, eta, neg_theta = (1.0 - alpha).expand(shape), eta.expand(shape), -theta.expand(shape)
+    onehot = torch.eye(n, dtype=keep.dtype, device=keep.device).unsqueeze(-1).unbind(0)  # each [n, 1]
+    a_j, e_j = keep.unbind(-2), eta.unbind(-2)
+    p_e, A, E, c = onehot[0], [a_j[0]], [e_j[0]], [e_j[0]]
+    row = neg_theta * p_e
+    rows, duals = [row], []
+    if pair is not None:
+        z, x = pair
+        z_j = z.unsqueeze(-1).unbind(-3)  # each [..., C, 1]
+        duals.append(((row * x) @ z_j[0]).squeeze(-1))
+    for j in range(1, n):
+        p_e = torch.addcmul(onehot[j], e_j[j].unsqueeze(-2), p_e)
+        row = torch.addcmul(neg_theta * p_e, a_j[j].unsqueeze(-2), row)
+        if pair is None:
+            rows.append(row)
+        else:
+            duals.append(((row * x) @ z_j[j]).squeeze(-1))
+        A.append(A[-1] * a_j[j])
+        E.append(E[-1] * e_j[j])
+        c.append(torch.addcmul(E[-1], a_j[j], c[-1]))
+    A, c = torch.stack(A, dim=-2), torch.stack(c, dim=-2)
+    out = torch.stack(rows, dim=-3) if pair is None else torch.stack(duals, dim=-2)
+    return A, c, out, neg_theta * p_e, E[-1], row
 
 
 def _scan_inputs(q, k, v, gates, K: int, residual: bool, gain, bias):
@@ -151,19 +191,17 @@ def _scan_inputs(q, k, v, gates, K: int, residual: bool, gain, bias):
     tuple: their coefficients are formed once); gain, bias: [N, 1, D] or None."""
     done: dict[tuple[int, ...], tuple] = {}
     coeffs = []
-    for g in gates:
-        key = tuple(map(id, g))
+    for i, g in enumerate(gates):
+        # the first layer needs only the dual form of its G with q and k, formed with it (per channel) or
+        # from it; layers that share their gates share their coefficients
+        key = (i == 0, *map(id, g))
         if key not in done:
-            done[key] = layer_coefficients(*g, K)
+            done[key] = layer_coefficients(*g, K, pair=(q, k) if i == 0 else None)
         coeffs.append(done[key])
-    ac0, gs0, neg_g0, _ = coeffs[0]
+    ac0, gs0, m0, _ = coeffs[0]
     D = q.shape[-1]
     lhs0 = torch.cat([F.pad(k, (0, (K - 1) * D)), (ac0 * q.unsqueeze(-2)).flatten(-2)], dim=-2)
     xgs0 = (gs0 * k.unsqueeze(-2)).flatten(-2)
-    if neg_g0.dim() == q.dim():
-        m0 = neg_g0 * (q @ k.mT)
-    else:
-        m0 = torch.einsum("...jic,...jc,...ic->...ji", neg_g0, q, k)
     # the inner loss's gradient at the LayerNorm's output: 2 gain (k + bias - v) + 2 gain^2 LN(p)
     if gain is None and bias is None:
         kv = 2.0 * (k - v) if residual else -2.0 * v
