@@ -61,6 +61,7 @@ from torch.utils.checkpoint import checkpoint
 
 from models.modules.dtypes import compute_dtype
 
+from .channel_coefficients import channel_coefficients
 from .chunk_scan import MemoryScan, _dual_form, _scan
 from .naive import GATE_NAMES, Gate, MemoryState, get_activation, initial_state, layer_gates
 
@@ -142,47 +143,6 @@ def layer_coefficients(theta: Tensor, eta: Tensor, alpha: Tensor, K: int, pair=N
     else:
         rows = [a_end, c_end, 1.0 - a_end, zero, e, zero, zero, zero, torch.ones_like(e)]
     return ac, neg_gs, neg_g, torch.stack(rows, dim=-2).unflatten(-2, (K, K))
-
-
-def channel_coefficients(theta: Tensor, eta: Tensor, alpha: Tensor, pair=None) -> tuple[Tensor, ...]:
-    """chunk_coefficients with a channel dimension last, by the recurrences behind the closed form.
-
-    theta, eta, alpha: [..., n, C] (they broadcast). With P_E[j, i] = prod_{i<m<=j} eta_m, row by row
-        P_E[j, :] = eta_j P_E[j-1, :] + onehot(j),   G[j, :] = (1 - alpha_j) G[j-1, :] + theta * P_E[j, :],
-        c_j = (1 - alpha_j) c_{j-1} + E_j,
-    products and sums of numbers in [0, 1] only, as stable as the interval products of chunk_coefficients.
-    Per channel that is n steps over [..., n, C] tensors, every one contiguous in the channels, where the
-    matrix form would batch one tiny n x n product per channel and chunk. pair: (z, x) [..., n, C] to
-    return, in place of -G, its dual form (chunk_scan._dual_form) with them, row by row, so that the
-    first layer's G is never held whole.
-    Returns A [..., n, C], c [..., n, C], -G [..., n, n, C] (j, i, channel) or the dual form [..., n, n],
-    -s [..., n, C], e [..., C], and -G's last row [..., n, C].
-    """
-    shape = torch.broadcast_shapes(theta.shape, eta.shape, alpha.shape)
-    n = shape[-2]
-    keep, eta, neg_theta = (1.0 - alpha).expand(shape), eta.expand(shape), -theta.expand(shape)
-    onehot = torch.eye(n, dtype=keep.dtype, device=keep.device).unsqueeze(-1).unbind(0)  # each [n, 1]
-    a_j, e_j = keep.unbind(-2), eta.unbind(-2)
-    p_e, A, E, c = onehot[0], [a_j[0]], [e_j[0]], [e_j[0]]
-    row = neg_theta * p_e
-    rows, duals = [row], []
-    if pair is not None:
-        z, x = pair
-        z_j = z.unsqueeze(-1).unbind(-3)  # each [..., C, 1]
-        duals.append(((row * x) @ z_j[0]).squeeze(-1))
-    for j in range(1, n):
-        p_e = torch.addcmul(onehot[j], e_j[j].unsqueeze(-2), p_e)
-        row = torch.addcmul(neg_theta * p_e, a_j[j].unsqueeze(-2), row)
-        if pair is None:
-            rows.append(row)
-        else:
-            duals.append(((row * x) @ z_j[j]).squeeze(-1))
-        A.append(A[-1] * a_j[j])
-        E.append(E[-1] * e_j[j])
-        c.append(torch.addcmul(E[-1], a_j[j], c[-1]))
-    A, c = torch.stack(A, dim=-2), torch.stack(c, dim=-2)
-    out = torch.stack(rows, dim=-3) if pair is None else torch.stack(duals, dim=-2)
-    return A, c, out, neg_theta * p_e, E[-1], row
 
 
 def _scan_inputs(q, k, v, gates, K: int, residual: bool, gain, bias):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from models.titans import chunk_titans_memory, fused_recurrent_titans_memory, naive_recurrent_titans_memory
+from models.titans.channel_coefficients import channel_coefficients
 from models.titans.chunk import chunk_coefficients, layer_coefficients
 from tests.ops.test_titans_memory import assert_states_close, rel_err, scalar_loss
 
@@ -229,3 +230,21 @@ def test_bad_gate_shapes_are_named(fn) -> None:
     case["alpha"] = [case["alpha"][0][..., :2], case["alpha"][1]]
     with pytest.raises(ValueError, match=r"alpha of memory layer 0 must be \[B, H, T\] or \[B, H, T, 5\]"):
         call(fn, case)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+@pytest.mark.parametrize("with_pair", [False, True])
+def test_channel_coefficients_backward_by_gradcheck(n: int, with_pair: bool) -> None:
+    """The hand-written backward of the per-channel coefficients against finite differences, every output
+    used, gates broadcast from one value per head."""
+    gen = torch.Generator().manual_seed(n)
+    theta = torch.rand(2, n, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    eta = torch.rand(2, n, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    alpha = torch.rand(2, n, 1, generator=gen, dtype=torch.float64, requires_grad=True)
+    z, x = (torch.randn(2, n, 3, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    inputs = (theta, eta, alpha, z, x) if with_pair else (theta, eta, alpha)
+
+    def fn(*args):
+        return channel_coefficients(*args[:3], pair=args[3:] if with_pair else None)
+
+    assert torch.autograd.gradcheck(fn, inputs)
