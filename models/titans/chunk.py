@@ -53,6 +53,8 @@ in the backward (checkpointed) rather than kept, and only G of the layers after 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -72,20 +74,20 @@ class DecayProducts(torch.autograd.Function):
     g: [..., n] -> P: [..., n + 1, n + 1] with P[j, r] = prod_{r < m <= j} g_m for r <= j (tokens numbered
     1..n, so column 0 means "from the chunk start"), and 0 above the diagonal.
 
-    Forward: one cumulative product down the columns of a matrix holding g_j below the diagonal and 1 on and
-    above it, then the upper triangle zeroed: products of gates in [0, 1] only, so no entry is a ratio of
-    vanishing products, and a gate that is exactly 0 gives exact zeros. (Exp of differences of cumulative
-    log-sums is as stable but costs a transcendental per entry, which per-channel gates multiply by the
-    channels.) Backward: division-free, so gates that are exactly 0 (no momentum, full forgetting) get
-    exact gradients; it uses P[j, r] = P[j, m] g_m P[m - 1, r] for r < m <= j.
+    Forward: exp of differences of cumulative log-sums, masked, so no entry is a ratio of vanishing products.
+    Backward: division-free, so gates that are exactly 0 (no momentum, full forgetting) get exact gradients;
+    it uses P[j, r] = P[j, m] g_m P[m - 1, r] for r < m <= j.
     """
 
     @staticmethod
     def forward(ctx, g: Tensor) -> Tensor:
         n = g.shape[-1]
-        below = torch.ones(n + 1, n + 1, dtype=torch.bool, device=g.device).tril(-1)
-        rows = torch.cat([g.new_ones(*g.shape[:-1], 1), g], dim=-1).unsqueeze(-1)  # g_j on row j
-        prod = torch.where(below, rows, 1.0).cumprod(-2).tril()
+        tiny = torch.finfo(g.dtype).tiny
+        logs = torch.log(g.clamp_min(tiny))
+        cum = torch.cat([logs.new_zeros(*logs.shape[:-1], 1), logs.cumsum(-1)], dim=-1)
+        mask = torch.ones(n + 1, n + 1, dtype=torch.bool, device=g.device).tril()
+        diff = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~mask, -math.inf)
+        prod = torch.exp(diff)
         ctx.save_for_backward(prod)
         return prod
 
@@ -151,14 +153,17 @@ def _scan_inputs(q, k, v, gates, K: int, residual: bool, gain, bias):
     tuple: their coefficients are formed once); gain, bias: [N, 1, D] or None."""
     done: dict[tuple[int, ...], tuple] = {}
     coeffs = []
+    # The first layer needs only the dual form of its G with q and k: per channel it is formed row by row
+    # with G, never held whole. Layers that share their gates share their coefficients.
+    per_channel0 = any(t.shape[-1] > 1 for t in gates[0])
     for i, g in enumerate(gates):
-        # the first layer needs only the dual form of its G with q and k, formed with it (per channel) or
-        # from it; layers that share their gates share their coefficients
-        key = (i == 0, *map(id, g))
+        pair = (q, k) if i == 0 and per_channel0 else None
+        key = (pair is not None, *map(id, g))
         if key not in done:
-            done[key] = layer_coefficients(*g, K, pair=(q, k) if i == 0 else None)
+            done[key] = layer_coefficients(*g, K, pair=pair)
         coeffs.append(done[key])
-    ac0, gs0, m0, _ = coeffs[0]
+    ac0, gs0, g0, _ = coeffs[0]
+    m0 = g0 if per_channel0 else _dual_form(g0, q, k)[0]
     D = q.shape[-1]
     lhs0 = torch.cat([F.pad(k, (0, (K - 1) * D)), (ac0 * q.unsqueeze(-2)).flatten(-2)], dim=-2)
     xgs0 = (gs0 * k.unsqueeze(-2)).flatten(-2)

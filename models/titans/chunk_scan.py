@@ -76,7 +76,7 @@ def _dual_form(neg_g: Tensor, z: Tensor, x: Tensor) -> tuple[Tensor, Tensor | No
     [..., n, n]) that is -G * (z x^T), returned with z x^T; per channel (neg_g [..., n, n, C]) the product
     with x, then with z, and no z x^T."""
     if not _per_channel(neg_g, z):
-        pz = z @ x.mT
+        pz = torch.bmm(z, x.mT) if z.dim() == 3 else z @ x.mT  # bmm: matmul's reshapes cost a dispatch each
         return neg_g * pz, pz
     return ((neg_g * x.unsqueeze(-3)) @ z.unsqueeze(-1)).squeeze(-1), None
 
@@ -308,6 +308,18 @@ def _crosses(mix: Tensor) -> list[tuple[Tensor, ...]]:
     return list(zip(*blocks, strict=True))
 
 
+def _layer_chunks(mixes, acs, gss, negs, d_ins) -> list[list[tuple]]:
+    """Per chunk, per layer, forward_step's (ae, cross, ac, gs, neg_g) (the last three None for the first
+    layer), sliced once for all chunks."""
+    per_layer = [zip(_decays(mixes[0], d_ins[0]).unbind(0), _crosses(mixes[0]), strict=True)]
+    for i in range(1, len(mixes)):
+        slices = (_decays(mixes[i], d_ins[i]), acs[i - 1], gss[i - 1], negs[i - 1])
+        first, *rest = (t.unbind(0) for t in slices)
+        per_layer.append(zip(first, _crosses(mixes[i]), *rest, strict=True))
+    first_layer = [(ae, cross, None, None, None) for ae, cross in per_layer[0]]
+    return [list(layers) for layers in zip(first_layer, *per_layer[1:], strict=True)]
+
+
 def _split_layers(rest, L: int):
     """MemoryScan's per-layer inputs (mixes, then acs, gss, negs of the layers after the first, then ws,
     then base) as lists."""
@@ -331,9 +343,7 @@ def _scan(config, lhs0, kv, xgs0, m0, w2, mixes, acs, gss, negs, ws, base, keep:
     ws, base = [w.detach() for w in ws], base and [b.detach() for b in base]
     K = lhs0.shape[-1] // kv.shape[-1]
     d_ins = [w.shape[1] // K for w in ws]
-    aes = [_decays(mix, d).unbind(0) for mix, d in zip(mixes, d_ins, strict=True)]
-    crosses = [_crosses(mix) for mix in mixes]
-    others = [[t.unbind(0) for t in layer] for layer in zip(acs, gss, negs, strict=True)]
+    layer_chunks = _layer_chunks(mixes, acs, gss, negs, d_ins)
     per_chunk = zip(*(t.unbind(0) for t in (lhs0, kv, xgs0.mT, m0)), strict=True)
     # Without a backward, two memories per layer take turns (eagerly; a compiled step makes its own).
     spare = [[torch.empty_like(w) for w in ws] for _ in range(2)] if not (keep or compiled) else None
@@ -341,11 +351,8 @@ def _scan(config, lhs0, kv, xgs0, m0, w2, mixes, acs, gss, negs, ws, base, keep:
     for j, (lhs0_j, kv_j, xgs0_j, m0_j) in enumerate(per_chunk):
         b = base if j == 0 else None
         step = _compiled("forward") if compiled and b is None else forward_step
-        layers = [(aes[0][j], crosses[0][j], None, None, None)] + [
-            (aes[i][j], crosses[i][j], *(t[j] for t in others[i - 1])) for i in range(1, L)
-        ]
         new = spare and spare[j % 2]
-        new, fwd = step(ws, b, new, lhs0_j, kv_j, xgs0_j, m0_j, w2, layers, activation, norm)
+        new, fwd = step(ws, b, new, lhs0_j, kv_j, xgs0_j, m0_j, w2, layer_chunks[j], activation, norm)
         outs.append(fwd[6][-1])
         if keep:
             starts.append(ws)
@@ -477,14 +484,12 @@ class MemoryScan(torch.autograd.Function):
         last = list(
             zip(*(t.unbind(0) if t is not None else [None] * n_chunks for t in (dout, *last)), strict=True)
         )
-        aes = [_decays(mix, d).unbind(0) for mix, d in zip(mixes, d_ins, strict=True)]
-        crosses = [_crosses(mix) for mix in mixes]
         # ac and gs per token: [N n, 1, K] with one coefficient per head, [N n, K, C] per channel
-        tok = [
-            [t.view(n_chunks, N * n, 1, -1) if t.shape[-1] == 1 else t.flatten(1, 2) for t in (ac, gs)]
-            for ac, gs in zip(acs, gss, strict=True)
-        ]
-        others = [[t.unbind(0) for t in (*pair, neg)] for pair, neg in zip(tok, negs, strict=True)]
+        ac_tok, gs_tok = (
+            [t.view(n_chunks, N * n, 1, -1) if t.shape[-1] == 1 else t.flatten(1, 2) for t in group]
+            for group in (acs, gss)
+        )
+        layer_chunks = _layer_chunks(mixes, ac_tok, gs_tok, negs, d_ins)
         per_chunk = list(zip(*(t.unbind(0) for t in (lhs0, xgs0, m0)), strict=True))
 
         # dL/d(memory) needs only the latest chunk's: eagerly, two per layer take turns
@@ -495,11 +500,8 @@ class MemoryScan(torch.autograd.Function):
             step = _compiled("backward") if compiled and b is None else backward_step
             new = spare and spare[j % 2]
             h_j = [h[j] for h in hs]
-            layers = [(aes[0][j], crosses[0][j], None, None, None)] + [
-                (aes[i][j], crosses[i][j], *(t[j] for t in others[i - 1])) for i in range(1, L)
-            ]
             lhs0_j, xgs0_j, m0_j = per_chunk[j]
-            lam, g, db = step(lam, new, last[j], ctx.starts[j], b, lhs0_j, xgs0_j, m0_j, layers,
+            lam, g, db = step(lam, new, last[j], ctx.starts[j], b, lhs0_j, xgs0_j, m0_j, layer_chunks[j],
                               ctx.per_chunk[j], h_j, ln_ops[j], activation, norm)  # fmt: skip
             grads.append(g)
             dbase = db or dbase
