@@ -25,18 +25,30 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 
-def _rows(neg_theta: Tensor, eta: Tensor, keep: Tensor):
-    """Yield, for j = 0..n-1, (j, p_j, r_j) as the prefixes [..., :j+1, C] of working buffers (overwritten by
-    the next step: copy what must be kept)."""
+def _rows(neg_theta: Tensor, eta: Tensor, keep: Tensor, into: Tensor | None = None, with_r: bool = True):
+    """Yield, for j = 0..n-1, (j, p_j, r_j) as prefixes [..., :j+1, C]. p_j is a working buffer, overwritten
+    by the next step; r_j is row j of ``into`` [..., n, n, C] (zeros), written there, or without it a
+    working buffer too (None if not ``with_r``). Copy what must be kept."""
     n = neg_theta.shape[-2]
-    p, r = torch.zeros_like(neg_theta), torch.zeros_like(neg_theta)
+    p = torch.zeros_like(neg_theta)
+    r = torch.zeros_like(neg_theta) if into is None and with_r else None
+    e_rows, a_rows = eta.unsqueeze(-2).unbind(-3), keep.unsqueeze(-2).unbind(-3)  # each [..., 1, C]
     for j in range(n):
-        pre_p, pre_r = p[..., : j + 1, :], r[..., : j + 1, :]
+        pre_p, nt = p[..., : j + 1, :], neg_theta[..., : j + 1, :]
         if j:
-            pre_p[..., :j, :].mul_(eta[..., j : j + 1, :])
-            pre_r.mul_(keep[..., j : j + 1, :])
+            pre_p[..., :j, :].mul_(e_rows[j])
         pre_p[..., j, :] = 1.0
-        pre_r.addcmul_(neg_theta[..., : j + 1, :], pre_p)
+        if not with_r:
+            pre_r = None
+        elif into is None:
+            pre_r = r[..., : j + 1, :]
+            if j:
+                pre_r.mul_(a_rows[j])
+            pre_r.addcmul_(nt, pre_p)
+        else:  # straight into row j: a_j r_{j-1} - theta * p_j
+            pre_r = torch.mul(nt, pre_p, out=into[..., j, : j + 1, :])
+            if j:
+                pre_r.addcmul_(a_rows[j], into[..., j - 1, : j + 1, :])
         yield j, pre_p, pre_r
 
 
@@ -59,26 +71,26 @@ class ChannelCoefficients(torch.autograd.Function):
         n = neg_theta.shape[-2]
         pair = z is not None
         out = neg_theta.new_zeros(*neg_theta.shape[:-2], n, n, *(() if pair else neg_theta.shape[-1:]))
-        for j, p_j, r_j in _rows(neg_theta, eta, keep):
+        for j, p_j, r_j in _rows(neg_theta, eta, keep, into=None if pair else out):
             if pair:  # row j of the dual form: sum_c r_j[i, c] x[i, c] z[j, c]
                 out[..., j, : j + 1] = ((r_j * x[..., : j + 1, :]) @ z[..., j, :, None]).squeeze(-1)
-            else:
-                out[..., j, : j + 1, :] = r_j
-            p, r = p_j, r_j  # at the last row, the whole buffers
+            p, r = p_j, r_j  # at the last row, whole
         A, E, c = _chains(eta, keep)
         neg_s = neg_theta * p
-        ctx.save_for_backward(neg_theta, eta, keep, z, x, A, E, c)
+        ctx.save_for_backward(neg_theta, eta, keep, z, x, A, E, c, None if pair else out)
         return A, c, out, neg_s, E[..., -1, :], r.clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gA, gc, gout, g_neg_s, g_e, g_last):
-        neg_theta, eta, keep, z, x, A, E, c = ctx.saved_tensors
+        neg_theta, eta, keep, z, x, A, E, c, rows = ctx.saved_tensors
         n, pair = neg_theta.shape[-2], z is not None
+        # the rows again: r_j from the forward's -G, or formed anew with the dual form
+        rows = torch.zeros_like(neg_theta).unsqueeze(-3).repeat_interleave(n, -3) if pair else rows
         ps, rs = [], []
-        for _, p, r in _rows(neg_theta, eta, keep):
+        for j, p, r in _rows(neg_theta, eta, keep, into=rows if pair else None, with_r=pair):
             ps.append(p.clone())
-            rs.append(r.clone())
+            rs.append(r if pair else rows[..., j, : j + 1, :])
         g_nt, g_eta, g_keep = (torch.zeros_like(neg_theta) for _ in range(3))
         gz = torch.zeros_like(z) if pair else None
         gx = torch.zeros_like(x) if pair else None

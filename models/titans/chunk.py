@@ -47,8 +47,8 @@ needs no memory (the coefficients above, the first layer's key and query factors
 chunks at once; chunk_scan.MemoryScan runs the loop over chunks and its hand-written backward. Retrieval does
 not feed the recurrence and could be batched over chunks too, but only from every chunk's memory in one
 tensor: on the CPU, a product with a memory still in cache was faster than that tensor's traffic. With
-per-channel gates the coefficients of all chunks take n^2 C numbers per chunk and layer; they are recomputed
-in the backward (checkpointed) rather than kept, and only G of the layers after the first is kept.
+per-channel gates G takes n^2 C numbers per chunk and layer: channel_coefficients.py forms it with a
+hand-written backward that keeps none of its intermediates, and the first layer's G is never held whole.
 """
 
 from __future__ import annotations
@@ -59,7 +59,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
-from torch.utils.checkpoint import checkpoint
 
 from models.modules.dtypes import compute_dtype
 
@@ -188,12 +187,7 @@ def _memory_run(q, k, v, gates, ws, base, activation, residual, norm, compiled, 
     config = (len(ws), activation, norm, base is not None, compiled)
     leaves = (q, k, v, *(t for g in gates for t in g), *ws, *(base or ()), gain, bias)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in leaves)
-    args = (q, k, v, gates, K, residual, gain, bias)
-    if needs_grad and any(t.shape[-1] > 1 for g in gates for t in g):
-        # per-channel coefficients are n times larger than the memory's inputs: formed again in the backward
-        inputs = checkpoint(_scan_inputs, *args, use_reentrant=False)
-    else:
-        inputs = _scan_inputs(*args)
+    inputs = _scan_inputs(q, k, v, gates, K, residual, gain, bias)
     if needs_grad:
         y, *ws = MemoryScan.apply(config, *inputs, *ws, *(base or ()))
     else:  # nothing to differentiate: no autograd node, nothing kept for a backward
