@@ -122,7 +122,10 @@ def fused_recurrent_titans_memory(
     B, H, T, D = q.shape
     dtype, out_dtype = compute_dtype(q.dtype, params[0].dtype), q.dtype
     d_ins = [p.shape[-1] for p in params]
-    gates = [layer_gates(g, d_ins, name) for g, name in zip((theta, eta, alpha), GATE_NAMES, strict=True)]
+    # one value per head for every layer (decoding's common case) takes no per-layer bookkeeping per token
+    shared = all(isinstance(g, Tensor) and g.dim() == 3 for g in (theta, eta, alpha))
+    if not shared:
+        gates = [layer_gates(g, d_ins, name) for g, name in zip((theta, eta, alpha), GATE_NAMES, strict=True)]
     if state is None:
         state = initial_state(params, B, dtype)
     pos = state.pos
@@ -143,18 +146,25 @@ def fused_recurrent_titans_memory(
         q, k, v = (flat(t).to(dtype) for t in (q, k, v))
         # per gate, per layer [N, T, C], the same tensor for the layers that share it; the forget gate
         # enters as 1 - alpha
-        per_layer = [
-            _flat_gates(g, flat, dtype, keep=name == "alpha")
-            for g, name in zip(gates, GATE_NAMES, strict=True)
-        ]
-        distinct = {id(g): g for gate in per_layer for g in gate}
+        if shared:
+            th_all, et_all, al_all = (flat(g).to(dtype).unsqueeze(-1) for g in (theta, eta, alpha))
+            per_layer, kp_all, L = None, 1 - al_all, len(params)
+        else:
+            per_layer = [
+                _flat_gates(g, flat, dtype, keep=name == "alpha")
+                for g, name in zip(gates, GATE_NAMES, strict=True)
+            ]
+            distinct = {id(g): g for gate in per_layer for g in gate}
         for t in range(T):
             if pos == 0:
                 base = weights
             q_t, k_t, v_t = q[:, t : t + 1], k[:, t : t + 1], v[:, t : t + 1]  # [N, 1, D]
             deltas, xs = token_grads(base, k_t, v_t, activation, residual, norm, gain, bias)
-            now = {key: g[:, t : t + 1] for key, g in distinct.items()}
-            th, et, kp = ([now[id(g)] for g in gate] for gate in per_layer)  # each per layer [N, 1, C]
+            if per_layer is None:
+                th, et, kp = ([g[:, t : t + 1]] * L for g in (th_all, et_all, kp_all))
+            else:
+                now = {key: g[:, t : t + 1] for key, g in distinct.items()}
+                th, et, kp = ([now[id(g)] for g in gate] for gate in per_layer)  # each per layer [N, 1, C]
             # S = S diag(eta) - delta^T (theta * x);  W = W diag(1 - alpha) + S (or toward M_0)
             momentum = [
                 (s * e).baddbmm_(d.mT, th_i * x, alpha=-1.0)
