@@ -16,8 +16,9 @@ and c = P_A @ E, and every entry lies in [0, 1].
 
 Gates per channel. A channel is a column of a layer's weight W [d_out, d_in] (naive.py says why): the gates
 act as W diag(g), so column c of the memory follows the recurrence above with its own theta_c, eta_c,
-alpha_c, and every coefficient (A, c, G, s, e) gains a trailing channel index, computed by the same stable
-products per channel. Per layer, each gate is one scalar per head (C = 1) or per channel (C = d_in).
+alpha_c, and every coefficient (A, c, G, s, e) gains a trailing channel index. channel_coefficients.py forms
+them by the recurrences behind these sums, products and sums of numbers in [0, 1] only, as stable as the
+interval products. Per layer, each gate is one scalar per head (C = 1) or per channel (C = d_in).
 
 Forgetting toward the initial memory M_0 (``forget_to_init``): M_t - M_0 = (1 - alpha_t)(M_{t-1} - M_0) + S_t.
 The deviation D_t = M_t - M_0 follows exactly the recurrence above (the gradients u_i are still taken at the

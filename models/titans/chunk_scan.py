@@ -474,16 +474,21 @@ class MemoryScan(torch.autograd.Function):
             dout = torch.ops.aten.native_layer_norm_backward(
                 dy, out_q, out_q.shape[-1:], mean_q, rstd_q, None, None, [True, False, False]
             )[0]
+        # With gates per channel the last layer's terms are n times larger: per chunk, while in cache.
+        late = L > 1 and _per_channel(negs[-1], dout)
         if L == 1:
             last = _retrieval_terms(dout, torch.stack(deltas[0]), m0, None, None, None, None)
-        else:
+        elif not late:
             z, x = torch.stack(zs[-1]), torch.stack(xs[-1])
             pz = None if pzs[-1][0] is None else torch.stack(pzs[-1])
             last = _retrieval_terms(dout, torch.stack(deltas[-1]), torch.stack(m_ret[-1]), pz, z, x, negs[-1])
-        dneg_last = last[1]
-        last = list(
-            zip(*(t.unbind(0) if t is not None else [None] * n_chunks for t in (dout, *last)), strict=True)
-        )
+        if late:
+            negs_last, douts_last = negs[-1].unbind(0), dout.unbind(0)
+            last, dneg_late = [None] * n_chunks, [None] * n_chunks
+        else:
+            dneg_last = last[1]
+            columns = (t.unbind(0) if t is not None else [None] * n_chunks for t in (dout, *last))
+            last = list(zip(*columns, strict=True))
         # ac and gs per token: [N n, 1, K] with one coefficient per head, [N n, K, C] per channel
         ac_tok, gs_tok = (
             [t.view(n_chunks, N * n, 1, -1) if t.shape[-1] == 1 else t.flatten(1, 2) for t in group]
@@ -501,6 +506,11 @@ class MemoryScan(torch.autograd.Function):
             new = spare and spare[j % 2]
             h_j = [h[j] for h in hs]
             lhs0_j, xgs0_j, m0_j = per_chunk[j]
+            if late:
+                terms = _retrieval_terms(
+                    douts_last[j], deltas[-1][j], m_ret[-1][j], None, zs[-1][j], xs[-1][j], negs_last[j]
+                )
+                last[j], dneg_late[j] = (douts_last[j], *terms), terms[1]
             lam, g, db = step(lam, new, last[j], ctx.starts[j], b, lhs0_j, xgs0_j, m0_j, layer_chunks[j],
                               ctx.per_chunk[j], h_j, ln_ops[j], activation, norm)  # fmt: skip
             grads.append(g)
@@ -510,6 +520,8 @@ class MemoryScan(torch.autograd.Function):
         # through the keys' LayerNorm.
         grads = grads[::-1]
         d_lhs0, gd, dxgs0 = (torch.stack([g[f] for g in grads]) for f in range(3))
+        if late:
+            dneg_last = torch.stack(dneg_late)
         dm0 = dneg_last if L == 1 else torch.stack([g[3] for g in grads])
         dmixes = [torch.stack([g[4][i] for g in grads]).view(mixes[i].shape) for i in range(L)]
         dacs, dgss = (
