@@ -33,12 +33,35 @@ from models.titans.naive import (
     initial_state,
     naive_recurrent_titans_memory,
 )
+from models.titans.triton_chunk import MAX_DEPTH as TRITON_MAX_DEPTH
+from models.titans.triton_chunk import triton_chunk_titans_memory, triton_problem
 
-# backend -> (op for whole sequences, op for decoding one token at a time)
+# backend -> (op for whole sequences, op for decoding one token at a time). The Triton kernels decode too:
+# one token is one launch (plus the gates' coefficients), against a few dozen operators token by token.
 MEMORY_BACKENDS = {
     "torch-chunked": (chunk_titans_memory, fused_recurrent_titans_memory),
     "torch-recurrent": (naive_recurrent_titans_memory, naive_recurrent_titans_memory),
+    "triton": (triton_chunk_titans_memory, triton_chunk_titans_memory),
 }
+
+
+def resolve_memory_backend(requested: str, memory_depth: int) -> str:
+    """The memory's backend, fixed at build time: "auto" is "triton" on CUDA for the depths its kernels
+    hold, else "torch-chunked"; an explicit "triton" that cannot run here is an error, never a fallback
+    (on a machine without CUDA it runs only under TRITON_INTERPRET=1, Triton's CPU interpreter)."""
+    if requested not in ("auto", *MEMORY_BACKENDS):
+        choices = ", ".join(MEMORY_BACKENDS)
+        raise ValueError(f"unknown Titans backend {requested!r}; choose from auto, {choices}")
+    if requested == "auto":
+        usable = torch.cuda.is_available() and triton_problem() is None and memory_depth <= TRITON_MAX_DEPTH
+        return "triton" if usable else "torch-chunked"
+    if requested == "triton":
+        reason = triton_problem()
+        if reason is None and memory_depth > TRITON_MAX_DEPTH:
+            reason = f"its kernels hold memories of depth 1 to {TRITON_MAX_DEPTH}, not {memory_depth}"
+        if reason is not None:
+            raise ValueError(f"backend 'triton' cannot run here: {reason}")
+    return requested
 
 
 @torch.compiler.disable
@@ -90,10 +113,6 @@ class LMM(Mixer):
         compile_memory: bool = False,
     ):
         super().__init__()
-        if backend not in ("auto", *MEMORY_BACKENDS):
-            raise ValueError(
-                f"unknown Titans backend {backend!r}; choose from auto, {', '.join(MEMORY_BACKENDS)}"
-            )
         if activation not in ACTIVATIONS:
             raise ValueError(
                 f"unknown memory activation {activation!r}; choose from {', '.join(ACTIVATIONS)}"
@@ -109,7 +128,7 @@ class LMM(Mixer):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if n_persistent < 0:
             raise ValueError(f"n_persistent must be >= 0, got {n_persistent}")
-        self.backend = "torch-chunked" if backend == "auto" else backend
+        self.backend = resolve_memory_backend(backend, memory_depth)
         self.memory_op, self.memory_step_op = MEMORY_BACKENDS[self.backend]
         self.n_heads, self.head_dim = n_heads, head_dim
         self.activation, self.chunk_size, self.max_lr = activation, chunk_size, max_lr
@@ -360,8 +379,9 @@ class MAG(Mixer):
 
 
 class TitansConfig(ModelConfig):
-    """What every Titans variant shares: the memory and its heads. ``backend``: "auto" (= "torch-chunked")
-    or "torch-recurrent" (the per-token reference). ``n_heads`` None means d_model // 64 (at least 1),
+    """What every Titans variant shares: the memory and its heads. ``backend``: "auto" ("triton" on CUDA for
+    memory depths 1 and 2, else "torch-chunked"), "torch-chunked", "triton" (the Triton kernels) or
+    "torch-recurrent" (the per-token reference). ``n_heads`` None means d_model // 64 (at least 1),
     ``head_dim`` None means d_model // n_heads."""
 
     n_heads: PositiveInt | None = None
@@ -407,7 +427,7 @@ class TitansWindowConfig(TitansHybridConfig):
 
 
 def titans_backends() -> dict[str, bool | str]:
-    return {"auto": True, "torch-chunked": True, "torch-recurrent": True}
+    return {"auto": True, "torch-chunked": True, "torch-recurrent": True, "triton": triton_problem() or True}
 
 
 @register("titans-lmm", config=TitansConfig, backends=titans_backends, reference="torch-recurrent")

@@ -1,7 +1,10 @@
 """Triton kernels of the Titans memory: one program per (batch, head), looping over the chunks in order.
 
 Imported by triton_chunk.py on first use, never at package import: whether ``triton.jit`` compiles for the
-GPU or runs through Triton's interpreter (TRITON_INTERPRET=1) is fixed when this module is imported.
+GPU or runs through Triton's interpreter (TRITON_INTERPRET=1) is fixed when this module is imported. The
+kernels call only Triton's builtins, none of its library's own jit functions (tl.cdiv and the like): those
+are fixed when triton itself is imported, and the interpreter cannot call compiled ones: so the kernels run
+interpreted whenever this module was imported with TRITON_INTERPRET=1, even if triton was imported before.
 
 Each chunk follows the closed form of chunk.py (its docstring derives it), with the recurrence's
 coefficients (A, c, G, s, e per chunk, from chunk.chunk_coefficients) computed outside by PyTorch for all
@@ -50,7 +53,20 @@ INV_SQRT2 = tl.constexpr(0.7071067811865476)
 INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
-# -- elementwise pieces -------------------------------------------------------------------------------------
+# -- reductions and elementwise pieces ---------------------------------------------------------------------
+@triton.jit
+def _sum(x, axis: tl.constexpr):
+    """tl.sum, spelt as the reduction with its combine function, which the interpreter recognises by
+    identity: tl.sum itself is one of the library's jit functions (see the module docstring)."""
+    return tl.reduce(x, axis, tl.standard._sum_combine)
+
+
+@triton.jit
+def _sum_all(x):
+    """The sum of every entry of a 2-D tile."""
+    return _sum(_sum(x, 1), 0)
+
+
 @triton.jit
 def _act(x, ACT: tl.constexpr):
     if ACT == 0:
@@ -80,9 +96,9 @@ def _act_grad2(x, ACT: tl.constexpr):
 @triton.jit
 def _ln(p, mask_d, n_d, eps):
     """LayerNorm without affine parameters over the D real columns of p [N, BLOCK_D]: (output, 1/std)."""
-    mean = tl.sum(tl.where(mask_d[None, :], p, 0.0), axis=1) / n_d
+    mean = _sum(tl.where(mask_d[None, :], p, 0.0), 1) / n_d
     centred = tl.where(mask_d[None, :], p - mean[:, None], 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / n_d + eps)
+    rstd = 1.0 / tl.sqrt(_sum(centred * centred, 1) / n_d + eps)
     return centred * rstd[:, None], rstd
 
 
@@ -90,8 +106,8 @@ def _ln(p, mask_d, n_d, eps):
 def _ln_bwd(x, o, rstd, mask_d, n_d):
     """The LayerNorm's Jacobian (symmetric) applied to x: rstd (x - mean(x) - o mean(x o))."""
     x = tl.where(mask_d[None, :], x, 0.0)
-    mx = tl.sum(x, axis=1) / n_d
-    mxo = tl.sum(x * o, axis=1) / n_d
+    mx = _sum(x, 1) / n_d
+    mxo = _sum(x * o, 1) / n_d
     return tl.where(mask_d[None, :], rstd[:, None] * (x - mx[:, None] - o * mxo[:, None]), 0.0)
 
 
@@ -106,7 +122,7 @@ def _key_error(p, kv, mask_d, n_d, eps, NORM: tl.constexpr):
         return _ln_bwd(err, o, rstd, mask_d, n_d), o, rstd, err
     else:
         err = kv + 2.0 * p
-        return err, p, tl.sum(p, axis=1) * 0.0, err
+        return err, p, _sum(p, 1) * 0.0, err
 
 
 @triton.jit
@@ -117,9 +133,9 @@ def _key_error_bwd(dd, delta, o, rstd, err, mask_d, n_d, NORM: tl.constexpr):
     if NORM:
         dd = tl.where(mask_d[None, :], dd, 0.0)
         derr = _ln_bwd(dd, o, rstd, mask_d, n_d)
-        m_eo = tl.sum(err * o, axis=1) / n_d
-        m_go = tl.sum(dd * o, axis=1) / n_d
-        m_gd = tl.sum(dd * delta, axis=1) / n_d
+        m_eo = _sum(err * o, 1) / n_d
+        m_go = _sum(dd * o, 1) / n_d
+        m_gd = _sum(dd * delta, 1) / n_d
         h = -rstd[:, None] * (m_eo[:, None] * dd + m_go[:, None] * err)
         dp = _ln_bwd(2.0 * derr + h, o, rstd, mask_d, n_d) - (rstd * m_gd)[:, None] * o
         return derr, dp
@@ -176,9 +192,9 @@ def _coefs(a_ptr, c_ptr, g_ptr, s_ptr, e_ptr, chunk, csz, n_tok, rows, cols_n):
     gm = tl.load(g_ptr + g_off, mask=m[:, None] & (cols_n < csz)[None, :], other=0.0)
     e = tl.load(e_ptr + chunk)
     last = rows == n_tok - 1
-    a_end = tl.sum(tl.where(last, a, 0.0), axis=0)
-    c_end = tl.sum(tl.where(last, c, 0.0), axis=0)
-    g_end = tl.sum(tl.where(last[:, None], gm, 0.0), axis=0)
+    a_end = _sum(tl.where(last, a, 0.0), 0)
+    c_end = _sum(tl.where(last, c, 0.0), 0)
+    g_end = _sum(tl.where(last[:, None], gm, 0.0), 0)
     return a, c, gm, s, e, a_end, c_end, g_end
 
 
@@ -234,7 +250,7 @@ def titans_fwd_d1_kernel(
     dt = w_ptr.dtype.element_ty
     rows, cols, cols_n = tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_N)
     mask_d = cols < D
-    n_chunks = tl.cdiv(t_len, csz)
+    n_chunks = (t_len + csz - 1) // csz  # not tl.cdiv: see the module docstring
     state = pid.to(tl.int64) * D * D
     off = cols[:, None] * D + cols[None, :]
     mask = mask_d[:, None] & mask_d[None, :]
@@ -291,7 +307,7 @@ def titans_bwd_d1_kernel(
     dt = lw_ptr.dtype.element_ty
     rows, cols, cols_n = tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_N)
     mask_d = cols < D
-    n_chunks = tl.cdiv(t_len, csz)
+    n_chunks = (t_len + csz - 1) // csz  # not tl.cdiv: see the module docstring
     state = pid.to(tl.int64) * D * D
     off = cols[:, None] * D + cols[None, :]
     mask = mask_d[:, None] & mask_d[None, :]
@@ -322,7 +338,7 @@ def titans_bwd_d1_kernel(
         out = a[:, None] * r_w + c[:, None] * r_m - _dot(gq, delta, PRECISION)
         dout, dq = _readout_bwd(dy, out, mask_d, D, eps, NORM, RESIDUAL)
         # retrieval: out = A (Q W^T) + c (Q S^T) - (G * Q K^T) delta
-        da, dc = tl.sum(dout * r_w, axis=1), tl.sum(dout * r_m, axis=1)
+        da, dc = _sum(dout * r_w, 1), _sum(dout * r_m, 1)
         dr_w, dr_m = a[:, None] * dout, c[:, None] * dout
         dq += _dot(dr_w, w, PRECISION) + _dot(dr_m, m, PRECISION)
         dgq = -_dot_t(dout, delta, PRECISION)
@@ -331,10 +347,9 @@ def titans_bwd_d1_kernel(
         # update: W' = A_end W + c_end S - (g delta)^T K,  S' = e S - (s delta)^T K
         l_wk, l_mk = _dot_t(kk, lw, PRECISION), _dot_t(kk, lm, PRECISION)
         dd = -(g_end[:, None] * l_wk + s[:, None] * l_mk) - _t_dot(gq, dout, PRECISION)
-        dg_end, ds = -tl.sum(delta * l_wk, axis=1), -tl.sum(delta * l_mk, axis=1)
+        dg_end, ds = -_sum(delta * l_wk, 1), -_sum(delta * l_mk, 1)
         dk -= _dot(g_end[:, None] * delta, lw, PRECISION) + _dot(s[:, None] * delta, lm, PRECISION)
-        da_end, dc_end, de = tl.sum(tl.sum(lw * w, axis=1), axis=0), tl.sum(tl.sum(lw * m, axis=1), axis=0), \
-            tl.sum(tl.sum(lm * m, axis=1), axis=0)  # fmt: skip
+        da_end, dc_end, de = _sum_all(lw * w), _sum_all(lw * m), _sum_all(lm * m)
         lw_new = a_end * lw + _t_dot(dr_w, qq, PRECISION)
         lm = c_end * lw + e * lm + _t_dot(dr_m, qq, PRECISION)
         # the keys: delta from P = K B^T
@@ -381,7 +396,7 @@ def _keys_forward(kk, b1_ptr, b2_ptr, base, D, HID, hrows, cols,
                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, ACT: tl.constexpr,
                   PRECISION: tl.constexpr):  # fmt: skip
     """P2 = act(K B1^T) B2^T, summed over the hidden tiles."""
-    p2 = tl.zeros((BLOCK_N, BLOCK_D), dtype=kk.dtype)
+    p2 = tl.full((BLOCK_N, BLOCK_D), 0.0, kk.dtype)
     for hid0 in range(0, HID, BLOCK_H):
         off1, mask1, off2, mask2 = _tile_offsets(hid0, hrows, cols, D, HID)
         kb1 = tl.load(b1_ptr + base + off1, mask=mask1, other=0.0)
@@ -412,7 +427,7 @@ def titans_fwd_d2_kernel(
     rows, cols, cols_n = tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_N)
     hrows = tl.arange(0, BLOCK_H)
     mask_d = cols < D
-    n_chunks = tl.cdiv(t_len, csz)
+    n_chunks = (t_len + csz - 1) // csz  # not tl.cdiv: see the module docstring
     size = HID * D
     state = pid.to(tl.int64) * size
     for ci in range(n_chunks):
@@ -439,8 +454,8 @@ def titans_fwd_d2_kernel(
         tl.debug_barrier()  # pass 1 has read every tile before pass 2 writes them
         # pass 2, per hidden tile: the first layer's error and retrieval, the second layer's retrieval
         # summed over tiles, and the tile's memory at the chunk end
-        out2 = tl.zeros((BLOCK_N, BLOCK_D), dtype=dt)
-        zx = tl.zeros((BLOCK_N, BLOCK_N), dtype=dt)
+        out2 = tl.full((BLOCK_N, BLOCK_D), 0.0, dt)
+        zx = tl.full((BLOCK_N, BLOCK_N), 0.0, dt)
         for hid0 in range(0, HID, BLOCK_H):
             off1, mask1, off2, mask2 = _tile_offsets(hid0, hrows, cols, D, HID)
             w1 = tl.load(w1_ptr + state + off1, mask=mask1, other=0.0)
@@ -509,7 +524,7 @@ def titans_bwd_d2_kernel(
     rows, cols, cols_n = tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_N)
     hrows = tl.arange(0, BLOCK_H)
     mask_d = cols < D
-    n_chunks = tl.cdiv(t_len, csz)
+    n_chunks = (t_len + csz - 1) // csz  # not tl.cdiv: see the module docstring
     size = HID * D
     state = pid.to(tl.int64) * size
     scratch = pid.to(tl.int64) * BLOCK_N * HID
@@ -540,11 +555,11 @@ def titans_bwd_d2_kernel(
         gq1 = gm1 * qk
         # pass 2: the second layer's retrieval and the update's use of the keys' hidden layer, summed over
         # tiles (the chunk-end gradient is read here, before pass 3 overwrites it)
-        r2 = tl.zeros((BLOCK_N, BLOCK_D), dtype=dt)
-        t2 = tl.zeros((BLOCK_N, BLOCK_D), dtype=dt)
-        l_w2x = tl.zeros((BLOCK_N, BLOCK_D), dtype=dt)
-        l_m2x = tl.zeros((BLOCK_N, BLOCK_D), dtype=dt)
-        zx = tl.zeros((BLOCK_N, BLOCK_N), dtype=dt)
+        r2 = tl.full((BLOCK_N, BLOCK_D), 0.0, dt)
+        t2 = tl.full((BLOCK_N, BLOCK_D), 0.0, dt)
+        l_w2x = tl.full((BLOCK_N, BLOCK_D), 0.0, dt)
+        l_m2x = tl.full((BLOCK_N, BLOCK_D), 0.0, dt)
+        zx = tl.full((BLOCK_N, BLOCK_N), 0.0, dt)
         for hid0 in range(0, HID, BLOCK_H):
             off1, mask1, off2, mask2 = _tile_offsets(hid0, hrows, cols, D, HID)
             w1 = tl.load(cw1_ptr + start + off1, mask=mask1, other=0.0)
@@ -570,22 +585,22 @@ def titans_bwd_d2_kernel(
         gz2 = gm2 * zx
         out2 = a2[:, None] * r2 + c2[:, None] * t2 - _dot(gz2, d2, PRECISION)
         dout2, dq = _readout_bwd(dy, out2, mask_d, D, eps, NORM, RESIDUAL)
-        da2, dc2 = tl.sum(dout2 * r2, axis=1), tl.sum(dout2 * t2, axis=1)
+        da2, dc2 = _sum(dout2 * r2, 1), _sum(dout2 * t2, 1)
         dgz = -_dot_t(dout2, d2, PRECISION)  # dL/d(G * Z2 X2^T)
         dzx = dgz * gm2
         dd2 = -(g2_end[:, None] * l_w2x + s2[:, None] * l_m2x) - _t_dot(gz2, dout2, PRECISION)
-        dg2_end, ds2 = -tl.sum(d2 * l_w2x, axis=1), -tl.sum(d2 * l_m2x, axis=1)
+        dg2_end, ds2 = -_sum(d2 * l_w2x, 1), -_sum(d2 * l_m2x, 1)
         dout2_a, dout2_c = a2[:, None] * dout2, c2[:, None] * dout2
         tl.debug_barrier()  # pass 2 has read the chunk-end gradient before pass 3 overwrites it
         # pass 3, per tile: back through the retrieval and the update to the first layer's error; the
         # memory's gradient at the chunk start written over that at its end
-        dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=dt)
-        da1 = tl.zeros((BLOCK_N,), dtype=dt)
-        dc1 = tl.zeros((BLOCK_N,), dtype=dt)
-        dg1_end = tl.zeros((BLOCK_N,), dtype=dt)
-        ds1 = tl.zeros((BLOCK_N,), dtype=dt)
-        dgq1 = tl.zeros((BLOCK_N, BLOCK_N), dtype=dt)
-        da1_end = tl.sum(da1, axis=0)
+        dk = tl.full((BLOCK_N, BLOCK_D), 0.0, dt)
+        da1 = tl.full((BLOCK_N,), 0.0, dt)
+        dc1 = tl.full((BLOCK_N,), 0.0, dt)
+        dg1_end = tl.full((BLOCK_N,), 0.0, dt)
+        ds1 = tl.full((BLOCK_N,), 0.0, dt)
+        dgq1 = tl.full((BLOCK_N, BLOCK_N), 0.0, dt)
+        da1_end = _sum(da1, 0)
         dc1_end, de1, da2_end, dc2_end, de2 = da1_end, da1_end, da1_end, da1_end, da1_end
         for hid0 in range(0, HID, BLOCK_H):
             off1, mask1, off2, mask2 = _tile_offsets(hid0, hrows, cols, D, HID)
@@ -617,8 +632,8 @@ def titans_bwd_d2_kernel(
             lm2_new = c2_end * lw2 + e2 * lm2 + _t_dot(dout2_c, z2, PRECISION)
             # first layer: retrieval
             dout1 = _act_grad(out1, ACT) * dz2
-            da1 += tl.sum(dout1 * r1, axis=1)
-            dc1 += tl.sum(dout1 * t1, axis=1)
+            da1 += _sum(dout1 * r1, 1)
+            dc1 += _sum(dout1 * t1, 1)
             dout1_a, dout1_c = a1[:, None] * dout1, c1[:, None] * dout1
             dq += _dot(dout1_a, w1, PRECISION) + _dot(dout1_c, m1, PRECISION)
             dgq1 -= _dot_t(dout1, d1, PRECISION)
@@ -627,15 +642,15 @@ def titans_bwd_d2_kernel(
             # first layer: update
             l_w1k, l_m1k = _dot_t(kk, lw1, PRECISION), _dot_t(kk, lm1, PRECISION)
             dd1 = -(g1_end[:, None] * l_w1k + s1[:, None] * l_m1k) - _t_dot(gq1, dout1, PRECISION)
-            dg1_end -= tl.sum(d1 * l_w1k, axis=1)
-            ds1 -= tl.sum(d1 * l_m1k, axis=1)
+            dg1_end -= _sum(d1 * l_w1k, 1)
+            ds1 -= _sum(d1 * l_m1k, 1)
             dk -= _dot(g1_end[:, None] * d1, lw1, PRECISION) + _dot(s1[:, None] * d1, lm1, PRECISION)
-            da1_end += tl.sum(tl.sum(lw1 * w1, axis=1), axis=0)
-            dc1_end += tl.sum(tl.sum(lw1 * m1, axis=1), axis=0)
-            de1 += tl.sum(tl.sum(lm1 * m1, axis=1), axis=0)
-            da2_end += tl.sum(tl.sum(lw2 * w2, axis=1), axis=0)
-            dc2_end += tl.sum(tl.sum(lw2 * m2, axis=1), axis=0)
-            de2 += tl.sum(tl.sum(lm2 * m2, axis=1), axis=0)
+            da1_end += _sum_all(lw1 * w1)
+            dc1_end += _sum_all(lw1 * m1)
+            de1 += _sum_all(lm1 * m1)
+            da2_end += _sum_all(lw2 * w2)
+            dc2_end += _sum_all(lw2 * m2)
+            de2 += _sum_all(lm2 * m2)
             # the keys' first error: delta1 = act'(P1) * (delta2 B2)
             dback1 = _act_grad(p1, ACT) * dd1
             dd2 += _dot_t(dback1, kb2, PRECISION)
