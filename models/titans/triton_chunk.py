@@ -114,109 +114,111 @@ def _strides(t: Tensor) -> tuple[int, ...]:
 class TritonChunkMemory(torch.autograd.Function):
     """The kernels over one call, with their backward.
 
-    Inputs: cfg (a dict: depth, activation code, norm, residual, chunk size, head length L0 (the rest of a
-    chunk begun earlier, 0 if none), precision, dtype); q, k, v [B, H, T, D]; per launch (head, then body)
-    per memory layer the coefficients (A, c, G, s, e) or Nones; per layer the weights, then per layer the
-    momentum, [B, H, d_out, d_in]; then, when L0 > 0, per layer the chunk's base. Outputs: y [B, H, T, D],
-    per layer the weights and the momentum after the call, and, when the body's last chunk is partial, per
-    layer its starting weights (the base that the next call continues from).
+    Inputs: cfg (a dict: depth, activation code, norm, residual, chunk size, head_len (the rest of a chunk
+    begun earlier, 0 if none), ends_mid_chunk, save (keep each chunk's starting memory for a backward),
+    precision, dtype); q, k, v [B, H, T, D]; per launch (head, then body) per memory layer the coefficients
+    (A, c, G, s, e) or Nones; per layer the weights, [B, H, d_out, d_in] or, for a sequence's start, the
+    initial weights [H, d_out, d_in]; per layer the momentum, [B, H, d_out, d_in] or None for zero; then,
+    when head_len > 0, per layer the chunk's base. Outputs: y [B, H, T, D], per layer the weights and the
+    momentum after the call, and, when the body's last chunk is partial, per layer its starting weights
+    (the base that the next call continues from).
     """
 
     @staticmethod
-    def forward(ctx, cfg: dict, q: Tensor, k: Tensor, v: Tensor, *rest: Tensor):
+    def forward(ctx, cfg: dict, q: Tensor, k: Tensor, v: Tensor, *rest: Tensor | None):
         kern = _kernels()
         depth, dtype = cfg["depth"], cfg["dtype"]
         n_coef = 2 * depth * 5
         coefs, rest = rest[:n_coef], rest[n_coef:]
         weights, momenta, base = rest[:depth], rest[depth : 2 * depth], rest[2 * depth :]
         B, H, T, D = q.shape
-        BH = B * H
-        work_w = [_buffer(w, dtype) for w in weights]
-        work_m = [_buffer(m, dtype) for m in momenta]
-        base = [_buffer(b, dtype) for b in base]
+        shapes = [(H, *w.shape[-2:]) for w in weights]
+        work_w = [_buffer(w, s, B, dtype, q.device) for w, s in zip(weights, shapes, strict=True)]
+        work_m = [_buffer(m, s, B, dtype, q.device) for m, s in zip(momenta, shapes, strict=True)]
+        base = [_buffer(b, s, B, dtype, q.device) for b, s in zip(base, shapes, strict=False)]
         y = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
-        save = cfg["save"]
-        launches = _launches(cfg, T, coefs)
         ckpts, out_base = [], []
-        for name, t0, t_len, csz, layer_coefs in launches:
-            n_chunks = -(-t_len // csz)
-            pairs = [t for wm in zip(work_w, work_m, strict=True) for t in wm]  # W1, S1, W2, S2
-            ckpt = [t.new_empty(BH, n_chunks, *t.shape[1:]) for t in pairs] if save else []
-            write_base = name == "body" and cfg["ends_mid_chunk"]
-            if write_base:
+        for name, t0, t_len, csz, layer_coefs in _launches(cfg, T, coefs):
+            ckpt = []
+            if cfg["save"]:
+                n_chunks = -(-t_len // csz)
+                pairs = [t for wm in zip(work_w, work_m, strict=True) for t in wm]  # W1, S1, W2, S2
+                ckpt = [t.new_empty(B * H, n_chunks, *t.shape[1:]) for t in pairs]
+            if name == "body" and cfg["ends_mid_chunk"]:
                 out_base = [torch.empty_like(w) for w in work_w]
             span = slice(t0, t0 + t_len)
             q_, k_, v_, y_ = (t[:, :, span] for t in (q, k, v, y))
-            _launch_forward(kern, cfg, BH, H, q_, k_, v_, y_, layer_coefs, work_w, work_m,
-                            base if name == "head" else [], ckpt, out_base if write_base else [],
+            _launch_forward(kern, cfg, B * H, H, q_, k_, v_, y_, layer_coefs, work_w, work_m,
+                            base if name == "head" else [], ckpt, out_base if name == "body" else [],
                             t_len, csz)  # fmt: skip
             ckpts.append(ckpt)
-        ctx.cfg, ctx.launches = cfg, [(name, t0, t_len, csz) for name, t0, t_len, csz, _ in launches]
-        ctx.shapes = (q.shape, q.dtype, k.dtype, v.dtype, [w.shape for w in weights])
-        flat_ckpt = [t for c in ckpts for t in c]
-        ctx.n_ckpt = [len(c) for c in ckpts]
-        ctx.save_for_backward(q, k, v, *coefs, *base, *flat_ckpt)
-        view = [w.view(B, H, *w.shape[1:]) for w in (*work_w, *work_m, *out_base)]
-        return (y, *view)
+        ctx.cfg = cfg
+        ctx.meta = (q.shape, q.dtype, k.dtype, v.dtype, shapes, [w.dim() for w in weights],
+                    [m is not None for m in momenta], [len(c) for c in ckpts])  # fmt: skip
+        ctx.save_for_backward(q, k, v, *coefs, *base, *(t for c in ckpts for t in c))
+        return (y, *(w.view(B, H, *w.shape[1:]) for w in (*work_w, *work_m, *out_base)))
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dy: Tensor, *d_state: Tensor):
+    def backward(ctx, dy: Tensor | None, *d_state: Tensor | None):
         kern = _kernels()
         cfg = ctx.cfg
         depth, dtype = cfg["depth"], cfg["dtype"]
-        (B, H, T, D), q_dtype, k_dtype, v_dtype, w_shapes = ctx.shapes
-        BH = B * H
-        saved = ctx.saved_tensors
-        q, k, v = saved[:3]
+        (B, H, T, D), q_dtype, k_dtype, v_dtype, shapes, w_dims, has_m, n_ckpt = ctx.meta
         n_coef = 2 * depth * 5
-        coefs = saved[3 : 3 + n_coef]
-        rest = saved[3 + n_coef :]
+        q, k, v, *saved = ctx.saved_tensors
+        coefs, saved = saved[:n_coef], saved[n_coef:]
         n_base = depth if cfg["head_len"] else 0
-        base, flat_ckpt = list(rest[:n_base]), rest[n_base:]
+        base, saved = saved[:n_base], saved[n_base:]
+        ckpts = []
+        for n in n_ckpt:
+            ckpts.append(saved[:n])
+            saved = saved[n:]
         device = q.device
 
-        def grad_or_zeros(g: Tensor | None, shape) -> Tensor:
-            buf = torch.zeros(BH, *shape[2:], dtype=dtype, device=device)
+        def buffer(g: Tensor | None, shape) -> Tensor:
+            buf = torch.zeros(B * H, *shape[1:], dtype=dtype, device=device)
             if g is not None:
-                buf.view(shape).copy_(g)
+                buf.view(B, *shape).copy_(g)
             return buf
 
-        lam_w = [grad_or_zeros(g, s) for g, s in zip(d_state[:depth], w_shapes, strict=True)]
-        lam_m = [grad_or_zeros(g, s) for g, s in zip(d_state[depth : 2 * depth], w_shapes, strict=True)]
+        # dL/d(memory), carried in place from the call's end to its start by the launches in reverse
+        lam_w = [buffer(g, s) for g, s in zip(d_state[:depth], shapes, strict=True)]
+        lam_m = [buffer(g, s) for g, s in zip(d_state[depth : 2 * depth], shapes, strict=True)]
         d_out_base = d_state[2 * depth :]
         dy = torch.zeros(B, H, T, D, dtype=dtype, device=device) if dy is None else dy.contiguous()
         dq, dk, dv = (torch.empty(B, H, T, D, dtype=dtype, device=device) for _ in range(3))
         d_coefs: list[Tensor | None] = [None] * n_coef
         d_base = [torch.zeros_like(b) for b in base]
         launches = _launches(cfg, T, coefs)
-        ckpts, start = [], 0
-        for n in ctx.n_ckpt:
-            ckpts.append(flat_ckpt[start : start + n])
-            start += n
         for idx in reversed(range(len(launches))):
             name, t0, t_len, csz, layer_coefs = launches[idx]
-            first = 0 if name == "head" else 5 * depth
             grads = [torch.empty_like(t) for lc in layer_coefs for t in lc]
-            for j, g in enumerate(grads):
-                d_coefs[first + j] = g
+            first = 0 if name == "head" else 5 * depth
+            d_coefs[first : first + len(grads)] = grads
             d_ob = []
             if name == "body" and cfg["ends_mid_chunk"] and any(g is not None for g in d_out_base):
-                d_ob = [grad_or_zeros(g, s) for g, s in zip(d_out_base, w_shapes, strict=True)]
+                d_ob = [buffer(g, s) for g, s in zip(d_out_base, shapes, strict=True)]
             span = slice(t0, t0 + t_len)
             tensors = [t[:, :, span] for t in (q, k, v, dy, dq, dk, dv)]
-            _launch_backward(kern, cfg, BH, H, tensors, layer_coefs, grads, ckpts[idx],
+            _launch_backward(kern, cfg, B * H, H, tensors, layer_coefs, grads, ckpts[idx],
                              base if name == "head" else [], lam_w, lam_m,
                              d_base if name == "head" else [], d_ob, t_len, csz)  # fmt: skip
-        views = [lam.view(s) for lam, s in zip((*lam_w, *lam_m), (*w_shapes, *w_shapes), strict=True)]
-        d_base_views = [d.view(s) for d, s in zip(d_base, w_shapes[: len(d_base)], strict=True)]
-        return (None, dq.to(q_dtype), dk.to(k_dtype), dv.to(v_dtype), *d_coefs, *views, *d_base_views)
+        # initial weights [H, d_out, d_in] were broadcast over the batch: their gradient sums over it
+        d_w = [lam.view(B, *s).sum(0) if dim == 3 else lam.view(B, *s)
+               for lam, s, dim in zip(lam_w, shapes, w_dims, strict=True)]  # fmt: skip
+        d_m = [lam.view(B, *s) if keep else None for lam, s, keep in zip(lam_m, shapes, has_m, strict=True)]
+        d_b = [d.view(B, *s) for d, s in zip(d_base, shapes[:n_base], strict=True)]
+        return (None, dq.to(q_dtype), dk.to(k_dtype), dv.to(v_dtype), *d_coefs, *d_w, *d_m, *d_b)
 
 
-def _buffer(t: Tensor, dtype: torch.dtype) -> Tensor:
-    """A fresh contiguous [B * H, d_out, d_in] copy of a state tensor, which the kernels update in place."""
-    buf = torch.empty(t.shape[0] * t.shape[1], *t.shape[2:], dtype=dtype, device=t.device)
-    buf.view(t.shape).copy_(t)
+def _buffer(t: Tensor | None, shape: tuple[int, ...], batch: int, dtype: torch.dtype, device) -> Tensor:
+    """A fresh [batch * H, d_out, d_in] copy of a state tensor ([B, H, ...], or [H, ...] broadcast over the
+    batch; None for zeros), which the kernels update in place."""
+    if t is None:
+        return torch.zeros(batch * shape[0], *shape[1:], dtype=dtype, device=device)
+    buf = torch.empty(batch * shape[0], *shape[1:], dtype=dtype, device=device)
+    buf.view(batch, *shape).copy_(t)
     return buf
 
 
@@ -347,35 +349,36 @@ def triton_chunk_titans_memory(
         raise RuntimeError(problem)
     B, H, T, D = q.shape
     dtype = compute_dtype(q.dtype, params[0].dtype)
-    if state is None:
-        state = initial_state(params, B, dtype)
-    pos = state.pos
     if T == 0:
-        return q.new_zeros(B, H, 0, D), state
+        return q.new_zeros(B, H, 0, D), state or initial_state(params, B, dtype)
+    pos = 0 if state is None else state.pos
     head_len = min(T, chunk_size - pos) if pos > 0 else 0
     end_pos = (pos + T) % chunk_size
     depth = len(params)
     cfg = dict(depth=depth, act=ACT_CODES[activation], norm=norm, residual=residual, chunk_size=chunk_size,
                head_len=head_len, dtype=dtype, precision=_precision(dtype),
                ends_mid_chunk=end_pos > 0 and T > head_len)  # fmt: skip
+    # a sequence's start: the initial weights broadcast over the batch by the kernels' buffers, no momentum
+    weights = tuple(params) if state is None else tuple(state.weights)
+    momenta = (None,) * depth if state is None else tuple(state.momentum)
     base = tuple(state.base) if head_len else ()
-    inputs = (q, k, v, theta, eta, alpha, *state.weights, *state.momentum, *base)
+    inputs = (q, k, v, theta, eta, alpha, *weights, *(m for m in momenta if m is not None), *base)
     # the chunks' starting memory is kept only for a backward
     cfg["save"] = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
     with torch.autocast(q.device.type, enabled=False):
-        gates = [g.to(dtype).reshape(B * H, T) for g in (theta, eta, alpha)]
+        gates = [(g if g.dtype == dtype else g.to(dtype)).reshape(B * H, T) for g in (theta, eta, alpha)]
         coefs: list[Tensor | None] = [None] * (2 * depth * 5)
         for i, (lo, hi, size) in enumerate(((0, head_len, head_len), (head_len, T, chunk_size))):
             if hi > lo:
                 launch = _coefficients(*(g[:, lo:hi] for g in gates), size)
                 # today one set of gates drives every layer; per-layer gates would pass a set each
                 coefs[i * 5 * depth : (i + 1) * 5 * depth] = launch * depth
-        y, *outs = TritonChunkMemory.apply(cfg, q, k, v, *coefs, *state.weights, *state.momentum, *base)
+        y, *outs = TritonChunkMemory.apply(cfg, q, k, v, *coefs, *weights, *momenta, *base)
     weights, momentum = tuple(outs[:depth]), tuple(outs[depth : 2 * depth])
     if end_pos == 0:
         new_base = weights
     elif cfg["ends_mid_chunk"]:
         new_base = tuple(outs[2 * depth :])
     else:  # the call ended inside the chunk an earlier call began
-        new_base = tuple(state.base)
+        new_base = base
     return y, MemoryState(weights, momentum, new_base, end_pos)
