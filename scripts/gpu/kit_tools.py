@@ -448,7 +448,7 @@ def _titans_backends_section(run: Path) -> list[str]:
             ratios = []
             for slow, fast in zip(*pair, strict=True):
                 ok = slow and fast and slow.get("status") == fast.get("status") == "ok"
-                ratios.append(f"{fast['tokens_per_s'] / slow['tokens_per_s']:.1f}x" if ok else "–")
+                ratios.append(f"{fast['tokens_per_s'] / slow['tokens_per_s']:.2g}x" if ok else "–")
             lines.append(f"| {model} | speed-up | " + " | ".join(ratios) + " |")
         for model in BESIDE_TITANS:
             found = [_find(beside, mode=mode, seq_len=t, model=model) for t in lens]
