@@ -17,8 +17,9 @@ What runs per call (triton_kernels.py has the kernels and their tiling):
 The backward is as many launches, over the chunks in reverse, from each chunk's starting memory, which the
 forward saves when a gradient is wanted; everything inside a chunk is recomputed.
 
-Runs on CUDA, or on the CPU through Triton's interpreter (TRITON_INTERPRET=1, set before the first call),
-which the tests use. Memory depth 1 or 2 (depth 3 and more: chunk_titans_memory).
+Runs on CUDA, or on the CPU through Triton's interpreter (TRITON_INTERPRET=1 when the op is called), which
+the tests use. Memory depth 1 or 2 (depth 3 and more: chunk_titans_memory). A call computes in float32
+(float64 for float64 inputs), its products in tf32 only when torch.backends.cuda.matmul.allow_tf32 is on.
 """
 
 from __future__ import annotations

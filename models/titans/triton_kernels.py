@@ -29,8 +29,9 @@ written back tile by tile) and four backward. The memory's state lives in fp32 (
 buffers in global memory that each program updates in place, a [D, hidden] memory per layer per head (at
 D 64, hidden 256: 256 KiB with the momentum), too large for one multiprocessor's registers or shared
 memory: what is on chip at a time is one tile of each matrix, the chunk's keys, queries and values, and
-the accumulators; the tiles stream through the L2 cache, which holds the state of every head at once.
-Depth 1 holds its whole [D, D] weights and momentum as one tile.
+the accumulators; the tiles stream through the L2 cache, which holds the state of every head at once
+(16 heads: 4 MiB). Depth 1 keeps its whole [D, D] weights and momentum in registers from the first chunk
+to the last (at D 64: 32 KiB, 32 values per thread at 8 warps), and its backward the gradient likewise.
 
 Backward. The forward saves each chunk's starting memory (``SAVE``); the backward walks the chunks in
 reverse, recomputes the chunk's forward from that memory, and carries dL/d(memory) from the chunk's end to

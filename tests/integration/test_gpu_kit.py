@@ -148,6 +148,17 @@ def test_merge_validate_keeps_every_row_and_names_a_missing_model(tmp_path):
     assert "| a | row |" in table and "| b | row |" in table and "| c |" in table
 
 
+def test_titans_kernels_compile_for_hopper():
+    """The Titans memory's Triton kernels, compiled for sm_90 here without a GPU (Triton ships ptxas):
+    what the CPU interpreter cannot show, e.g. tl.dot's shape rules, is checked before a GPU is lent."""
+    proc = subprocess.run(
+        [sys.executable, str(KIT / "compile_titans_kernels.py")], capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("titans_")]
+    assert len(lines) == 4 and all("sm_90" in line and "registers" in line for line in lines), proc.stdout
+
+
 # --- the carried wheels (PyPI) ---
 
 
