@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from pydantic import PositiveFloat, PositiveInt
 
-from bench.registry import register
 from models.modules.attention import Attention
+from models.modules.catalog import ModelFamily
 from models.modules.config import ModelConfig
 from models.modules.lm import LanguageModel
 
@@ -31,7 +31,6 @@ def transformer_backends() -> dict[str, bool | str]:
     }
 
 
-@register("transformer", config=TransformerConfig, backends=transformer_backends, reference="torch")
 def build_transformer(config: TransformerConfig) -> LanguageModel:
     c = config
     heads = c.n_heads or max(1, c.d_model // 64)
@@ -42,3 +41,13 @@ def build_transformer(config: TransformerConfig) -> LanguageModel:
         lambda i: Attention(c.d_model, heads, window=c.window, backend=c.backend, rope_base=c.rope_base),
         mlp_hidden=c.mlp_hidden,
     )
+
+
+TRANSFORMER = ModelFamily(
+    "transformer",
+    build_transformer,
+    TransformerConfig,
+    transformer_backends,
+    reference="torch",
+    context="window",
+)

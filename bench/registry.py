@@ -5,7 +5,10 @@ An entry is an object registered under a name with the metadata declared beside 
 ``"package.module:object"`` string imported on first use. Three sources fill a registry:
 
 - built-ins, discovered by importing every module of the registry's built-in packages (``models`` and
-  ``baselines`` for models, ``bench.tasks`` for tasks); a built-in that fails to import is an error that
+  ``baselines`` for models, ``bench.tasks`` for tasks, ...): a module registers its objects with the
+  registry's decorator, or, where it must not know the harness (the model zoo), defines catalog entries
+  that the registry collects (``models.modules.catalog.ModelFamily``: any module-level object with a
+  ``name``, a ``build``, a ``config`` and ``backends``); a built-in that fails to import is an error that
   names it, never a silent gap;
 - installed packages, through an entry-point group (``titans_bench.models``);
 - ``"package.module:object"`` strings, accepted wherever a name is.
@@ -103,15 +106,37 @@ def _load_file(path: str) -> Any:
     return module
 
 
+CATALOG_FIELDS = ("name", "build", "config", "backends")
+# What a catalog entry may declare besides its name and builder: the registry's model metadata.
+CATALOG_METADATA = ("config", "backends", "reference", "reference_args", "context", "size_knob")
+
+
+def is_catalog_entry(obj: Any) -> bool:
+    """A model family described as plain data (``models.modules.catalog.ModelFamily``), recognised by its
+    fields so that the registry never imports the models."""
+    return not isinstance(obj, type) and all(hasattr(obj, f) for f in CATALOG_FIELDS)
+
+
+def catalog_entry(name: str, family: Any) -> Entry:
+    """The registry entry of a catalog entry: its builder, with its declared facts as metadata."""
+    metadata = {k: getattr(family, k) for k in CATALOG_METADATA if getattr(family, k, None) is not None}
+    return Entry(name, family.build, metadata)
+
+
 class Registry:
-    """Names -> entries of one kind (``"model"``, ``"task"``)."""
+    """Names -> entries of one kind (``"model"``, ``"task"``, ...)."""
 
     def __init__(
-        self, kind: str, builtin_packages: tuple[str, ...] = (), entry_point_group: str | None = None
+        self,
+        kind: str,
+        builtin_packages: tuple[str, ...] = (),
+        entry_point_group: str | None = None,
+        collect_catalog: bool = False,
     ):
         self.kind = kind
         self.builtin_packages = builtin_packages
         self.entry_point_group = entry_point_group
+        self.collect_catalog = collect_catalog
         self._entries: dict[str, Entry] = {}
         self._discovered = False
 
@@ -132,21 +157,33 @@ class Registry:
         self._entries[name] = Entry(name, target, metadata)
 
     def _discover(self) -> None:
-        """Import every module of the built-in packages once, so their ``@register`` lines run."""
+        """Import every module of the built-in packages once (subpackages included), so their
+        ``@register`` lines run and their catalog entries are collected."""
         if self._discovered:
             return
         self._discovered = True
         for package_name in self.builtin_packages:
             package = importlib.import_module(package_name)
-            for info in pkgutil.iter_modules(package.__path__, package_name + "."):
+            for info in pkgutil.walk_packages(package.__path__, package_name + "."):
                 try:
-                    importlib.import_module(info.name)
+                    module = importlib.import_module(info.name)
                 except Exception as err:  # noqa: BLE001 - name the module that broke
                     self._discovered = False
                     problem = f"{type(err).__name__}: {err}"
                     raise BenchError(
                         f"built-in {self.kind} module {info.name!r} failed to import: {problem}"
                     ) from err
+                if self.collect_catalog:
+                    self._collect(module)
+
+    def _collect(self, module: Any) -> None:
+        for value in vars(module).values():
+            if is_catalog_entry(value) and isinstance(value.name, str):
+                known = self._entries.get(value.name)
+                if known is None:
+                    self._entries[value.name] = catalog_entry(value.name, value)
+                elif known.target is not value.build:
+                    raise BenchError(f"{self.kind} name {value.name!r} is registered twice")
 
     def _entry_points(self) -> dict[str, Any]:
         """Installed packages' entry points, read afresh so a new install is seen at once."""
@@ -162,6 +199,11 @@ class Registry:
     def get(self, name: str) -> Entry:
         """The entry for a registered name or a ``"package.module:object"`` string."""
         if ":" in name:
+            if self.collect_catalog:
+                target = import_object(name)
+                if is_catalog_entry(target):  # "pkg.module:FAMILY": the family, with what it declares
+                    return catalog_entry(name, target)
+                return Entry(name, target)
             return Entry(name, name)
         self._discover()
         if name in self._entries:
@@ -173,18 +215,26 @@ class Registry:
             target = plugin.load()
         except Exception as err:  # noqa: BLE001 - a plug-in may fail in any way; say which one
             raise BenchError(f"plug-in {self.kind} {name!r} ({plugin.value}) failed to load: {err}") from None
-        self._entries[name] = Entry(name, target)
+        entry = catalog_entry(name, target) if self.collect_catalog and is_catalog_entry(target) else None
+        self._entries[name] = entry or Entry(name, target)
         return self._entries[name]
 
 
 # -- models ------------------------------------------------------------------------------------------------
-# A model entry's metadata: ``config`` (the family's pydantic config class, which validates a build's
-# arguments), ``backends`` (a function -> {backend: True or the reason it cannot run here}) and
-# ``reference`` (the slow, obviously correct backend `bench validate` checks the others against). A plug-in
-# without a config is any factory(vocab_size, d_model, n_layers, backend="auto", **options); it may declare
-# ``available_backends`` and ``reference_backend`` as attributes of the factory.
+# A model entry's metadata (models.modules.catalog.ModelFamily documents each): ``config`` (the family's
+# pydantic config class, which validates a build's arguments), ``backends`` (a function -> {backend: True
+# or the reason it cannot run here}), ``reference`` (the slow, obviously correct backend `bench validate`
+# checks the others against) and ``reference_args``, ``context`` (the argument that bounds its attention
+# context) and ``size_knob``. A plug-in without a config is any factory(vocab_size, d_model, n_layers,
+# backend="auto", **options); it may declare ``available_backends`` and ``reference_backend`` as
+# attributes of the factory, or be a ModelFamily itself.
 
-MODELS = Registry("model", builtin_packages=("baselines", "models"), entry_point_group="titans_bench.models")
+MODELS = Registry(
+    "model",
+    builtin_packages=("baselines", "models"),
+    entry_point_group="titans_bench.models",
+    collect_catalog=True,
+)
 
 
 def register(name: str, **metadata: Any) -> Callable[[Any], Any]:
@@ -216,6 +266,18 @@ def build(name: str, **kwargs: Any):
     if model is None:
         raise BenchError(f"model {name!r}: its factory returned None instead of a model")
     return model
+
+
+def model_config(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Every setting a model is built with: its family's config with the defaults filled in (what a report
+    prints so that a reader sees the whole model), or for a plug-in the factory's defaults and the
+    arguments given."""
+    entry = MODELS.get(name)
+    config_class = entry.metadata.get("config")
+    if config_class is not None:
+        return make_config(name, config_class, kwargs).model_dump(mode="json")
+    defaults = {k: v for k, v in model_parameters(name).items() if v is not inspect.Parameter.empty}
+    return {**defaults, **kwargs}
 
 
 def make_config(name: str, config_class: Any, kwargs: dict[str, Any]) -> Any:
@@ -278,10 +340,31 @@ def reference_backend(name: str) -> str | None:
     return entry.get("reference") or entry.get("reference_backend")
 
 
+def context_argument(name: str) -> tuple[str, Any] | None:
+    """(the argument that bounds a model's attention context, its default) or None for a model that
+    declares none (no attention, or a plug-in that says nothing)."""
+    arg = MODELS.get(name).metadata.get("context")
+    if arg is None:
+        return None
+    return arg, model_parameters(name).get(arg)
+
+
 # -- tasks -------------------------------------------------------------------------------------------------
 # A task entry is a Task subclass (bench.tasks.base) registered with ``@register_task("name")``.
 
 TASKS = Registry("task", builtin_packages=("bench.tasks",))
+
+# -- scorers -----------------------------------------------------------------------------------------------
+# A scorer entry is a Scorer subclass (bench.scoring.base) registered with ``@register_scorer("name")``;
+# a task names its scorer.
+
+SCORERS = Registry("scorer", builtin_packages=("bench.scoring",))
+
+# -- report sections ---------------------------------------------------------------------------------------
+# A section entry renders the records of one scorer in REPORT.md (bench.analysis.sections); a scorer names
+# its section.
+
+SECTIONS = Registry("report section", builtin_packages=("bench.analysis.sections",))
 
 
 def register_task(name: str, **metadata: Any) -> Callable[[Any], Any]:

@@ -1,4 +1,4 @@
-"""Operator calls per token of one-layer models on the CPU (bench.running.dispatch.count_dispatches).
+"""Operator calls per token of one-layer models on the CPU (bench.measure.launches.count_dispatches).
 
     python scripts/count_titans_dispatches.py [--seq 4096] [--models titans-lmm,transformer,mamba2,deltanet]
                                               [--chunk-size 16] [--compiled] [--titans-backend triton]
@@ -26,8 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench  # noqa: E402
+from bench.measure.launches import count_dispatches  # noqa: E402
 from bench.registry import describe_backends  # noqa: E402
-from bench.running.dispatch import count_dispatches  # noqa: E402
 
 
 def build(name: str, chunk_size: int, compiled: bool, titans_backend: str):

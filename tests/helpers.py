@@ -4,6 +4,7 @@ import torch
 
 import bench
 from bench.registry import describe_backends
+from bench.results import AccuracyRow, parse_row
 from bench.spec.cells import AccuracyCell
 from bench.spec.config import TrainSettings
 from bench.tasks import make_task
@@ -31,6 +32,12 @@ def tiny_model(name: str, **overrides):
 TINY_MODEL = ["--d-model", "16", "--n-layers", "1", "--no-progress"]
 
 
+def stored(cell, record: dict, **changes) -> AccuracyRow:
+    """The typed row a report reads for ``cell`` measured as ``record`` (as the ledger stores it), with
+    ``changes`` applied to the stored record."""
+    return parse_row({"key": cell.key, **cell.model_dump(), **record, **changes})
+
+
 def accuracy_cell(model: str, task: str, task_args: dict, seq_len: int, **train) -> AccuracyCell:
     """An accuracy cell of a small model on the CPU, trained with ``train`` settings."""
     return AccuracyCell(
@@ -40,7 +47,7 @@ def accuracy_cell(model: str, task: str, task_args: dict, seq_len: int, **train)
         vocab_size=make_task(task, task_args).vocab_size,
         d_model=64,
         n_layers=2,
-        seq_len=seq_len,
+        train_len=seq_len,
         batch_size=32,
         dtype="float32",
         device="cpu",

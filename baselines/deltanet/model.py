@@ -15,6 +15,12 @@ Backends: "fla" runs flash-linear-attention's own ``DeltaNet`` / ``GatedDeltaNet
 kernels, CUDA); "torch-chunked" our pure-PyTorch chunkwise (WY) form; "torch-recurrent" the per-token
 reference. Our mixers name and shape every parameter as fla's layers do, so a state_dict moves between
 backends.
+
+Our mixers (both torch backends) support state passing: ``forward_from`` continues from a state (the three
+conv windows and the memory, as ``prefill`` returns it) with gradients into it. fla's layers are left
+without it: whether their kernels carry gradients through a carried conv window and memory (also on the
+per-token path they switch to for 64 tokens or fewer) cannot be checked without CUDA. ``trace`` reports by
+position the memory's norm and the write strength beta (and the decay, for the gated rule).
 """
 
 from __future__ import annotations
@@ -34,7 +40,6 @@ from baselines.deltanet.naive import (
     gated_delta_rule_recurrent,
     gated_delta_rule_step,
 )
-from bench.registry import register
 from models.modules.backends import (
     TORCH_BACKENDS,
     UpstreamMixer,
@@ -42,6 +47,7 @@ from models.modules.backends import (
     torch_or_upstream_backends,
     upstream_problem,
 )
+from models.modules.catalog import ModelFamily
 from models.modules.config import ModelConfig
 from models.modules.conv import CausalConv1d
 from models.modules.dtypes import compute_dtype, dtype_bytes
@@ -95,6 +101,7 @@ class DeltaNet(Mixer):
     (``gated=False``) or ``GatedDeltaNet`` (``gated=True``); q/k activation SiLU, q/k norm L2, beta on."""
 
     state_growth = "constant"
+    supports_state_passing = True
 
     def __init__(
         self,
@@ -194,23 +201,55 @@ class DeltaNet(Mixer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x, None)[0]
 
+    def forward_from(self, x: torch.Tensor, state: DeltaState | None) -> tuple[torch.Tensor, DeltaState]:
+        return self._run(x, state)
+
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, DeltaState]:
         return self._run(x, None)
+
+    @torch.no_grad()
+    def trace(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Diagnostics by position for x [B, T, d], each [B, T] in float32:
+
+        - ``state_norm``: the Frobenius norm of each head's memory [K, V] after each token, summed over heads
+          (the conv windows are not part of it);
+        - ``beta``: the write strength, averaged over heads (how much of the error v - S^T k is written);
+        - ``decay`` (gated rule only): the factor exp(g) by which the token multiplies a head's memory before
+          writing, averaged over heads (1 keeps the memory, 0 erases it).
+
+        The memories come from the decoding step, token by token: those ``prefill`` returns, to rounding."""
+        q, k, v, _ = self._qkv(x, None)
+        beta, g = self._gates(x)
+        memory = self.init_state(x.shape[0], x.device, x.dtype).memory
+        norms = []
+        for t in range(x.shape[1]):
+            _, memory = self._rule_step(
+                memory, q[:, t], k[:, t], v[:, t], beta[:, t], None if g is None else g[:, t]
+            )
+            norms.append(torch.linalg.matrix_norm(memory).sum(-1))
+        trace = {"state_norm": torch.stack(norms, 1), "beta": beta.mean(-1)}
+        if g is not None:
+            trace["decay"] = g.exp().mean(-1)
+        return {name: values.float() for name, values in trace.items()}
 
     def init_state(self, batch_size: int, device, dtype) -> DeltaState:
         shape = (batch_size, self.num_heads, self.head_k_dim, self.head_v_dim)
         memory = torch.zeros(shape, device=device, dtype=compute_dtype(dtype))
         return DeltaState([c.init_state(batch_size, device, dtype) for c in self._convs()], memory)
 
+    def _rule_step(self, memory, q, k, v, beta, g):
+        """One token of the (gated) delta rule on the memory [B, H, K, V]: q, k [B, H, K], v [B, H, V],
+        beta and g (None for the plain rule) [B, H] -> (o [B, H, V], new memory)."""
+        wide = memory.dtype  # the step functions take everything in the memory's dtype
+        q, k, v, beta = q.to(wide), k.to(wide), v.to(wide), beta.to(wide)
+        if g is None:
+            return delta_rule_step(memory, q, k, v, beta)
+        return gated_delta_rule_step(memory, q, k, v, g.to(wide), beta)
+
     def step(self, x: torch.Tensor, state: DeltaState) -> tuple[torch.Tensor, DeltaState]:
         q, k, v, windows = self._qkv(x, state.conv, one_token=True)
         beta, g = self._gates(x)
-        wide = state.memory.dtype  # the step functions take everything in the state's dtype
-        q, k, v, beta = q.to(wide), k.to(wide), v.to(wide), beta.to(wide)
-        if g is None:
-            o, memory = delta_rule_step(state.memory, q, k, v, beta)
-        else:
-            o, memory = gated_delta_rule_step(state.memory, q, k, v, g.to(wide), beta)
+        o, memory = self._rule_step(state.memory, q, k, v, beta, g)
         return self._output(o, x), DeltaState(windows, memory)
 
     def state_bytes(self, batch_size: int, seq_len: int, dtype: torch.dtype) -> int:
@@ -332,29 +371,32 @@ class GatedDeltaNetConfig(ModelConfig):
     allow_neg_eigval: bool = False  # beta in (0, 2), as for DeltaNet
 
 
-@register("deltanet", config=DeltaNetConfig, backends=fla_backends, reference="torch-recurrent")
-def build_deltanet(config: DeltaNetConfig) -> LanguageModel:
-    """DeltaNet in every block."""
+def _build(
+    config: DeltaNetConfig | GatedDeltaNetConfig,
+    resolved: str,
+    gated: bool,
+    heads: int,
+    head_k: int,
+    head_v: int,
+    fla_sizes: dict,
+) -> LanguageModel:
+    """The shell with a (gated) DeltaNet mixer in every block, on the resolved backend: fla's layer, sized
+    by ``fla_sizes`` (its own names for the head sizes), or ours with heads of head_k and head_v."""
     c = config
-    resolved = resolve_backend(c.backend, "fla", fla_problem)
-    heads = c.n_heads or max(1, c.d_model // 128)
-    key_dim, value_dim = round(c.d_model * c.expand_k), round(c.d_model * c.expand_v)
-    head_k = _check_heads("d_model * expand_k", key_dim, heads)
-    head_v = _check_heads("d_model * expand_v", value_dim, heads)
 
     def make(i: int) -> Mixer:
         if resolved == "fla":
-            from fla.layers import DeltaNet as FlaDeltaNetLayer
+            import fla.layers
 
-            layer = FlaDeltaNetLayer(
+            layer_class = fla.layers.GatedDeltaNet if gated else fla.layers.DeltaNet
+            layer = layer_class(
                 hidden_size=c.d_model,
-                expand_k=c.expand_k,
-                expand_v=c.expand_v,
                 num_heads=heads,
                 use_gate=c.use_gate,
                 conv_size=c.conv_size,
                 allow_neg_eigval=c.allow_neg_eigval,
                 layer_idx=0,
+                **fla_sizes,
             )
             init_projections(layer)
             return FlaDeltaNet(layer)
@@ -363,7 +405,7 @@ def build_deltanet(config: DeltaNetConfig) -> LanguageModel:
             heads,
             head_k,
             head_v,
-            gated=False,
+            gated=gated,
             use_gate=c.use_gate,
             conv_size=c.conv_size,
             chunk_size=c.chunk_size,
@@ -374,7 +416,18 @@ def build_deltanet(config: DeltaNetConfig) -> LanguageModel:
     return LanguageModel(c.vocab_size, c.d_model, c.n_layers, make, mlp_hidden=c.mlp_hidden)
 
 
-@register("gated-deltanet", config=GatedDeltaNetConfig, backends=fla_backends, reference="torch-recurrent")
+def build_deltanet(config: DeltaNetConfig) -> LanguageModel:
+    """DeltaNet in every block."""
+    c = config
+    resolved = resolve_backend(c.backend, "fla", fla_problem)
+    heads = c.n_heads or max(1, c.d_model // 128)
+    key_dim, value_dim = round(c.d_model * c.expand_k), round(c.d_model * c.expand_v)
+    head_k = _check_heads("d_model * expand_k", key_dim, heads)
+    head_v = _check_heads("d_model * expand_v", value_dim, heads)
+    fla_sizes = dict(expand_k=c.expand_k, expand_v=c.expand_v)
+    return _build(c, resolved, False, heads, head_k, head_v, fla_sizes)
+
+
 def build_gated_deltanet(config: GatedDeltaNetConfig) -> LanguageModel:
     """Gated DeltaNet in every block."""
     c = config
@@ -384,34 +437,11 @@ def build_gated_deltanet(config: GatedDeltaNetConfig) -> LanguageModel:
     head_v = head_k * c.expand_v
     if head_k < 1 or head_v != int(head_v):
         raise ValueError(f"head_dim {head_k} * expand_v {c.expand_v} must be a positive integer")
+    fla_sizes = dict(expand_v=c.expand_v, head_dim=head_k)
+    return _build(c, resolved, True, heads, head_k, int(head_v), fla_sizes)
 
-    def make(i: int) -> Mixer:
-        if resolved == "fla":
-            from fla.layers import GatedDeltaNet as FlaGatedDeltaNetLayer
 
-            layer = FlaGatedDeltaNetLayer(
-                hidden_size=c.d_model,
-                expand_v=c.expand_v,
-                head_dim=head_k,
-                num_heads=heads,
-                use_gate=c.use_gate,
-                conv_size=c.conv_size,
-                allow_neg_eigval=c.allow_neg_eigval,
-                layer_idx=0,
-            )
-            init_projections(layer)
-            return FlaDeltaNet(layer)
-        return DeltaNet(
-            c.d_model,
-            heads,
-            head_k,
-            int(head_v),
-            gated=True,
-            use_gate=c.use_gate,
-            conv_size=c.conv_size,
-            chunk_size=c.chunk_size,
-            backend=resolved,
-            allow_neg_eigval=c.allow_neg_eigval,
-        )
-
-    return LanguageModel(c.vocab_size, c.d_model, c.n_layers, make, mlp_hidden=c.mlp_hidden)
+DELTANET = ModelFamily("deltanet", build_deltanet, DeltaNetConfig, fla_backends, reference="torch-recurrent")
+GATED_DELTANET = ModelFamily(
+    "gated-deltanet", build_gated_deltanet, GatedDeltaNetConfig, fla_backends, reference="torch-recurrent"
+)

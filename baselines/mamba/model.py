@@ -12,6 +12,11 @@ is our pure-PyTorch form (a blocked scan / chunked SSD, fast on the CPU); "torch
 reference. Our mixers name and shape every parameter as mamba_ssm's ``Mamba`` and ``Mamba2`` do, so a
 state_dict moves between backends.
 
+Our mixers (both torch backends) support state passing: ``forward_from`` continues from a state (the conv
+window and the SSM state, as ``prefill`` returns it) with gradients into it. mamba_ssm's layers do not: its
+selective scan takes no initial state (and passes no gradient back from its last one), and Mamba2's fused
+kernel takes no conv window. ``trace`` reports by position the state's norm, and the step size and decay
+that set how fast the state forgets.
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ from torch import nn
 from baselines.mamba.chunk import ssd_chunked
 from baselines.mamba.naive import selective_scan_recurrent, selective_state_update, ssd_recurrent, ssd_step
 from baselines.mamba.scan import selective_scan
-from bench.registry import register
 from models.modules.backends import (
     TORCH_BACKENDS,
     UpstreamMixer,
@@ -36,6 +40,7 @@ from models.modules.backends import (
     torch_or_upstream_backends,
     upstream_problem,
 )
+from models.modules.catalog import ModelFamily
 from models.modules.config import ModelConfig
 from models.modules.conv import CausalConv1d
 from models.modules.dtypes import compute_dtype, dtype_bytes
@@ -90,6 +95,7 @@ class Mamba(Mixer):
     """Mamba's mixer in pure PyTorch, with mamba_ssm ``Mamba``'s parameter names and shapes."""
 
     state_growth = "constant"
+    supports_state_passing = True
 
     def __init__(
         self,
@@ -154,8 +160,36 @@ class Mamba(Mixer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x, None)[0]
 
+    def forward_from(self, x: torch.Tensor, state: SSMState | None) -> tuple[torch.Tensor, SSMState]:
+        return self._run(x, state)
+
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, SSMState]:
         return self._run(x, None)
+
+    @torch.no_grad()
+    def trace(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Diagnostics by position for x [B, T, d], each [B, T] in float32:
+
+        - ``state_norm``: the Frobenius norm of the SSM state [d_inner, d_state] after each token (Mamba has
+          no heads: one norm over the whole state; the conv window is not part of it);
+        - ``dt``: the step size softplus(dt + dt_bias), averaged over channels;
+        - ``decay``: the factor exp(dt A) by which the token multiplies each state entry, averaged over
+          channels and state indices (1 keeps the state, 0 erases it).
+
+        The states come from the decoding step, token by token: those ``prefill`` returns, to rounding."""
+        u, _ = self.in_proj(x).chunk(2, dim=-1)
+        u, _ = self.conv1d(u)
+        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        A, _, dt_bias = self._ssm_params(x.dtype)
+        dt = F.softplus(F.linear(dt, self.dt_proj.weight).to(A.dtype) + dt_bias)
+        state = self.init_state(x.shape[0], x.device, x.dtype).ssm
+        norms, decays = [], []
+        for t in range(x.shape[1]):
+            _, state = selective_state_update(state, u[:, t], dt[:, t], A, B[:, t], C[:, t])
+            norms.append(torch.linalg.matrix_norm(state))
+            decays.append(torch.exp(dt[:, t, :, None] * A).mean((-2, -1)))
+        trace = {"state_norm": torch.stack(norms, 1), "dt": dt.mean(-1), "decay": torch.stack(decays, 1)}
+        return {name: values.float() for name, values in trace.items()}
 
     def init_state(self, batch_size: int, device, dtype) -> SSMState:
         ssm = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=compute_dtype(dtype))
@@ -184,6 +218,7 @@ class Mamba2(Mixer):
     no MLP part, D per head, the gated RMSNorm applied as norm(y * silu(z)) per group, no dt limit)."""
 
     state_growth = "constant"
+    supports_state_passing = True
 
     def __init__(
         self,
@@ -225,12 +260,17 @@ class Mamba2(Mixer):
         """in_proj's output -> z, xBC (before the conv) and dt (before softplus), on the last dim."""
         return zxbcdt.split([self.d_inner, self.conv1d.in_channels, self.n_heads], dim=-1)
 
+    def _dt(self, dt: torch.Tensor) -> torch.Tensor:
+        """in_proj's dt [.., H] -> the step size softplus(dt + dt_bias), in float32 or wider."""
+        wide = compute_dtype(dt.dtype)
+        return F.softplus(dt.to(wide) + self.dt_bias.to(wide))
+
     def _ssm_inputs(self, xBC: torch.Tensor, dt: torch.Tensor):
         """After the conv: x [.., H, P] and the SSD's inputs, x * dt and A * dt, both in float32 or wider."""
         wide = compute_dtype(xBC.dtype)
         x, B, C = xBC.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         x = x.unflatten(-1, (self.n_heads, self.headdim))
-        dt = F.softplus(dt.to(wide) + self.dt_bias.to(wide))
+        dt = self._dt(dt)
         A = -self.A_log.to(wide).exp()
         B, C = B.unflatten(-1, (self.ngroups, self.d_state)), C.unflatten(-1, (self.ngroups, self.d_state))
         return x, x.to(wide) * dt[..., None], A * dt, B, C
@@ -249,8 +289,37 @@ class Mamba2(Mixer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x, None)[0]
 
+    def forward_from(self, x: torch.Tensor, state: SSMState | None) -> tuple[torch.Tensor, SSMState]:
+        return self._run(x, state)
+
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, SSMState]:
         return self._run(x, None)
+
+    @torch.no_grad()
+    def trace(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Diagnostics by position for u [B, T, d], each [B, T] in float32:
+
+        - ``state_norm``: the Frobenius norm of each head's SSM state [headdim, d_state] after each token,
+          summed over heads (the conv window is not part of it);
+        - ``dt``: the step size softplus(dt + dt_bias), averaged over heads;
+        - ``decay``: the factor exp(dt A) by which the token multiplies a head's state, averaged over heads
+          (1 keeps the state, 0 erases it).
+
+        The states come from the decoding step, token by token: those ``prefill`` returns, to rounding."""
+        _, xBC, dt = self._split(self.in_proj(u))
+        xBC, _ = self.conv1d(xBC)
+        _, x_dt, A_dt, B, C = self._ssm_inputs(xBC, dt)
+        state = self.init_state(u.shape[0], u.device, u.dtype).ssm
+        norms = []
+        for t in range(u.shape[1]):
+            _, state = ssd_step(state, x_dt[:, t], A_dt[:, t], B[:, t], C[:, t])
+            norms.append(torch.linalg.matrix_norm(state).sum(-1))
+        trace = {
+            "state_norm": torch.stack(norms, 1),
+            "dt": self._dt(dt).mean(-1),
+            "decay": A_dt.exp().mean(-1),
+        }
+        return {name: values.float() for name, values in trace.items()}
 
     def init_state(self, batch_size: int, device, dtype) -> SSMState:
         shape = (batch_size, self.n_heads, self.headdim, self.d_state)
@@ -383,7 +452,6 @@ class Mamba2Config(ModelConfig):
     chunk_size: PositiveInt | None = None
 
 
-@register("mamba", config=MambaConfig, backends=mamba_backends, reference="torch-recurrent")
 def build_mamba(config: MambaConfig) -> LanguageModel:
     """Mamba in every block."""
     c = config
@@ -407,7 +475,6 @@ def mamba2_head_dim(config: Mamba2Config) -> int:
     return d_inner // heads
 
 
-@register("mamba2", config=Mamba2Config, backends=mamba_backends, reference="torch-recurrent")
 def build_mamba2(config: Mamba2Config) -> LanguageModel:
     """Mamba2 in every block."""
     c = config
@@ -438,3 +505,7 @@ def build_mamba2(config: Mamba2Config) -> LanguageModel:
         )
 
     return LanguageModel(c.vocab_size, c.d_model, c.n_layers, make, mlp_hidden=c.mlp_hidden)
+
+
+MAMBA = ModelFamily("mamba", build_mamba, MambaConfig, mamba_backends, reference="torch-recurrent")
+MAMBA2 = ModelFamily("mamba2", build_mamba2, Mamba2Config, mamba_backends, reference="torch-recurrent")

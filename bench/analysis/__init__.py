@@ -1,2 +1,2 @@
-"""Reading stored results: statistics, run comparison (``compare``), and the markdown reports and plots
-(``report``, ``report_accuracy``, ``validation_report``), from stored files only."""
+"""Reading stored results: statistics, ``compare``, the report and its sections, the backend check's page;
+from stored files only."""

@@ -14,10 +14,12 @@ Peak memory and state size are nearly deterministic, so a rise beyond ``mem_thre
 the peak, as long as it is also larger than ``mem_floor`` bytes: the CPU high-water mark moves in pages
 and the CUDA caching allocator in blocks, so on a tiny model one page more would otherwise read as a 20%
 regression (a state's bytes are counted exactly, and have no floor);
-accuracy (overall, ``acc_T*``, and past the training length, ``acc_beyond_T*``) counts when it drops by
-more than ``acc_threshold`` (absolute); bits per byte (the ``bpb_T*`` columns of language-modelling cells,
-lower is better) when they rise by more than ``bpb_threshold`` (absolute, default 0.05 bits per byte). A
-cell that was ok and now fails is a regression. Exit codes (from the CLI): 0 no regression, 1 a
+an accuracy cell's score columns count when they get worse by more than a threshold (absolute): the record
+says which columns it has and, for each, whether higher is better and its unit (``score_columns``, written
+by the task's scorer: bench/scoring), and the unit picks the threshold: ``acc_threshold`` for fractions
+(accuracy, overall and past the training length), ``bpb_threshold`` for bits per byte (default 0.05).
+Records written before ``score_columns`` get them from their scorer as it is now. A cell that was ok and
+now fails is a regression. Exit codes (from the CLI): 0 no regression, 1 a
 regression, 2 bad input or a comparison that cannot decide.
 """
 
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from bench import results
 from bench.analysis.stats import mann_whitney_u
 from bench.errors import BenchError
+from bench.registry import SCORERS
 
 
 @dataclass
@@ -148,6 +151,26 @@ def _absolute(
     return Change(key, metric, base, new, new / base if base else math.inf, None, verdict)
 
 
+def score_columns(record: dict) -> dict[str, dict]:
+    """A record's score columns: name -> {"higher_is_better", "unit"}, as its scorer wrote them, else as
+    its scorer (named by ``scoring``) would write them now."""
+    stored = record.get("score_columns")
+    if isinstance(stored, dict) and stored:
+        return stored
+    if record.get("mode") != "accuracy":
+        return {}
+    try:
+        scorer = SCORERS.get(record.get("scoring") or "distance").load()
+    except BenchError:
+        return {}
+    prefixes = ("bpb_T",) if scorer.unit == "bits per byte" else ("acc_T", "acc_beyond_T")
+    return {
+        c: {"higher_is_better": scorer.higher_is_better, "unit": scorer.unit}
+        for c in record
+        if c.startswith(prefixes)
+    }
+
+
 def _number(x) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
@@ -186,12 +209,13 @@ def compare_runs(
             bv, nv = _number(b.get(metric)), _number(n.get(metric))
             if bv is not None and nv is not None:
                 out.changes.append(_deterministic(key, metric, bv, nv, mem_threshold, True, floor))
-        scores = ((("acc_T", "acc_beyond_T"), acc_threshold, False), (("bpb_T",), bpb_threshold, True))
-        for prefixes, limit, lower_is_better in scores:
-            for col in sorted(c for c in b if c.startswith(prefixes)):
-                bv, nv = _number(b.get(col)), _number(n.get(col))
-                if bv is not None and nv is not None:
-                    out.changes.append(_absolute(key, col, bv, nv, limit, lower_is_better))
+        thresholds = {"fraction": acc_threshold, "bits per byte": bpb_threshold}
+        for col, meaning in sorted(score_columns(b).items()):
+            bv, nv = _number(b.get(col)), _number(n.get(col))
+            limit = thresholds.get(meaning.get("unit"), acc_threshold)
+            if bv is not None and nv is not None:
+                lower_is_better = not meaning.get("higher_is_better", True)
+                out.changes.append(_absolute(key, col, bv, nv, limit, lower_is_better))
     return out
 
 

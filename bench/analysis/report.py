@@ -1,105 +1,17 @@
-"""REPORT.md and its plots, generated from a run's stored results only.
-
-Every number says what it includes: the mode definitions and the memory recipe are written into the
-report, cells whose timings drifted, spread widely or never settled are flagged, and a table never
-averages cells that differ in dtype or batch size (they get rows, and plot lines, of their own).
-"""
+"""REPORT.md and its plots, generated from a run's stored results only: the header (environment, cells,
+cost), the timing section, one section per kind of accuracy scoring (the section each record's scorer
+names: bench/analysis/sections), and the cells that did not finish."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # reports are written on headless machines
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
-
-from bench import results  # noqa: E402
-from bench.analysis.report_accuracy import accuracy_section  # noqa: E402
-from bench.spec.config import ACCURACY_MODE, TIMING_MODES  # noqa: E402
-
-MODE_TITLES = {
-    "train": "Training throughput (tokens/s of one optimizer step: forward, backward, AdamW)",
-    "prefill": "Prefill throughput (tokens/s of `prefill`: the prompt's states and its last logits)",
-    "decode": "Decode throughput (tokens/s of `step` after a prompt of T tokens)",
-}
-WHAT_IS_TIMED = """\
-What is timed, per call (the median over repeats after warm-up, pooled over rounds; ± half the
-inter-quartile range):
-
-- **train**: one optimizer step as users train: forward, cross-entropy loss, backward, gradient clipping
-  and an AdamW step. Float32 master weights; bf16/fp16 cells run the forward under autocast.
-- **prefill**: `model.prefill(prompt)` in inference mode, as a serving stack does it: every layer's
-  hidden states and decoding state, and the output head at the last position only.
-- **decode**: `decode_tokens` calls of `model.step` after a prompt of T tokens (the prompt is processed,
-  untimed, before every repeat). FLOPs and MFU count a step at context T.
-
-Peak memory is what one call needs above the runtime: on CUDA `max_memory_allocated` after a reset
-following warm-up; on the CPU the peak resident size after a reset following warm-up (Linux's
-`VmHWM`), minus the process's resident size after imports and before the model was built, so weights,
-gradients, optimizer state and activations count and the ~200 MiB of the PyTorch runtime does not. For
-decode, the peak after the prompt (weights, the state, a step); the prompt's own peak is listed apart.
-
-Flags: ⚠ the first two timed calls differ from the last two by more than 15% (drift), or the spread is
-wider than ±25%; † warm-up stopped at its cap before the timings settled."""
-
-WIDE_SPREAD = 0.5  # IQR over median: beyond it a cell's number is flagged
-
-
-def _si(x: float) -> str:
-    if pd.isna(x):
-        return "–"
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g}{unit}"
-    return f"{x:.3g}"
-
-
-BYTE_UNITS = (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B", 1))
-
-
-def byte_unit(values) -> tuple[str, int]:
-    """The largest unit in which the largest value is at least 1 (3 KiB never prints as 0.0 MiB)."""
-    largest = max((v for v in values if pd.notna(v)), default=0)
-    return next(((name, scale) for name, scale in BYTE_UNITS if largest >= scale), ("B", 1))
-
-
-def _varying(frame: pd.DataFrame) -> list[str]:
-    """The configuration columns besides model and length that differ between cells."""
-    return [c for c in ("batch_size", "dtype") if c in frame and frame[c].nunique() > 1]
-
-
-def _table(frame: pd.DataFrame, value: str, fmt) -> str:
-    """Rows: model (and batch/dtype when they vary, never averaged together); columns: seq_len."""
-    index = ["label", *_varying(frame)]
-    pivot = frame.pivot_table(index=index, columns="seq_len", values=value, aggfunc="last")
-    names = {"label": "model", "batch_size": "B"}
-    header = [*(names.get(i, i) for i in index), *(f"T={c}" for c in pivot.columns)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for idx, row in pivot.iterrows():
-        idx = idx if isinstance(idx, tuple) else (idx,)
-        lines.append("| " + " | ".join([*map(str, idx), *(fmt(v) for v in row)]) + " |")
-    return "\n".join(lines)
-
-
-def _flags(row) -> str:
-    spread = row["iqr_s"] / row["median_s"] if row.get("median_s") else 0.0
-    mark = "⚠" if row.get("drifting") is True or spread > WIDE_SPREAD else ""
-    return mark + ("†" if row.get("warmup_settled") is False else "")
-
-
-def _throughput_cell(row) -> str:
-    spread = row["iqr_s"] / row["median_s"] if row["median_s"] else float("nan")
-    text = f"{_si(row['tokens_per_s'])} ±{100 * spread / 2:.0f}%{_flags(row)}"
-    if pd.notna(row.get("mfu")):
-        return f"{text} ({100 * row['mfu']:.1f}% MFU)"
-    if pd.notna(row.get("achieved_flops")):
-        return f"{text} ({_si(row['achieved_flops'])}FLOP/s)"
-    return text
+from bench import results
+from bench.analysis.configs import config_lines
+from bench.analysis.sections import get_section
+from bench.analysis.selection import scorer_of
+from bench.analysis.text import cell_text
+from bench.results import AccuracyRow, TimingRow
 
 
 def _environment(manifest: dict) -> str:
@@ -130,261 +42,110 @@ def _environment(manifest: dict) -> str:
     return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
 
 
-LAUNCH_SECONDS = 5e-6  # a kernel launch on a current NVIDIA GPU through PyTorch: about 4-10 us
-
-
-def models_table(timing: pd.DataFrame) -> str:
-    """What is being compared: parameters, backend, forward FLOPs per token, state at each length, and the
-    operator calls per token each mode sends to the device, with the ceiling they set on a GPU."""
-    lens = sorted(timing["seq_len"].unique())
-    longest = lens[-1]
-    unit, scale = byte_unit(timing["state_bytes"])
-    modes = [m for m in TIMING_MODES if m in set(timing["mode"])]
-    header = ["model", "backend", "params", "non-embedding", *(f"FLOPs/token T={t}" for t in lens)]
-    header += [f"state T={t} ({unit})" for t in lens]
-    header += [f"dispatches/token {m} T={longest}" for m in modes]
-    header += [f"launch-bound ceiling {m} (tokens/s)" for m in modes]
-    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
-    flops_col = "forward_flops_per_token" if "forward_flops_per_token" in timing else "flops_per_token"
-    for label, rows in timing.groupby("label", sort=False):
-        first = rows.iloc[0]
-        by_len = rows.drop_duplicates("seq_len").set_index("seq_len")
-        at_longest = rows[rows["seq_len"] == longest].drop_duplicates("mode").set_index("mode")
-        per_token = [
-            at_longest["dispatches_per_token"].get(m) if "dispatches_per_token" in at_longest else None
-            for m in modes
-        ]
-        cells = [
-            label,
-            ", ".join(sorted(set(rows["backend"].dropna()))),
-            _si(first.get("n_params")),
-            _si(first.get("n_params_non_embedding")),
-            *(_si(by_len[flops_col].get(t)) if flops_col in by_len else "–" for t in lens),
-            *(_fmt_bytes(by_len["state_bytes"].get(t), scale) for t in lens),
-            *("–" if d is None or pd.isna(d) else f"{d:.3g}" for d in per_token),
-            *("–" if d is None or pd.isna(d) or d <= 0 else _si(1 / (d * LAUNCH_SECONDS)) for d in per_token),
-        ]
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
-    return "\n".join(lines)
-
-
-def _fmt_bytes(x, scale: int) -> str:
-    return "–" if x is None or pd.isna(x) else f"{x / scale:,.1f}"
-
-
-def _series(frame: pd.DataFrame) -> pd.Series:
-    """One line per model and configuration: the model, and the dtype / batch size where they vary."""
-    extra = _varying(frame)
-    if not extra:
-        return frame["label"]
-    return frame["label"] + frame[extra].astype(str).apply(lambda r: " (" + ", ".join(
-        f"B={v}" if c == "batch_size" else str(v) for c, v in r.items()) + ")", axis=1)  # fmt: skip
-
-
-def _per_sample(timing: pd.DataFrame) -> pd.DataFrame:
-    """One row per timed repeat, so the plots' error bars are the spread of the repeats themselves."""
-    rows = []
-    for _, r in timing.iterrows():
-        samples = r.get("samples_s")
-        per_call = r.get("tokens_per_call") or (r["tokens_per_s"] * r["median_s"])
-        for s in samples if isinstance(samples, list) and samples else [r["median_s"]]:
-            rows.append(
-                {"series": r["series"], "mode": r["mode"], "seq_len": r["seq_len"], "tps": per_call / s}
-            )
-    return pd.DataFrame(rows)
-
-
-def _length_axis(ax, lens: list[int]) -> None:
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(FixedLocator(lens))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{int(v)}"))
-
-
-def _plot_modes(data: pd.DataFrame, y: str, ylabel: str, path: Path, lens: list[int], errorbar=None) -> None:
-    modes = [m for m in TIMING_MODES if m in set(data["mode"])]
-    fig, axes = plt.subplots(1, len(modes), figsize=(4.6 * len(modes), 3.8), squeeze=False)
-    for ax, mode in zip(axes[0], modes, strict=True):
-        sns.lineplot(
-            data=data[data["mode"] == mode], x="seq_len", y=y, hue="series", style="series", markers=True,
-            dashes=False, estimator="median", errorbar=errorbar, ax=ax,
-        )  # fmt: skip
-        _length_axis(ax, lens)
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _si(v)))
-        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-        ax.set_title(mode)
-        ax.set_xlabel("sequence length (tokens)")
-        ax.set_ylabel(ylabel)
-        ax.legend_.remove() if ax.legend_ else None
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, title="model", loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
-def _plot_state(data: pd.DataFrame, path: Path, lens: list[int]) -> None:
-    unit, scale = byte_unit(data["state_bytes"])
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    sns.lineplot(
-        data=data.assign(state=data["state_bytes"] / scale), x="seq_len", y="state", hue="series",
-        style="series", markers=True, dashes=False, errorbar=None, ax=ax,
-    )  # fmt: skip
-    _length_axis(ax, lens)
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set_xlabel("sequence length (tokens)")
-    ax.set_ylabel(f"inference state ({unit} per batch)")
-    ax.legend(title="model", loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
-def cost_lines(frame: pd.DataFrame) -> list[str]:
+def cost_lines(rows: list[TimingRow | AccuracyRow]) -> list[str]:
     """What the run cost: each cell's process wall clock summed (the run's length when its cells ran one
     after another, as a local run does), and the CPU time of the accuracy cells' training and evaluation,
     which a shared machine does not inflate."""
-    wall = pd.to_numeric(frame.get("wall_s"), errors="coerce").dropna() if "wall_s" in frame else None
-    if wall is None or wall.empty:
+    walls = [r.wall_s for r in rows if r.wall_s is not None]
+    if not walls:
         return []
-    text = f"Cell wall clock, summed over {len(wall)} cells: {wall.sum() / 60:.1f} minutes"
-    cpu = [
-        pd.to_numeric(frame[c], errors="coerce").fillna(0)
-        for c in ("train_cpu_seconds", "eval_cpu_seconds")
-        if c in frame
-    ]
-    if cpu:
-        text += f" (training and evaluation CPU time: {sum(c.sum() for c in cpu) / 60:.1f} minutes)"
+    text = f"Cell wall clock, summed over {len(walls)} cells: {sum(walls) / 60:.1f} minutes"
+    accuracy = [r for r in rows if isinstance(r, AccuracyRow)]
+    if accuracy:
+        cpu = sum((r.train_cpu_seconds or 0) + (r.eval_cpu_seconds or 0) for r in accuracy)
+        text += f" (training and evaluation CPU time: {cpu / 60:.1f} minutes)"
     return [text + ".", ""]
 
 
-def timing_section(timing: pd.DataFrame, run_dir: Path) -> list[str]:
-    timing = timing.assign(series=_series(timing))
-    lens = sorted(int(t) for t in timing["seq_len"].unique())
-    first = timing.iloc[0]
-    out = [
-        WHAT_IS_TIMED,
-        "",
-        f"Model shape: d_model {first['d_model']}, {first['n_layers']} layers, vocabulary "
-        f"{first['vocab_size']}; {', '.join(sorted(set(timing['dtype'])))}.",
-        "",
-        "## Models",
-        "",
-        "Parameters (non-embedding: all but the tied embedding), the kernels that ran, the model's forward "
-        "FLOPs per token (matmuls, averaged over a causal sequence, output head included), the decoding "
-        "state after T tokens, and the operator calls one call of each mode sends to the device, per "
-        "token (counted once per cell with the PyTorch profiler outside the timed region: on CUDA the "
-        "kernels launched, on the CPU the outermost aten operators plus the kernels of compiled code). "
-        f"Each launch costs a GPU a few microseconds however small its work, so at {LAUNCH_SECONDS * 1e6:g} "
-        "us a launch (a typical CUDA launch through PyTorch, 4-10 us) the count alone caps the tokens/s "
-        "of a mode at the ceiling shown, whatever the FLOPs.",
-        "",
-        models_table(timing),
-        "",
-    ]
-    for mode, title in MODE_TITLES.items():
-        part = timing[timing["mode"] == mode]
-        if len(part):
-            part = part.assign(cell=part.apply(_throughput_cell, axis=1))
-            out += [f"## {title}", "", _table(part, "cell", str), ""]
-    unit, scale = byte_unit(timing["peak_mem_bytes"])
-    out += [f"## Peak memory above the runtime ({unit})", ""]
-    for mode in MODE_TITLES:
-        part = timing[timing["mode"] == mode]
-        if len(part):
-            out += [f"**{mode}**", "", _table(part, "peak_mem_bytes", lambda v: _fmt_bytes(v, scale)), ""]
-    if "prompt_peak_mem_bytes" in timing and timing["prompt_peak_mem_bytes"].notna().any():
-        part = timing[timing["mode"] == "decode"]
-        prompt = _table(part, "prompt_peak_mem_bytes", lambda v: _fmt_bytes(v, scale))
-        out += ["**decode: the prompt's own peak**", "", prompt, ""]
-    state = timing.drop_duplicates(["label", "seq_len", "batch_size", "dtype"])
-    s_unit, s_scale = byte_unit(state["state_bytes"])
-    out += [
-        f"## Inference state size ({s_unit})",
-        "",
-        "KV cache for attention, recurrent state for the others, after T tokens.",
-        "",
-        _table(state, "state_bytes", lambda v: _fmt_bytes(v, s_scale)),
-        "",
-    ]
-    flagged = timing[timing.apply(_flags, axis=1) != ""]
-    if len(flagged):
-        header = "| model | mode | T | drift | spread (IQR / median) | warm-up calls |"
-        out += ["## Flagged cells", "", header, "|---|---|---|---|---|---|"]
-        for _, r in flagged.iterrows():
-            d = r.get("drift")
-            change = "–" if pd.isna(d) else f"{100 * d:+.0f}%"
-            out.append(
-                f"| {r['series']} | {r['mode']} | {r['seq_len']} | {change} "
-                f"| {100 * r['iqr_s'] / r['median_s']:.0f}% | {r.get('warmup_calls', '–')}"
-                f"{'' if r.get('warmup_settled') is not False else ' (cap, not settled)'} |"
+def provenance_lines(manifest: dict) -> list[str]:
+    """What a reader must know before trusting the numbers: a dirty tree, and a machine that was busy."""
+    out = []
+    if manifest.get("git_dirty"):
+        out.append(
+            f"**Generated from a dirty tree** (commit {manifest.get('git_commit')} with uncommitted "
+            "changes): the code that measured these numbers is not a commit anyone can check out."
+        )
+    start, end = manifest.get("load_average_start"), manifest.get("load_average_end")
+    cores = manifest.get("cpu_count") or 1
+    if start is not None:
+        text = f"Machine load (1-minute average) before the run: {start[0]:.2f} on {cores} cores"
+        text += f"; at its end: {end[0]:.2f}" if end else ""
+        busy = start[0] > 0.5
+        out.append(
+            text
+            + (
+                ". **The machine was busy with other work when the run started**: timings and wall clocks "
+                "are slower than on a quiet machine, and noisier."
+                if busy
+                else "."
             )
-        out.append("")
+        )
+    return [x for line in out for x in (line, "")]
 
-    samples = _per_sample(timing)
-    memory = timing.assign(mib=timing["peak_mem_bytes"] / 2**20)
-    _plot_modes(
-        samples, "tps", "tokens/s (median, IQR of repeats)", run_dir / "throughput.png", lens, ("pi", 50)
-    )
-    _plot_modes(memory, "mib", "peak memory above runtime (MiB)", run_dir / "memory.png", lens)
-    _plot_state(state, run_dir / "state_size.png", lens)
-    out += ["## Plots", ""]
-    plots = (
-        ("throughput.png", "throughput"),
-        ("memory.png", "peak memory"),
-        ("state_size.png", "state size"),
-    )
-    for filename, title in plots:
-        out += [f"![{title}]({filename})", ""]
+
+def section_of(row: AccuracyRow) -> str:
+    """The report section of an accuracy record: the one its scorer named, else (an older record, or a
+    cell that never finished) the one the scorer it names, or its task's scorer, names now."""
+    if row.section:
+        return row.section
+    scorer = scorer_of(row)
+    return scorer.section if scorer is not None else "recall"
+
+
+def accuracy_sections(rows: list[AccuracyRow], run_dir: Path) -> list[str]:
+    """The sections of the accuracy records, each rendered by the section its scorer names, in the order
+    their first records appear; their plots go into ``run_dir``."""
+    sections: dict[str, list[AccuracyRow]] = {}
+    for row in rows:
+        sections.setdefault(section_of(row), []).append(row)
+    out = []
+    for section, members in sections.items():
+        out += get_section(section)(members, run_dir)
     return out
 
 
 def write_report(run_dir: str | Path) -> Path:
     """Write REPORT.md (and PNG plots beside it) for the run in ``run_dir``; returns its path."""
     run_dir = Path(run_dir)
-    frame = results.load(run_dir)
+    rows = results.load_rows(run_dir)
     manifest = results.read_manifest(run_dir)
     name = manifest.get("name", run_dir.name)
-    out = [
-        f"# Benchmark report: {name}",
-        "",
-        f"Generated from `{results.RESULTS}` ({len(frame)} cells).",
+    out = [f"# Benchmark report: {name}", "", *provenance_lines(manifest)]
+    out += [
+        f"Generated from `{results.RESULTS}` ({len(rows)} cells).",
         "",
         "## Environment",
         "",
         _environment(manifest),
         "",
     ]
-    counts = frame["status"].value_counts().to_dict()
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
     out += ["## Cells", "", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), ""]
-    out += cost_lines(frame)
+    out += cost_lines(rows)
 
-    ok = frame[frame["status"] == "ok"]
-    timing = ok[ok["mode"].isin(TIMING_MODES)] if "mode" in ok else ok.iloc[0:0]
-    if len(timing):
-        out += timing_section(timing, run_dir)
-    if "mode" in frame and (frame["mode"] == ACCURACY_MODE).any():
-        out += accuracy_section(frame[frame["mode"] == ACCURACY_MODE], run_dir)
+    timing = [r for r in rows if isinstance(r, TimingRow) and r.ok]
+    if timing:
+        out += get_section("timing")(timing, run_dir)
+    out += accuracy_sections([r for r in rows if isinstance(r, AccuracyRow)], run_dir)
 
-    failed = frame[frame["status"] != "ok"]
-    if len(failed):
+    failed = [r for r in rows if not r.ok]
+    if failed:
         out += [
             "## Cells that did not finish",
             "",
             "| model | mode | T | B | status | reason |",
             "|---|---|---|---|---|---|",
         ]
-        for _, row in failed.iterrows():
-            reason = str(row.get("error", "")).replace("|", "\\|").replace("\n", " ")[:160]
-            mode = f"accuracy: {row['task_label']}" if row["mode"] == ACCURACY_MODE else row["mode"]
-            out.append(
-                f"| {row['label']} | {mode} | {row['seq_len']} | {row['batch_size']} | "
-                f"{row['status']} | {reason} |"
-            )
+        for row in failed:
+            reason = cell_text(row.error or "")[:160]
+            mode = f"accuracy: {row.task_label}" if isinstance(row, AccuracyRow) else row.mode
+            length = row.train_len if isinstance(row, AccuracyRow) else row.seq_len
+            out.append(f"| {row.label} | {mode} | {length} | {row.batch_size} | {row.status} | {reason} |")
         out.append("")
 
+    out += config_lines(rows)
     path = run_dir / "REPORT.md"
     path.write_text("\n".join(out))
     return path

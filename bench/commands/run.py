@@ -10,125 +10,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.spec.config import (
-    ACCURACY_MODE,
-    PRESETS,
-    TIMING_MODES,
-    default_spec,
-    load_spec,
-    parse_spec,
-    preset_spec,
-)
+from bench.spec.config import PRESETS, default_spec, load_spec, parse_spec, preset_spec
+from bench.spec.flags import add_sweep_flags, apply_sweep_flags, shaping
 
 HELP = "run a sweep (default: a small CPU sweep, or 1K-16K tokens on CUDA)"
 EXIT_CELLS_FAILED = 1
 
-# Flags that change what a sweep measures: a packaged sweep run with any of them is no longer that sweep,
-# so it is not reported under that sweep's name unless --name says so.
-SHAPING_FLAGS = (
-    "models", "seq_lens", "batch_sizes", "dtypes", "modes", "tasks", "d_model", "n_layers", "vocab_size",
-    "train_len", "param_budget", "device",
-)  # fmt: skip
-
-
-def _ints(flag: str, text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise BenchError(f"{flag} takes comma-separated integers, got {text!r}") from None
-
-
-def names(text: str) -> list[str]:
-    """A comma-separated list, blanks dropped."""
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
-def _listed(flag: str, text: str | None) -> list[str] | None:
-    """A list flag that was given must name something: an unset shell variable is not "everything"."""
-    if text is None:
-        return None
-    items = names(text)
-    if not items:
-        raise BenchError(f"{flag} {text!r} lists nothing; leave the flag out to use the sweep's own list")
-    return items
-
-
-def _tasks(spec, listed: list[str]) -> list:
-    """--tasks a,b: a task the spec already lists keeps its args there; any other gets its defaults."""
-    known = {t.display: t for t in spec.tasks}
-    return [known[n].model_dump() if n in known else {"name": n} for n in listed]
-
 
 def add_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("spec", nargs="?", help="sweep file (TOML); default: the packaged default sweep")
-    run.add_argument(
-        "--models",
-        help="comma-separated registered names, package.module:factory or path/file.py:factory strings; "
-        "LABEL=MODEL names one in the results",
-    )
-    run.add_argument("--seq-lens", help="timing cells' sequence lengths, e.g. 256,1024")
-    run.add_argument("--batch-sizes", help="e.g. 1,4")
-    run.add_argument("--dtypes", help="float32, bfloat16, float16, float64")
-    run.add_argument("--modes", help="train, prefill, decode, accuracy")
-    run.add_argument("--tasks", help="accuracy tasks, e.g. mqar,niah-pk (see bench/tasks)")
-    run.add_argument(
-        "--train-len", type=int, help="accuracy cells' training length (the [accuracy] train_len)"
-    )
     run.add_argument(
         "--preset",
         help="a packaged sweep as the base spec: "
         + ", ".join(f"'{name}'" for name in sorted(PRESETS))
         + " (see bench/spec/presets)",
     )
-    run.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where cells run (default: auto)")
-    run.add_argument("--out", help="run directory (default runs/<name>-<timestamp>)")
-    run.add_argument("--name", help="the sweep's name in the report and the default run directory")
-    run.add_argument("--repeats", type=int, help="timed calls per cell and round, after warm-up")
-    run.add_argument("--warmup", type=int, help="untimed calls at least, before timing (more until steady)")
-    run.add_argument("--threads", type=int, help="CPU threads for torch (at most the cores here)")
-    run.add_argument("--d-model", type=int, help="every model's width")
-    run.add_argument("--n-layers", type=int, help="every model's depth")
-    run.add_argument("--vocab-size", type=int, help="the timing cells' vocabulary")
-    run.add_argument(
-        "--timeout", type=float, help="seconds per cell before it is killed and recorded as timeout"
-    )
-    run.add_argument(
-        "--rounds",
-        type=int,
-        help="measure every cell this many times, each in a fresh process, in a new seeded order per round "
-        "(what `compare` counts as independent units)",
-    )
-    run.add_argument(
-        "--compile",
-        action="store_true",
-        default=None,
-        help="run every model through torch.compile (compiled outside the timed region; time recorded)",
-    )
-    run.add_argument(
-        "--param-budget",
-        help="size every model to this many non-embedding parameters (within 5%%) by its MLP width, "
-        "e.g. 2e6 or 2M",
-    )
-    run.add_argument(
-        "--isolation",
-        choices=["process", "none"],
-        help="one process per cell (default) or none, for debugging",
-    )
-    run.add_argument(
-        "--executor",
-        choices=["local", "ray"],
-        default="local",
-        help="local: one cell at a time here; ray: cells as Ray tasks (RAY_ADDRESS or a local Ray)",
-    )
-    run.add_argument(
-        "--ray-cpus-per-cell", type=int, help="CPUs each Ray task reserves (default: all of a node's)"
-    )
+    add_sweep_flags(run)  # every flag that sets a sweep field, declared once in bench/spec/config.py
     run.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run: only cells not yet done")
     run.add_argument("--retry-failed", action="store_true", help="with --resume, also re-run failed cells")
     run.add_argument(
@@ -147,85 +49,36 @@ def _resumed_spec(run_dir: Path):
     return parse_spec(data, str(path))
 
 
-def _check_flags(args: argparse.Namespace) -> None:
-    if args.retry_failed and not args.resume:
-        raise BenchError("--retry-failed re-runs failed cells of a run: give it with --resume RUN_DIR")
-    for flag, value in (("--ray-cpus-per-cell", args.ray_cpus_per_cell), ("--train-len", args.train_len)):
-        if value is not None and value < 1:
-            raise BenchError(f"{flag} must be >= 1, got {value}")
-    if args.ray_cpus_per_cell is not None and args.executor != "ray":
-        raise BenchError("--ray-cpus-per-cell applies to --executor ray only")
-
-
 def spec_from_args(args: argparse.Namespace):
     """The sweep the command line asks for: a file, a preset, a resumed run's spec or the default, with
-    the flags laid over it, validated as a whole."""
-    from bench.running.environment import resolve_device
+    the flags laid over it, validated as a whole by the schema."""
+    from bench.device import resolve_device
 
-    _check_flags(args)
+    if args.retry_failed and not args.resume:
+        raise BenchError("--retry-failed re-runs failed cells of a run: give it with --resume RUN_DIR")
     if args.spec and args.preset:
         raise BenchError("give a sweep file or --preset, not both")
     if args.spec:
-        spec = load_spec(args.spec)
+        spec, source = load_spec(args.spec), args.spec
     elif args.preset:
-        spec = preset_spec(args.preset)
+        spec, source = preset_spec(args.preset), f"--preset {args.preset}"
     elif args.resume and Path(args.resume).is_dir() and (Path(args.resume) / "spec.json").exists():
-        spec = _resumed_spec(Path(args.resume))
+        spec, source = _resumed_spec(Path(args.resume)), "--resume"
     else:
-        spec = default_spec(resolve_device(args.device or "auto"))
-    data = spec.model_dump(exclude_unset=False)
-    models, tasks = _listed("--models", args.models), _listed("--tasks", args.tasks)
-    modes = _listed("--modes", args.modes)
-    overrides = {
-        "models": models,
-        "seq_lens": _ints("--seq-lens", args.seq_lens) if args.seq_lens else None,
-        "batch_sizes": _ints("--batch-sizes", args.batch_sizes) if args.batch_sizes else None,
-        "dtypes": _listed("--dtypes", args.dtypes),
-        "modes": modes,
-        "device": args.device,
-        "repeats": args.repeats,
-        "warmup": args.warmup,
-        "name": args.name,
-        "isolation": args.isolation,
-        "timeout_s": args.timeout,
-        "threads": args.threads,
-        "d_model": args.d_model,
-        "n_layers": args.n_layers,
-        "vocab_size": args.vocab_size,
-        "rounds": args.rounds,
-        "param_budget": args.param_budget,
-        "compile": args.compile,
-        "tasks": _tasks(spec, tasks) if tasks else None,
-    }
-    given = {k: v for k, v in overrides.items() if v is not None}
-    if args.train_len is not None:
-        data["accuracy"] = {**data["accuracy"], "train_len": args.train_len}
-        given["train_len"] = args.train_len
-    data.update({k: v for k, v in given.items() if k != "train_len"})
+        device = getattr(args, "sweep__device", None) or "auto"
+        gpus = getattr(args, "sweep__slurm__gpus_per_cell", None)
+        on_slurm = getattr(args, "sweep__executor", None) == "slurm"
+        if on_slurm and (device == "cuda" or (gpus or "0") not in ("0", "")):
+            device = "cuda"  # on Slurm the GPUs are the compute nodes', which a login node may lack
+        else:
+            device = resolve_device(device)
+        spec, source = default_spec(device), "the default sweep"
+    data, given = apply_sweep_flags(args, spec.model_dump(exclude_unset=False))
     if data.get("models") is None:
         data.pop("models")
-    final_modes = data["modes"]
-    if tasks and ACCURACY_MODE not in final_modes:
-        raise BenchError("--tasks needs 'accuracy' among the modes (e.g. --modes accuracy)")
-    if args.train_len is not None and ACCURACY_MODE not in final_modes:
-        raise BenchError("--train-len sets the accuracy cells' training length; the modes have no 'accuracy'")
-    if args.seq_lens and not any(m in TIMING_MODES for m in final_modes):
-        raise BenchError(
-            "--seq-lens sets the timing cells' lengths and this sweep has only accuracy cells; "
-            "their training length is --train-len"
-        )
-    if not args.spec and not args.name and not args.resume and set(given) & set(SHAPING_FLAGS):
+    if not args.spec and "name" not in given and not args.resume and shaping(given):
         data["name"] = "sweep"  # no longer the packaged sweep: do not report it under that name
-    spec = parse_spec(data, "command line" if not args.spec else args.spec)
-    _check_threads(spec)
-    return spec
-
-
-def _check_threads(spec) -> None:
-    cores = os.cpu_count() or 1
-    for where, threads in (("threads", spec.threads), ("[accuracy] threads", spec.accuracy.threads)):
-        if threads is not None and threads > cores:
-            raise BenchError(f"{where} = {threads} is more than the {cores} CPU cores here")
+    return parse_spec(data, source, given)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -238,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         if not (run_dir / "spec.json").is_file():
             raise BenchError(f"--resume: {str(run_dir)!r} is not a run directory (no spec.json)")
     else:
-        run_dir = new_run_dir(spec, args.out or spec.out)
+        run_dir = new_run_dir(spec, spec.out)
     command = shlex.join(["python", "-m", "bench", *sys.argv[1:]])
     try:
         outcome = run_sweep(
@@ -248,8 +101,6 @@ def run(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             progress=not args.no_progress,
             command=command,
-            executor=args.executor,
-            ray_cpus_per_cell=args.ray_cpus_per_cell,
         )
     except Interrupted as stop:
         saved = (run_dir / "results.jsonl").exists()

@@ -12,7 +12,6 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from bench.commands.run import names
 from bench.errors import BenchError
 
 HELP = "check every backend of every model against its slow reference"
@@ -28,14 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.analysis.validation_report import validation_markdown
+    from bench.analysis.backend_check_report import validation_markdown
+    from bench.measure.backend_check import SHAPE, TOLERANCE, all_ok, check_backends
     from bench.registry import get_factory
     from bench.running import environment
-    from bench.running.validation import SHAPE, TOLERANCE, all_ok, run_validation
 
     if args.seq_len < 2:
         raise BenchError(f"--seq-len must be >= 2 (a model must see more than one token), got {args.seq_len}")
-    models = names(args.models) if args.models is not None else None
+    models = [x.strip() for x in args.models.split(",") if x.strip()] if args.models is not None else None
     if models == []:
         raise BenchError(f"--models {args.models!r} lists nothing; leave it out to validate every model")
     run_dir = Path(args.out) if args.out else Path("runs") / f"validate-{dt.datetime.now():%Y%m%d-%H%M%S}"
@@ -43,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         raise BenchError(f"--out {str(run_dir)!r} is a file, not a directory")
     for name in models or []:
         get_factory(name)  # an unknown name is bad input, found before anything runs
-    device, rows = run_validation(models, args.device, args.seq_len)
+    device, rows = check_backends(models, args.device, args.seq_len)
     if not rows:
         raise BenchError("nothing to validate")
     manifest = environment.collect()

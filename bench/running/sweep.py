@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import signal
 from collections import Counter
 from dataclasses import dataclass
@@ -15,11 +16,12 @@ import torch
 from tqdm import tqdm
 
 from bench import results
+from bench.device import resolve_device
 from bench.errors import BenchError
 from bench.registry import build, list_models
-from bench.running import environment
-from bench.running.environment import resolve_device
+from bench.running import environment, slurm
 from bench.running.executors import run_local, run_ray
+from bench.running.grid import grid_extensions
 from bench.running.isolation import shutdown
 from bench.running.ledger import Ledger, round_order
 from bench.spec.cells import expand
@@ -45,7 +47,7 @@ def check_models(spec: SweepSpec, models: list[ModelEntry]) -> None:
         for d_model, n_layers, where in dict.fromkeys(shapes):
             try:
                 with torch.device("meta"):
-                    build(
+                    model = build(
                         entry.name,
                         vocab_size=spec.vocab_size,
                         d_model=d_model,
@@ -59,6 +61,11 @@ def check_models(spec: SweepSpec, models: list[ModelEntry]) -> None:
                     f"model {entry.display!r} cannot be built at {where} (d_model {d_model}, {n_layers} "
                     f"layers): {err}"
                 ) from None
+            if entry.state_passing and not getattr(model, "supports_state_passing", False):
+                raise BenchError(
+                    f"model {entry.display!r} sets state_passing but cannot continue from a state with "
+                    "gradients (its mixers lack forward_from, or its backend's kernels do)"
+                )
 
 
 def new_run_dir(spec: SweepSpec, out: str | None) -> Path:
@@ -111,6 +118,34 @@ def stop_on_signals():
             signal.signal(sig, old)
 
 
+def execute(spec: SweepSpec, cells: list, ledger: Ledger, bar, round_index: int, run_dir: Path) -> None:
+    """Hand ``cells`` to the sweep's executor."""
+    if spec.executor == "ray":
+        run_ray(cells, ledger, spec, bar, round_index, spec.ray_cpus_per_cell)
+    elif spec.executor == "slurm":
+        slurm.run_slurm(cells, ledger, spec, bar, round_index, run_dir)
+    else:
+        run_local(cells, ledger, spec, bar, round_index)
+
+
+# How the cells are sent out, not what they measure: a run may be resumed with other values.
+NOT_MEASURED = ("executor", "ray_cpus_per_cell", "slurm", "parallel", "out")
+
+
+def changed_fields(before: dict, after: dict, prefix: str = "") -> list[str]:
+    """The fields (dotted paths) whose values differ between two specs, leaving out NOT_MEASURED."""
+    out = []
+    for name in sorted(set(before) | set(after)):
+        if not prefix and name in NOT_MEASURED:
+            continue
+        a, b = before.get(name), after.get(name)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_fields(a, b, f"{prefix}{name}.")
+        elif a != b:
+            out.append(prefix + name)
+    return out
+
+
 @dataclass
 class SweepOutcome:
     run_dir: Path
@@ -124,26 +159,34 @@ def run_sweep(
     retry_failed: bool = False,
     progress: bool = True,
     command: str | None = None,
-    executor: str = "local",
-    ray_cpus_per_cell: int | None = None,
 ) -> SweepOutcome:
     # Everything that can be wrong with the input is found before the run directory is touched.
-    device = resolve_device(spec.device)
+    if spec.executor == "slurm":
+        slurm.check_available()
+        device = slurm.slurm_device(spec)  # the compute nodes', not this login node's
+    else:
+        device = resolve_device(spec.device)
     models = spec.models or [ModelEntry(name=n) for n in list_models()]
     check_models(spec, models)
     cells = expand(spec, models, device)
     if resume:
         spec_path = run_dir / "spec.json"
-        if spec_path.exists() and json.loads(spec_path.read_text()) != json.loads(spec.model_dump_json()):
-            raise BenchError(
-                f"{run_dir} was started with a different sweep spec; resume it with the same one"
-            )
+        if spec_path.exists():
+            differs = changed_fields(json.loads(spec_path.read_text()), json.loads(spec.model_dump_json()))
+            if differs:
+                raise BenchError(
+                    f"{run_dir} was started with a different sweep spec ({', '.join(differs)} differ); "
+                    "resume it with the same one"
+                )
     _make_run_dir(run_dir)
     ledger = Ledger(cells, run_dir / results.RESULTS, resume, retry_failed)
     manifest = environment.collect(seed=spec.seed)
+    manifest["load_average_start"] = os.getloadavg()  # a busy machine shows in the report
     if command:
         manifest["command"] = command
-    manifest.update(name=spec.name, device=device, n_cells=len(cells), rounds=spec.rounds, executor=executor)
+    manifest.update(
+        name=spec.name, device=device, n_cells=len(cells), rounds=spec.rounds, executor=spec.executor
+    )
     results.write_manifest(run_dir, manifest)
     (run_dir / "spec.json").write_text(spec.model_dump_json(indent=2))
 
@@ -155,11 +198,17 @@ def run_sweep(
         ):
             for round_index in range(spec.rounds):
                 ordered = round_order(cells, round_index, spec.seed)
-                if executor == "ray":
-                    run_ray(ordered, ledger, spec, bar, round_index, ray_cpus_per_cell)
-                else:
-                    run_local(ordered, ledger, spec, bar, round_index)
+                execute(spec, ordered, ledger, bar, round_index, run_dir)
+            # Learning-rate grids that do not bracket their choice grow, a step at a time.
+            while extra := grid_extensions(spec, cells, run_dir / results.RESULTS):
+                cells += extra
+                ledger.add(extra)
+                bar.total += len(extra)
+                bar.refresh()
+                execute(spec, extra, ledger, bar, 0, run_dir)
     finally:
         shutdown()
+        manifest["load_average_end"] = os.getloadavg()
+        results.write_manifest(run_dir, manifest)
     statuses = Counter(status for (key, r), status in ledger.done.items() if r == 0)
     return SweepOutcome(run_dir, dict(statuses))

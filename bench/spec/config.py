@@ -1,7 +1,15 @@
-"""The sweep file (TOML), validated: unknown or malformed fields are errors that name the field."""
+"""The sweep file (TOML), validated: unknown or malformed fields are errors that name the field.
+
+This schema is the one place a sweep field is declared: its type, default, checks and help text
+(``description``), and, where the command line may set it, its flag (``json_schema_extra={"flag": ...}``,
+see :func:`cli`). ``bench/spec/flags.py`` derives ``python -m bench run``'s flags from it. Rules that
+join fields live here too, as validators; those about what the user gave on the command line read it
+from the validation context (``given``: field path -> the flag typed).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +23,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -38,6 +47,18 @@ PRESETS = {
 }
 
 
+def cli(flag: str, shapes: bool = False, raw: bool = False) -> dict[str, Any]:
+    """A field's command-line flag. ``shapes``: the flag changes what the sweep measures, so a packaged
+    sweep run with it is no longer that sweep (it is not reported under the packaged name). ``raw``: the
+    flag's text goes to the field as it is (the field parses it, e.g. "2M")."""
+    return {"flag": flag, "shapes": shapes, "raw": raw}
+
+
+def given_flags(info: ValidationInfo) -> dict[str, str]:
+    """Field path ("accuracy.train_len") -> the flag the user typed, from the validation context."""
+    return (info.context or {}).get("given", {}) if info is not None else {}
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -48,6 +69,8 @@ class ModelEntry(Strict):
     name: str = Field(min_length=1)
     label: str | None = None  # how results and reports name it; defaults to `name`
     args: dict[str, Any] = Field(default_factory=dict)  # passed to the factory as keyword arguments
+    # Accuracy cells train it with state passing (see TrainSettings.state_passing): give it its own label.
+    state_passing: bool = False
 
     @property
     def display(self) -> str:
@@ -84,6 +107,11 @@ class TrainSettings(Strict):
     grad_clip: PositiveFloat | None = 1.0
     # Stop once validation accuracy reaches it; None (`false` in TOML): never, every model trains `steps`.
     threshold: float | None = Field(default=0.99, gt=0, le=1)
+    # State passing (recurrent models, on a task with a stream of text): row i of each batch continues row
+    # i of the batch before, and the model starts from the state the previous batch left (detached: the
+    # gradient stops at the window boundary), so training sees states longer than the window. Set per model
+    # in the sweep's model list (``state_passing = true``).
+    state_passing: bool = False
     eval_every: PositiveInt = 25  # steps between validations
     val_samples: PositiveInt = 256  # held-out examples at the training length, for early stopping
     eval_samples: PositiveInt = 256  # held-out examples per evaluation length, for the results
@@ -94,10 +122,32 @@ class TrainSettings(Strict):
         return None if value is False else value  # TOML has no null
 
 
+class Calibration(Strict):
+    """The [accuracy.calibration] table: a model that must learn the preset's tasks, the check that the
+    training budget is long enough to rank the others. The report says PASS or FAIL for it."""
+
+    model: str = Field(
+        min_length=1,
+        description="a model label of the sweep, or 'best': the model with the lowest validation loss",
+    )
+    min_score: float | None = Field(
+        default=None,
+        description="the score it must reach at the training length on every task (mean over seeds at its "
+        "chosen learning rate; a fraction for accuracy); None: no bar",
+    )
+    converged: bool = Field(
+        default=True, description="its runs at the chosen rate must have stopped improving by the end"
+    )
+
+
 class AccuracySettings(TrainSettings):
     """The [accuracy] table: how accuracy cells are trained and evaluated."""
 
-    train_len: PositiveInt = 64
+    train_len: PositiveInt = Field(
+        default=64,
+        description="accuracy cells' training length (a task may set its own)",
+        json_schema_extra=cli("--train-len", shapes=True),
+    )
     eval_factors: list[PositiveInt] = Field(default=[1, 2, 4], min_length=1)  # x train_len
     batch_size: PositiveInt = 64
     # The model shape of accuracy cells; None: the sweep's. The vocabulary is always the task's own.
@@ -110,6 +160,19 @@ class AccuracySettings(TrainSettings):
     # validation accuracy and give the mean over seeds with a 95% interval.
     lrs: list[PositiveFloat] | None = Field(default=None, min_length=1)
     seeds: list[int] | None = Field(default=None, min_length=1)
+    # A grid brackets its optimum, or the sweep extends it: when a model's chosen rate is the largest (the
+    # smallest) of those tried, it trains again at 3x (1/3) that rate, at most this many times each way.
+    lr_extend: NonNegativeInt = Field(
+        default=2,
+        description="times a learning-rate grid may grow by x3 beyond an edge where the chosen rate sits",
+    )
+    # Every model sized to this many non-embedding parameters (within 5%) by its width knob, at the
+    # accuracy cells' own shape; None: as built (the models differ by up to ~2x at one width and depth).
+    param_budget: PositiveInt | None = Field(
+        default=None,
+        description="size every accuracy model to this many non-embedding parameters (within 5%), e.g. 200k",
+    )
+    calibration: Calibration | None = None
     # The attention context of the hybrids (`window` of titans-mal/-mag, `segment` of titans-mac; any
     # model whose `window` or `segment` has a default): a float is a fraction of the task's training
     # length, an int a number of tokens, None the models' own defaults. Shorter than the distances the
@@ -123,6 +186,11 @@ class AccuracySettings(TrainSettings):
     # The report calls the accuracy section a smoke test (too little training to rank the models) and
     # points to the presets. Not part of any cell's identity.
     smoke_test: bool = False
+
+    @field_validator("param_budget", mode="before")
+    @classmethod
+    def _budget(cls, value: Any) -> Any:
+        return parse_count(value) if isinstance(value, str) else value
 
     @field_validator("eval_factors", "lrs", "seeds")
     @classmethod
@@ -145,39 +213,198 @@ class AccuracySettings(TrainSettings):
         return max(1, round(c * train_len))
 
 
+Executor = Literal["local", "ray", "slurm"]
+
+
+class SlurmSettings(Strict):
+    """The [slurm] table: how `executor = "slurm"` asks Slurm for each group of cells (one job-array
+    task per group; see bench/running/slurm.py). None leaves the choice to the cluster's defaults, or
+    to the rule in the comment."""
+
+    partition: str | None = Field(
+        default=None,
+        pattern=r"\S",
+        description="partition to submit to (default: the cluster's)",
+        json_schema_extra=cli("--slurm-partition"),
+    )
+    account: str | None = Field(
+        default=None, pattern=r"\S", description="account to charge", json_schema_extra=cli("--slurm-account")
+    )
+    qos: str | None = Field(
+        default=None, pattern=r"\S", description="quality of service", json_schema_extra=cli("--slurm-qos")
+    )
+    # Minutes of the job's time limit per cell; None: the sweep's timeout_s plus a minute for the
+    # cell's process to start, rounded up. A group's task gets this times its cells, plus 2 minutes.
+    time_per_cell_min: PositiveInt | None = None
+    gpus_per_cell: NonNegativeInt | None = Field(
+        default=None,
+        description="GPUs per cell (default: 1 on CUDA cells, 0 on CPU cells)",
+        json_schema_extra=cli("--slurm-gpus-per-cell"),
+    )
+    # None: the sweep's `threads` when set, else 4 on CUDA cells (the launching thread and some room)
+    # and 1 on CPU cells.
+    cpus_per_cell: PositiveInt | None = Field(
+        default=None,
+        description="CPUs per cell (default: the sweep's threads, else 4 on CUDA cells, 1 on CPU)",
+        json_schema_extra=cli("--slurm-cpus-per-cell"),
+    )
+    mem_gb: PositiveFloat | None = Field(
+        default=None,
+        description="memory per cell in GB (default: the partition's)",
+        json_schema_extra=cli("--slurm-mem-gb"),
+    )
+    array_parallelism: PositiveInt | None = Field(
+        default=None,
+        description="at most this many of the sweep's tasks at once (default: no cap)",
+        json_schema_extra=cli("--slurm-array-parallelism"),
+    )
+    # More `#SBATCH` options, each in its long form: "--constraint=a100", "--exclusive".
+    extra_sbatch: list[str] = Field(default_factory=list)
+    # Shell lines run in the job before the cells, e.g. "module load cuda/12.4".
+    setup: list[str] = Field(default_factory=list)
+    poll_s: PositiveFloat = 5.0  # how often the driver asks squeue about its jobs
+
+    @field_validator("extra_sbatch")
+    @classmethod
+    def _long_options(cls, value: list[str]) -> list[str]:
+        for line in value:
+            option = line.removeprefix("#SBATCH").strip()
+            if not option.startswith("--") or len(option) < 3 or " " in option.split("=", 1)[0]:
+                raise ValueError(f"{line!r} is not a long sbatch option such as '--constraint=a100'")
+        return value
+
+
 class SweepSpec(Strict):
-    name: str = Field(default="sweep", pattern=r"^[A-Za-z0-9._-]+$")
-    models: list[ModelEntry] | None = Field(default=None, min_length=1)  # None: every registered model
-    seq_lens: list[PositiveInt] = Field(default=[256, 1024], min_length=1)
-    batch_sizes: list[PositiveInt] = Field(default=[1], min_length=1)
-    dtypes: list[DType] | None = None  # None: bfloat16 on CUDA, float32 on the CPU
-    modes: list[Mode] = Field(default=["train", "prefill", "decode"], min_length=1)
-    device: Device = "auto"
+    name: str = Field(
+        default="sweep",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="the sweep's name in the report and the default run directory",
+        json_schema_extra=cli("--name"),
+    )
+    models: list[ModelEntry] | None = Field(
+        default=None,
+        min_length=1,
+        description="comma-separated registered names, package.module:factory or path/file.py:factory "
+        "strings; LABEL=MODEL names one in the results (default: every registered model)",
+        json_schema_extra=cli("--models", shapes=True),
+    )
+    seq_lens: list[PositiveInt] = Field(
+        default=[256, 1024],
+        min_length=1,
+        description="timing cells' sequence lengths, e.g. 256,1024",
+        json_schema_extra=cli("--seq-lens", shapes=True),
+    )
+    batch_sizes: list[PositiveInt] = Field(
+        default=[1], min_length=1, description="e.g. 1,4", json_schema_extra=cli("--batch-sizes", shapes=True)
+    )
+    dtypes: list[DType] | None = Field(
+        default=None,
+        description="float32, bfloat16, float16, float64 (default: bfloat16 on CUDA, float32 on the CPU)",
+        json_schema_extra=cli("--dtypes", shapes=True),
+    )
+    modes: list[Mode] = Field(
+        default=["train", "prefill", "decode"],
+        min_length=1,
+        description="train, prefill, decode, accuracy",
+        json_schema_extra=cli("--modes", shapes=True),
+    )
+    device: Device = Field(
+        default="auto", description="where cells run (default: auto)", json_schema_extra=cli("--device", True)
+    )
     # The model shape every cell uses, so every model is compared at the same width and depth.
-    vocab_size: PositiveInt = 512
-    d_model: PositiveInt = 256
-    n_layers: PositiveInt = 2
-    # Every model sized to this many non-embedding parameters (within 5%) by its MLP width; None: as built.
-    param_budget: PositiveInt | None = None
+    vocab_size: PositiveInt = Field(
+        default=512, description="the timing cells' vocabulary", json_schema_extra=cli("--vocab-size", True)
+    )
+    d_model: PositiveInt = Field(
+        default=256, description="every model's width", json_schema_extra=cli("--d-model", shapes=True)
+    )
+    n_layers: PositiveInt = Field(
+        default=2, description="every model's depth", json_schema_extra=cli("--n-layers", shapes=True)
+    )
+    param_budget: PositiveInt | None = Field(
+        default=None,
+        description="size every model to this many non-embedding parameters (within 5%) by its MLP width, "
+        "e.g. 2e6 or 2M",
+        json_schema_extra=cli("--param-budget", shapes=True, raw=True),
+    )
     # How cells are timed. decode_tokens and threads change what a cell measures: they are in its key.
-    repeats: PositiveInt = 5
-    warmup: PositiveInt = 2  # warm-up calls at least; more until the timings settle, up to warmup_max
-    warmup_max: PositiveInt = 12
-    decode_tokens: PositiveInt = 32
-    threads: PositiveInt | None = None  # CPU threads for torch; None: torch's default
+    repeats: PositiveInt = Field(
+        default=5,
+        description="timed calls per cell and round, after warm-up",
+        json_schema_extra=cli("--repeats"),
+    )
+    warmup: PositiveInt = Field(
+        default=2,
+        description="untimed calls at least, before timing (more until steady, up to warmup_max)",
+        json_schema_extra=cli("--warmup"),
+    )
+    warmup_max: PositiveInt = Field(default=12, description="untimed calls at most")
+    decode_tokens: PositiveInt = Field(default=32, description="tokens a decode cell steps through")
+    threads: PositiveInt | None = Field(
+        default=None,
+        description="CPU threads for torch (at most the cores here; default: torch's)",
+        json_schema_extra=cli("--threads"),
+    )
     # Every cell measured `rounds` times, each time in a fresh process, the cells in a new seeded order
     # each round, so that machine drift does not fall on one model; compare treats a round as the unit.
-    rounds: PositiveInt = 1
+    rounds: PositiveInt = Field(
+        default=1,
+        description="measure every cell this many times, each in a fresh process, in a new seeded order per "
+        "round (what `compare` counts as independent units)",
+        json_schema_extra=cli("--rounds"),
+    )
     # Every model through torch.compile (outside the timed region; the first call's time is recorded), every
     # family alike. Titans compiles its memory's per-chunk steps and keeps the loop over chunks outside.
-    compile: bool = False
-    timeout_s: PositiveFloat = 900.0
-    seed: int = 0
-    isolation: Literal["process", "none"] = "process"
-    out: str | None = None
-    # Accuracy mode: each model is trained from scratch on each task (see bench/running/accuracy.py).
-    tasks: list[TaskEntry] = Field(default_factory=list)
+    compile: bool = Field(
+        default=False,
+        description="run every model through torch.compile (compiled outside the timed region; time "
+        "recorded)",
+        json_schema_extra=cli("--compile"),
+    )
+    timeout_s: PositiveFloat = Field(
+        default=900.0,
+        description="seconds per cell before it is killed and recorded as timeout",
+        json_schema_extra=cli("--timeout"),
+    )
+    seed: int = Field(default=0, description="the sweep's seed (models, data, the rounds' order)")
+    isolation: Literal["process", "none"] = Field(
+        default="process",
+        description="one process per cell (default) or none, for debugging",
+        json_schema_extra=cli("--isolation"),
+    )
+    # Where cells run (not what they measure: a run may be resumed with another executor).
+    executor: Executor = Field(
+        default="local",
+        description="local: cells here, one at a time (accuracy cells --parallel at a time); ray: cells as "
+        "Ray tasks (RAY_ADDRESS or a local Ray); slurm: each group of cells as a Slurm job-array task (the "
+        "[slurm] table, --slurm-* flags)",
+        json_schema_extra=cli("--executor"),
+    )
+    ray_cpus_per_cell: PositiveInt | None = Field(
+        default=None,
+        description="CPUs each Ray task reserves (default: all of a node's)",
+        json_schema_extra=cli("--ray-cpus-per-cell"),
+    )
+    parallel: PositiveInt = Field(
+        default=1,
+        description="accuracy cells trained at once by the local executor, each in its own process (give "
+        "each [accuracy] threads = 1); timing cells always run alone",
+        json_schema_extra=cli("--parallel"),
+    )
+    out: str | None = Field(
+        default=None,
+        description="run directory (default runs/<name>-<timestamp>)",
+        json_schema_extra=cli("--out"),
+    )
+    # Accuracy mode: each model is trained from scratch on each task (bench/train/cell.py).
+    tasks: list[TaskEntry] = Field(
+        default_factory=list,
+        description="accuracy tasks, e.g. mqar,niah-pk (see bench/tasks); a task the sweep lists keeps its "
+        "arguments",
+        json_schema_extra=cli("--tasks", shapes=True),
+    )
     accuracy: AccuracySettings = Field(default_factory=AccuracySettings)
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
 
     @field_validator("models", "tasks", mode="before")
     @classmethod
@@ -200,6 +427,52 @@ class SweepSpec(Strict):
     def _accuracy_needs_tasks(self) -> SweepSpec:
         if ACCURACY_MODE in self.modes and not self.tasks:
             raise ValueError("modes include 'accuracy' but no tasks are given (tasks = [...] or --tasks)")
+        return self
+
+    @model_validator(mode="after")
+    def _flags_fit_the_modes(self, info: ValidationInfo) -> SweepSpec:
+        """Flags that set what only some modes use, given where no such mode runs, are mistakes."""
+        given = given_flags(info)
+        accuracy = ACCURACY_MODE in self.modes
+        if "tasks" in given and not accuracy:
+            raise ValueError(f"{given['tasks']} needs 'accuracy' among the modes (e.g. --modes accuracy)")
+        if "accuracy.train_len" in given and not accuracy:
+            raise ValueError(
+                f"{given['accuracy.train_len']} sets the accuracy cells' training length; the modes have no "
+                "'accuracy'"
+            )
+        if "seq_lens" in given and not any(m in TIMING_MODES for m in self.modes):
+            raise ValueError(
+                f"{given['seq_lens']} sets the timing cells' lengths and this sweep has only accuracy cells; "
+                "their training length is --train-len"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _executor_options(self, info: ValidationInfo) -> SweepSpec:
+        if self.ray_cpus_per_cell is not None and self.executor != "ray":
+            given = given_flags(info)
+            raise ValueError(
+                f"{given.get('ray_cpus_per_cell', 'ray_cpus_per_cell')} applies to "
+                f"{given.get('executor', '--executor')} ray only"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _slurm_options(self, info: ValidationInfo) -> SweepSpec:
+        given = [flag for path, flag in given_flags(info).items() if path.startswith("slurm.")]
+        if given and self.executor != "slurm":
+            raise ValueError(f"{given[0]} applies to --executor slurm only")
+        return self
+
+    @model_validator(mode="after")
+    def _threads_fit_the_machine(self) -> SweepSpec:
+        if self.executor == "slurm":  # the cells' cores are the compute nodes', not this machine's
+            return self
+        cores = os.cpu_count() or 1
+        for where, threads in (("threads", self.threads), ("[accuracy] threads", self.accuracy.threads)):
+            if threads is not None and threads > cores:
+                raise ValueError(f"{where} = {threads} is more than the {cores} CPU cores here")
         return self
 
     @model_validator(mode="after")
@@ -241,20 +514,31 @@ def parse_count(text: str) -> int:
     return int(number)
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """One line naming the first bad field, e.g. ``sweep.toml: field 'seq_lens.1': ...``."""
+def format_validation_error(err: ValidationError, source: str, given: dict[str, str] | None = None) -> str:
+    """One line naming the first bad field the way the user wrote it: the flag typed on the command line
+    (``--timeout: Input should be greater than 0``), else the field of the file
+    (``sweep.toml: field 'seq_lens.1': ...``); a rule joining fields is its own message."""
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    loc = [str(p) for p in first["loc"]]
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    message = first["msg"].removeprefix("Value error, ")
+    for depth in range(len(loc), 0, -1):  # the longest given path the error lies under
+        flag = (given or {}).get(".".join(loc[:depth]))
+        if flag:
+            item = f" (item {int(loc[depth]) + 1})" if depth < len(loc) and loc[depth].isdigit() else ""
+            return f"{flag}{item}: {message}{more}"
+    if not loc:
+        return f"{source}: {message}{more}"
     kind = "unknown field" if first["type"] == "extra_forbidden" else "field"
-    return f"{source}: {kind} {where!r}: {first['msg']}{more}"
+    return f"{source}: {kind} {'.'.join(loc)!r}: {message}{more}"
 
 
-def parse_spec(data: dict[str, Any], source: str) -> SweepSpec:
+def parse_spec(data: dict[str, Any], source: str, given: dict[str, str] | None = None) -> SweepSpec:
+    """The sweep from its data; ``given``: field path -> the flag the user typed for it."""
     try:
-        return SweepSpec.model_validate(data)
+        return SweepSpec.model_validate(data, context={"given": given or {}})
     except ValidationError as err:
-        raise BenchError(format_validation_error(err, source)) from None
+        raise BenchError(format_validation_error(err, source, given)) from None
 
 
 def load_spec(path: str | Path) -> SweepSpec:

@@ -10,6 +10,8 @@ device, so sizing costs no memory and almost no time.
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 
 import torch
@@ -55,3 +57,14 @@ def size_for_budget(name: str, label: str, kwargs: dict[str, Any], budget: int) 
             f"(within {TOLERANCE:.0%}) by its {knob}: {why}"
         )
     return {knob: best}
+
+
+@functools.cache
+def _sized(name: str, label: str, kwargs_json: str, budget: int) -> str:
+    return json.dumps(size_for_budget(name, label, json.loads(kwargs_json), budget))
+
+
+def sized(name: str, label: str, kwargs: dict[str, Any], budget: int) -> dict[str, Any]:
+    """:func:`size_for_budget`, remembered: a sweep sizes the same model at the same shape once per task,
+    learning rate and seed otherwise."""
+    return json.loads(_sized(name, label, json.dumps(kwargs, sort_keys=True), budget))

@@ -20,8 +20,8 @@ download, comparable across models), or the ids of a ``tokenizers`` JSON file (`
   document, so doubling distance bins are context-position buckets. In training windows it is the
   position within the window.
 
-Every position is asked; the task is scored by loss (``loss_scored``): bits per byte, by position
-(bench/running/accuracy.py). With bytes as tokens a token is a byte. With a tokenizer, each target token
+Every position is asked; the task is scored by loss (its scorer, ``loss``: bench/scoring/loss.py): bits
+per byte, by position. With bytes as tokens a token is a byte. With a tokenizer, each target token
 stands for the bytes of text from the end of the previous token to its own end (the tokenizer's offsets,
 in the UTF-8 text decoded from the document with invalid bytes replaced), so the bytes of a document's
 scored tokens add up to the bytes of text they cover and bits per byte are comparable with the byte
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -140,7 +141,7 @@ def tokenized(corpus: str, tokenizer: str | None) -> Tokenized:
 class LanguageModelling(Task):
     Config = LMConfig
     config: LMConfig
-    loss_scored: ClassVar[bool] = True
+    scorer: ClassVar[str] = "loss"
 
     @property
     def data(self) -> Tokenized:
@@ -153,6 +154,9 @@ class LanguageModelling(Task):
                 "comparable"
             )
         return data
+
+    def chance(self) -> str:
+        return "a uniform guess over bytes costs 8 bits per byte"
 
     def pinned_args(self) -> dict[str, str]:
         return {"fingerprint": self.data.fingerprint}
@@ -188,6 +192,21 @@ class LanguageModelling(Task):
         window = stream[index].long()
         positions = torch.arange(1, seq_len + 1).expand(n, seq_len).clone()
         return Examples(window[:, :-1].clone(), window[:, 1:].clone(), positions)
+
+    def train_stream(self, batch_size: int, seq_len: int, seed: int) -> Iterator[Examples]:
+        """Consecutive windows of the training stream, one row per position: each row starts at a random
+        offset and moves on by ``seq_len`` tokens a batch (back to the start at the end), so a state passed
+        from one batch to the next has read the text just before (across documents too: the boundary
+        token between them is in the stream, and a model must learn what it means)."""
+        stream = self.data.stream
+        g = torch.Generator().manual_seed(seed)
+        starts = torch.randint(0, len(stream), (batch_size,), generator=g)
+        span = torch.arange(seq_len + 1)
+        positions = torch.arange(1, seq_len + 1).expand(batch_size, seq_len)
+        while True:
+            window = stream[(starts[:, None] + span) % len(stream)].long()
+            yield Examples(window[:, :-1].clone(), window[:, 1:].clone(), positions.clone())
+            starts = (starts + seq_len) % len(stream)
 
     def examples(
         self, split: Split, n: int, seq_len: int, seed: int, train_len: int | None = None

@@ -125,7 +125,7 @@ def chunk_coefficients(theta: Tensor, eta: Tensor, alpha: Tensor) -> tuple[Tenso
 
 
 # Inductor records its generated CPU kernels in the profiler only with this flag (a check per kernel call
-# when no profiler runs), which bench.running.dispatch needs to count them.
+# when no profiler runs), which the launch counter (bench.measure.launches) needs to count them.
 COMPILE_OPTIONS = {"cpp.enable_kernel_profile": True}
 _COMPILED: dict[str, Callable] = {}
 

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from pydantic import PositiveInt
 from torch import nn
 
-from bench.registry import register
 from models.modules.attention import Attention, KVCache
+from models.modules.catalog import ModelFamily
 from models.modules.dtypes import compute_dtype, dtype_bytes
 from models.modules.lm import LanguageModel, Mixer
 from models.modules.norm import RMSNorm
@@ -168,7 +168,6 @@ class TitansMACConfig(TitansHybridConfig):
     segment: PositiveInt = 512
 
 
-@register("titans-mac", config=TitansMACConfig, backends=titans_backends, reference="torch-recurrent")
 def build_titans_mac(config: TitansMACConfig) -> LanguageModel:
     """Titans (MAC): in every block, attention over each segment with the memory's retrieval for it as
     context; the memory is then written with the attention output and gates it."""
@@ -180,3 +179,14 @@ def build_titans_mac(config: TitansMACConfig) -> LanguageModel:
         return MAC(c.d_model, c.make_lmm(), attention, c.n_persistent, c.segment)
 
     return LanguageModel(c.vocab_size, c.d_model, c.n_layers, make_mixer, mlp_hidden=c.mlp_hidden)
+
+
+TITANS_MAC = ModelFamily(
+    "titans-mac",
+    build_titans_mac,
+    TitansMACConfig,
+    titans_backends,
+    reference="torch-recurrent",
+    reference_args={"attention_backend": "torch"},
+    context="segment",
+)

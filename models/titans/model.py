@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 from torch import nn
 
-from bench.registry import register
 from models.modules.attention import Attention
+from models.modules.catalog import ModelFamily
 from models.modules.config import ModelConfig
 from models.modules.conv import CausalConv1d
 from models.modules.dtypes import compute_dtype, dtype_bytes
@@ -430,7 +430,6 @@ def titans_backends() -> dict[str, bool | str]:
     return {"auto": True, "torch-chunked": True, "torch-recurrent": True, "triton": triton_problem() or True}
 
 
-@register("titans-lmm", config=TitansConfig, backends=titans_backends, reference="torch-recurrent")
 def build_titans_lmm(config: TitansConfig) -> LanguageModel:
     """Titans (LMM): the neural memory alone in every block."""
     c = config
@@ -439,7 +438,6 @@ def build_titans_lmm(config: TitansConfig) -> LanguageModel:
     )
 
 
-@register("titans-mal", config=TitansWindowConfig, backends=titans_backends, reference="torch-recurrent")
 def build_titans_mal(config: TitansWindowConfig) -> LanguageModel:
     """Titans (MAL): persistent tokens -> LMM -> sliding-window attention in every block."""
     c = config
@@ -451,7 +449,6 @@ def build_titans_mal(config: TitansWindowConfig) -> LanguageModel:
     return LanguageModel(c.vocab_size, c.d_model, c.n_layers, make_mixer, mlp_hidden=c.mlp_hidden)
 
 
-@register("titans-mag", config=TitansWindowConfig, backends=titans_backends, reference="torch-recurrent")
 def build_titans_mag(config: TitansWindowConfig) -> LanguageModel:
     """Titans (MAG): in every block, sliding-window attention and the LMM side by side over the persistent
     tokens and the input, the memory gating the attention."""
@@ -464,3 +461,26 @@ def build_titans_mag(config: TitansWindowConfig) -> LanguageModel:
         return MAG(c.d_model, c.make_lmm(), attention, c.n_persistent)
 
     return LanguageModel(c.vocab_size, c.d_model, c.n_layers, make_mixer, mlp_hidden=c.mlp_hidden)
+
+
+TITANS_LMM = ModelFamily(
+    "titans-lmm", build_titans_lmm, TitansConfig, titans_backends, reference="torch-recurrent"
+)
+TITANS_MAL = ModelFamily(
+    "titans-mal",
+    build_titans_mal,
+    TitansWindowConfig,
+    titans_backends,
+    reference="torch-recurrent",
+    reference_args={"attention_backend": "torch"},
+    context="window",
+)
+TITANS_MAG = ModelFamily(
+    "titans-mag",
+    build_titans_mag,
+    TitansWindowConfig,
+    titans_backends,
+    reference="torch-recurrent",
+    reference_args={"attention_backend": "torch"},
+    context="window",
+)

@@ -237,7 +237,7 @@ def _launches(cfg: dict, T: int, coefs) -> list[tuple]:
 
 
 def _launch(kernel, n_programs: int):
-    """kernel[grid] inside a profiler mark (bench.running.dispatch counts a marked launch as one dispatch,
+    """kernel[grid] inside a profiler mark (bench.measure.launches counts a marked launch as one dispatch,
     whatever the interpreter does inside it on the CPU)."""
     launcher = kernel[(n_programs,)]
 

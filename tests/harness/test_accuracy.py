@@ -1,16 +1,16 @@
 """Accuracy mode: sweep spec and cells, the training loop, divergence, the CLI and the report section."""
 
-import pandas as pd
 import pytest
 
 import bench
 from bench.cli import build_parser, main
 from bench.errors import BenchError
-from bench.running.accuracy import lr_at, run_accuracy_cell
 from bench.spec.cells import cell_from_json, expand
 from bench.spec.config import ModelEntry, TrainSettings, default_spec, parse_spec, preset_spec
 from bench.tasks import make_task
-from tests.helpers import accuracy_cell
+from bench.train import lr_at
+from bench.train.cell import run_accuracy_cell
+from tests.helpers import accuracy_cell, stored
 
 
 def accuracy_spec(**accuracy):
@@ -39,7 +39,7 @@ def test_expand_makes_one_accuracy_cell_per_model_and_task():
     acc = [c for c in cells if c.mode == "accuracy"]
     assert len(timing) == 1 and len(acc) == 3
     assert [c.task_label for c in acc] == ["mqar", "mqar-small", "niah-pk"]
-    assert [c.seq_len for c in acc] == [64, 64, 128]  # the training length, not the timing seq_lens
+    assert [c.train_len for c in acc] == [64, 64, 128]  # the training length, not the timing seq_lens
     assert [c.eval_lens for c in acc] == [[64, 128], [64, 128], [128, 256]]
     assert [c.vocab_size for c in acc] == [8192, 32, acc[2].vocab_size]  # the task's own vocabulary
     assert acc[0].batch_size == 64 and acc[0].train == TrainSettings()
@@ -228,10 +228,11 @@ def test_outputs_that_turn_nan_beyond_the_training_length_are_flagged():
     assert record["status"] == "ok"
     assert [e["nonfinite"] for e in record["accuracy_by_len"]] == [0.0, 1.0]
 
-    from bench.analysis.report_accuracy import by_length, table
+    from bench.analysis.sections.recall import table
+    from bench.analysis.selection import by_length
 
-    row = {**record, "label": "unstable", "task_label": "mqar", "seq_len": 16}
-    cells = table(by_length(pd.DataFrame([row])), intervals=False).splitlines()[-1].split("|")[2:4]
+    row = stored(cell, record, label="unstable")
+    cells = table(by_length([row]), intervals=False).splitlines()[-1].split("|")[2:4]
     assert "(NaN" not in cells[0] and cells[1].strip() == f"{100 * record['acc_T32']:.1f} (NaN 100%)"
 
 

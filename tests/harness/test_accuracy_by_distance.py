@@ -1,12 +1,12 @@
 """Scoring by distance, without training noise: a model that can recall exactly the evidence at most
 ``reach`` tokens back (tests/plugins/window_recall.py), run through a real accuracy cell."""
 
-import pandas as pd
 import pytest
 
-from bench.analysis.report_accuracy import by_length, table
-from bench.running.accuracy import run_accuracy_cell
-from tests.helpers import accuracy_cell
+from bench.analysis.sections.recall import table
+from bench.analysis.selection import by_length
+from bench.train.cell import run_accuracy_cell
+from tests.helpers import accuracy_cell, stored
 
 PLUGIN = "tests.plugins.window_recall:build"
 MQAR = {"vocab_size": 64, "num_kv_pairs": 4, "random_non_queries": False}
@@ -53,7 +53,8 @@ def test_beyond_train_reports_the_failure_that_the_overall_number_hides():
     power-law placement at 2L most queries still sit within L of their pair: the overall accuracy looks
     like extrapolation while beyond_train shows there is none. The stretch placement asks beyond L."""
     L = 32
-    zoology = run_accuracy_cell(recall_cell("mqar", {**MQAR, "eval_placement": "train"}, L, reach=L))
+    zoology_cell = recall_cell("mqar", {**MQAR, "eval_placement": "train"}, L, reach=L)
+    zoology = run_accuracy_cell(zoology_cell)
     stretch = run_accuracy_cell(recall_cell("mqar", MQAR, L, reach=L))
     at = {
         r: {e["eval_len"]: e for e in rec["accuracy_by_len"]} for r, rec in (("z", zoology), ("s", stretch))
@@ -70,8 +71,8 @@ def test_beyond_train_reports_the_failure_that_the_overall_number_hides():
     assert zoology["acc_T64"] >= 0.6 and zoology["acc_beyond_T64"] == 0.0 and "acc_beyond_T32" not in zoology
 
     # The report puts the two numbers side by side.
-    row = {**zoology, "label": "window-recall", "task_label": "mqar", "seq_len": L, "model": PLUGIN}
-    text = table(by_length(pd.DataFrame([row])))
+    row = stored(zoology_cell, zoology, label="window-recall")
+    text = table(by_length([row]))
     header, _, line = text.splitlines()
     assert header.startswith(
         "| model | mqar T=32 | mqar T=64 | mqar T=64, d>32 | mqar T=128 | mqar T=128, d>32 |"

@@ -9,9 +9,9 @@ from bench.cli import main
     "args, message",
     [
         (["--models", "nope"], "unknown model 'nope'"),
-        (["--seq-lens", "0"], "field 'seq_lens.0'"),
+        (["--seq-lens", "0"], "--seq-lens (item 1): Input should be greater than 0"),
         (["--seq-lens", "ten"], "--seq-lens takes comma-separated integers"),
-        (["--modes", "fly"], "field 'modes.0'"),
+        (["--modes", "fly"], "--modes (item 1): Input should be 'train'"),
         (["--device", "cuda"], "no CUDA device"),
         (
             ["--models", "transformer", "--d-model", "31"],

@@ -121,12 +121,17 @@ def test_a_page_more_on_a_tiny_model_is_not_a_memory_regression(tmp_path):
     }
 
 
+ACC = {"higher_is_better": True, "unit": "fraction"}
+BPB = {"higher_is_better": False, "unit": "bits per byte"}
+
+
 def test_accuracy_past_the_training_length_is_compared_too(tmp_path):
     """The overall accuracy at 4L holds while the part past L collapses: a regression, named by its column."""
     base, new = tmp_path / "base", tmp_path / "new"
     base.mkdir(), new.mkdir()
-    write_run(base, [{"key": "acc", "status": "ok", "acc_T128": 0.90, "acc_beyond_T128": 0.80}])
-    write_run(new, [{"key": "acc", "status": "ok", "acc_T128": 0.88, "acc_beyond_T128": 0.40}])
+    columns = {"score_columns": {c: ACC for c in ("acc_T128", "acc_beyond_T128")}}
+    write_run(base, [{"key": "acc", "status": "ok", "acc_T128": 0.90, "acc_beyond_T128": 0.80, **columns}])
+    write_run(new, [{"key": "acc", "status": "ok", "acc_T128": 0.88, "acc_beyond_T128": 0.40, **columns}])
     comp = compare_runs(str(base), str(new))
     assert [(c.metric, c.verdict) for c in comp.changes] == [
         ("acc_T128", "unchanged"),
@@ -203,25 +208,33 @@ def test_runs_with_nothing_in_common_cannot_pass_the_gate(tmp_path, capsys):
     assert main(["compare", str(base), str(new), "--min-common", "2"]) == 2
 
 
-def test_bits_per_byte_are_lower_is_better(tmp_path):
+LM = {"score_columns": {c: BPB for c in ("bpb_T64", "bpb_T128")}}
+
+
+@pytest.mark.parametrize("stored", [True, False])
+def test_bits_per_byte_are_lower_is_better(tmp_path, stored):
     """Language-modelling cells carry bpb_T{n} columns: a rise beyond bpb_threshold (0.05 bits per byte by
-    default) is a regression, a fall an improvement, the opposite of the accuracy columns."""
+    default) is a regression, a fall an improvement, the opposite of the accuracy columns. The direction
+    comes from the record's scorer: stored with the record, or for older records asked of the scorer it
+    names."""
     base, new = tmp_path / "base", tmp_path / "new"
     base.mkdir(), new.mkdir()
+    lm = LM if stored else {"mode": "accuracy", "scoring": "loss"}
+    acc = {"score_columns": {"acc_T64": ACC}} if stored else {"mode": "accuracy", "scoring": "distance"}
     write_run(
         base,
         [
-            {"key": "lm-a", "status": "ok", "bpb_T64": 2.0, "bpb_T128": 2.10},
-            {"key": "lm-b", "status": "ok", "bpb_T64": 2.0, "bpb_T128": None},  # not evaluated: skipped
-            {"key": "acc", "status": "ok", "acc_T64": 0.9},
+            {"key": "lm-a", "status": "ok", "bpb_T64": 2.0, "bpb_T128": 2.10, **lm},
+            {"key": "lm-b", "status": "ok", "bpb_T64": 2.0, "bpb_T128": None, **lm},  # not evaluated: skipped
+            {"key": "acc", "status": "ok", "acc_T64": 0.9, **acc},
         ],
     )
     write_run(
         new,
         [
-            {"key": "lm-a", "status": "ok", "bpb_T64": 2.04, "bpb_T128": 2.20},
-            {"key": "lm-b", "status": "ok", "bpb_T64": 1.90, "bpb_T128": 3.0},
-            {"key": "acc", "status": "ok", "acc_T64": 0.99},
+            {"key": "lm-a", "status": "ok", "bpb_T64": 2.04, "bpb_T128": 2.20, **lm},
+            {"key": "lm-b", "status": "ok", "bpb_T64": 1.90, "bpb_T128": 3.0, **lm},
+            {"key": "acc", "status": "ok", "acc_T64": 0.99, **acc},
         ],
     )
     verdicts = {(c.key, c.metric): c.verdict for c in compare_runs(str(base), str(new)).changes}

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from bench.running.dispatch import count_dispatches
+from bench.measure.launches import count_dispatches
 
 A, B = torch.randn(8, 8), torch.randn(8, 8)
 

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from bench.errors import BenchError
-from bench.running.accuracy import FIRST_CONTEXT, run_accuracy_cell
+from bench.scoring.loss import FIRST_CONTEXT
 from bench.spec.cells import expand
 from bench.spec.config import ModelEntry, parse_spec
 from bench.tasks import make_task
 from bench.tasks.corpus import SPLITS, STDLIB, load_corpus, split_of
 from bench.tasks.lm import SEP_BYTE, tokenized
+from bench.train.cell import run_accuracy_cell
 from tests.helpers import accuracy_cell
 
 PLUGIN = "tests.plugins.closed_form_lm:build"
@@ -238,7 +239,7 @@ def test_uniform_bytes_cost_exactly_8_bits_per_byte_at_every_position(tmp_path):
     source = write_corpus(tmp_path / "c")
     record = run_accuracy_cell(lm_cell(source, 64, factors=(1, 2, 4)))
     assert record["status"] == "ok" and record["scoring"] == "loss" and record["steps_run"] == 3
-    assert record["accuracy"] is None and "acc_T64" not in record
+    assert record.get("accuracy") is None and "acc_T64" not in record
     assert [v for _, v in record["val_curve"]] == pytest.approx([8.0, 8.0], abs=1e-6)
     assert record["val_bpb"] == pytest.approx(8.0, abs=1e-6) and record["train_tokens_per_s"] > 0
     assert record["bpb"] == record["bpb_T64"] == pytest.approx(8.0, abs=1e-6)
@@ -352,17 +353,16 @@ def test_a_tokenizer_file_built_here_works(tmp_path):
 def test_truncated_context_windows_cover_every_target_once(window, length):
     """Every target from position ``window`` on is scored once, with between window // 2 + 1 and window
     tokens of context, the last window aligned to the end when the length is not a multiple."""
-    import contextlib
-
-    from bench.running.accuracy import position_nll, truncated_nll
-    from bench.tasks.base import Examples
+    from bench.scoring import Examples, Inference
+    from bench.scoring.loss import truncated_nll
     from tests.plugins.closed_form_lm import build
 
     model = build(favour=7)
     ids = torch.full((3, length), 7)
     data = Examples(ids, ids, torch.arange(1, length + 1).expand(3, length))
-    full, _ = position_nll(model, data, 64, contextlib.nullcontext)
-    cut, finite = truncated_nll(model, data, full, window, 64, contextlib.nullcontext)
+    infer = Inference(64)
+    full, _ = infer.nll(model, data)
+    cut, finite = truncated_nll(model, data, full, window, infer)
     assert finite.all() and torch.equal(cut[:, :window], full[:, :window])
     # The model's loss at input position j is -ln((j + 1) / (j + 256)): invert it to read the context.
     context = torch.round(255 / (torch.exp(cut) - 1)).long()  # j + 1 tokens of context
@@ -375,7 +375,7 @@ def test_a_tiny_but_certain_context_gain_is_not_called_help():
     """+0.0004 bits per byte with an interval above zero: the sign is shown, the help is not claimed."""
     import pandas as pd
 
-    from bench.analysis.report_lm import measured
+    from bench.analysis.sections.lm import measured
 
     rows = [
         {"label": "tiny", "context_gain": 0.0004, "context_gain_interval": [0.0001, 0.0007]},
@@ -397,9 +397,8 @@ def test_the_lm_report_section(tmp_path):
     """Real cells of the closed-form models (uniform: 8 bits per byte everywhere; favouring the byte the
     documents are made of: falling with position) at two learning rates: the tables, the documents
     counted, what the context beyond L is worth, and the plots."""
-    import pandas as pd
-
-    from bench.analysis.report_accuracy import accuracy_section
+    from bench.analysis.report import accuracy_sections
+    from bench.results import parse_row
 
     source = write_corpus(tmp_path / "c", length=lambda i: 200 + 4 * i, byte=ord("a"))
     rows = []
@@ -407,13 +406,13 @@ def test_the_lm_report_section(tmp_path):
         for lr in (1e-3, 3e-3):
             cell = lm_cell(source, 32, factors=(1, 2, 4), favour=favour, lr=lr)
             cell = cell.model_copy(update={"label": label, "task_label": "lm"})
-            rows.append({"key": cell.key, **cell.model_dump(), **run_accuracy_cell(cell)})
+            rows.append(parse_row({"key": cell.key, **cell.model_dump(), **run_accuracy_cell(cell)}))
     # A cell that timed out has only its cell fields and a status: still an lm cell, shown as such.
     late = lm_cell(source, 32, factors=(1, 2, 4)).model_copy(update={"label": "late", "task_label": "lm"})
-    rows.append({"key": late.key, **late.model_dump(), "status": "timeout", "error": "timed out"})
+    rows.append(parse_row({"key": late.key, **late.model_dump(), "status": "timeout", "error": "timed out"}))
     out = tmp_path / "run"
     out.mkdir()
-    lines = accuracy_section(pd.DataFrame(rows), out)
+    lines = accuracy_sections(rows, out)
     text = "\n".join(lines)
     assert "## Language modelling: bits per byte by context position" in text
     assert "## Accuracy: synthetic recall" not in text and "## State tracking" not in text

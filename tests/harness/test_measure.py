@@ -6,10 +6,10 @@ import time
 import pytest
 import torch
 
-from bench.running.environment import peak_flops
-from bench.running.measure import make_model, measure_cell, model_flops_per_token, step_callable
-from bench.running.memory import PeakMemory
-from bench.running.timing import drift, settled, summarize, warm_up
+from bench.measure.cell import make_model, measure_cell, model_flops_per_token, step_callable
+from bench.measure.flops import peak_flops
+from bench.measure.memory import PeakMemory
+from bench.measure.timing import drift, settled, summarize, warm_up
 from bench.spec.cells import TimingCell
 
 CPU = torch.device("cpu")

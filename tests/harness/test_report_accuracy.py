@@ -2,23 +2,20 @@
 beyond-training-length columns, the seconds cap shown as such, the smoke-test label and the difficulty
 sweep, from records made by hand (and one real capped cell)."""
 
+import itertools
+
 import pandas as pd
 import pytest
 
-from bench.analysis.report_accuracy import (
-    accuracy_section,
-    by_length,
-    difficulty_axis,
-    runs,
-    smoke_note,
-    summarize,
-    table,
-    time_text,
-    training_table,
-)
+from bench.analysis.report import accuracy_sections
+from bench.analysis.sections.recall import difficulty_axis, smoke_note, table, time_text
+from bench.analysis.selection import by_length, choose_lrs, summarize, training_table
 from bench.analysis.stats import t_interval, wilson_interval
-from bench.running.accuracy import run_accuracy_cell
-from tests.helpers import accuracy_cell
+from bench.results import parse_row
+from bench.train.cell import run_accuracy_cell
+from tests.helpers import accuracy_cell, stored
+
+KEYS = itertools.count()
 
 
 def record(label, lr, seed, val, acc, beyond=None, status="ok", steps=100, task="mqar", **extra):
@@ -40,54 +37,54 @@ def record(label, lr, seed, val, acc, beyond=None, status="ok", steps=100, task=
     ]
     if status != "ok":
         entries = [{**e, "accuracy": None} for e in entries]
-    return {
-        "label": label,
-        "model": label,
-        "model_args": {},
-        "task": "mqar",
-        "task_label": task,
-        "task_args": {"num_kv_pairs": 4},
-        "seq_len": 32,
-        "d_model": 64,
-        "n_layers": 2,
-        "status": status,
-        "train": {"lr": lr, "steps": 600},
-        "seed": seed,
-        "val_accuracy": val if status == "ok" else None,
-        "steps_run": steps,
-        "stop_reason": "steps",
-        "cap_bound": False,
-        "accuracy_by_len": entries,
-        "train_seconds": 1.0,
-        "final_loss": 0.1,
-        "n_params": 1000,
-        "state_bytes": 10,
-        **extra,
-    }
-
-
-def test_the_learning_rate_is_chosen_by_mean_validation_accuracy_over_seeds():
-    cells = pd.DataFrame(
-        [
-            # lr 1e-3 has the best single run (0.99) but the worse mean (0.6); 3e-3 wins on the mean
-            record("a", 1e-3, 0, 0.99, (0.99, 0.5)),
-            record("a", 1e-3, 1, 0.21, (0.2, 0.1)),
-            record("a", 3e-3, 0, 0.80, (0.8, 0.7), beyond=0.6),
-            record("a", 3e-3, 1, 0.90, (0.9, 0.6), beyond=0.5),
-            # both reached the early-stopping threshold (0.99): a tie, to the rate that got there first
-            record("b", 1e-3, 0, 1.0, (1.0, 0.9), steps=300, train={"lr": 1e-3, "threshold": 0.99}),
-            record("b", 1e-2, 0, 0.992, (1.0, 0.4), steps=150, train={"lr": 1e-2, "threshold": 0.99}),
-            # a diverged run counts as 0, never as a missing value that would let its rate win
-            record("c", 1e-2, 0, None, (None, None), status="diverged"),
-            record("c", 1e-3, 0, 0.3, (0.3, 0.2)),
-        ]
+    return parse_row(
+        {
+            "key": f"k{next(KEYS)}",
+            "mode": "accuracy",
+            "label": label,
+            "model": label,
+            "model_args": {},
+            "task": "mqar",
+            "task_label": task,
+            "task_args": {"num_kv_pairs": 4},
+            "seq_len": 32,
+            "d_model": 64,
+            "n_layers": 2,
+            "status": status,
+            "train": {"lr": lr, "steps": 600},
+            "seed": seed,
+            "val_accuracy": val if status == "ok" else None,
+            "steps_run": steps,
+            "stop_reason": "steps",
+            "cap_bound": False,
+            "accuracy_by_len": entries,
+            "train_seconds": 1.0,
+            "final_loss": 0.1,
+            "n_params": 1000,
+            "state_bytes": 10,
+            **extra,
+        }
     )
-    chosen = runs(cells)
-    assert chosen.loc[chosen["chosen"], ["label", "lr"]].drop_duplicates().values.tolist() == [
-        ["a", 3e-3],
-        ["b", 1e-2],
-        ["c", 1e-3],
+
+
+def test_without_a_validation_loss_the_learning_rate_is_chosen_by_mean_validation_accuracy():
+    """Records written before the validation loss was recorded keep the rule they were made under."""
+    cells = [
+        # lr 1e-3 has the best single run (0.99) but the worse mean (0.6); 3e-3 wins on the mean
+        record("a", 1e-3, 0, 0.99, (0.99, 0.5)),
+        record("a", 1e-3, 1, 0.21, (0.2, 0.1)),
+        record("a", 3e-3, 0, 0.80, (0.8, 0.7), beyond=0.6),
+        record("a", 3e-3, 1, 0.90, (0.9, 0.6), beyond=0.5),
+        # both reached the early-stopping threshold (0.99): a tie, to the rate that got there first
+        record("b", 1e-3, 0, 1.0, (1.0, 0.9), steps=300, train={"lr": 1e-3, "threshold": 0.99}),
+        record("b", 1e-2, 0, 0.992, (1.0, 0.4), steps=150, train={"lr": 1e-2, "threshold": 0.99}),
+        # a diverged run counts as 0, never as a missing value that would let its rate win
+        record("c", 1e-2, 0, None, (None, None), status="diverged"),
+        record("c", 1e-3, 0, 0.3, (0.3, 0.2)),
     ]
+    choices = choose_lrs(cells)
+    assert [(label, c.lr) for (label, _), c in choices.items()] == [("a", 3e-3), ("b", 1e-2), ("c", 1e-3)]
+    assert {c.rule for c in choices.values()} == {"validation score"}
     summary = summarize(by_length(cells)).set_index(["label", "eval_len"])
     a = summary.loc[("a", 64)]
     assert a["accuracy"] == pytest.approx(0.65) and a["seeds"] == 2  # the mean over seeds
@@ -105,29 +102,28 @@ def test_the_learning_rate_is_chosen_by_mean_validation_accuracy_over_seeds():
     assert "| 65.0 [1–100] | 55.0 [0–100] | – | 3e-3 |" in lines["a"]  # two seeds: t(1) = 12.7, wide
     assert "| 40.0 [31–50] | – | – | 1e-2 |" in lines["b"]
     # Seeds that agree exactly: the interval is Wilson's over their examples pooled, not zero-wide.
-    same = pd.DataFrame([record("d", 1e-3, s, 1.0, (1.0, 1.0)) for s in (0, 1)])
+    same = [record("d", 1e-3, s, 1.0, (1.0, 1.0)) for s in (0, 1)]
     d = summarize(by_length(same)).iloc[0]
     assert (d["accuracy_low"], d["accuracy_high"]) == pytest.approx(wilson_interval(200, 200))
-    training = training_table(cells)
+    training = "\n".join(training_table(cells, "accuracy"))
     assert training.count("✓") == 3 and len(training.splitlines()) == 2 + 6  # a row per model and rate
-    assert "| a | mqar | 32 | 3e-3 | ✓ | 2 | ok ×2 | 85.0 |" in training
+    assert "| a | mqar | 32 | 3e-3 | ✓ | 2 | ok ×2 | – | 85 |" in training
 
 
 def test_failed_seeds_and_the_seconds_cap_are_shown_as_such():
-    cells = pd.DataFrame(
-        [
-            record("a", 1e-3, 0, 0.9, (0.9, 0.5)),
-            record("a", 1e-3, 1, None, (None, None), status="diverged"),
-            record("b", 1e-3, 0, 0.3, (0.3, 0.1), cap_bound=True, stop_reason="max_seconds"),
-        ]
-    )
+    cells = [
+        record("a", 1e-3, 0, 0.9, (0.9, 0.5)),
+        record("a", 1e-3, 1, None, (None, None), status="diverged"),
+        record("b", 1e-3, 0, 0.3, (0.3, 0.1), cap_bound=True, stop_reason="max_seconds"),
+    ]
     lines = {line.split("|")[1].strip(): line for line in table(by_length(cells)).splitlines()[2:]}
     assert "90.0 [" in lines["a"] and "(1 of 2 seeds failed)" in lines["a"]
     assert "30.0 [" in lines["b"] and lines["b"].count("(cap)") == 2
-    assert "| max_seconds | **1** |" in training_table(cells)
-    timed = cells.assign(
-        wall_s=[120.0, 60.0, 60.0], train_seconds=100.0, train_cpu_seconds=[50.0, 25.0, 100.0]
-    )
+    assert "| max_seconds | – | **1** |" in "\n".join(training_table(cells, "accuracy"))
+    timed = [
+        c.model_copy(update={"wall_s": wall, "train_seconds": 100.0, "train_cpu_seconds": cpu})
+        for c, wall, cpu in zip(cells, (120.0, 60.0, 60.0), (50.0, 25.0, 100.0), strict=True)
+    ]
     assert time_text(timed) == (
         "3 cells, 4 minutes of wall clock in all, about 2 on a quiet core (each cell's wall clock times the "
         "share of the CPU its training got)."
@@ -147,8 +143,7 @@ def test_a_capped_cell_says_so_and_its_final_model_is_validated():
     rec = run_accuracy_cell(cell)
     assert rec["stop_reason"] == "max_seconds" and rec["cap_bound"] is True and rec["steps_run"] == 1
     assert rec["val_curve"] == [[1, rec["val_accuracy"]]]  # validated once more after the cap
-    row = {**rec, "label": "w", "task_label": "mqar", "seq_len": 16, "train": cell.train.model_dump()}
-    assert "(cap)" in table(by_length(pd.DataFrame([row])))
+    assert "(cap)" in table(by_length([stored(cell, rec, label="w")]))
     # A cap passed on the last step did not bind: the budget was run in full.
     done = run_accuracy_cell(cell.model_copy(update={"train": cell.train.model_copy(update={"steps": 1})}))
     assert done["cap_bound"] is False and done["stop_reason"] == "steps" and done["steps_run"] == 1
@@ -160,16 +155,49 @@ def test_difficulty_axis_and_smoke_test_note(tmp_path):
         for n, accs in ((2, (1.0, 0.9)), (8, (0.9, 0.4)))
         for m, acc in zip(("x", "y"), accs, strict=True)
     ]
-    cells = pd.DataFrame(pairs)
+    cells = pairs
     assert difficulty_axis(cells) == ("num_kv_pairs", {"mqar-p2": 2, "mqar-p8": 8})
-    mixed = pd.DataFrame([pairs[0], {**pairs[2], "task": "niah-pk"}])
+    mixed = [pairs[0], pairs[2].model_copy(update={"task": "niah-pk"})]
     assert difficulty_axis(mixed) is None
-    text = "\n".join(accuracy_section(cells, tmp_path))
+    text = "\n".join(accuracy_sections(cells, tmp_path))
     assert "At the hardest setting (num_kv_pairs = 8, task mqar-p8)" in text
     assert "best x 90.0%, worst y 40.0% (spread 50.0 points)" in text
     assert "Smoke test" not in text and smoke_note(cells) == []
     assert (tmp_path / "accuracy_vs_difficulty.png").stat().st_size > 1000
     assert (tmp_path / "accuracy_by_distance.png").stat().st_size > 1000
-    smoke = smoke_note(cells.assign(smoke_test=True))[0]
+    smoke = smoke_note([c.model_copy(update={"smoke_test": True}) for c in cells])[0]
     assert smoke.startswith("**Smoke test.** Every model trained for the same 100 steps")
     assert "--preset cpu-recall" in smoke
+
+
+def test_seeds_that_split_are_shown_one_by_one_with_how_many_solved():
+    cells = [record("m", 1e-3, s, 0.5, (acc, acc), val_loss=0.1) for s, acc in enumerate((1.0, 0.99, 0.008))]
+    line = table(by_length(cells)).splitlines()[-1]
+    assert "66.6 [" in line and ", 2 of 3 solved (seeds 100 / 99 / 1)" in line
+    agree = [record("n", 1e-3, s, 0.5, (1.0, 1.0), val_loss=0.1) for s in range(3)]
+    assert "3 of 3 solved |" in table(by_length(agree)).splitlines()[-1]  # no split: no per-seed list
+
+
+def test_calibration_and_convergence_are_checked_from_the_records():
+    from bench.analysis.quality import calibration_lines, convergence_lines
+
+    calibration = {"model": "transformer", "min_score": 0.95, "converged": True}
+    rows = [
+        record("transformer", 1e-3, 0, 1.0, (0.97, 0.5), val_loss=0.1, still_improving=False,
+               calibration=calibration),
+        record("transformer", 1e-3, 0, 1.0, (0.99, 0.5), val_loss=0.1, still_improving=True, task="mqar-b",
+               calibration=calibration),
+        record("other", 1e-3, 0, 1.0, (0.2, 0.1), val_loss=2.0, still_improving=False,
+               calibration=calibration),
+    ]  # fmt: skip
+    [line] = calibration_lines(rows, "accuracy", True)
+    assert line.startswith("**Calibration (transformer ≥ 95%, converged): FAIL**")
+    assert "mqar: transformer 97.0% at the training length over 1 seeds ✓" in line
+    assert (
+        "mqar-b: transformer 99.0% at the training length over 1 seeds, still improving in seed(s) 0 ✗"
+        in line
+    )
+    passed = [r for r in rows if r.task_label == "mqar"]
+    assert "): PASS**" in calibration_lines(passed, "accuracy", True)[0]
+    [text] = convergence_lines(rows)
+    assert "1 of 3 runs at the chosen rates were still improving: transformer on mqar-b (seed 0)" in text

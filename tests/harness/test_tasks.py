@@ -6,16 +6,11 @@ import torch
 
 import bench
 from bench.errors import BenchError
+from bench.scoring import NO_DISTANCE, Examples
+from bench.scoring.bins import bin_by_distance, doubling_bounds
+from bench.scoring.distance import score_items, score_predictions
 from bench.tasks import IGNORE, list_tasks, make_task
-from bench.tasks.base import (
-    NO_DISTANCE,
-    Examples,
-    bin_by_distance,
-    derive_seed,
-    doubling_bounds,
-    drop_seen,
-    example_ids,
-)
+from bench.tasks.base import derive_seed, drop_seen, example_ids
 from bench.tasks.niah import DASH, DIGIT0, IS, KEY0, NEEDLE, QUERY
 
 MQAR = dict(vocab_size=64, num_kv_pairs=6)
@@ -174,8 +169,10 @@ def test_scoring_a_hand_made_prediction():
     predictions[0, [1, 3, 4]] = torch.tensor([7, 8, 9])  # 3 of 4 queries right; position 5 wrong
     predictions[1, [4, 5]] = torch.tensor([3, 4])  # all right; unasked positions do not count
     mqar, niah = make_task("mqar", MQAR), make_task("niah-n")
-    assert mqar.score(predictions, targets).tolist() == [0.75, 1.0]
-    assert niah.score(predictions, targets).tolist() == [0.0, 1.0]  # exact: the whole value or nothing
+    assert score_predictions(predictions, targets, mqar.exact).tolist() == [0.75, 1.0]
+    # exact: the whole value or nothing
+    assert score_predictions(predictions, targets, niah.exact).tolist() == [0.0, 1.0]
+    assert score_predictions(predictions, targets, niah.exact).tolist() == [0.0, 1.0]
 
 
 def test_forward_scoring_equals_greedy_generation_through_step():
@@ -199,9 +196,9 @@ def test_forward_scoring_equals_greedy_generation_through_step():
     targets[:, -k:] = answer
     with torch.no_grad():
         predictions = model(inputs).argmax(-1)
-    assert task.score(predictions, targets).tolist() == [1.0] * 4
+    assert score_predictions(predictions, targets, task.exact).tolist() == [1.0] * 4
     targets[0, -1] = (targets[0, -1] + 1) % task.vocab_size
-    assert task.score(predictions, targets).tolist() == [0.0, 1.0, 1.0, 1.0]
+    assert score_predictions(predictions, targets, task.exact).tolist() == [0.0, 1.0, 1.0, 1.0]
 
 
 # Scoring by distance: every asked item knows how far back its evidence lies.
@@ -287,10 +284,10 @@ def test_items_and_distance_bins():
     predictions = torch.zeros(2, 8, dtype=torch.long)
     predictions[0, [3, 7]] = 9  # the queries at distance 1 and 6 right, at 3 wrong
     predictions[1, [6, 7]] = torch.tensor([4, 5])
-    items = make_task("mqar", MQAR).items(predictions, examples)
+    items = score_items(predictions, examples, make_task("mqar", MQAR).exact)
     assert items.distance.tolist() == [1, 3, 6, 5, 5] and items.correct.tolist() == [1, 0, 1, 1, 1]
     assert items.example.tolist() == [0, 0, 0, 1, 1]
-    needles = make_task("niah-n").items(predictions, examples)  # exact: one item per example
+    needles = score_items(predictions, examples, make_task("niah-n").exact)  # exact: one item per example
     assert needles.distance.tolist() == [6, 5] and needles.correct.tolist() == [False, True]
     assert (
         doubling_bounds(8) == [1, 2, 4, 8]

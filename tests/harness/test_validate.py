@@ -1,7 +1,7 @@
 import torch
 
 from bench.cli import main
-from bench.running.validation import validate_model
+from bench.measure.backend_check import check_model as validate_model
 
 
 def test_transformer_backends_agree_with_the_reference():

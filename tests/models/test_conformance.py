@@ -7,6 +7,7 @@ import torch
 
 import bench
 from models.modules import tensor_bytes
+from models.modules.state import detach_state
 from tests.helpers import TINY, tiny_model
 
 # A plug-in is held to the same contract: the GRU example always, and any model named in the environment
@@ -102,3 +103,28 @@ def test_every_parameter_is_trained(model):
 def test_flops_per_token_positive(model):
     assert model.flops_per_token(1024) > 0
     assert model.flops_per_token(4096) >= model.flops_per_token(1024)
+
+
+def test_state_passing_continues_the_sequence(model):
+    """A model that declares state passing gives, on a sequence cut in two windows with the (detached)
+    state carried, the logits of the whole; one that does not refuses it."""
+    x = ids()
+    if not model.supports_state_passing:
+        with pytest.raises(ValueError, match="state passing is not supported"):
+            model(x, return_state=True)
+        return
+    full = model(x)
+    first, state = model(x[:, :9], return_state=True)
+    torch.testing.assert_close(first, full[:, :9], rtol=1e-9, atol=1e-9)
+    second, _ = model(x[:, 9:], state=detach_state(state), return_state=True)
+    torch.testing.assert_close(second, full[:, 9:], rtol=1e-9, atol=1e-9)
+
+
+def test_trace_is_by_position(model):
+    """Every diagnostic is [B, T] in float32; a model that carries a recurrent state (declares state
+    passing) reports its norm in every block."""
+    trace = model.trace(ids())
+    for key, values in trace.items():
+        assert values.shape == (2, T) and values.dtype == torch.float32, key
+    if model.supports_state_passing:
+        assert {f"block{i}.state_norm" for i in range(len(model.blocks))} <= trace.keys()

@@ -215,7 +215,7 @@ def test_memory_dispatches_per_token_within_the_issue_budget():
     """Issue 14's budget for one layer at chunk 16 (measured at T=4096; here at T=1024, where the
     per-sequence work weighs more): at most 10 operator calls per token for forward + backward, 3 for an
     inference forward."""
-    from bench.running.dispatch import count_dispatches
+    from bench.measure.launches import count_dispatches
 
     model = bench.build("titans-lmm", vocab_size=512, d_model=128, n_layers=1, backend="torch-chunked")
     x = torch.randint(0, 512, (1, 1024), generator=torch.Generator().manual_seed(0))

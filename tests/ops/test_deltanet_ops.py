@@ -1,5 +1,6 @@
 """DeltaNet / Gated DeltaNet operators: the chunked forms equal the per-token references (forward, final
-state and gradients), and the references equal fla's own naive implementations."""
+state and gradients, the initial state's included), every path run on a sequence cut in two with the
+state carried equals the whole, and the references equal fla's own naive implementations."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from baselines.deltanet import (
     gated_delta_rule_recurrent,
 )
 from tests import upstream
+from tests.ops.split import carried
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 
@@ -106,6 +108,31 @@ def test_chunked_equals_recurrent_with_negative_eigenvalues(gated, initial):
         assert rel_err(g[name], g_ref[name]) < 1e-10, name
 
 
+TIME_DIMS = {"q": 2, "k": 2, "v": 2, "beta": 2, "g": 2}
+
+
+@pytest.mark.parametrize("initial", [False, True])
+@pytest.mark.parametrize("length,at,chunk", [(37, 13, 8), (37, 1, 8), (37, 36, 16), (64, 24, 16)])
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("gated", [False, True])
+def test_state_carried_across_a_cut_equals_the_whole(gated, chunked, length, at, chunk, initial):
+    """Outputs, final state and every gradient (the initial state's too, and through the carried state)
+    as if the sequence had been run whole; the cuts fall inside chunks, after the first token and before
+    the last."""
+    inputs = make_inputs(length=length, gated=gated, initial=initial)
+    if gated:
+        op = gated_delta_rule_chunked if chunked else gated_delta_rule_recurrent
+    else:
+        op = delta_rule_chunked if chunked else delta_rule_recurrent
+    kwargs = {"chunk_size": chunk} if chunked else {}
+    o_ref, s_ref, g_ref = run_with_grads(op, inputs, **kwargs)
+    o, s, g = run_with_grads(carried(op, at, TIME_DIMS, 2, "initial_state", **kwargs), inputs)
+    assert rel_err(o, o_ref) < 1e-10 and rel_err(s, s_ref) < 1e-10
+    assert g.keys() == g_ref.keys()
+    for name in g_ref:
+        assert rel_err(g[name], g_ref[name]) < 1e-10, name
+
+
 def test_beta_two_is_a_reflection():
     """With v = 0 and beta = 2 the update is S <- (I - 2 k k^T) S, a Householder reflection: the same key
     twice gives S back, and S's component along k flips sign after once (eigenvalue -1; beta <= 1 can
@@ -190,3 +217,29 @@ def test_recurrent_matches_fla_gated_delta_rule(initial):
     o, s = gated_delta_rule_chunked(**inputs, chunk_size=16)
     assert rel_err(o, o_fla) < 1e-4
     assert rel_err(s, s_fla) < 1e-4
+
+
+@pytest.mark.upstream
+@pytest.mark.parametrize("initial", [False, True])
+def test_chunked_matches_fla_gated_delta_rule_chunk(initial):
+    """fla's chunked reference for the gated rule (not loaded by tests/upstream.py: only this test uses it)
+    takes an initial state and any length: outputs, final state and every gradient, the initial state's
+    included, in float32 (where the reference computes)."""
+    module = upstream.require(lambda: upstream._fla_naive("gated_delta_rule"), "fla")
+    fla_chunk = module.naive_chunk_gated_delta_rule
+    inputs = make_inputs(dtype=torch.float32, gated=True, initial=initial)
+
+    def theirs(q, k, v, g, beta, initial_state=None):
+        o, s = fla_chunk(
+            *(x.transpose(1, 2) for x in (q, k, v, g, beta)),
+            chunk_size=16,
+            initial_state=initial_state,
+            output_final_state=True,
+        )
+        return o.transpose(1, 2), s
+
+    o_fla, s_fla, g_fla = run_with_grads(theirs, inputs)
+    o, s, g = run_with_grads(gated_delta_rule_chunked, inputs, chunk_size=8)
+    assert rel_err(o, o_fla) < 1e-5 and rel_err(s, s_fla) < 1e-5
+    for name in g_fla:
+        assert rel_err(g[name], g_fla[name]) < 1e-5, name

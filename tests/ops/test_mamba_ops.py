@@ -1,6 +1,7 @@
 """Mamba / Mamba2 operators: the blocked selective scan and the chunked SSD equal their per-step
-references (forward, final state and gradients), the decoding steps agree with the scans, and the
-references equal mamba-ssm's own pure-PyTorch ones."""
+references (forward, final state and gradients, the initial state's included), every path run on a
+sequence cut in two with the state carried equals the whole, the decoding steps agree with the scans,
+and the references equal mamba-ssm's own pure-PyTorch ones."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from baselines.mamba import (
     ssd_step,
 )
 from tests import upstream
+from tests.ops.split import carried
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 
@@ -107,6 +109,31 @@ def test_selective_scan_bfloat16_keeps_dtype():
     assert rel_err(out, selective_scan_recurrent(**inputs, delta_softplus=True)) < 1e-2
 
 
+SCAN_TIME_DIMS = {"u": -1, "delta": -1, "z": -1, "B": -1, "C": -1}
+# (length, cut, chunk_size): cuts inside a block or chunk, after the first token, before the last
+SPLITS = [
+    (37, 13, 8),
+    (37, 1, 8),
+    (37, 36, 16),
+    (64, 24, 16),
+]
+
+
+@pytest.mark.parametrize("initial", [False, True])
+@pytest.mark.parametrize("length,at,chunk", SPLITS)
+@pytest.mark.parametrize("chunked", [False, True])
+def test_selective_scan_carries_its_state_across_a_cut(chunked, length, at, chunk, initial):
+    """Outputs, final state and every gradient (the initial state's too, and through the carried state)
+    as if the sequence had been scanned whole."""
+    inputs = scan_inputs(length=length, initial=initial, groups=0 if initial else 2)  # B, C both layouts
+    kwargs = dict(delta_softplus=True, return_last_state=True)
+    op, op_kwargs = (
+        (selective_scan, kwargs | {"chunk_size": chunk}) if chunked else (selective_scan_recurrent, kwargs)
+    )
+    split = carried(op, at, SCAN_TIME_DIMS, -1, "initial_state", **op_kwargs)
+    assert_same(split, op, inputs, 1e-10, kwargs_b=op_kwargs)
+
+
 def test_selective_state_update_steps_through_the_scan():
     inputs = scan_inputs(length=9, initial=True)
     out, last = selective_scan_recurrent(**inputs, delta_softplus=True, return_last_state=True)
@@ -149,6 +176,19 @@ def ssd_inputs(
 def test_ssd_chunked_equals_recurrent(groups, length, chunk, initial, dtype):
     inputs = ssd_inputs(length=length, groups=groups, dtype=dtype, initial=initial)
     assert_same(ssd_chunked, ssd_recurrent, inputs, TOL[dtype], {"chunk_size": chunk})
+
+
+SSD_TIME_DIMS = {"X": 1, "A": 1, "B": 1, "C": 1}
+
+
+@pytest.mark.parametrize("initial", [False, True])
+@pytest.mark.parametrize("length,at,chunk", SPLITS)
+@pytest.mark.parametrize("chunked", [False, True])
+def test_ssd_carries_its_state_across_a_cut(chunked, length, at, chunk, initial):
+    inputs = ssd_inputs(length=length, initial=initial)
+    op, op_kwargs = (ssd_chunked, {"chunk_size": chunk}) if chunked else (ssd_recurrent, {})
+    split = carried(op, at, SSD_TIME_DIMS, 1, "initial_states", **op_kwargs)
+    assert_same(split, op, inputs, 1e-10, kwargs_b=op_kwargs)
 
 
 def test_mamba2_step_is_the_head_form_of_the_selective_state_update():

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import bench
-from bench.running.dispatch import count_dispatches
-from bench.running.validation import validate_model
+from bench.measure.backend_check import check_model
+from bench.measure.launches import count_dispatches
 from models.titans import MemoryState, chunk_titans_memory, naive_recurrent_titans_memory, triton_chunk
 from models.titans.model import titans_backends
 from models.titans.triton_chunk import triton_chunk_titans_memory
@@ -242,7 +242,7 @@ def test_inference_launches_per_token_per_layer_at_4096() -> None:
 
 @pytest.mark.slow
 def test_validate_includes_the_triton_backend_where_it_can_run() -> None:
-    rows = validate_model("titans-lmm", torch.device("cpu"), 20, ["float32"])
+    rows = check_model("titans-lmm", torch.device("cpu"), 20, ["float32"])
     by_backend = {r["backend"]: r for r in rows}
     assert set(by_backend) == {"torch-chunked", "torch-recurrent", "triton"}
     assert by_backend["triton"]["backend_used"] == "triton" and by_backend["triton"]["status"] == "ok", rows

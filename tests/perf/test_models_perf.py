@@ -1,5 +1,5 @@
 """pytest-benchmark micro-benchmarks: a small CPU cell of every registered model in each timing mode,
-timed through the harness's own cell callables (bench.running.measure.step_callable).
+timed through the harness's own cell callables (bench.measure.cell.step_callable).
 
 Not part of the default test run. Run with ``tox -e perf`` or
 ``pytest tests/perf --benchmark-only --benchmark-autosave`` and compare commits with
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import bench
-from bench.running.measure import make_model, step_callable
+from bench.measure.cell import make_model, step_callable
 from bench.spec.cells import TimingCell
 
 SHAPE = dict(vocab_size=256, d_model=64, n_layers=2)

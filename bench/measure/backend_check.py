@@ -1,4 +1,5 @@
-"""Every backend of every model against its family's slow reference (``python -m bench validate``).
+"""Every backend of every model against its family's slow reference (``python -m bench validate``): the
+numerical error of each fast path, measured.
 
 For each model, the reference backend (a plain PyTorch path, obviously correct) runs in float64 and
 gives the ground truth; every backend available here (the fast pure-PyTorch path, and on CUDA the
@@ -12,18 +13,21 @@ import math
 
 import torch
 
-from bench.registry import build, describe_backends, list_models, model_parameters, reference_backend
-from bench.running.environment import resolve_device
+from bench.device import resolve_device
+from bench.registry import MODELS, build, context_argument, describe_backends, list_models, reference_backend
 
 # Relative-error bounds a healthy backend stays within, per dtype.
 TOLERANCE = {"float32": 1e-3, "bfloat16": 6e-2}
 SHAPE = dict(vocab_size=256, d_model=128, n_layers=2)
 
 
-def _short_context_args(params: dict, seq_len: int) -> dict:
-    """A window or segment shorter than the sequence for the families that have one by default, so that the
-    blocked sliding-window and segment code runs (a 512-token default would never bind at T=100)."""
-    return {arg: max(1, seq_len // 3) for arg in ("window", "segment") if params.get(arg) is not None}
+def _short_context_args(name: str, seq_len: int) -> dict:
+    """An attention context (window, segment) shorter than the sequence for the families that bound it by
+    default, so that the blocked code runs (a 512-token default would never bind at T=100)."""
+    declared = context_argument(name)
+    if declared is None or declared[1] is None:
+        return {}
+    return {declared[0]: max(1, seq_len // 3)}
 
 
 def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -40,7 +44,7 @@ def _run(model, ids, probe):
     return logits.detach().double(), torch.cat(grads)
 
 
-def validate_model(
+def check_model(
     name: str, device: torch.device, seq_len: int, dtypes: list[str], seed: int = 0
 ) -> list[dict]:
     reference = reference_backend(name)
@@ -49,11 +53,10 @@ def validate_model(
     if reference is None or not available:
         return [{"model": name, "backend": "-", "dtype": "-", "status": "no reference backend declared"}]
 
-    params = model_parameters(name)
-    args = {**SHAPE, **_short_context_args(params, seq_len)}
-    # Hybrids (Titans with attention) take the explicit attention reference too: it is the ground truth,
-    # and on CUDA no SDPA kernel but the math one takes float64.
-    ref_args = {"attention_backend": "torch"} if "attention_backend" in params else {}
+    args = {**SHAPE, **_short_context_args(name, seq_len)}
+    # What the family's reference needs besides its backend (the hybrids' explicit attention: it is the
+    # ground truth, and on CUDA no SDPA kernel but the math one takes float64).
+    ref_args = MODELS.get(name).metadata.get("reference_args") or {}
     torch.manual_seed(seed)
     ref_model = build(name, backend=reference, **args, **ref_args).to(device=device, dtype=torch.float64)
     ids = torch.randint(0, SHAPE["vocab_size"], (2, seq_len), generator=torch.Generator().manual_seed(seed))
@@ -97,12 +100,12 @@ def validate_model(
     return rows
 
 
-def run_validation(models: list[str] | None, device: str, seq_len: int) -> tuple[torch.device, list[dict]]:
+def check_backends(models: list[str] | None, device: str, seq_len: int) -> tuple[torch.device, list[dict]]:
     """Rows for every backend of every model (default: all registered) on ``device``."""
     dev = torch.device(resolve_device(device))
     rows = []
     for name in models or list_models():
-        rows += validate_model(name, dev, seq_len, ["float32", "bfloat16"])
+        rows += check_model(name, dev, seq_len, ["float32", "bfloat16"])
     return dev, rows
 
 

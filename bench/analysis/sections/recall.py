@@ -1,4 +1,4 @@
-"""The accuracy section of REPORT.md, built from the stored records of accuracy cells only:
+"""The recall section of REPORT.md (records scored by distance: MQAR, S-NIAH), from stored records only:
 
 - one table per task like the Titans paper's Table 2 (models x evaluation length, accuracy %), with the
   beyond-training-length accuracy next to the overall one at every length above the training length, a
@@ -9,12 +9,7 @@
   training curves, accuracy against state size (Zoology's recall/state frontier) and, when a sweep varies
   one argument of a task (e.g. the number of key-value pairs), accuracy against it.
 
-The learning rate of each model and task is the one with the best mean validation accuracy of the final
-model over seeds (at the training length, on held-out validation examples, never the test examples), as
-Zoology picks the best rate per model; a run that reached the early-stopping threshold counts as the
-threshold, and ties go to fewer steps, then to the smaller rate. Results at the
-chosen rate are the mean over seeds, with a t interval over seeds when there are several and a Wilson
-interval over the evaluation examples when there is one.
+How the learning rate is chosen and seeds are summarised: bench/analysis/selection.py.
 """
 
 from __future__ import annotations
@@ -22,29 +17,23 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from bench.analysis.accuracy_common import (  # noqa: E402
-    _cell_text,
-    _is_dict,
-    _lr_text,
-    _span,
+from bench.analysis.plotting import model_styles, plt, save, sns
+from bench.analysis.quality import quality_section
+from bench.analysis.sections import register_section
+from bench.analysis.selection import (
     by_length,
+    cell_text,
     distance_grid,
     plot_curves,
-    runs,
-    scoring,
     summarize,
     training_table,
 )
-from bench.analysis.report_lm import lm_section  # noqa: E402
-from bench.analysis.report_state import state_section  # noqa: E402
+from bench.analysis.text import lr_text, span
+from bench.errors import BenchError
+from bench.results import AccuracyRow
+from bench.tasks import make_task
 
 HEATMAP = "accuracy_heatmap.png"
 BY_DISTANCE = "accuracy_by_distance.png"
@@ -53,9 +42,10 @@ FRONTIER = "accuracy_vs_state.png"
 DIFFICULTY = "accuracy_vs_difficulty.png"
 
 
-def table(long: pd.DataFrame, intervals: bool = True) -> str:
+def table(long: pd.DataFrame, intervals: bool = True, chance: dict[str, str] | None = None) -> str:
     """One markdown table per task: a column per evaluation length (overall), and after each length above
-    the training length one for the items whose distance exceeds it; then context and learning rate."""
+    the training length one for the items whose distance exceeds it; then context and learning rate.
+    ``chance``: task label -> what a model that learned nothing scores, said above its table."""
     summary = summarize(long)
     out = []
     for task in dict.fromkeys(summary["task_label"]):
@@ -70,6 +60,8 @@ def table(long: pd.DataFrame, intervals: bool = True) -> str:
         names = [c[0] for c in columns]
         if out:
             out.append("")
+        if chance and chance.get(task):
+            out += [f"**{task}**: {chance[task]}.", ""]
         out += [
             "| model | " + " | ".join(names) + " | context | lr |",
             "|---|" + "---:|" * len(names) + "---|---|",
@@ -77,12 +69,12 @@ def table(long: pd.DataFrame, intervals: bool = True) -> str:
         for label in dict.fromkeys(part["label"]):
             rows = part[part["label"] == label].set_index("eval_len")
             texts = [
-                _cell_text(rows.loc[length], field, intervals) if length in rows.index else "–"
+                cell_text(rows.loc[length], field, intervals) if length in rows.index else "–"
                 for _, length, field in columns
             ]
             first = rows.iloc[0]
             out.append(
-                f"| {label} | " + " | ".join(texts) + f" | {first['context']} | {_lr_text(first['lr'])} |"
+                f"| {label} | " + " | ".join(texts) + f" | {first['context']} | {lr_text(first['lr'])} |"
             )
     return "\n".join(out)
 
@@ -108,19 +100,28 @@ def plot_heatmap(long: pd.DataFrame, path: Path) -> None:
     ax.set_xlabel("task, evaluation length (all items)")
     ax.set_ylabel("model")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
+
+
+FEW_ITEMS = 10  # a heatmap bin with fewer items than this is marked: its percentage rests on a handful
+
+
+def _bin_label(accuracy: float, total: int) -> str:
+    """A heatmap bin's text: its accuracy over the items it holds, and how many; * when they are few."""
+    count = f"{total / 1000:.1f}k" if total >= 1000 else str(total)
+    return f"{100 * accuracy:.0f}{'*' if total < FEW_ITEMS else ''}\nn={count}"
 
 
 def plot_by_distance(grid: pd.DataFrame, path: Path, per_row: int = 5) -> None:
     """RULER's depth x length picture: for each task a row of small heatmaps, one per model, accuracy by
-    distance bin (up) and evaluation length (across); the line marks the training length."""
+    distance bin (up) and evaluation length (across), each bin with its item count (* under 10 items);
+    the line marks the training length."""
     tasks = list(dict.fromkeys(grid["task_label"]))
     labels = list(dict.fromkeys(grid["label"]))
     blocks = math.ceil(len(labels) / per_row)
     ncols = min(per_row, len(labels))
     fig, axes = plt.subplots(
-        len(tasks) * blocks, ncols, figsize=(2.4 * ncols + 1, 2.6 * len(tasks) * blocks), squeeze=False
+        len(tasks) * blocks, ncols, figsize=(2.8 * ncols + 1, 3.0 * len(tasks) * blocks), squeeze=False
     )
     for ax in axes.flat:
         ax.set_visible(False)
@@ -135,7 +136,15 @@ def plot_by_distance(grid: pd.DataFrame, path: Path, per_row: int = 5) -> None:
             cell = part[part["label"] == label]
             pivot = 100 * cell.pivot_table(index="max_distance", columns="eval_len", values="accuracy")
             pivot = pivot.reindex(index=bounds[::-1], columns=lengths)
-            sns.heatmap(pivot, vmin=0, vmax=100, cmap="viridis", cbar=False, annot=True, fmt=".0f", ax=ax)
+            totals = cell.pivot_table(index="max_distance", columns="eval_len", values="total")
+            totals = totals.reindex(index=bounds[::-1], columns=lengths)
+            labels = pivot.copy().astype(object)
+            for r in pivot.index:
+                for c in pivot.columns:
+                    n = totals.loc[r, c]
+                    labels.loc[r, c] = "" if pd.isna(n) else _bin_label(pivot.loc[r, c] / 100, int(n))
+            sns.heatmap(pivot, vmin=0, vmax=100, cmap="viridis", cbar=False, annot=labels.values, fmt="",
+                        annot_kws={"fontsize": 6}, ax=ax)  # fmt: skip
             ax.set_title(f"{label}\n{task}", fontsize=8)
             ax.set_xlabel("T")
             ax.set_ylabel("distance ≤" if j % per_row == 0 else "")
@@ -144,8 +153,7 @@ def plot_by_distance(grid: pd.DataFrame, path: Path, per_row: int = 5) -> None:
             if 0 < beyond < len(bounds):
                 ax.axhline(beyond, color="red", lw=1.2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110)
 
 
 def plot_frontier(long: pd.DataFrame, path: Path) -> None:
@@ -167,16 +175,15 @@ def plot_frontier(long: pd.DataFrame, path: Path) -> None:
     grid.set(xscale="log", ylim=(-0.02, 1.02))
     grid.set_axis_labels("inference state at T (bytes per sequence)", "accuracy")
     grid.set_titles("{col_name}")
-    grid.savefig(path, dpi=120)
-    plt.close(grid.figure)
+    save(grid.figure, path)
 
 
-def difficulty_axis(cells: pd.DataFrame) -> tuple[str, dict[str, float]] | None:
+def difficulty_axis(rows: list[AccuracyRow]) -> tuple[str, dict[str, float]] | None:
     """When the tasks are one task under several settings of one numeric argument (Zoology's figure 2
     sweeps the number of key-value pairs), that argument and each task label's value of it."""
-    if "task_args" not in cells or "task" not in cells or cells["task"].nunique() != 1:
+    if len({r.task for r in rows}) != 1:
         return None
-    args = {r["task_label"]: r["task_args"] for _, r in cells.iterrows() if _is_dict(r["task_args"])}
+    args = {r.task_label: r.task_args for r in rows}
     if len(args) < 2:
         return None
     keys = set().union(*args.values())
@@ -197,13 +204,12 @@ def plot_difficulty(long: pd.DataFrame, axis: tuple[str, dict[str, float]], path
         ("beyond the training length (longest T)", summary[summary["eval_len"] == longest], "beyond_train"),
     ]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    labels = list(dict.fromkeys(summary["label"]))
-    colors = dict(zip(labels, sns.color_palette(n_colors=len(labels)), strict=True))
+    styles = model_styles(list(summary["label"]))
     for ax, (title, part, column) in zip(axes, panels, strict=True):
-        for label in labels:
+        for label, style in styles.items():
             line = part[part["label"] == label].sort_values("x")
             if line[column].notna().any():
-                ax.plot(line["x"], line[column], marker="o", color=colors[label], label=label)
+                ax.plot(line["x"], line[column], label=label, **style.kwargs())
         ax.set_title(title)
         ax.set_xlabel(name)
         ax.set_xscale("log", base=2)
@@ -214,8 +220,7 @@ def plot_difficulty(long: pd.DataFrame, axis: tuple[str, dict[str, float]], path
     axes[0].set_ylabel("accuracy (mean over seeds, chosen lr)")
     axes[1].legend(title="model", fontsize=7, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def spread_text(long: pd.DataFrame, axis: tuple[str, dict[str, float]] | None) -> list[str]:
@@ -234,27 +239,31 @@ def spread_text(long: pd.DataFrame, axis: tuple[str, dict[str, float]] | None) -
     out = []
     for task in tasks:
         part = at_train[at_train["task_label"] == task].sort_values("accuracy", ascending=False)
+        if not len(part):
+            continue
         best, worst = part.iloc[0], part.iloc[-1]
         spread = 100 * (best["accuracy"] - worst["accuracy"])
         out.append(
             f"{task}: best {best['label']} {100 * best['accuracy']:.1f}%, worst {worst['label']} "
             f"{100 * worst['accuracy']:.1f}% (spread {spread:.1f} points)"
         )
-    return [f"{what}, at the training length: " + "; ".join(out) + ".", ""]
+    return [f"{what}, at the training length: " + "; ".join(out) + ".", ""] if out else []
 
 
-def time_text(cells: pd.DataFrame) -> str:
+def time_text(rows: list[AccuracyRow]) -> str:
     """How long the cells took: the wall clock of all of them, and an estimate for a quiet core (each
     cell's wall clock scaled by the share of the CPU its training got), for runs on a shared machine."""
-    if "wall_s" not in cells:
+    walls = [r.wall_s for r in rows if r.wall_s is not None]
+    if not walls:
         return ""
-    wall = pd.to_numeric(cells["wall_s"], errors="coerce")
-    text = f"{len(cells)} cells, {wall.sum() / 60:.0f} minutes of wall clock in all"
-    if {"train_cpu_seconds", "train_seconds"} <= set(cells.columns):
-        share = pd.to_numeric(cells["train_cpu_seconds"], errors="coerce") / pd.to_numeric(
-            cells["train_seconds"], errors="coerce"
-        )
-        quiet = (wall * share.clip(upper=1)).sum()
+    text = f"{len(rows)} cells, {sum(walls) / 60:.0f} minutes of wall clock in all"
+    shares = [
+        (r.wall_s, min(1.0, r.train_cpu_seconds / r.train_seconds))
+        for r in rows
+        if r.wall_s is not None and r.train_cpu_seconds is not None and r.train_seconds
+    ]
+    if shares:
+        quiet = sum(w * s for w, s in shares)
         text += (
             f", about {quiet / 60:.0f} on a quiet core (each cell's wall clock times the share of the "
             "CPU its training got)"
@@ -262,11 +271,11 @@ def time_text(cells: pd.DataFrame) -> str:
     return text + "."
 
 
-def smoke_note(cells: pd.DataFrame) -> list[str]:
+def smoke_note(rows: list[AccuracyRow]) -> list[str]:
     """The warning that heads a smoke-test run's section (the [accuracy] table's ``smoke_test``)."""
-    if "smoke_test" not in cells or not cells["smoke_test"].fillna(False).astype(bool).any():
+    if not any(r.smoke_test for r in rows):
         return []
-    steps = _span(cells["steps_run"], ".0f") if "steps_run" in cells else "few"
+    steps = span([r.steps_run for r in rows], ".0f") if rows else "few"
     return [
         f"**Smoke test.** Every model trained for the same {steps} steps, far too few to learn these "
         "tasks: this section shows that training, evaluation and scoring run end to end for every "
@@ -277,29 +286,27 @@ def smoke_note(cells: pd.DataFrame) -> list[str]:
     ]
 
 
-def accuracy_section(cells: pd.DataFrame, run_dir: Path) -> list[str]:
-    """Markdown lines for the accuracy cells of a run, a section per kind of task (recall, state
-    tracking, language modelling); writes the plots into ``run_dir``."""
-    kinds = pd.Series([scoring(row) for _, row in cells.iterrows()], index=cells.index)
-    out = []
-    if (kinds == "distance").any():
-        out += recall_section(cells[kinds == "distance"], run_dir)
-    if (kinds == "position").any():
-        out += state_section(cells[kinds == "position"], run_dir)
-    if (kinds == "loss").any():
-        out += lm_section(cells[kinds == "loss"], run_dir)
+def chance_levels(rows: list[AccuracyRow]) -> dict[str, str]:
+    """Task label -> its chance level in words (bench.tasks: ``Task.chance``), where the task is known."""
+    out = {}
+    for row in rows:
+        if row.task_label not in out:
+            try:
+                out[row.task_label] = make_task(row.task, row.task_args).chance() or ""
+            except BenchError:  # a plug-in task not importable here
+                out[row.task_label] = ""
     return out
 
 
-def recall_section(cells: pd.DataFrame, run_dir: Path) -> list[str]:
+@register_section("recall")
+def recall_section(rows: list[AccuracyRow], run_dir: Path) -> list[str]:
     """Markdown lines for the accuracy cells of recall tasks (scored by distance); writes the plots."""
-    long = by_length(cells)
-    first = cells.iloc[0]
-    grid = runs(cells)
-    lrs = sorted(grid["lr"].dropna().unique())
-    seeds = sorted(grid["seed"].dropna().unique())
+    long = by_length(rows)
+    first = rows[0]
+    lrs = sorted({r.lr for r in rows if r.lr is not None})
+    seeds = sorted({r.seed for r in rows})
     out = ["## Accuracy: synthetic recall, trained from scratch", ""]
-    out += smoke_note(cells)
+    out += smoke_note(rows)
     out += [
         "Each model is trained from scratch on each task at the training length, then scored on held-out "
         "examples at that length and beyond it (T = evaluation length). Accuracy %: MQAR counts queries "
@@ -316,52 +323,50 @@ def recall_section(cells: pd.DataFrame, run_dir: Path) -> list[str]:
             else "Wilson over the evaluation examples (one seed)"
         )
         + ". `div.`: training diverged. `(NaN x%)`: the model's outputs were not finite on x% of the "
-        "examples at that length. `(cap)`: the seconds cap stopped training before the step budget.",
+        "examples at that length. `(cap)`: the seconds cap stopped training before the step budget. "
+        "At the training length, `k of n solved`: the seeds at least 90% right there; where seeds split "
+        "(some solved, some not, or figures more than 50 points apart) each seed's figure follows, so "
+        "that a mean of a bimodal set is never read as a typical result.",
         "",
+        *quality_section(rows, "accuracy"),
         "Context: what the attention of a model can see. The hybrids (titans-mal and titans-mag: a "
         "sliding window; titans-mac: a segment) get a quarter of the training length unless the sweep says "
         "otherwise, shorter than the distances asked, so recall beyond it must come from their memory; "
         "`transformer-swa` is the same sliding-window attention without a memory, the control. "
-        f"lr: the learning rate chosen per model and task by validation accuracy from {len(lrs) or 1} "
-        f"({', '.join(_lr_text(x) for x in lrs) or 'one'}); every run is in the training table and "
-        "results.jsonl.",
+        f"lr: the chosen rate, from {len(lrs) or 1} tried ({', '.join(lr_text(x) for x in lrs) or 'one'}); "
+        "every run is in the training table and results.jsonl.",
         "",
-        f"Model shape: d_model {first['d_model']}, {first['n_layers']} layers, each task's own vocabulary; "
-        f"seeds: {', '.join(str(int(s)) for s in seeds) or '–'}.",
+        f"Model shape: d_model {first.d_model}, {first.n_layers} layers, each task's own vocabulary; "
+        f"seeds: {', '.join(str(s) for s in seeds) or '–'}.",
         "",
-        table(long),
+        table(long, chance=chance_levels(rows)),
         "",
     ]
-    axis = difficulty_axis(cells)
-    if not smoke_note(cells):  # a smoke test ranks nothing
+    axis = difficulty_axis(rows)
+    if not smoke_note(rows):  # a smoke test ranks nothing
         out += spread_text(long, axis)
     out += [
         "### Training",
         "",
-        "One row per model, task and learning rate, over its seeds (✓: the chosen rate). `val acc`: "
-        "validation accuracy of the final model at the training length; `stopped by`: `threshold` "
-        "(validation accuracy reached it), `steps` (the budget), `max_seconds` (the safety cap bound: "
-        "counted in `cap bound`), `diverged`; `seconds`: wall clock of the training loop, `CPU s`: the "
-        "CPU time of its process (on a shared machine, about what a quiet one would take). "
-        + time_text(cells),
+        "One row per model, task and learning rate, over its seeds (✓: the chosen rate). `val loss`: the "
+        "validation cross-entropy of the final model (nats per asked token), what the rate is chosen by; "
+        "`val accuracy`: its accuracy at the training length (%); `still improving`: runs whose validation "
+        "loss was still falling at the end; `stopped by`: `threshold` (validation accuracy reached it), "
+        "`steps` (the budget), `max_seconds` (the safety cap bound: counted in `cap bound`), `diverged`; "
+        "`seconds`: wall clock of the training loop, `CPU s`: the CPU time of its process (on a shared "
+        "machine, about what a quiet one would take). " + time_text(rows),
         "",
-        training_table(cells),
+        *training_table(rows, "accuracy"),
         "",
     ]
     plots = [
         (HEATMAP, "accuracy heatmap", lambda p: plot_heatmap(long, p)),
-        (CURVES, "training curves", lambda p: plot_curves(cells, p)),
+        (CURVES, "training curves", lambda p: plot_curves(rows, p, "validation accuracy")),
     ]
-    grid_by_distance = distance_grid(long)
-    if len(grid_by_distance):
-        plots.insert(
-            0,
-            (
-                BY_DISTANCE,
-                "accuracy by distance and evaluation length",
-                lambda p: plot_by_distance(grid_by_distance, p),
-            ),
-        )
+    grid = distance_grid(long)
+    if len(grid):
+        plots.insert(0, (BY_DISTANCE, "accuracy by distance and evaluation length",
+                         lambda p: plot_by_distance(grid, p)))  # fmt: skip
     if long["accuracy"].notna().any():
         plots.append((FRONTIER, "accuracy vs state size", lambda p: plot_frontier(long, p)))
         if axis is not None:

@@ -1,5 +1,5 @@
-"""How many operator calls reach the device when a piece of code runs: the launch count that bounds a small
-model on a GPU however fast each kernel is."""
+"""Kernel launches: how many operator calls reach the device when a piece of code runs, the count that
+bounds a small model on a GPU however fast each kernel is."""
 
 from __future__ import annotations
 

@@ -9,8 +9,8 @@
 - per task, one sentence on what Theorem 4.1 of the Titans paper (and, where it says nothing, the work on
   linear recurrences) predicts, and one on what was measured, written from the results.
 
-The learning rate is chosen as for the recall tasks (bench/analysis/report_accuracy.py: mean validation
-accuracy at the training length over seeds), and so are the intervals.
+The learning rate is chosen, and the seeds summarised, as for the recall tasks
+(bench/analysis/selection.py).
 """
 
 from __future__ import annotations
@@ -18,30 +18,28 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from bench.analysis.accuracy_common import (  # noqa: E402
-    _cell_text,
-    _lr_text,
+from bench.analysis.plotting import model_styles, plt, save
+from bench.analysis.quality import quality_section
+from bench.analysis.sections import register_section
+from bench.analysis.selection import (
     by_length,
+    cell_text,
     distance_grid,
     plot_curves,
     summarize,
     training_table,
 )
-from bench.errors import BenchError  # noqa: E402
-from bench.tasks import make_task  # noqa: E402
+from bench.analysis.text import lr_text
+from bench.errors import BenchError
+from bench.registry import context_argument
+from bench.results import AccuracyRow
+from bench.tasks import make_task
 
 BY_POSITION = "state_accuracy_by_position.png"
 CURVES = "state_training_curves.png"
 LEVEL = 90  # percent: longest_prefix_90
-CONTEXT_ARGS = ("window", "segment")
 
 
 def group_name(task: str, args) -> str | None:
@@ -96,25 +94,28 @@ def _prefix_text(values: list, length: int) -> str:
     return "/".join(texts) or "–"
 
 
-def _extra_args(args) -> str:
+def _extra_args(row: AccuracyRow) -> str:
     """The model arguments other than the attention context (shown in its own column)."""
-    if not isinstance(args, dict):
-        return ""
-    return ", ".join(f"{k}={v}" for k, v in sorted(args.items()) if k not in CONTEXT_ARGS)
+    try:
+        declared = context_argument(row.model)
+    except BenchError:
+        declared = None
+    context = declared[0] if declared else None
+    return ", ".join(f"{k}={v}" for k, v in sorted(row.model_args.items()) if k != context)
 
 
-def state_tables(cells: pd.DataFrame, long: pd.DataFrame) -> list[str]:
+def state_tables(records: list[AccuracyRow], long: pd.DataFrame) -> list[str]:
     summary = summarize(long)
     chosen = long[long["chosen"]]
-    args = {(r["label"], r["task_label"]): r.get("model_args") for _, r in cells.iterrows()}
+    by_model = {(r.label, r.task_label): r for r in records}
     out = []
     for task in dict.fromkeys(summary["task_label"]):
         part = summary[summary["task_label"] == task]
         train_len = int(part["train_len"].iloc[0])
         lengths = sorted(dict.fromkeys(part["eval_len"]))
         longest = lengths[-1]
-        first = cells[cells["task_label"] == task].iloc[0]
-        name = group_name(first["task"], first.get("task_args"))
+        first = next(r for r in records if r.task_label == task)
+        name = group_name(first.task, first.task_args)
         head = [f"T={n}" for n in lengths] + [f"positions > {train_len} at T={longest}"]
         out += [
             f"**{task}** (group {name or '?'}, order {_order(name) or '?'}: chance "
@@ -136,14 +137,14 @@ def state_tables(cells: pd.DataFrame, long: pd.DataFrame) -> list[str]:
                     & (chosen["task_label"] == task)
                     & (chosen["eval_len"] == length)
                 ]
-                text = _cell_text(row)
+                text = cell_text(row)
                 if row["status"] == "ok":
                     text += f", {LEVEL}%: {_prefix_text(seeds['longest_prefix_90'].tolist(), length)}"
                 texts.append(text)
-            texts.append(_cell_text(rows.loc[longest], "beyond_train") if longest in rows.index else "–")
+            texts.append(cell_text(rows.loc[longest], "beyond_train") if longest in rows.index else "–")
             one = rows.iloc[0]
-            extra = _extra_args(args.get((label, task))) or "–"
-            texts += [extra, one["context"], _lr_text(one["lr"])]
+            extra = _extra_args(by_model[(label, task)]) or "–"
+            texts += [extra, one["context"], lr_text(one["lr"])]
             out.append(f"| {label} | " + " | ".join(texts) + " |")
         out.append("")
     return out
@@ -192,27 +193,19 @@ def plot_by_position(long: pd.DataFrame, path: Path) -> None:
     grid = distance_grid(long)
     tasks = list(dict.fromkeys(grid["task_label"]))
     labels = list(dict.fromkeys(grid["label"]))
-    palette = sns.color_palette("tab20" if len(labels) > 10 else "tab10", n_colors=len(labels))
-    colors = dict(zip(labels, palette, strict=True))
+    styles = model_styles(labels)
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         part = grid[grid["task_label"] == task]
         longest = part["eval_len"].max()
         part = part[part["eval_len"] == longest]
-        for i, label in enumerate(labels):
+        for label in labels:
             line = part[part["label"] == label].sort_values("max_distance")
             if len(line):
-                style = ("-", "--", ":")[i // 10] if len(labels) > 10 else "-"
                 ax.plot(
-                    line["max_distance"],
-                    100 * line["accuracy"],
-                    style,
-                    marker="o",
-                    ms=3,
-                    lw=1.2,
-                    color=colors[label],
-                    label=label,
-                )
+                    line["max_distance"], 100 * line["accuracy"], ms=3, lw=1.2, label=label,
+                    **styles[label].kwargs(),
+                )  # fmt: skip
         train_len = part["train_len"].iloc[0]
         ax.axvline(train_len, color="grey", lw=1, ls="--")
         ax.text(train_len, 2, " L", color="grey", fontsize=8, va="bottom")
@@ -227,20 +220,17 @@ def plot_by_position(long: pd.DataFrame, path: Path) -> None:
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, loc="center right", fontsize=7, title="model")
     fig.tight_layout(rect=(0, 0, 0.85, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
-def state_section(cells: pd.DataFrame, run_dir: Path) -> list[str]:
+@register_section("state")
+def state_section(rows: list[AccuracyRow], run_dir: Path) -> list[str]:
     """Markdown lines for the accuracy cells of state-tracking tasks; writes the plots into ``run_dir``."""
-    long = by_length(cells)
-    groups = {
-        t: group_name(r["task"], r.get("task_args"))
-        for t, r in cells.groupby("task_label").first().iterrows()
-    }
+    long = by_length(rows)
+    groups = {r.task_label: group_name(r.task, r.task_args) for r in rows}
     long["chance_order"] = long["task_label"].map(lambda t: _order(groups.get(t)))
-    seeds = sorted(pd.Series(long["seed"]).dropna().unique())
-    first = cells.iloc[0]
+    seeds = sorted({r.seed for r in rows})
+    first = rows[0]
     out = [
         "## State tracking: group word problems, trained short, evaluated long",
         "",
@@ -256,16 +246,19 @@ def state_section(cells: pd.DataFrame, run_dir: Path) -> list[str]:
         + f"; `{LEVEL}%: p`: the longest prefix length p at which the model is still at least {LEVEL}% "
         "correct at every position (over the evaluation examples; one figure per seed, `≥T` when no "
         f"position of the T evaluated falls short). The last column scores only the positions past L at "
-        "the longest length: the extrapolation figure. Chance is 1 / the group's order at every position. "
+        "the longest length: the extrapolation figure. The first position is not scored (its answer is its "
+        "input, a copy every model learns at once); chance is 1 / the group's order at every scored "
+        "position. "
         "`args`: the model options that matter here (`allow_neg_eigval=True`: DeltaNet's β in (0, 2), "
         "negative eigenvalues; Mamba's transitions are positive, as the architecture has them). "
         "`context`: the hybrids' attention window or segment.",
         "",
-        f"Model shape: d_model {first['d_model']}, {first['n_layers']} layers; seeds: "
-        f"{', '.join(str(int(s)) for s in seeds) or '–'}.",
+        f"Model shape: d_model {first.d_model}, {first.n_layers} layers; seeds: "
+        f"{', '.join(str(s) for s in seeds) or '–'}.",
         "",
     ]
-    out += state_tables(cells, long)
+    out += quality_section(rows, "accuracy")
+    out += state_tables(rows, long)
     out += ["What the theory predicts, and what was measured:", ""]
     for task in dict.fromkeys(long["task_label"]):
         out.append(f"- **{task}**: {prediction(groups.get(task))} Measured: {measured(long, task)}")
@@ -277,12 +270,12 @@ def state_section(cells: pd.DataFrame, run_dir: Path) -> list[str]:
         "",
         "### State tracking: training",
         "",
-        training_table(cells),
+        *training_table(rows, "accuracy"),
         "",
     ]
     if len(distance_grid(long)):
         plot_by_position(long, run_dir / BY_POSITION)
         out += [f"![accuracy by position]({BY_POSITION})", ""]
-    plot_curves(cells, run_dir / CURVES)
+    plot_curves(rows, run_dir / CURVES, "validation accuracy")
     out += [f"![state tracking: training curves]({CURVES})", ""]
     return out

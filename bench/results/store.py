@@ -78,6 +78,11 @@ def load(run: str | Path) -> pd.DataFrame:
     re-run) keeps its latest record, with the timing samples of all its ok records pooled and the
     summary recomputed from them (``rounds``: how many ok records were pooled). Records without a key
     or a status (not a finished cell) are left out; a file with none is an error."""
+    return pd.DataFrame.from_records(finished_records(run)).reset_index(drop=True)
+
+
+def finished_records(run: str | Path) -> list[dict[str, Any]]:
+    """One record per finished cell (see :func:`load`), as dicts."""
     records, skipped = _read(run)
     finished = [r for r in records if "key" in r and "status" in r]
     if not finished:
@@ -91,7 +96,7 @@ def load(run: str | Path) -> pd.DataFrame:
             "unfinished record(s) left out",
             stacklevel=2,
         )
-    return pd.DataFrame.from_records(pool_rounds(finished)).reset_index(drop=True)
+    return pool_rounds(finished)
 
 
 def pool_rounds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -21,14 +21,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.registry import build
-from bench.running.accuracy import make_optimizer, non_embedding, precision
-from bench.running.dispatch import count_dispatches
-from bench.running.environment import peak_flops
-from bench.running.memory import PeakMemory
-from bench.running.timing import summarize, time_samples, warm_up
+from bench.measure.flops import peak_flops
+from bench.measure.launches import count_dispatches
+from bench.measure.memory import PeakMemory
+from bench.measure.timing import summarize, time_samples, warm_up
+from bench.registry import build, model_config
 from bench.spec.cells import TimingCell
 from bench.spec.config import TrainSettings
+from bench.train import make_optimizer, non_embedding, precision
 
 HALF = (torch.bfloat16, torch.float16)
 
@@ -38,7 +38,7 @@ def make_model(cell: TimingCell, device: torch.device):
     torch.manual_seed(cell.seed)
     model = build(cell.model, **cell.build_kwargs())
     if cell.mode == "train":
-        return model, precision(cell, model, device)
+        return model, precision(cell.dtype, model, device)
     return model.to(device=device, dtype=getattr(torch, cell.dtype)), contextlib.nullcontext
 
 
@@ -191,6 +191,7 @@ def measure_cell(cell: TimingCell, isolated: bool = True) -> dict:
     achieved = factor * flops * timing["tokens_per_s"]
     record.update(
         backend=model.backend,
+        model_settings=model_config(cell.model, cell.build_kwargs()),
         n_params=model.n_params(),
         n_params_non_embedding=non_embedding(model),
         state_bytes=model.state_bytes(cell.batch_size, cell.seq_len),
