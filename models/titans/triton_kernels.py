@@ -38,10 +38,13 @@ reverse, recomputes the chunk's forward from that memory, and carries dL/d(memor
 its start, in place, in the buffers it was handed (the gradient of the final state). A [n, hidden] scratch
 per program holds one partial gradient between the third and fourth pass.
 
-Coefficient sets come per memory layer (today both layers get the same tensors; per-layer gates would
-pass their own). Per-channel gates would give A, c, s, e a channel axis and G a [n, n, channels] shape:
-the scalar-times-tile products below become elementwise, and the two dual-form terms (G * (Z X^T)) Delta
-become a broadcast-and-reduce over the token axis instead of one tl.dot.
+Gates. Coefficient sets come per memory layer: today both layers get the same tensors, and gates per
+layer would pass a set each (a change on the host only). Gates per input channel of a layer ([B, H, T,
+d_in]) would give A, c, s, e a d_in axis and G a [n, n, d_in] shape. The decays then scale the columns of
+W and S, so the scalar-times-tile products become elementwise along d_in: A * (Z W^T) is (A o Z) W^T, the
+update's (g Delta)^T X is Delta^T (g o X); and the dual form's G * (Z X^T) becomes sum_c G[:, :, c]
+Z[:, c] X[:, c], a broadcast-and-reduce over d_in instead of one tl.dot (for the second layer summed over
+the hidden tiles, as Z X^T already is). The backward changes alike, and _coefs loads tiles, not vectors.
 """
 
 from __future__ import annotations
@@ -247,7 +250,7 @@ def titans_fwd_d1_kernel(
     chunk begun earlier (HAS_BASE); cw, cm [BH, n_chunks, D, D]: each chunk's starting memory (SAVE); ob
     [BH, D, D]: the last chunk's starting weights, the base a partial chunk leaves (WRITE_BASE)."""
     pid = tl.program_id(0)
-    b, h = pid // n_heads, pid % n_heads
+    b, h = (pid // n_heads).to(tl.int64), pid % n_heads  # int64: strided q, k, v can be large
     dt = w_ptr.dtype.element_ty
     rows, cols, cols_n = tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_N)
     mask_d = cols < D
@@ -304,7 +307,7 @@ def titans_bwd_d1_kernel(
     starting memory from the forward. dbw: dL/d(base) (HAS_BASE); dob: dL/d(the base the forward wrote),
     added at the last chunk's start (ADD_BASE_GRAD). dy, dq, dk, dv have y's strides."""
     pid = tl.program_id(0)
-    b, h = pid // n_heads, pid % n_heads
+    b, h = (pid // n_heads).to(tl.int64), pid % n_heads  # int64: strided q, k, v can be large
     dt = lw_ptr.dtype.element_ty
     rows, cols, cols_n = tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_N)
     mask_d = cols < D
@@ -423,7 +426,7 @@ def titans_fwd_d2_kernel(
     in place tile by tile; bw1, bw2: the base of a chunk begun earlier (HAS_BASE); cw*, cm* [BH, n_chunks,
     ...]: each chunk's starting memory (SAVE); ob1, ob2: the last chunk's starting weights (WRITE_BASE)."""
     pid = tl.program_id(0)
-    b, h = pid // n_heads, pid % n_heads
+    b, h = (pid // n_heads).to(tl.int64), pid % n_heads  # int64: strided q, k, v can be large
     dt = w1_ptr.dtype.element_ty
     rows, cols, cols_n = tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_N)
     hrows = tl.arange(0, BLOCK_H)
@@ -520,7 +523,7 @@ def titans_bwd_d2_kernel(
     dob*: dL/d(the base the forward wrote), added at the last chunk's start (ADD_BASE_GRAD); scratch
     [BH, BLOCK_N, HID]."""
     pid = tl.program_id(0)
-    b, h = pid // n_heads, pid % n_heads
+    b, h = (pid // n_heads).to(tl.int64), pid % n_heads  # int64: strided q, k, v can be large
     dt = lw1_ptr.dtype.element_ty
     rows, cols, cols_n = tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_N)
     hrows = tl.arange(0, BLOCK_H)
