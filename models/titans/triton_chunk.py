@@ -83,7 +83,9 @@ def launch_config(chunk_size: int, head_dim: int, hidden: int) -> dict:
     entries of a weight matrix: compiled for sm_90 at chunk 16, D 64, hidden 256, tiles of 16 hidden units
     and 8 warps spilled the fewest registers, forward and backward (tiles of 32, or 4 warps, spilled more:
     the chunk's 16-row operands are replicated in every warp, which leaves little room). Under the
-    interpreter, where registers cost nothing and every operation a Python call, one tile holds them all."""
+    interpreter, where registers cost nothing and every operation a Python call, one tile holds them all.
+    The launches ask for one stage (no software pipelining of the tile loops, whose loads and stores touch
+    the memory the program updates in place; the register figures above are for one stage too)."""
     block_n, block_d = max(16, _pow2(chunk_size)), max(16, _pow2(head_dim))
     block_h = max(16, _pow2(hidden))
     if HIDDEN_TILE is not None:
@@ -261,7 +263,7 @@ def _launch_forward(kern, cfg, BH, H, q, k, v, y, layer_coefs, work_w, work_m, b
             q, k, v, y, *strides, *layer_coefs[0], work_w[0], work_m[0],
             base[0] if base else dummy, *(ckpt or [dummy, dummy]), out_base[0] if out_base else dummy,
             H, t_len, csz, D, LN_EPS, BLOCK_N=conf["BLOCK_N"], BLOCK_D=conf["BLOCK_D"],
-            num_warps=conf["num_warps"], **common,
+            num_warps=conf["num_warps"], num_stages=1, **common,
         )  # fmt: skip
         return
     hidden = work_w[0].shape[1]
@@ -270,7 +272,7 @@ def _launch_forward(kern, cfg, BH, H, q, k, v, y, layer_coefs, work_w, work_m, b
         q, k, v, y, *strides, *layer_coefs[0], *layer_coefs[1], work_w[0], work_m[0], work_w[1], work_m[1],
         *(base or [dummy, dummy]), *(ckpt or [dummy] * 4), *(out_base or [dummy, dummy]),
         H, t_len, csz, D, hidden, LN_EPS, BLOCK_N=conf["BLOCK_N"], BLOCK_D=conf["BLOCK_D"],
-        BLOCK_H=conf["BLOCK_H"], num_warps=conf["num_warps"], **common,
+        BLOCK_H=conf["BLOCK_H"], num_warps=conf["num_warps"], num_stages=1, **common,
     )  # fmt: skip
 
 
@@ -288,7 +290,7 @@ def _launch_backward(kern, cfg, BH, H, tensors, layer_coefs, grads, ckpt, base, 
             q, k, v, dy, dq, dk, dv, *strides, *layer_coefs[0], *grads, *ckpt,
             base[0] if base else dummy, lam_w[0], lam_m[0], d_base[0] if d_base else dummy,
             d_ob[0] if d_ob else dummy, H, t_len, csz, D, LN_EPS, BLOCK_N=conf["BLOCK_N"],
-            BLOCK_D=conf["BLOCK_D"], num_warps=conf["num_warps"], **common,
+            BLOCK_D=conf["BLOCK_D"], num_warps=conf["num_warps"], num_stages=1, **common,
         )  # fmt: skip
         return
     hidden = lam_w[0].shape[1]
@@ -299,7 +301,7 @@ def _launch_backward(kern, cfg, BH, H, tensors, layer_coefs, grads, ckpt, base, 
         *ckpt, *(base or [dummy, dummy]), lam_w[0], lam_m[0], lam_w[1], lam_m[1],
         *(d_base or [dummy, dummy]), *(d_ob or [dummy, dummy]), scratch,
         H, t_len, csz, D, hidden, LN_EPS, BLOCK_N=conf["BLOCK_N"], BLOCK_D=conf["BLOCK_D"],
-        BLOCK_H=conf["BLOCK_H"], num_warps=conf["num_warps"], **common,
+        BLOCK_H=conf["BLOCK_H"], num_warps=conf["num_warps"], num_stages=1, **common,
     )  # fmt: skip
 
 

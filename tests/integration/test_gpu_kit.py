@@ -289,9 +289,6 @@ def test_dry_run_goes_through_every_step_and_packs_the_reports(carried, tmp_path
     rows = json.loads(files["gpu-reports/validate/validate.json"])["rows"]
     assert {r["model"] for r in rows} == set(_builtin_models())
     assert all(r["status"] == "ok" for r in rows)
-    # the Triton kernels validated like every backend (through the interpreter on the CPU)
-    titans = {m for m in _builtin_models() if m.startswith("titans")}
-    assert {r["model"] for r in rows if r["backend"] == "triton"} == titans
     # the two passes of the sweep in one results file: every model at both toy lengths, and accuracy
     cells = [json.loads(line) for line in files["gpu-reports/sweep/results.jsonl"].decode().splitlines()]
     assert all(c["status"] == "ok" for c in cells)
