@@ -15,16 +15,19 @@ from torch.profiler import ProfilerActivity, profile
 # it calls are recorded as its children, but only when compiled with cpp.enable_kernel_profile.
 COMPILED_GRAPH_MARK = "## Call CompiledFxGraph"
 CPU_KERNEL_PROFILE_FLAG = "torch._inductor.config.cpp.enable_kernel_profile = True"
+# A Triton kernel launch marked with a record_function of this prefix (models/titans/triton_chunk.py does):
+# on the CPU it runs through Triton's interpreter, whose host-side work inside the mark is not a dispatch.
+TRITON_LAUNCH_MARK = "triton::"
 
 
 def _is_aten(event: Any) -> bool:
     return event.name.startswith("aten::")
 
 
-def _under_aten(event: Any) -> bool:
+def _under_dispatch(event: Any) -> bool:
     parent = event.cpu_parent
     while parent is not None:
-        if _is_aten(parent):
+        if _is_aten(parent) or parent.name.startswith(TRITON_LAUNCH_MARK):
             return True
         parent = parent.cpu_parent
     return False
@@ -51,7 +54,9 @@ def count_dispatches(fn: Callable[[], Any], device: torch.device | str) -> int:
     calls: the non-aten children of inductor's "## Call CompiledFxGraph ... ##" regions, which the profiler
     records only if the code was compiled with ``torch._inductor.config.cpp.enable_kernel_profile = True``
     (a warning says so when a compiled region shows none). Extern kernels called from compiled code (bmm,
-    mm) are aten calls and count through the first rule. Backward passes run by ``fn`` count alike.
+    mm) are aten calls and count through the first rule. A Triton kernel launch marked with a
+    ``record_function("triton::<name>")`` counts once, and nothing inside the mark does (under
+    TRITON_INTERPRET=1 the kernel runs there as host code). Backward passes run by ``fn`` count alike.
     """
     device = torch.device(device)
     activities = [ProfilerActivity.CPU]
@@ -74,8 +79,8 @@ def count_dispatches(fn: Callable[[], Any], device: torch.device | str) -> int:
             continue
         if event.name.startswith(COMPILED_GRAPH_MARK):
             regions.add(event.id)
-        if _is_aten(event):
-            count += not _under_aten(event)
+        if _is_aten(event) or event.name.startswith(TRITON_LAUNCH_MARK):
+            count += not _under_dispatch(event)
         elif _is_compiled_kernel(event):
             count += 1
             regions_with_kernels.add(event.cpu_parent.id)

@@ -44,12 +44,35 @@ from models.titans.naive import (
     layer_gates,
     naive_recurrent_titans_memory,
 )
+from models.titans.triton_chunk import MAX_DEPTH as TRITON_MAX_DEPTH
+from models.titans.triton_chunk import triton_chunk_titans_memory, triton_problem
 
-# backend -> (op for whole sequences, op for decoding one token at a time)
+# backend -> (op for whole sequences, op for decoding one token at a time). The Triton kernels decode too:
+# one token is one launch (plus the gates' coefficients), against a few dozen operators token by token.
 MEMORY_BACKENDS = {
     "torch-chunked": (chunk_titans_memory, fused_recurrent_titans_memory),
     "torch-recurrent": (naive_recurrent_titans_memory, naive_recurrent_titans_memory),
+    "triton": (triton_chunk_titans_memory, triton_chunk_titans_memory),
 }
+
+
+def resolve_memory_backend(requested: str, memory_depth: int, kernel_problem: str | None = None) -> str:
+    """The memory's backend, fixed at build time: "auto" is "triton" on CUDA for the memories its kernels
+    hold, else "torch-chunked"; an explicit "triton" that cannot run here, or for this memory
+    (``kernel_problem``: what of the config its kernels do not implement), is an error, never a fallback
+    (on a machine without CUDA it runs only under TRITON_INTERPRET=1, Triton's CPU interpreter)."""
+    if requested not in ("auto", *MEMORY_BACKENDS):
+        choices = ", ".join(MEMORY_BACKENDS)
+        raise ValueError(f"unknown Titans backend {requested!r}; choose from auto, {choices}")
+    reason = triton_problem()
+    if reason is None and memory_depth > TRITON_MAX_DEPTH:
+        reason = f"its kernels hold memories of depth 1 to {TRITON_MAX_DEPTH}, not {memory_depth}"
+    reason = reason or kernel_problem
+    if requested == "auto":
+        return "triton" if torch.cuda.is_available() and reason is None else "torch-chunked"
+    if requested == "triton" and reason is not None:
+        raise ValueError(f"backend 'triton' cannot run here: {reason}")
+    return requested
 
 
 @torch.compiler.disable
@@ -107,10 +130,6 @@ class LMM(Mixer):
         memory_init_scale: float = 1.0,
     ):
         super().__init__()
-        if backend not in ("auto", *MEMORY_BACKENDS):
-            raise ValueError(
-                f"unknown Titans backend {backend!r}; choose from auto, {', '.join(MEMORY_BACKENDS)}"
-            )
         if activation not in ACTIVATIONS:
             raise ValueError(
                 f"unknown memory activation {activation!r}; choose from {', '.join(ACTIVATIONS)}"
@@ -128,7 +147,17 @@ class LMM(Mixer):
             raise ValueError(f"n_persistent must be >= 0, got {n_persistent}")
         if memory_init_scale <= 0:
             raise ValueError(f"memory_init_scale must be > 0, got {memory_init_scale}")
-        self.backend = "torch-chunked" if backend == "auto" else backend
+        outside = [
+            what
+            for what, used in (
+                (f"{gate_granularity} gates (they hold gates per head)", gate_granularity != "head"),
+                ("the memory LayerNorm's gain and bias", memory_norm and memory_norm_affine),
+                ("forgetting toward the initial memory", forgetting == "to_init"),
+            )
+            if used
+        ]
+        kernel_problem = f"its kernels do not implement {', '.join(outside)}" if outside else None
+        self.backend = resolve_memory_backend(backend, memory_depth, kernel_problem)
         self.memory_op, self.memory_step_op = MEMORY_BACKENDS[self.backend]
         self.n_heads, self.head_dim = n_heads, head_dim
         self.activation, self.chunk_size, self.max_lr = activation, chunk_size, max_lr
@@ -480,8 +509,9 @@ class MAG(Mixer):
 
 
 class TitansConfig(ModelConfig):
-    """What every Titans variant shares: the memory and its heads. ``backend``: "auto" (= "torch-chunked")
-    or "torch-recurrent" (the per-token reference). ``n_heads`` None means d_model // 64 (at least 1),
+    """What every Titans variant shares: the memory and its heads. ``backend``: "auto" ("triton" on CUDA for
+    memory depths 1 and 2, else "torch-chunked"), "torch-chunked", "triton" (the Triton kernels) or
+    "torch-recurrent" (the per-token reference). ``n_heads`` None means d_model // 64 (at least 1),
     ``head_dim`` None means d_model // n_heads."""
 
     n_heads: PositiveInt | None = None
@@ -552,8 +582,21 @@ class TitansWindowConfig(TitansHybridConfig):
     window: PositiveInt | None = 512
 
 
+# What the Triton kernels implement of the memory, and so of the default model: see LMM's kernel_problem.
+TRITON_SCOPE = (
+    "the Triton kernels implement gates per head and the memory LayerNorm without gain and bias "
+    "(build with gate_granularity='head', memory_norm_affine=False); the default memory runs torch-chunked"
+)
+
+
 def titans_backends() -> dict[str, bool | str]:
-    return {"auto": True, "torch-chunked": True, "torch-recurrent": True}
+    """What runs here for the default Titans memory (bench list and validate build the defaults)."""
+    return {
+        "auto": True,
+        "torch-chunked": True,
+        "torch-recurrent": True,
+        "triton": triton_problem() or TRITON_SCOPE,
+    }
 
 
 def build_titans_lmm(config: TitansConfig) -> LanguageModel:

@@ -8,7 +8,8 @@ they run before anything is installed, on this machine and on the GPU machine al
     kit_tools.py image-versions                   the image packages' versions in this interpreter
     kit_tools.py toy-spec IN OUT KEY=VALUE...     a copy of a sweep file with [accuracy] settings replaced
     kit_tools.py merge-validate OUT DIR...        one VALIDATE.md and validate.json from several validations
-    kit_tools.py summary RUN_DIR                  RUN_DIR/SUMMARY.md: steps, build, validation, headlines
+    kit_tools.py summary RUN_DIR                  RUN_DIR/SUMMARY.md: steps, build, validation, headlines,
+                                                  the Titans backends side by side
 """
 
 from __future__ import annotations
@@ -393,6 +394,70 @@ def _sweep_section(title: str, folder: Path, build_ended: float | None) -> list[
     return lines
 
 
+# The Titans backend comparison (run.sh step titans-backends): the models and, from the main sweep, the
+# recurrent models set beside them.
+TITANS_COMPARED = ("titans-lmm", "titans-mal")
+BESIDE_TITANS = ("gated-deltanet", "mamba2")
+
+
+def _cell(row: dict | None) -> str:
+    """tokens/s and, where counted, dispatches (on CUDA: kernel launches) per token."""
+    if row is None:
+        return "–"
+    if row.get("status") != "ok":
+        return row.get("status", "?")
+    launches = row.get("dispatches_per_token")
+    return _si(row["tokens_per_s"]) + (f" ({launches:.3g}/tok)" if launches is not None else "")
+
+
+def _find(rows: list[dict], **match) -> dict | None:
+    return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
+
+
+def _titans_backends_section(run: Path) -> list[str]:
+    """Titans on the PyTorch and the Triton backend side by side, with the main sweep's Gated DeltaNet and
+    Mamba2 at the same lengths, and the Triton path's speed-up."""
+    rows = [r for r in _read_jsonl(run / "titans-backends" / "results.jsonl") if r["mode"] != "accuracy"]
+    if not rows:
+        return []
+    beside = [r for r in _read_jsonl(run / "sweep" / "results.jsonl") if r["model"] in BESIDE_TITANS]
+    lens = sorted({r["seq_len"] for r in rows})
+    lines = [
+        "## Titans memory: PyTorch vs Triton",
+        "",
+        "Tokens/s (dispatches per token: on CUDA the kernels launched, on the CPU the operator calls) of "
+        "titans-lmm and titans-mal on each backend (step titans-backends), beside the main sweep's Gated "
+        "DeltaNet and Mamba2 in the same shape; `speed-up` is Triton over PyTorch.",
+        "",
+    ]
+    for mode in ("prefill", "train"):
+        lines += [
+            f"**{mode}**",
+            "",
+            "| model | backend | " + " | ".join(f"T={t}" for t in lens) + " |",
+            "|---|---|" + "---|" * len(lens),
+        ]
+        for model in TITANS_COMPARED:
+            pair = []
+            for backend in ("torch-chunked", "triton"):
+                label = f"{model}-{backend.split('-')[0]}"
+                found = [_find(rows, mode=mode, seq_len=t, model=model, label=label) for t in lens]
+                used = next((r["backend"] for r in found if r and r.get("backend")), backend)
+                lines.append(f"| {model} | {used} | " + " | ".join(_cell(r) for r in found) + " |")
+                pair.append(found)
+            ratios = []
+            for slow, fast in zip(*pair, strict=True):
+                ok = slow and fast and slow.get("status") == fast.get("status") == "ok"
+                ratios.append(f"{fast['tokens_per_s'] / slow['tokens_per_s']:.2g}x" if ok else "–")
+            lines.append(f"| {model} | speed-up | " + " | ".join(ratios) + " |")
+        for model in BESIDE_TITANS:
+            found = [_find(beside, mode=mode, seq_len=t, model=model) for t in lens]
+            used = next((r["backend"] for r in found if r and r.get("backend")), "–")
+            lines.append(f"| {model} | {used} | " + " | ".join(_cell(r) for r in found) + " |")
+        lines.append("")
+    return lines
+
+
 def summary(run: Path) -> int:
     lines = ["# GPU kit run", ""]
     info = run / "kit-info.txt"
@@ -432,6 +497,7 @@ def summary(run: Path) -> int:
     ended = run / "build-ended"
     build_ended = float(ended.read_text()) if ended.exists() else None
     lines += _sweep_section("Sweep", run / "sweep", build_ended)
+    lines += _titans_backends_section(run)
     if (run / "sweep-mamba-ssm").exists():
         lines += _sweep_section("Sweep of the Mamba kernels", run / "sweep-mamba-ssm", build_ended)
     text = "\n".join(lines).rstrip() + "\n"

@@ -9,7 +9,9 @@
 #      per model, all at once), while a warm-up run lets fla autotune its Triton kernels for the sweep's
 #      shapes;
 #   4. runs the CUDA sweep scripts/gpu/sweep.toml in two passes, 1K and 4K with the accuracy smoke test,
-#      then 16K, into one report (the deadline cuts the 16K pass if it must); validates Mamba and Mamba2
+#      then 16K, into one report (the deadline cuts the 16K pass if it must); between the two, times the
+#      Titans memory on its PyTorch and its Triton backend side by side (titans-lmm and titans-mal,
+#      scripts/gpu/sweep-titans-backends.toml, 1K/4K/16K, prefill and train); validates Mamba and Mamba2
 #      again with their mamba_ssm kernels once the build has finished, and sweeps them if time is left
 #      (scripts/gpu/sweep-mamba-ssm.toml); if the build does not finish, SUMMARY.md says "not built (time)";
 #   5. packs the reports, SUMMARY.md and the logs into OUTDIR/gpu-reports.tar.gz (re-packed after each
@@ -22,7 +24,10 @@
 # usage: scripts/gpu/run.sh [--dry-run] OUTDIR
 #   --dry-run  every step on the CPU at toy sizes, the build replaced by a stub that sleeps
 #              (KIT_STUB_BUILD_S, 5 s); nothing is installed: the carried wheels, if present, are
-#              resolved into a throwaway target instead (scripts/gpu/kit_tools.py check-wheels).
+#              resolved into a throwaway target instead (scripts/gpu/kit_tools.py check-wheels); the
+#              backend comparison runs the Triton kernels through Triton's interpreter
+#              (TRITON_INTERPRET=1; the validation leaves them out there: the interpreter is too slow for
+#              its time limit, and tests/ops/test_titans_triton.py checks them so).
 # Environment: KIT_BUDGET_S (510), KIT_WHEELS (.gpu-wheels), KIT_WORK (build/gpu-kit), KIT_JOBS
 # (processes at once in step 3; default: the number of cores), KIT_COMMIT (recorded in SUMMARY.md),
 # PYTHON (python3).
@@ -221,11 +226,13 @@ if [[ $DRY == 1 ]]; then
     TOY=(--device cpu --d-model 32 --n-layers 1 --vocab-size 256 --repeats 2 --warmup 1 --timeout 120)
     WARM_LENS=64
     export OMP_NUM_THREADS=1  # several processes share two cores
+    INTERPRET=(env TRITON_INTERPRET=1)  # the Triton kernels of the backend comparison, on the CPU
 else
     VALIDATE=(--device cuda)
     SWEEP_SPEC=$KIT/sweep.toml
     TOY=()
     WARM_LENS=1024
+    INTERPRET=()
 fi
 mapfile -t MODELS < <("$PYTHON" -m bench list 2>> "$LOGS/machine.log" | awk '{print $1}')
 if ((${#MODELS[@]} == 0)); then
@@ -309,6 +316,20 @@ step sweep $(($(left) - 90)) "$PYTHON" -m bench run "$SWEEP_SPEC" "${TOY[@]}" --
 pack
 # the Mamba kernels' correctness before more timings, if they are ready
 if build_ok; then validate_mamba; fi
+
+# --- 4b. the Titans memory on both backends side by side (issue 27): titans-lmm and titans-mal on the
+# PyTorch chunked path and on the Triton kernels, prefill and train, 1K/4K/16K; SUMMARY.md sets them beside
+# the main sweep's Gated DeltaNet and Mamba2. At most 200 s, a minute kept back for the 16K pass.
+if [[ $DRY == 1 ]]; then CMP_LENS=$SHORT; else CMP_LENS=1024,4096,16384; fi
+CMP_LIMIT=$(($(left) - 60))
+if ((CMP_LIMIT > 200)); then CMP_LIMIT=200; fi
+rm -rf "$RUN/titans-backends"
+step titans-backends "$CMP_LIMIT" "${INTERPRET[@]}" "$PYTHON" -m bench run "$KIT/sweep-titans-backends.toml" \
+    "${TOY[@]}" --seq-lens "$CMP_LENS" --no-progress --no-report --out "$RUN/titans-backends" || FAILED=1
+if [[ -s $RUN/titans-backends/results.jsonl ]]; then
+    step titans-backends-report 60 "$PYTHON" -m bench report "$RUN/titans-backends" || FAILED=1
+fi
+pack
 step sweep-16k $(($(left) - 30)) "$PYTHON" -m bench run "$SWEEP_SPEC" "${TOY[@]}" --seq-lens "$LONG" \
     --modes train,prefill,decode --no-progress --no-report --out "$WORK/sweep-long" || FAILED=1
 if [[ -s $WORK/sweep-long/results.jsonl ]]; then

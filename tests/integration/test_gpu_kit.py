@@ -91,6 +91,13 @@ def test_sweep_files_name_every_registered_model_and_stay_on_cuda():
     assert {k: later[k] for k in ("d_model", "n_layers", "repeats", "warmup", "decode_tokens")} == {
         k: spec[k] for k in ("d_model", "n_layers", "repeats", "warmup", "decode_tokens")
     }
+    # the Titans backend comparison: both models on both backends, in the main sweep's shape and settings
+    compared = tomllib.loads((KIT / "sweep-titans-backends.toml").read_text())
+    entries = {(m["name"], m["args"]["backend"]) for m in compared["models"]}
+    assert entries == {(n, b) for n in ("titans-lmm", "titans-mal") for b in ("torch-chunked", "triton")}
+    assert compared["seq_lens"] == spec["seq_lens"] and set(compared["modes"]) == {"prefill", "train"}
+    shape = ("device", "dtypes", "d_model", "n_layers", "vocab_size", "repeats", "warmup", "warmup_max")
+    assert {k: compared[k] for k in shape} == {k: spec[k] for k in shape}
 
 
 def test_pins_agree_with_the_build_script_and_requirements():
@@ -139,6 +146,17 @@ def test_merge_validate_keeps_every_row_and_names_a_missing_model(tmp_path):
     table = (tmp_path / "out" / "VALIDATE.md").read_text()
     assert table.startswith("# Backend validation\n\nintro\n") and table.count("| model |") == 1
     assert "| a | row |" in table and "| b | row |" in table and "| c |" in table
+
+
+def test_titans_kernels_compile_for_hopper():
+    """The Titans memory's Triton kernels, compiled for sm_90 here without a GPU (Triton ships ptxas):
+    what the CPU interpreter cannot show, e.g. tl.dot's shape rules, is checked before a GPU is lent."""
+    proc = subprocess.run(
+        [sys.executable, str(KIT / "compile_titans_kernels.py")], capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("titans_")]
+    assert len(lines) == 4 and all("sm_90" in line and "registers" in line for line in lines), proc.stdout
 
 
 # --- the carried wheels (PyPI) ---
@@ -251,6 +269,8 @@ def test_dry_run_goes_through_every_step_and_packs_the_reports(carried, tmp_path
         "sweep/manifest.json",
         "validate-mamba-ssm/validate.json",
         "sweep-mamba-ssm/REPORT.md",
+        "titans-backends/REPORT.md",
+        "titans-backends/results.jsonl",
         "logs/install.log",
         "logs/build.log",
     ):
@@ -259,6 +279,7 @@ def test_dry_run_goes_through_every_step_and_packs_the_reports(carried, tmp_path
 
     log = files["gpu-reports/kit.log"].decode()
     steps = ["install", "warmup-fla", "sweep", "sweep-16k", "sweep-report", "validate-mamba-ssm"]
+    steps += ["titans-backends", "titans-backends-report"]
     steps += [f"validate-{m}" for m in _builtin_models()]
     for step in steps:
         assert re.search(rf"START {step} \(limit \d+s\)", log), step
@@ -278,6 +299,20 @@ def test_dry_run_goes_through_every_step_and_packs_the_reports(carried, tmp_path
     assert {c["model"] for c in cells if c["mode"] == "accuracy"} == set(_builtin_models())
     summary = files["gpu-reports/SUMMARY.md"].decode()
     assert "## Sweep" in summary and "2 timed repeats" in summary and "| titans-mac |" in summary
+    # the Titans memory on both backends side by side, beside Gated DeltaNet and Mamba2
+    compared = [json.loads(line) for line in files["gpu-reports/titans-backends/results.jsonl"].splitlines()]
+    assert all(c["status"] == "ok" for c in compared)
+    ran = {(c["label"], c["backend"].split("+")[0], c["mode"]) for c in compared}
+    assert ran == {
+        (f"{m}-{b.split('-')[0]}", b, mode)
+        for m in ("titans-lmm", "titans-mal")
+        for b in ("torch-chunked", "triton")
+        for mode in ("prefill", "train")
+    }
+    section = summary.split("## Titans memory: PyTorch vs Triton", 1)[1]
+    for row in ("| titans-lmm | triton |", "| titans-mal | torch-chunked", "| titans-lmm | speed-up |"):
+        assert row in section, row
+    assert "| gated-deltanet | torch-chunked |" in section and "| mamba2 | torch-chunked |" in section
 
 
 def test_dry_run_keeps_its_deadline_and_says_what_was_not_built(tmp_path):

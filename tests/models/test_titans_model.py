@@ -129,7 +129,7 @@ def test_bf16_model_keeps_a_float32_memory():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"backend": "triton"}, "unknown Titans backend"),
+        ({"backend": "tilelang"}, "unknown Titans backend"),
         ({"activation": "relu6"}, "unknown memory activation"),
     ],
 )
