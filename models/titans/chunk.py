@@ -231,29 +231,12 @@ def chunk_titans_memory(
 ) -> tuple[Tensor, MemoryState]:
     """Titans memory, chunk by chunk: same contract and results as naive_recurrent_titans_memory.
 
+    Args and Returns: as :func:`models.titans.naive.naive_recurrent_titans_memory`, the reference (one
+    place states what each argument holds and its shape); besides:
+
     Args:
-        q: [B, H, T, D] queries, read from the memory after each token's update.
-        k: [B, H, T, D] keys the memory is written with.
-        v: [B, H, T, D] values the memory learns to map the keys to.
-        theta: inner learning rate per token (the step size of the surprise): [B, H, T], shared by the
-            memory layers, or one tensor per layer, each [B, H, T] or [B, H, T, d_in] (per input channel).
-        eta: momentum decay per token (past surprise kept), shaped as theta.
-        alpha: forgetting gate per token (weight decay of the memory), shaped as theta.
-        params: per memory layer [H, d_out, d_in], the memory's initial weights M_0 (outer-loop parameters).
-        chunk_size: tokens per chunk; inside a chunk every gradient is taken at the chunk-base weights.
-        activation: "gelu" or "silu", between the memory's layers.
-        residual: M(x) = x + MLP(x) when True, MLP(x) otherwise.
-        state: a MemoryState to continue from (None: the initial weights, zero momentum).
-        norm: M(x) = x + LN(MLP(x)), the LayerNorm on the last layer's output.
         compiled: run the step of every whole chunk through torch.compile (compiled once per shape and
             setting, on first use; partial chunks run eagerly).
-        norm_weight: [H, D] the LayerNorm's gain per head, or None (no gain); only with ``norm``.
-        norm_bias: [H, D] the LayerNorm's bias per head, or None; only with ``norm``.
-        forget_to_init: forget toward M_0 (M_t - M_0 = (1 - alpha_t)(M_{t-1} - M_0) + S_t), not toward 0.
-
-    Returns:
-        y: [B, H, T, D] retrievals M_t(q_t), in the dtype of q.
-        state: the MemoryState after the last token, to continue the sequence exactly.
     """
     get_activation(activation)  # validates the name
     B, H, T, D = q.shape
