@@ -45,6 +45,7 @@ PRESETS = {
     "cpu-recall": "cpu-recall.toml",
     "cpu-state": "cpu-state.toml",
     "cpu-lm": "cpu-lm.toml",
+    "cpu-length": "cpu-length.toml",
 }
 
 

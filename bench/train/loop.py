@@ -129,7 +129,12 @@ def train(
             f"val_{score_name}": val_curve[-1][1] if finished else None,
             f"best_val_{score_name}": best,
             "val_loss": val_loss_curve[-1][1] if finished else None,
-            **convergence(val_loss_curve if finished else [], step),
+            # A run that reached the early-stopping threshold stopped at the ceiling: it has converged.
+            **(
+                {"still_improving": False, "val_loss_drop_last_20pct": None}
+                if out["stop_reason"] == "threshold"
+                else convergence(val_loss_curve if finished else [], step)
+            ),
             "steps_run": step,
             "cap_bound": out["stop_reason"] == "max_seconds",
             "train_seconds": seconds,
