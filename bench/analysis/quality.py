@@ -39,7 +39,8 @@ def lr_lines(rows: list[AccuracyRow]) -> list[str]:
             "(accuracy and bits per byte are reported, never used to choose)"
         )
     out = [f"**Learning rates**: chosen per model and task as {rule}, from the grid "
-           f"{', '.join(map(lr_text, grid))}, grown x3 beyond an edge where the choice sat."]  # fmt: skip
+           f"{', '.join(map(lr_text, grid))}, grown x3 beyond an edge where the choice sat, as many times "
+           "as the sweep's `lr_extend` allows."]  # fmt: skip
     extended, edges = [], []
     for (label, task), group in _groups(rows).items():
         added = sorted({r.lr for r in group if r.lr_origin == "extended"})
@@ -51,7 +52,7 @@ def lr_lines(rows: list[AccuracyRow]) -> list[str]:
     out.append("Grids extended: " + ("; ".join(extended) if extended else "none") + ".")
     if edges:
         out.append(
-            "**Still at an edge of the rates tried** (the extension cap was reached): "
+            "**Still at an edge of the rates tried** (`lr_extend` allowed no further growth): "
             + "; ".join(edges)
             + ". The best rate may lie beyond; these models are not ranked on a bracketed choice."
         )

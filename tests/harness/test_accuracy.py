@@ -91,7 +91,8 @@ def test_bad_tasks_are_named_before_anything_runs(tasks, message):
         (["--modes", "accuracy", "--tasks", "mqar,bogus"], "unknown task 'bogus'"),
         (
             ["--preset", "huge"],
-            "unknown preset 'huge'; known presets: cpu-accuracy, cpu-lm, cpu-recall, cpu-state, paper",
+            "unknown preset 'huge'; known presets: cpu-accuracy, cpu-length, cpu-lm, cpu-recall, cpu-state, "
+            "paper",
         ),
         (["x.toml", "--preset", "paper"], "give a sweep file or --preset, not both"),
         (["--modes", "train", "--tasks", "mqar"], "--tasks needs 'accuracy' among the modes"),
@@ -136,10 +137,6 @@ def test_presets_and_defaults():
     assert [t.display for t in spec.tasks] == ["mqar-128", "niah-pk"]
     assert spec.tasks[0].train_len == 128 and spec.tasks[0].args["num_kv_pairs"] == 8  # kept from the preset
 
-    equal_steps = preset_spec("cpu-accuracy")
-    assert equal_steps.accuracy.max_seconds >= 600 and equal_steps.accuracy.steps == 600
-    assert equal_steps.tasks == default_spec("cpu").tasks  # the default run's tasks, with steps as the budget
-
     cpu = default_spec("cpu")
     assert "accuracy" in cpu.modes and [t.name for t in cpu.tasks] == ["mqar", "niah-pk"]
     # Was a 7-second race (max_seconds <= 15): now every registered model trains the same few steps, no
@@ -147,58 +144,57 @@ def test_presets_and_defaults():
     assert cpu.accuracy.threshold is None and cpu.accuracy.steps <= 100 and cpu.accuracy.smoke_test
     assert cpu.accuracy.max_seconds >= 60  # a cap that load does not bind, not the budget
 
-    # Every accuracy preset: distance scoring (always), hybrids' context a quarter of the training length,
-    # the control (no models listed), a learning-rate grid, and seeds.
-    for name, n_lrs, n_seeds in (("cpu-accuracy", 2, 2), ("cpu-recall", 2, 1), ("paper", 3, 3)):
-        spec = preset_spec(name)
-        assert (
-            spec.models is None and spec.accuracy.hybrid_context == 0.25 and spec.accuracy.swa_control is None
-        )
-        assert len(spec.accuracy.lrs) == n_lrs and len(spec.accuracy.seeds or [spec.seed]) == n_seeds
-        assert spec.accuracy.max_seconds < spec.timeout_s and spec.accuracy.threads in (None, 1)
-    # cpu-state: every registered model listed by hand (plus DeltaNet's negative-eigenvalue variants) and
-    # the control asked for, the three groups trained short and evaluated at 8x; the same recipe otherwise.
-    state = preset_spec("cpu-state")
-    cells = expand(state, state.models, "cpu")
+    # Every CPU accuracy preset ranks: 3 rates grown beyond an edge, 3 seeds, the models matched in size, a
+    # calibration model, a cap that is a safety net below the cell timeout, and one thread per cell.
     registered = set(bench.list_models())
-    assert {m.name for m in state.models} == registered and state.accuracy.swa_control
-    assert {c.label for c in cells} == registered | {
-        "deltanet-negeig",
-        "gated-deltanet-negeig",
-        "transformer-swa",
-    }
-    assert {c.model_args.get("allow_neg_eigval") for c in cells if c.label.endswith("-negeig")} == {True}
-    assert [(t.name, t.args) for t in state.tasks] == [
-        ("parity", {}),
-        ("modular", {"m": 5}),
-        ("permutation", {"group": "A5"}),
-    ]
-    assert state.accuracy.eval_factors == [1, 2, 4, 8] and state.accuracy.train_len <= 64
-    assert len(state.accuracy.lrs) == 2 and state.accuracy.hybrid_context == 0.25
-    assert state.accuracy.threshold == 0.99 and state.accuracy.max_seconds < state.timeout_s
-    assert len(cells) == 12 * 3 * 2 and len({c.key for c in cells}) == len(cells)
-    steps = {(c.task_label or c.task, c.train.steps) for c in cells}  # the same budget for every model...
-    assert steps == {("parity", 200), ("z5", 600), ("a5", 100)}  # ...of a task
-    # cpu-lm: every model and the control, bytes of the standard library, the same steps and no threshold.
-    lm = preset_spec("cpu-lm")
-    assert (
-        lm.models is None
-        and [t.name for t in lm.tasks] == ["lm"]
-        and lm.tasks[0].args["corpus"] == "python-stdlib"
-    )
-    cells = expand(lm, [ModelEntry(name=n) for n in sorted(registered)], "cpu")
-    assert {c.label for c in cells} == registered | {"transformer-swa"} and len(cells) == 2 * (
-        len(registered) + 1
-    )
-    assert {(c.train.steps, c.train.threshold, c.vocab_size) for c in cells} == {
-        (lm.accuracy.steps, None, 256)
-    }
-    assert {c.task_args["fingerprint"] for c in cells} == {make_task("lm").pinned_args()["fingerprint"]}
-    assert lm.accuracy.eval_factors == [1, 2, 4, 8] and len(lm.accuracy.lrs) == 2
+    for name in ("cpu-accuracy", "cpu-recall", "cpu-state", "cpu-lm", "cpu-length"):
+        spec = preset_spec(name)
+        acc = spec.accuracy
+        assert len(acc.lrs) == 3 and acc.lr_extend >= 1 and len(acc.seeds) == 3, name
+        assert acc.param_budget is not None and acc.calibration is not None, name
+        assert acc.max_seconds < spec.timeout_s and acc.threads == 1, name
+        cells = expand(spec, spec.models, "cpu")
+        assert len({c.key for c in cells}) == len(cells), name
+        # the same budget for every model of a task: the comparison is at equal steps
+        by_task = {}
+        for c in cells:
+            by_task.setdefault(c.task_label or c.task, set()).add(c.train.steps)
+        assert all(len(steps) == 1 for steps in by_task.values()), name
+        assert {c.model for c in cells} <= registered, name  # variants are labels of registered models
+
+    # cpu-accuracy: the hybrids, their windowed-attention control and the baselines on passkey retrieval.
+    niah = preset_spec("cpu-accuracy")
+    labels = {c.label for c in expand(niah, niah.models, "cpu")}
+    assert {"titans-mal", "titans-mag", "titans-mac", "transformer-swa"} <= labels
+    assert [t.name for t in niah.tasks] == ["niah-pk"] and niah.accuracy.hybrid_context == 0.25
+    # cpu-recall: MQAR with 2 and 4 pairs, a transformer of 2 heads as the calibration (one head plateaus).
     recall = preset_spec("cpu-recall")
-    assert [t.args["num_kv_pairs"] for t in recall.tasks] == [4, 8] and {t.name for t in recall.tasks} == {
+    assert [t.args["num_kv_pairs"] for t in recall.tasks] == [2, 4] and {t.name for t in recall.tasks} == {
         "mqar"
     }
+    assert recall.accuracy.calibration.model == "transformer" and recall.models[0].args == {"n_heads": 2}
+    # cpu-state: parity and Z5 at 8x the training length, Titans' chunk sizes, the negative eigenvalues.
+    state = preset_spec("cpu-state")
+    cells = expand(state, state.models, "cpu")
+    assert [(t.name, t.args) for t in state.tasks] == [("parity", {}), ("modular", {"m": 5})]
+    assert state.accuracy.eval_factors == [1, 2, 4, 8] and state.accuracy.threshold == 0.99
+    assert {c.model_args.get("allow_neg_eigval") for c in cells if c.label.endswith("-negeig")} == {True}
+    assert {c.model_args.get("chunk_size") for c in cells if c.label.startswith("titans-lmm-chunk")} == {4, 1}
+    steps = {(c.task_label or c.task, c.train.steps) for c in cells}
+    assert steps == {("parity", 300), ("modular", 600)} or steps == {("parity", 300), ("z5", 600)}
+    # cpu-lm and cpu-length: bytes of the standard library, no threshold, scored to 8x the training length.
+    for name in ("cpu-lm", "cpu-length"):
+        lm = preset_spec(name)
+        cells = expand(lm, lm.models, "cpu")
+        assert [t.name for t in lm.tasks] == ["lm"] and lm.tasks[0].args["corpus"] == "python-stdlib"
+        assert {(c.train.threshold, c.vocab_size) for c in cells} == {(None, 256)}
+        assert {c.task_args["fingerprint"] for c in cells} == {make_task("lm").pinned_args()["fingerprint"]}
+        assert lm.accuracy.eval_factors == [1, 2, 4, 8]
+    # cpu-length: each recurrent model with and without its state carried across training batches.
+    length = preset_spec("cpu-length")
+    passing = {m.label: m.state_passing for m in length.models if m.label}
+    assert passing["titans-lmm-sp"] and passing["gated-deltanet-sp"] and passing["mamba2-sp"]
+    assert not passing["titans-lmm-noforget"]
 
 
 def test_lr_schedule_warms_up_then_decays_to_a_tenth():

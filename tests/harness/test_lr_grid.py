@@ -101,7 +101,7 @@ def test_a_capped_extension_is_reported_at_the_edge(tmp_path):
     rows = load_rows(tmp_path / "run")
     assert sorted(r.lr for r in rows) == [1e-3, 3e-3, 1e-2, 0.03]
     report = (tmp_path / "run" / "REPORT.md").read_text()
-    assert "**Still at an edge of the rates tried** (the extension cap was reached)" in report
+    assert "**Still at an edge of the rates tried** (`lr_extend` allowed no further growth)" in report
     assert "on test-constant (3e-2, upper edge)" in report
     # resuming finds the extension done: the same cells, nothing added twice
     assert main(["run", "--resume", str(tmp_path / "run"), "--no-progress"]) == 0

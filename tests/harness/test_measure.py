@@ -32,7 +32,10 @@ def test_the_cpu_peak_can_be_reset_and_is_net_of_the_runtime():
     small = torch.ones(2 * 2**20 // 4)  # 2 MiB
     del small
     assert memory.peak() < 20 * 2**20  # the 40 MiB peak before the reset is gone
-    assert abs(memory.gross_peak() - memory.baseline - memory.peak()) < 2**20  # two reads, pages apart
+    # net = gross - baseline, read twice pages apart; floored at 0 when the process returned pages to the
+    # system since the baseline was read (a CI machine did: gross 13 MiB below the baseline)
+    gross, net = memory.gross_peak(), memory.peak()
+    assert net == 0 if gross < memory.baseline else abs(gross - memory.baseline - net) < 2**20
 
 
 def test_peak_memory_is_the_models_not_the_runtimes():

@@ -95,6 +95,7 @@ def test_a_grid_of_learning_rates_and_seeds_through_the_cli(tmp_path):
         val_samples = 16
         eval_samples = 32
         lrs = [1e-3, 3e-3]
+        lr_extend = 0  # the grid as given (its growth beyond an edge: tests/harness/test_lr_grid.py)
         seeds = [0, 1]
         threads = 1
         """
@@ -118,6 +119,6 @@ def test_a_grid_of_learning_rates_and_seeds_through_the_cli(tmp_path):
         in report
     )
     # Two seeds that agree at 100%: the t interval has no width, so Wilson's over the 2 x 32 examples shows
-    assert "| reach-64 | 100.0 [94–100] | 100.0 [94–100] | 100.0 [94–100] |" in report
+    assert "| reach-64 | 100.0 [94–100], 2 of 2 solved | 100.0 [94–100] | 100.0 [94–100] |" in report
     assert report.count("| ✓ |") == 2 and "Student's t over the 2 seeds" in report
     assert (out / "accuracy_by_distance.png").stat().st_size > 1000
