@@ -15,15 +15,17 @@ What each mode times, per call (the report repeats it):
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from bench.measure.allocations import AllocationTrace
 from bench.measure.flops import peak_flops
-from bench.measure.launches import count_dispatches
-from bench.measure.memory import PeakMemory
+from bench.measure.launches import count_cpu_dispatches, count_dispatches
+from bench.measure.memory import ALLOCATOR_SOURCE, PeakMemory
 from bench.measure.timing import summarize, time_samples, warm_up
 from bench.registry import build
 from bench.spec.cells import TimingCell
@@ -138,9 +140,68 @@ def warm_runtime(cell: TimingCell, device: torch.device) -> None:
     fn()
 
 
+def traced_cpu_memory(cell: TimingCell, device: torch.device) -> dict:
+    """The tensor bytes at the peak of one call (and of the decode cell's prompt), counted at the CPU
+    allocator, on a fresh copy of the cell's model built inside the trace, so that everything the call
+    has live counts: weights, optimizer state, the decoding state, the inputs, the activations. The first
+    call makes what stays between calls (AdamW's moments, caches); the second is the one measured. Its
+    dispatches per token are counted from the same trace."""
+    start = time.perf_counter()
+    with AllocationTrace() as trace:
+        model, autocast = make_model(cell, device)
+        fn, work, setup = step_callable(cell, model, device, autocast)
+        if setup:
+            setup()
+        fn()
+        if setup:
+            with trace.phase("prompt"):
+                setup()
+        with trace.phase("call"):
+            fn()
+    record = {
+        "peak_mem_bytes": trace.peaks["call"],
+        "dispatches_per_token": count_cpu_dispatches([trace.phase_events["call"]]) / work,
+        "peak_mem_source": ALLOCATOR_SOURCE,
+    }
+    if setup:
+        record["prompt_peak_mem_bytes"] = trace.peaks["prompt"]
+    record["mem_trace_s"] = time.perf_counter() - start
+    return record
+
+
+def resident_memory(memory: PeakMemory, fn, setup, isolated: bool) -> dict:
+    """The peak of one call after warm-up as the device's own counter gives it: on CUDA
+    max_memory_allocated (the primary figure there), on the CPU the resident size (the gross figure, the
+    runtime included; the allocator's count is the primary one)."""
+    record: dict[str, Any] = {}
+    cuda = memory.device.type == "cuda"
+    if setup:
+        memory.reset()
+        setup()
+        if cuda:
+            record["prompt_peak_mem_bytes"] = memory.peak()
+    memory.reset()
+    fn()
+    record.update(peak_mem_gross_bytes=memory.gross_peak(), mem_baseline_bytes=memory.baseline)
+    if cuda:
+        stats = torch.cuda.memory_stats(memory.device)
+        record.update(
+            peak_mem_bytes=memory.peak(),
+            peak_mem_source=memory.source,
+            peak_mem_reserved_bytes=torch.cuda.max_memory_reserved(memory.device),
+            alloc_retries=stats.get("num_alloc_retries", 0),
+        )
+    else:
+        record["peak_mem_gross_source"] = memory.source + (
+            "" if isolated or memory.resettable else " (shared process: an upper bound)"
+        )
+    return record
+
+
 def measure_cell(cell: TimingCell, isolated: bool = True) -> dict:
     """Everything measured for a timing cell (train / prefill / decode), as a flat dict."""
     device = torch.device(cell.device)
+    cpu_start = time.process_time()
     if cell.threads:
         torch.set_num_threads(cell.threads)
     if device.type == "cpu":
@@ -149,33 +210,11 @@ def measure_cell(cell: TimingCell, isolated: bool = True) -> dict:
     model, autocast = make_model(cell, device)
     fn, work, setup = step_callable(cell, model, device, autocast)
     warm = warm_up(fn, device, setup, min_calls=cell.warmup, max_calls=cell.warmup_max)
-
-    # One call after warm-up measures the memory; for decode, the prompt and the steps separately.
-    record: dict[str, Any] = {}
-    if setup:
-        memory.reset()
-        setup()
-        record["prompt_peak_mem_bytes"] = memory.peak()
-    memory.reset()
-    fn()
-    record.update(
-        peak_mem_bytes=memory.peak(),
-        peak_mem_gross_bytes=memory.gross_peak(),
-        mem_baseline_bytes=memory.baseline,
-        peak_mem_source=memory.source
-        + ("" if isolated or memory.resettable else " (shared process: an upper bound)"),
-    )
-    if device.type == "cuda":
-        stats = torch.cuda.memory_stats(device)
-        record.update(
-            peak_mem_reserved_bytes=torch.cuda.max_memory_reserved(device),
-            alloc_retries=stats.get("num_alloc_retries", 0),
-        )
-
-    # Outside the timed region, once: the operator calls one call sends to the device, per token.
-    if setup:
-        setup()
-    record["dispatches_per_token"] = count_dispatches(fn, device) / work
+    record = resident_memory(memory, fn, setup, isolated)
+    if device.type == "cuda":  # outside the timed region, once: the kernels one call launches, per token
+        if setup:
+            setup()
+        record["dispatches_per_token"] = count_dispatches(fn, device) / work
 
     samples = time_samples(fn, cell.repeats, device, setup)
     timing = summarize(samples, work)
@@ -201,4 +240,8 @@ def measure_cell(cell: TimingCell, isolated: bool = True) -> dict:
         mfu=achieved / peak if peak else None,
         torch_threads=torch.get_num_threads(),
     )
+    if device.type == "cpu":
+        del model, fn, setup  # the trace measures a copy of its own
+        record.update(traced_cpu_memory(cell, device))
+    record["cpu_s"] = time.process_time() - cpu_start  # every thread of the cell's process
     return record
