@@ -99,6 +99,18 @@ def test_decode_memory_is_the_state_not_the_prompt():
     assert record["prompt_peak_mem_bytes"] < logits_all / 2  # prefill made the last position's logits only
 
 
+def test_a_recurrent_models_decode_peak_does_not_grow_with_the_prompt():
+    """DeltaNet's state is constant in T, so the decode peak (weights, the state, a step) must be too: a
+    state that kept a view into the prompt's activations (its short convolution's input, say) would
+    hold them all, and the count would grow with T. The prompt's peak does grow."""
+    short, long = (
+        measure_cell(cell("decode", model="deltanet", label="deltanet", seq_len=t, decode_tokens=2))
+        for t in (128, 2048)
+    )
+    assert long["peak_mem_bytes"] < 1.05 * short["peak_mem_bytes"]
+    assert long["prompt_peak_mem_bytes"] > 2 * short["prompt_peak_mem_bytes"]
+
+
 def test_prefill_computes_the_last_logits_and_the_state():
     model, autocast = make_model(cell("prefill"), CPU)
     ids = torch.randint(0, 512, (2, 10))
