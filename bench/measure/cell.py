@@ -15,6 +15,7 @@ What each mode times, per call (the report repeats it):
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -239,6 +240,8 @@ def measure_cell(cell: TimingCell, isolated: bool = True) -> dict:
         peak_flops=peak,
         mfu=achieved / peak if peak else None,
         torch_threads=torch.get_num_threads(),
+        # read by OpenMP when the process started (bench/running/isolation.py sets it for cells)
+        thread_wait_policy=os.environ.get("OMP_WAIT_POLICY") or "OpenMP's default (spin, then sleep)",
     )
     if device.type == "cpu":
         del model, fn, setup  # the trace measures a copy of its own

@@ -49,6 +49,21 @@ def run_in_process(cell: TimingCell | AccuracyCell, isolated: bool = False) -> d
 
 _context = None
 
+# How a cell's OpenMP threads wait for each other at the end of a parallel region. By default they spin
+# for a while, so when another job holds a core, a thread spins on one core while the partner it waits
+# for waits for the other: measured on the 2-core machine with one core busy, prefill at T=1024 took
+# 0.7-2.9 s a call (mamba) and 0.7-1.5 s (transformer) with spinning threads, 0.11-0.16 s and 0.03 s
+# with passive ones, and about as long or longer with one thread. Passive waiting costs a quiet machine
+# a wake-up per region instead. A user's own setting is kept; the cell records the one it ran under.
+THREAD_WAIT_POLICY = ("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _passive_thread_waiting() -> None:
+    """OpenMP reads the policy when it starts, in the forkserver's first import of torch: it is set in the
+    environment the server inherits, before the server starts."""
+    name, value = THREAD_WAIT_POLICY
+    os.environ.setdefault(name, value)
+
 
 def _fork_context():
     """A forkserver that imports torch, the harness and the built-in models once (``preload``): each cell
@@ -56,6 +71,7 @@ def _fork_context():
     seconds importing torch. The server runs no torch code, so no thread pool is forked in a locked state."""
     global _context
     if _context is None:
+        _passive_thread_waiting()
         _context = multiprocessing.get_context("forkserver")
         _context.set_forkserver_preload(["torch", "bench.running.isolation", "bench.running.preload"])
     return _context

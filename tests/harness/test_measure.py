@@ -181,3 +181,17 @@ def test_every_cell_counts_its_dispatches_per_token(mode):
     tokens = 32 if mode != "decode" else 2
     assert record["dispatches_per_token"] * tokens == int(round(record["dispatches_per_token"] * tokens))
     assert record["dispatches_per_token"] > 0
+
+
+def test_isolated_cells_wait_passively_for_their_threads(monkeypatch):
+    """The forkserver starts with OMP_WAIT_POLICY=PASSIVE unless the user set a policy, so a busy core
+    slows a cell's parallel regions instead of leaving a partner thread spinning."""
+    from bench.running import isolation
+
+    isolation.shutdown()  # a server started before this test kept the environment it started with
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    try:
+        record = isolation.run_isolated(cell("prefill", seq_len=16, threads=2), timeout_s=300)
+        assert record["status"] == "ok" and record["thread_wait_policy"] == "PASSIVE"
+    finally:
+        isolation.shutdown()
