@@ -8,13 +8,14 @@ What each mode times, per call (the report repeats it):
 - ``prefill``: ``model.prefill(prompt)`` in inference mode, as a serving stack does it: the hidden states,
   the decoding state, and the logits of the last position only. Weights in the cell's dtype.
 - ``decode``: ``decode_tokens`` calls of ``model.step`` after a prompt of seq_len tokens; the prompt is
-  processed, untimed, before every call. Its memory is measured after the prompt (weights, the state and
+  processed once, untimed, and every call starts from a fresh copy of its state. Its memory is measured after the prompt (weights, the state and
   what a step needs); the prompt's own peak is recorded beside it as ``prompt_peak_mem_bytes``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import time
 from collections.abc import Callable
@@ -91,13 +92,8 @@ def step_callable(
         return prefill, B * T, None
     if cell.mode == "decode":
         tokens = torch.randint(0, V, (cell.decode_tokens, B), generator=g).to(device)
-        holder: dict[str, Any] = {}
-
-        def setup():  # a fresh state after a prompt of seq_len tokens, rebuilt before every repeat
-            holder.pop("state", None)
-            with torch.inference_mode():
-                holder["state"] = model.prefill(ids)[1]
-
+        setup = PromptState(model, ids)
+        holder = setup.holder
         step = compiled(model.step, cell)
 
         def decode():
@@ -108,6 +104,37 @@ def step_callable(
 
         return decode, B * cell.decode_tokens, setup
     raise ValueError(f"mode {cell.mode!r} is not a timing mode")
+
+
+class PromptState:
+    """A decode cell's untimed setup: the state after a prompt of seq_len tokens, in ``holder["state"]``.
+
+    Called before every decoding call, it processes the prompt the first time and afterwards gives a fresh
+    copy of that prompt's state (the steps replace the state, so each call needs its own), which costs a
+    copy instead of a whole prefill: at T = 4096 the prefill before each call would cost more than the
+    steps timed. ``prompt()`` processes the prompt again, as the memory trace's prompt phase does. A state
+    that cannot be copied is rebuilt by a prefill each time."""
+
+    def __init__(self, model, ids: torch.Tensor):
+        self.model, self.ids, self.holder = model, ids, {}
+        self.copyable = True
+
+    def prompt(self) -> None:
+        self.holder.clear()  # the previous state goes before the prompt makes the next
+        with torch.inference_mode():
+            self.holder["prompt"] = self.holder["state"] = self.model.prefill(self.ids)[1]
+
+    def __call__(self) -> None:
+        if "prompt" not in self.holder or not self.copyable:
+            self.prompt()
+            return
+        self.holder.pop("state", None)
+        try:
+            with torch.inference_mode():
+                self.holder["state"] = copy.deepcopy(self.holder["prompt"])
+        except Exception:  # noqa: BLE001 - a plug-in's state that deepcopy cannot copy: prefill again
+            self.copyable = False
+            self.prompt()
 
 
 def model_flops_per_token(cell: TimingCell, model) -> float:
@@ -151,12 +178,11 @@ def traced_cpu_memory(cell: TimingCell, device: torch.device) -> dict:
     with AllocationTrace() as trace:
         model, autocast = make_model(cell, device)
         fn, work, setup = step_callable(cell, model, device, autocast)
-        if setup:
-            setup()
-        fn()
+        if cell.mode == "train":
+            fn()
         if setup:
             with trace.phase("prompt"):
-                setup()
+                setup.prompt()
         with trace.phase("call"):
             fn()
     record = {
@@ -170,33 +196,34 @@ def traced_cpu_memory(cell: TimingCell, device: torch.device) -> dict:
     return record
 
 
-def resident_memory(memory: PeakMemory, fn, setup, isolated: bool) -> dict:
-    """The peak of one call after warm-up as the device's own counter gives it: on CUDA
-    max_memory_allocated (the primary figure there), on the CPU the resident size (the gross figure, the
-    runtime included; the allocator's count is the primary one)."""
+def cuda_memory(memory: PeakMemory, fn, setup) -> dict:
+    """The CUDA figures of one call after warm-up: ``max_memory_allocated`` (the prompt's apart)."""
     record: dict[str, Any] = {}
-    cuda = memory.device.type == "cuda"
     if setup:
         memory.reset()
-        setup()
-        if cuda:
-            record["prompt_peak_mem_bytes"] = memory.peak()
+        setup.prompt()
+        record["prompt_peak_mem_bytes"] = memory.peak()
     memory.reset()
     fn()
-    record.update(peak_mem_gross_bytes=memory.gross_peak(), mem_baseline_bytes=memory.baseline)
-    if cuda:
-        stats = torch.cuda.memory_stats(memory.device)
-        record.update(
-            peak_mem_bytes=memory.peak(),
-            peak_mem_source=memory.source,
-            peak_mem_reserved_bytes=torch.cuda.max_memory_reserved(memory.device),
-            alloc_retries=stats.get("num_alloc_retries", 0),
-        )
-    else:
-        record["peak_mem_gross_source"] = memory.source + (
-            "" if isolated or memory.resettable else " (shared process: an upper bound)"
-        )
-    return record
+    stats = torch.cuda.memory_stats(memory.device)
+    return record | dict(
+        peak_mem_bytes=memory.peak(),
+        peak_mem_gross_bytes=memory.gross_peak(),
+        peak_mem_source=memory.source,
+        peak_mem_reserved_bytes=torch.cuda.max_memory_reserved(memory.device),
+        alloc_retries=stats.get("num_alloc_retries", 0),
+    )
+
+
+def resident_memory(memory: PeakMemory, isolated: bool) -> dict:
+    """The CPU's gross figure: the resident size at its peak over the timed calls (reset before them;
+    for decode the copies of the prompt's state between calls included), the runtime included."""
+    return dict(
+        peak_mem_gross_bytes=memory.gross_peak(),
+        mem_baseline_bytes=memory.baseline,
+        peak_mem_gross_source=memory.source
+        + ("" if isolated or memory.resettable else " (shared process: an upper bound)"),
+    )
 
 
 def measure_cell(cell: TimingCell, isolated: bool = True) -> dict:
@@ -211,13 +238,17 @@ def measure_cell(cell: TimingCell, isolated: bool = True) -> dict:
     model, autocast = make_model(cell, device)
     fn, work, setup = step_callable(cell, model, device, autocast)
     warm = warm_up(fn, device, setup, min_calls=cell.warmup, max_calls=cell.warmup_max)
-    record = resident_memory(memory, fn, setup, isolated)
+    record: dict[str, Any] = {}
     if device.type == "cuda":  # outside the timed region, once: the kernels one call launches, per token
+        record.update(cuda_memory(memory, fn, setup))
         if setup:
             setup()
         record["dispatches_per_token"] = count_dispatches(fn, device) / work
 
+    memory.reset()
     samples = time_samples(fn, cell.repeats, device, setup)
+    if device.type == "cpu":
+        record.update(resident_memory(memory, isolated))
     timing = summarize(samples, work)
     record.update(timing, warmup_calls=warm.calls, warmup_settled=warm.settled)
     if cell.compile:  # the first call compiled the model: its time beyond a steady call

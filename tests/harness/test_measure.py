@@ -195,3 +195,25 @@ def test_isolated_cells_wait_passively_for_their_threads(monkeypatch):
         assert record["status"] == "ok" and record["thread_wait_policy"] == "PASSIVE"
     finally:
         isolation.shutdown()
+
+
+def test_each_decoding_call_starts_from_a_fresh_copy_of_one_prompts_state():
+    c = cell("decode", model="deltanet", label="deltanet", seq_len=64, decode_tokens=2)
+    model, autocast = make_model(c, CPU)
+    calls = []
+    prefill = model.prefill
+    model.prefill = lambda ids: calls.append(ids.shape) or prefill(ids)
+    fn, tokens, setup = step_callable(c, model, CPU, autocast)
+    setup()
+    first = setup.holder["state"]
+    fn()
+    setup()
+    again = setup.holder["state"]
+    assert calls == [(1, 64)]  # the prompt ran once; the second call got a copy
+    assert again is not first and all(
+        torch.equal(a, b)
+        for a, b in zip(first[0].__dict__.values(), again[0].__dict__.values(), strict=True)
+        if isinstance(a, torch.Tensor)
+    )
+    setup.prompt()  # the memory trace's prompt phase runs the prompt itself
+    assert len(calls) == 2

@@ -32,8 +32,9 @@ inter-quartile range):
   and an AdamW step. Float32 master weights; bf16/fp16 cells run the forward under autocast.
 - **prefill**: `model.prefill(prompt)` in inference mode, as a serving stack does it: every layer's
   hidden states and decoding state, and the output head at the last position only.
-- **decode**: `decode_tokens` calls of `model.step` after a prompt of T tokens (the prompt is processed,
-  untimed, before every repeat). FLOPs and MFU count a step at context T.
+- **decode**: `decode_tokens` calls of `model.step` after a prompt of T tokens (the prompt is processed
+  once, untimed; every repeat starts from a fresh copy of its state). FLOPs and MFU count a step at
+  context T.
 
 Peak memory is the tensor bytes live at the peak of one call: weights, gradients, optimizer state,
 the decoding state, the inputs and the activations, never the runtime. On CUDA `max_memory_allocated`
