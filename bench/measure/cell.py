@@ -8,8 +8,9 @@ What each mode times, per call (the report repeats it):
 - ``prefill``: ``model.prefill(prompt)`` in inference mode, as a serving stack does it: the hidden states,
   the decoding state, and the logits of the last position only. Weights in the cell's dtype.
 - ``decode``: ``decode_tokens`` calls of ``model.step`` after a prompt of seq_len tokens; the prompt is
-  processed once, untimed, and every call starts from a fresh copy of its state. Its memory is measured after the prompt (weights, the state and
-  what a step needs); the prompt's own peak is recorded beside it as ``prompt_peak_mem_bytes``.
+  processed once, untimed, and every call starts from a fresh copy of its state. Its memory is measured
+  after the prompt (weights, the state and what a step needs); the prompt's own peak is recorded beside it
+  as ``prompt_peak_mem_bytes``.
 """
 
 from __future__ import annotations
