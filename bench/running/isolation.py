@@ -51,10 +51,12 @@ _context = None
 
 # How a cell's OpenMP threads wait for each other at the end of a parallel region. By default they spin
 # for a while, so when another job holds a core, a thread spins on one core while the partner it waits
-# for waits for the other: measured on the 2-core machine with one core busy, prefill at T=1024 took
-# 0.7-2.9 s a call (mamba) and 0.7-1.5 s (transformer) with spinning threads, 0.11-0.16 s and 0.03 s
-# with passive ones, and about as long or longer with one thread. Passive waiting costs a quiet machine
-# a wake-up per region instead. A user's own setting is kept; the cell records the one it ran under.
+# for waits for the other. Measured on the 2-core machine with a CPU-burning job beside it (and other
+# load), prefill at T=1024, 2 threads, median over 5-6 rounds of each round's median call (range):
+# mamba 698 ms (680-2863) spinning, 75 ms (40-158) passive, 160 ms (40-305) with one thread;
+# transformer 1094 ms (703-1876), 28 ms (25-52), 84 ms (48-265). Passive waiting was the fastest and the
+# steadiest, and costs a quiet machine only a wake-up per region. A user's own setting is kept; the cell
+# records the one it ran under.
 THREAD_WAIT_POLICY = ("OMP_WAIT_POLICY", "PASSIVE")
 
 
