@@ -12,6 +12,7 @@ import traceback
 import warnings
 
 from bench.commands import COMMANDS
+from bench.commands.repeats import refuse_repeats, repeated
 from bench.errors import BenchError
 
 EXIT_BAD_INPUT = 2
@@ -22,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in COMMANDS.items():
-        command.add_arguments(sub.add_parser(name, help=command.HELP))
+        parser_of_command = sub.add_parser(name, help=command.HELP)
+        refuse_repeats(parser_of_command)
+        command.add_arguments(parser_of_command)
     return parser
 
 
@@ -33,6 +36,11 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning  # a user reads one line, not the source line that warned
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as given, for the manifest
+    twice = repeated(args)
+    if twice:
+        print(f"error: {twice}; give it once", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         return COMMANDS[args.command].run(args)
     except BenchError as err:

@@ -90,6 +90,8 @@ def import_object(spec: str, name: str | None = None) -> Any:
 def _load_file(path: str) -> Any:
     """A plug-in given by file path, loaded once per process under a name derived from its path."""
     file = Path(path).resolve()
+    if file.is_dir():
+        raise BenchError(f"plug-in file {path!r} is a directory, not a Python file")
     if not file.is_file():
         raise BenchError(f"plug-in file {path!r} does not exist")
     module_name = "titans_bench_plugin_" + hashlib.sha1(str(file).encode()).hexdigest()[:12]
@@ -266,6 +268,18 @@ def build(name: str, **kwargs: Any):
     if model is None:
         raise BenchError(f"model {name!r}: its factory returned None instead of a model")
     return model
+
+
+def model_config(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Every setting a model is built with: its family's config with the defaults filled in (what a report
+    prints so that a reader sees the whole model), or for a plug-in the factory's defaults and the
+    arguments given."""
+    entry = MODELS.get(name)
+    config_class = entry.metadata.get("config")
+    if config_class is not None:
+        return make_config(name, config_class, kwargs).model_dump(mode="json")
+    defaults = {k: v for k, v in model_parameters(name).items() if v is not inspect.Parameter.empty}
+    return {**defaults, **kwargs}
 
 
 def make_config(name: str, config_class: Any, kwargs: dict[str, Any]) -> Any:

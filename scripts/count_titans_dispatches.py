@@ -21,8 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench  # noqa: E402
-from bench.registry import describe_backends  # noqa: E402
 from bench.measure.launches import count_dispatches  # noqa: E402
+from bench.registry import describe_backends  # noqa: E402
 
 
 def build(name: str, chunk_size: int, compiled: bool):

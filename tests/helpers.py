@@ -20,6 +20,19 @@ TINY_SWEEP = (
 ).split()
 
 
+def tiny_sweep(*overrides: str) -> list[str]:
+    """TINY_SWEEP with some of its flags set otherwise (``"--repeats", "7"``): a flag given twice with two
+    values is refused, so an override replaces the value instead of following it."""
+    changed = dict(zip(overrides[::2], overrides[1::2], strict=True))
+    out, flags = [], list(TINY_SWEEP)
+    while flags:
+        flag = flags.pop(0)
+        takes_value = bool(flags) and not flags[0].startswith("--")
+        value = flags.pop(0) if takes_value else None
+        out += [flag, changed.pop(flag, value)] if takes_value else [flag]
+    return out + [x for pair in changed.items() for x in pair]
+
+
 def tiny_model(name: str, **overrides):
     # These tests hold the pure-PyTorch fast path to the contract in float64 on the CPU. On a CUDA machine
     # "auto" would pick the upstream kernels, which `python -m bench validate` checks against this path.

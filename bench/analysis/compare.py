@@ -46,6 +46,8 @@ from bench.analysis.stats import mann_whitney_u, median_ratio_interval
 from bench.errors import BenchError
 from bench.registry import SCORERS
 
+TIMING_MODES = ("train", "prefill", "decode")
+
 
 @dataclass
 class Change:
@@ -66,6 +68,7 @@ class Comparison:
     only_base: list[str] = field(default_factory=list)
     only_new: list[str] = field(default_factory=list)
     underpowered: list[str] = field(default_factory=list)  # cells whose units cannot reach alpha
+    unsampled: list[str] = field(default_factory=list)  # ok timing cells without samples on a side
 
     @property
     def regressions(self) -> list[Change]:
@@ -78,6 +81,12 @@ class Comparison:
     @property
     def common(self) -> int:
         return len({c.key for c in self.changes})
+
+    @property
+    def measured(self) -> list[Change]:
+        """What was compared: every metric, and every cell that was ok and now fails (a status that
+        stayed a failure compares nothing)."""
+        return [c for c in self.changes if not (c.metric.startswith("status ") and c.verdict == "unchanged")]
 
 
 @dataclass
@@ -125,10 +134,32 @@ def _load(run: str) -> dict[str, Side]:
     by_key: dict[str, list[dict]] = {}
     for record in records:
         if isinstance(record, dict) and "key" in record:
+            _check_types(record, run)
             by_key.setdefault(record["key"], []).append(record)
     if not by_key:
         raise BenchError(f"{run!r} holds no result records")
     return {key: _side(group) for key, group in by_key.items()}
+
+
+def _check_types(record: dict, run: str) -> None:
+    """The fields compare reads, of the types it reads them as: a record of another version or a damaged
+    one is bad input that names the file, the cell and the field."""
+    key = record["key"]
+    if not isinstance(key, str):
+        raise BenchError(f"{run!r}: a record's field 'key' is {type(key).__name__}, not a string")
+    samples = record.get("samples_s")
+    if samples is not None and not (
+        isinstance(samples, list) and all(_number(x) is not None for x in samples)
+    ):
+        raise BenchError(f"{run!r}: cell {key!r}: field 'samples_s' is not a list of finite numbers")
+    for name in ("status", "mode"):
+        if record.get(name) is not None and not isinstance(record[name], str):
+            raise BenchError(f"{run!r}: cell {key!r}: field {name!r} is not a string")
+    columns = record.get("score_columns")
+    if columns is not None and not (
+        isinstance(columns, dict) and all(isinstance(v, dict) for v in columns.values())
+    ):
+        raise BenchError(f"{run!r}: cell {key!r}: field 'score_columns' is not a table of columns")
 
 
 def compare_timing(
@@ -225,6 +256,10 @@ def compare_runs(
             )
             continue
         bu, nu, name = timing_units(base[key], new[key])
+        timed = b.get("mode") in TIMING_MODES or n.get("mode") in TIMING_MODES
+        if bool(bu) != bool(nu) or (timed and not bu):  # a time that cannot be compared is not "unchanged"
+            missing = "BASE and NEW" if not bu and not nu else "BASE" if not bu else "NEW"
+            out.unsampled.append(f"{key} (none in {missing})")
         if bu and nu:
             if smallest_p(len(bu), len(nu)) >= alpha:
                 out.underpowered.append(f"{key} ({len(bu)} vs {len(nu)} {name})")

@@ -7,10 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench import results
+from bench.analysis.configs import config_lines
 from bench.analysis.sections import get_section
 from bench.analysis.selection import scorer_of
 from bench.analysis.text import cell_text
 from bench.results import AccuracyRow, TimingRow
+from bench.results.outputs import REPORT_FILES, Folder
 
 
 def _environment(manifest: dict) -> str:
@@ -35,6 +37,7 @@ def _environment(manifest: dict) -> str:
         ("git commit", f"{manifest.get('git_commit')}{' (dirty)' if manifest.get('git_dirty') else ''}"),
         ("command", f"`{manifest.get('command')}`"),
         ("started", manifest.get("created_at")),
+        *(("resumed", f"{m.get('created_at')}: `{m.get('command')}`") for m in manifest.get("resumed", [])),
         ("seed", manifest.get("seed")),
         ("rounds", manifest.get("rounds", 1)),
     ]
@@ -54,6 +57,32 @@ def cost_lines(rows: list[TimingRow | AccuracyRow]) -> list[str]:
         cpu = sum((r.train_cpu_seconds or 0) + (r.eval_cpu_seconds or 0) for r in accuracy)
         text += f" (training and evaluation CPU time: {cpu / 60:.1f} minutes)"
     return [text + ".", ""]
+
+
+def provenance_lines(manifest: dict) -> list[str]:
+    """What a reader must know before trusting the numbers: a dirty tree, and a machine that was busy."""
+    out = []
+    if manifest.get("git_dirty"):
+        out.append(
+            f"**Generated from a dirty tree** (commit {manifest.get('git_commit')} with uncommitted "
+            "changes): the code that measured these numbers is not a commit anyone can check out."
+        )
+    start, end = manifest.get("load_average_start"), manifest.get("load_average_end")
+    cores = manifest.get("cpu_count") or 1
+    if start is not None:
+        text = f"Machine load (1-minute average) before the run: {start[0]:.2f} on {cores} cores"
+        text += f"; at its end: {end[0]:.2f}" if end else ""
+        busy = start[0] > 0.5
+        out.append(
+            text
+            + (
+                ". **The machine was busy with other work when the run started**: timings and wall clocks "
+                "are slower than on a quiet machine, and noisier."
+                if busy
+                else "."
+            )
+        )
+    return [x for line in out for x in (line, "")]
 
 
 def section_of(row: AccuracyRow) -> str:
@@ -77,16 +106,42 @@ def accuracy_sections(rows: list[AccuracyRow], run_dir: Path) -> list[str]:
     return out
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write REPORT.md (and PNG plots beside it) for the run in ``run_dir``; returns its path."""
+def write_report(
+    run_dir: str | Path,
+    source: str | Path | None = None,
+    folder: Folder | None = None,
+    rows: list[TimingRow | AccuracyRow] | None = None,
+) -> Path:
+    """Write REPORT.md (and PNG plots beside it) into ``run_dir`` from the results file ``source`` (default:
+    the run's own; ``rows``: its rows, when read already), under the write policy (``folder``: ``run_dir``
+    as the command claimed it); returns its path. The report is rendered aside and moved in whole, so
+    that nothing is left half-written."""
     run_dir = Path(run_dir)
-    rows = results.load_rows(run_dir)
-    manifest = results.read_manifest(run_dir)
-    name = manifest.get("name", run_dir.name)
-    out = [
-        f"# Benchmark report: {name}",
-        "",
-        f"Generated from `{results.RESULTS}` ({len(rows)} cells).",
+    source = Path(source) if source is not None else run_dir / results.RESULTS
+    rows = results.load_rows(source) if rows is None else rows
+    # The manifest describes a run: read beside a run's results file only, never beside any other file.
+    own = source.name == results.RESULTS
+    manifest = results.read_manifest(source) if own else {}
+    # Called as a library, the caller answers for the folder; still, no file it did not write is replaced.
+    folder = folder or Folder(run_dir, "report")
+    folder.check_replaceable(REPORT_FILES)
+    folder.create()
+    try:
+        with folder.staging() as stage:
+            _render(rows, manifest, manifest.get("name", run_dir.name if own else source.stem), source, stage)
+            folder.install(stage)
+    except BaseException:
+        folder.discard()  # a folder made for this report goes again; an existing one keeps what it had
+        raise
+    return run_dir / "REPORT.md"
+
+
+def _render(
+    rows: list[TimingRow | AccuracyRow], manifest: dict, name: str, source: Path, run_dir: Path
+) -> None:
+    out = [f"# Benchmark report: {name}", "", *provenance_lines(manifest)]
+    out += [
+        f"Generated from `{source.name}` ({len(rows)} cells).",
         "",
         "## Environment",
         "",
@@ -119,6 +174,5 @@ def write_report(run_dir: str | Path) -> Path:
             out.append(f"| {row.label} | {mode} | {length} | {row.batch_size} | {row.status} | {reason} |")
         out.append("")
 
-    path = run_dir / "REPORT.md"
-    path.write_text("\n".join(out))
-    return path
+    out += config_lines(rows)
+    (run_dir / "REPORT.md").write_text("\n".join(out))

@@ -1,20 +1,12 @@
-"""Accuracy cells read together: which learning rate each model gets, and what its seeds add up to.
-
-**The learning rate** of each model and task is the one whose runs have the lowest mean validation loss
-over seeds (``val_loss``: the cross-entropy of the validation examples' asked targets at the end of the
-training budget, a continuous figure on which two runs do not tie); a run that did not finish counts as
-infinitely bad, so it never wins. Records written before the loss was recorded fall back to their
-validation score (accuracy capped at the early-stopping threshold, ties to fewer steps; bits per byte),
-and the report says which rule chose. Ties left after that go to the smaller rate.
-
-**Seeds**: results at the chosen rate are the mean over seeds, with a 95% interval (Student's t over the
-seeds, never narrower than Wilson's over their examples pooled; Wilson over the examples for one seed).
+"""Accuracy cells read together: what each model's seeds add up to at its chosen learning rate (the
+rule: bench/results/lr_choice.py), with a 95% interval (Student's t over the seeds, never narrower than
+Wilson's over their examples pooled; Wilson over the examples for one seed), how many seeds solved the
+task, and each seed's figure where they split.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import pandas as pd
 
@@ -22,8 +14,11 @@ from bench.analysis.plotting import model_styles, plt, save
 from bench.analysis.stats import t_interval, wilson_interval
 from bench.analysis.text import fmt, lr_text, span, table
 from bench.errors import BenchError
-from bench.registry import SCORERS, TASKS, context_argument
+from bench.registry import context_argument
 from bench.results import AccuracyRow
+from bench.results.lr_choice import Choice, choose_lrs, is_chosen, scorer_of
+
+__all__ = ["Choice", "choose_lrs", "is_chosen", "scorer_of"]
 
 FAILED = {"diverged": "div."}
 
@@ -42,80 +37,6 @@ def context_of(row: AccuracyRow) -> str:
     name, default = declared
     value = row.model_args.get(name, default)
     return "full" if value is None else f"{name} {value}"
-
-
-@dataclass
-class Choice:
-    """The learning rate chosen for one model and task, and by which rule."""
-
-    lr: float | None
-    rule: str  # "validation loss", "validation score" (older records) or "only rate"
-
-
-def scorer_of(row: AccuracyRow):
-    """The Scorer class a record was scored by (the one it names, else its task's), or None where it is
-    not known here."""
-    try:
-        name = row.scoring or getattr(TASKS.get(row.task).load(), "scorer", None) or "distance"
-        return SCORERS.get(name).load()
-    except BenchError:
-        return None
-
-
-def score_direction(row: AccuracyRow) -> tuple[str, bool]:
-    """(the name of the record's validation score, whether higher is better)."""
-    if row.score_columns:
-        higher = next(iter(row.score_columns.values())).get("higher_is_better", True)
-    else:
-        scorer = scorer_of(row)
-        higher = True if scorer is None else scorer.higher_is_better
-    scorer = scorer_of(row)
-    return (scorer.metric if scorer is not None else "accuracy"), bool(higher)
-
-
-def _selection_value(row: AccuracyRow, by_loss: bool) -> float:
-    """Lower is better. A run that did not finish is infinitely bad."""
-    if not row.ok:
-        return math.inf
-    if by_loss:
-        return row.val_loss if row.val_loss is not None and math.isfinite(row.val_loss) else math.inf
-    metric, higher = score_direction(row)
-    score = row.get(f"val_{metric}", row.get(f"best_val_{metric}"))
-    if score is None or not math.isfinite(score):
-        return math.inf
-    if higher:  # a run that reached the early-stopping threshold stopped there: cap at it
-        cap = row.train.threshold
-        return -(min(score, cap) if cap is not None else score)
-    return score
-
-
-def choose_lrs(rows: list[AccuracyRow]) -> dict[tuple[str, str], Choice]:
-    """(label, task_label) -> the chosen learning rate (see the module docstring)."""
-    groups: dict[tuple[str, str], list[AccuracyRow]] = {}
-    for row in rows:
-        groups.setdefault((row.label, row.task_label), []).append(row)
-    choices = {}
-    for key, group in groups.items():
-        lrs = sorted({r.lr for r in group if r.lr is not None})
-        if len(lrs) <= 1:
-            choices[key] = Choice(lrs[0] if lrs else None, "only rate")
-            continue
-        by_loss = all(r.val_loss is not None for r in group if r.ok)
-        scores = {}
-        for lr in lrs:
-            runs = [r for r in group if r.lr == lr]
-            values = [_selection_value(r, by_loss) for r in runs]
-            steps = sum(r.steps_run or 0 for r in runs) / len(runs)
-            mean = sum(values) / len(values) if all(math.isfinite(v) for v in values) else math.inf
-            scores[lr] = (mean, 0 if by_loss else steps, lr)
-        best = min(lrs, key=lambda lr: scores[lr])
-        choices[key] = Choice(best, "validation loss" if by_loss else "validation score")
-    return choices
-
-
-def is_chosen(row: AccuracyRow, choices: dict[tuple[str, str], Choice]) -> bool:
-    choice = choices.get((row.label, row.task_label))
-    return choice is None or choice.lr is None or row.lr == choice.lr
 
 
 def by_length(rows: list[AccuracyRow]) -> pd.DataFrame:
@@ -174,9 +95,15 @@ def interval(values: list[float], n: float | None) -> tuple[float, float] | None
     return (min(low, pooled[0]), max(high, pooled[1])) if pooled else (low, high)
 
 
+SOLVED = 0.9  # a seed solved a task when it is at least this accurate at the training length
+SPLIT = 0.5  # seeds whose figures span more than this (a fraction) are shown one by one
+
+
 def summarize(long: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, task, evaluation length) at the chosen learning rate: the mean over seeds of
-    the overall and the beyond-training-length accuracy, each with its 95% interval."""
+    the overall and the beyond-training-length accuracy, each with its 95% interval and its per-seed
+    values (``accuracy_seeds``, ``beyond_train_seeds``), and how many seeds solved the task (at least
+    90% at the training length: ``solved``, on the rows at the training length)."""
     rows = []
     keys = ["label", "task_label", "eval_len"]
     for (label, task, length), g in long[long["chosen"]].groupby(keys, sort=False, dropna=False):
@@ -203,6 +130,9 @@ def summarize(long: pd.DataFrame) -> pd.DataFrame:
             row[name] = sum(values) / len(values) if values else None
             bounds = interval(values, n)
             row[f"{name}_low"], row[f"{name}_high"] = bounds if bounds else (None, None)
+            row[f"{name}_seeds"] = values
+        at_train = length == row["train_len"]
+        row["solved"] = sum(v >= SOLVED for v in row["accuracy_seeds"]) if at_train else None
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -218,6 +148,13 @@ def cell_text(row, name: str = "accuracy", intervals: bool = True) -> str:
     low, high = row.get(f"{name}_low"), row.get(f"{name}_high")
     if intervals and low is not None and not pd.isna(low):
         text += f" [{100 * low:.0f}–{100 * high:.0f}]"
+    seeds = row.get(f"{name}_seeds")
+    seeds = seeds if isinstance(seeds, list) else []
+    solved = row.get("solved") if name == "accuracy" else None
+    if solved is not None and not pd.isna(solved) and len(seeds) > 1:
+        text += f", {int(solved)} of {len(seeds)} solved"
+    if len(seeds) > 1 and (max(seeds) - min(seeds) > SPLIT or 0 < (solved or 0) < len(seeds)):
+        text += " (seeds " + " / ".join(f"{100 * v:.0f}" for v in seeds) + ")"  # a split: never just a mean
     if row.get("ok_seeds", 1) < row.get("seeds", 1):
         text += f" ({row['seeds'] - row['ok_seeds']} of {row['seeds']} seeds failed)"
     if row.get("nonfinite", 0) > 0:
@@ -270,7 +207,8 @@ def training_table(rows: list[AccuracyRow], metric: str) -> list[str]:
     for row in rows:
         groups.setdefault((row.label, row.task_label, row.lr), []).append(row)
     header = ["model", "task", "T train", "lr", "chosen", "seeds", "status", "val loss", f"val {metric}"]
-    header += ["steps", "stopped by", "cap bound", "seconds", "CPU s", "tokens/s", "final loss", "params"]
+    header += ["steps", "stopped by", "still improving", "cap bound", "seconds", "CPU s", "tokens/s"]
+    header += ["final loss", "params"]
     lines = []
     for (label, task, lr), g in groups.items():
         ok = [r for r in g if r.ok]
@@ -289,6 +227,7 @@ def training_table(rows: list[AccuracyRow], metric: str) -> list[str]:
                 fmt(None if score is None else (100 * score if metric == "accuracy" else score), ".3g"),
                 span([r.steps_run for r in g], ".0f"),
                 _counts([r.stop_reason for r in g if r.stop_reason], len(g)),
+                _improving(g),
                 f"**{capped}**" if capped else "0",
                 fmt(_mean(r.train_seconds for r in g), ".1f"),
                 fmt(_mean(r.train_cpu_seconds for r in g), ".1f"),
@@ -297,7 +236,16 @@ def training_table(rows: list[AccuracyRow], metric: str) -> list[str]:
                 fmt(_mean(r.n_params for r in g), ",.0f"),
             ]
         )
-    return table(header, lines, "llrrcrlrrrlrrrrrr")
+    return table(header, lines, "llrrcrlrrrlrrrrrrr")
+
+
+def _improving(runs: list[AccuracyRow]) -> str:
+    """How many of a rate's runs were still improving at the end: "**2 of 3**", "0 of 3", "–"."""
+    checked = [r for r in runs if r.still_improving is not None]
+    if not checked:
+        return "–"
+    count = sum(bool(r.still_improving) for r in checked)
+    return f"**{count} of {len(checked)}**" if count else f"0 of {len(checked)}"
 
 
 def plot_curves(rows: list[AccuracyRow], path, score_label: str, score_scale: float = 1.0) -> None:

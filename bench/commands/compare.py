@@ -9,6 +9,7 @@ the data neither show nor rule out a regression, and more rounds would tell.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -67,6 +68,7 @@ def add_arguments(cmp: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bench.analysis.compare import compare_runs, to_markdown
+    from bench.results.outputs import write_output_file
 
     for name, value in (
         ("--threshold", args.threshold),
@@ -75,12 +77,13 @@ def run(args: argparse.Namespace) -> int:
         ("--mem-floor", args.mem_floor),
         ("--bpb-threshold", args.bpb_threshold),
     ):
-        if value < 0:
-            raise BenchError(f"{name} must be >= 0, got {value}")
+        if not value >= 0 or math.isinf(value):  # NaN fails every comparison: it would flag nothing
+            raise BenchError(f"{name} must be a finite number >= 0, got {value}")
     if not 0 < args.alpha < 1:
         raise BenchError(f"--alpha must be in (0, 1), got {args.alpha}")
     if args.min_common < 1:
         raise BenchError(f"--min-common must be >= 1, got {args.min_common}")
+    markdown = check_markdown(args) if args.markdown else None
     comp = compare_runs(
         args.base,
         args.new,
@@ -93,12 +96,22 @@ def run(args: argparse.Namespace) -> int:
     )
     text = to_markdown(comp, show_unchanged=args.all, alpha=args.alpha)
     print(text)
-    if args.markdown:
-        write_text(Path(args.markdown), text, "--markdown")
+    if markdown is not None:
+        write_output_file(markdown, text, MARK)
     if comp.common < args.min_common:
         raise BenchError(
             f"the runs share {comp.common} cell(s), fewer than --min-common {args.min_common}; "
             f"{len(comp.only_base)} only in BASE, {len(comp.only_new)} only in NEW (listed above)"
+        )
+    if not comp.measured:
+        raise BenchError(
+            f"nothing was compared: none of the {comp.common} cell(s) the runs share finished ok in both "
+            f"(e.g. {comp.changes[0].key}: {comp.changes[0].metric})"
+        )
+    if comp.unsampled:
+        raise BenchError(
+            f"{len(comp.unsampled)} timing cell(s) finished ok but have no timing samples to compare, e.g. "
+            f"{comp.unsampled[0]}: were they measured by another version?"
         )
     if comp.underpowered:
         raise BenchError(
@@ -118,8 +131,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_text(path: Path, text: str, flag: str) -> None:
-    try:
-        path.write_text(text)
-    except OSError as err:
-        raise BenchError(f"{flag}: cannot write {str(path)!r}: {err.strerror}") from None
+# The first line of every markdown file compare writes (hidden when rendered): how compare knows a file is
+# its own and may be replaced, and any other file is not.
+MARK = "<!-- python -m bench compare -->"
+
+
+def check_markdown(args: argparse.Namespace) -> Path:
+    """--markdown's file, checked before the comparison: never one of the inputs, never a file compare
+    did not write (bench/results/outputs.py)."""
+    from bench.results import results_path
+    from bench.results.outputs import check_output_file
+
+    inputs = {}
+    for side, given in (("BASE", args.base), ("NEW", args.new)):
+        inputs[side] = Path(given)
+        inputs[f"{side}'s results file"] = results_path(given)
+    return check_output_file(args.markdown, "--markdown", inputs, MARK)

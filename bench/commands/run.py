@@ -44,7 +44,7 @@ def _resumed_spec(run_dir: Path):
     path = run_dir / "spec.json"
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON
         raise BenchError(f"--resume: {str(path)!r} cannot be read ({err}); start a new run instead") from None
     return parse_spec(data, str(path))
 
@@ -66,7 +66,13 @@ def spec_from_args(args: argparse.Namespace):
         spec, source = _resumed_spec(Path(args.resume)), "--resume"
     else:
         device = getattr(args, "sweep__device", None) or "auto"
-        spec, source = default_spec(resolve_device(device)), "the default sweep"
+        gpus = getattr(args, "sweep__slurm__gpus_per_cell", None)
+        on_slurm = getattr(args, "sweep__executor", None) == "slurm"
+        if on_slurm and (device == "cuda" or (gpus or "0") not in ("0", "")):
+            device = "cuda"  # on Slurm the GPUs are the compute nodes', which a login node may lack
+        else:
+            device = resolve_device(device)
+        spec, source = default_spec(device), "the default sweep"
     data, given = apply_sweep_flags(args, spec.model_dump(exclude_unset=False))
     if data.get("models") is None:
         data.pop("models")
@@ -79,14 +85,20 @@ def run(args: argparse.Namespace) -> int:
     from bench.analysis.report import write_report
     from bench.running.sweep import Interrupted, new_run_dir, run_sweep
 
+    out = getattr(args, "sweep__out", None)
+    if args.resume and out is not None and Path(out).resolve() != Path(args.resume).resolve():
+        raise BenchError(
+            f"--out {out!r} is not the run being resumed ({args.resume!r}): a resumed run stays in its "
+            "folder; leave --out out"
+        )
     spec = spec_from_args(args)
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "spec.json").is_file():
             raise BenchError(f"--resume: {str(run_dir)!r} is not a run directory (no spec.json)")
     else:
-        run_dir = new_run_dir(spec, spec.out)
-    command = shlex.join(["python", "-m", "bench", *sys.argv[1:]])
+        run_dir = new_run_dir(spec, spec.out, report=not args.no_report)
+    command = shlex.join(["python", "-m", "bench", *getattr(args, "argv", sys.argv[1:])])
     try:
         outcome = run_sweep(
             spec,
@@ -95,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             progress=not args.no_progress,
             command=command,
+            report=not args.no_report,
         )
     except Interrupted as stop:
         saved = (run_dir / "results.jsonl").exists()

@@ -14,9 +14,13 @@ import math
 import torch
 
 from bench.device import resolve_device
+from bench.errors import BenchError
 from bench.measure.upstream_check import check_upstream, not_installed
+from bench.plugins import call_of, describe_failure, model_error
 from bench.registry import MODELS, build, context_argument, describe_backends, list_models, reference_backend
 
+NO_REFERENCE = "no reference backend declared"
+NO_BACKENDS = "no backends declared"
 # Relative-error bounds a healthy backend stays within, per dtype.
 TOLERANCE = {"float32": 1e-3, "bfloat16": 6e-2}
 SHAPE = dict(vocab_size=256, d_model=128, n_layers=2)
@@ -51,15 +55,22 @@ def check_model(
     reference = reference_backend(name)
     available = [b for b, ok in describe_backends(name).items() if ok is True and b != "auto"]
     rows = []
-    if reference is None or not available:
-        return [{"model": name, "backend": "-", "dtype": "-", "status": "no reference backend declared"}]
+    if reference is None:
+        return [{"model": name, "backend": "-", "dtype": "-", "status": NO_REFERENCE}]
+    if not available:
+        return [{"model": name, "backend": "-", "dtype": "-", "status": NO_BACKENDS}]
 
     args = {**SHAPE, **_short_context_args(name, seq_len)}
     # What the family's reference needs besides its backend (the hybrids' explicit attention: it is the
     # ground truth, and on CUDA no SDPA kernel but the math one takes float64).
     ref_args = MODELS.get(name).metadata.get("reference_args") or {}
     torch.manual_seed(seed)
-    ref_model = build(name, backend=reference, **args, **ref_args).to(device=device, dtype=torch.float64)
+    # The reference is the ground truth: if it fails, nothing can be validated, and the failure is the
+    # model's, named with its call.
+    ref_model = _reference(
+        name, reference, lambda: build(name, backend=reference, **args, **ref_args), "factory"
+    )
+    ref_model = ref_model.to(device=device, dtype=torch.float64)
     ids = torch.randint(0, SHAPE["vocab_size"], (2, seq_len), generator=torch.Generator().manual_seed(seed))
     ids = ids.to(device)
     probe = torch.randn(
@@ -69,7 +80,7 @@ def check_model(
         generator=torch.Generator().manual_seed(seed + 1),
         dtype=torch.float64,
     ).to(device)
-    ref_logits, ref_grads = _run(ref_model, ids, probe)
+    ref_logits, ref_grads = _reference(name, reference, lambda: _run(ref_model, ids, probe), None)
     state = ref_model.state_dict()
 
     for backend in available:
@@ -96,7 +107,7 @@ def check_model(
                 worst = max(row["forward_rel_err"], row["grad_rel_err"])
                 row["status"] = "ok" if math.isfinite(worst) and worst < TOLERANCE[dtype] else "MISMATCH"
             except Exception as err:  # noqa: BLE001 - one backend failing must not hide the others
-                row.update(status="error", error=f"{type(err).__name__}: {err}"[:300])
+                row.update(status="error", error=describe_failure(err, name)[:300])
             rows.append(row)
     return rows
 
@@ -112,7 +123,22 @@ def check_backends(models: list[str] | None, device: str, seq_len: int) -> tuple
     return dev, rows + check_upstream(names, seq_len)
 
 
+def validated(rows: list[dict]) -> bool:
+    """Whether any backend was checked at all (the upstream operator checks do not count)."""
+    return any(r["status"] not in (NO_REFERENCE, NO_BACKENDS) for r in rows if r.get("kind") != "upstream")
+
+
 def all_ok(rows: list[dict]) -> bool:
     """Every backend and operator within tolerance; an upstream package that is not installed fails
     nothing (its rows say so)."""
-    return all(r["status"] in ("ok", "no reference backend declared") or not_installed(r) for r in rows)
+    return all(r["status"] in ("ok", NO_REFERENCE, NO_BACKENDS) or not_installed(r) for r in rows)
+
+
+def _reference(name: str, reference: str, fn, call: str | None):
+    try:
+        return fn()
+    except BenchError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the reference's failure is the model's: name it and the call
+        where = call or call_of(err) or "forward"
+        raise BenchError(f"{model_error(name, where, err)} (reference backend {reference!r})") from None

@@ -30,7 +30,7 @@ from bench.measure.flops import peak_flops
 from bench.measure.launches import count_cpu_dispatches, count_dispatches
 from bench.measure.memory import ALLOCATOR_SOURCE, PeakMemory
 from bench.measure.timing import summarize, time_samples, warm_up
-from bench.registry import build
+from bench.registry import build, model_config
 from bench.spec.cells import TimingCell
 from bench.spec.config import TrainSettings
 from bench.train import make_optimizer, non_embedding, precision
@@ -263,6 +263,7 @@ def measure_cell(cell: TimingCell, isolated: bool = True) -> dict:
     achieved = factor * flops * timing["tokens_per_s"]
     record.update(
         backend=model.backend,
+        model_settings=model_config(cell.model, cell.build_kwargs()),
         n_params=model.n_params(),
         n_params_non_embedding=non_embedding(model),
         state_bytes=model.state_bytes(cell.batch_size, cell.seq_len),

@@ -13,9 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bench.results.store import finished_records
+from bench.errors import BenchError
+from bench.results.store import finished_records, results_path
 
 
 class Lenient(BaseModel):
@@ -51,6 +52,7 @@ class Row(Lenient):
     round: int = 0
     run_id: str | None = None
     backend: str | None = None
+    model_settings: dict[str, Any] | None = None
     n_params: int | None = None
     n_params_non_embedding: int | None = None
     state_bytes: int | None = None
@@ -178,6 +180,8 @@ class AccuracyRow(Row):
     train: TrainRecipe = Field(default_factory=TrainRecipe)
     smoke_test: bool = False
     context: str | None = None
+    lr_origin: str = "grid"
+    calibration: dict[str, Any] | None = None
     scoring: str | None = None
     section: str | None = None
     score_columns: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -192,6 +196,8 @@ class AccuracyRow(Row):
     tokens_seen: int | None = None
     final_loss: float | None = None
     val_loss: float | None = None
+    still_improving: bool | None = None
+    val_loss_drop_last_20pct: float | None = None
     val_accuracy: float | None = None
     best_val_accuracy: float | None = None
     val_bpb: float | None = None
@@ -235,5 +241,17 @@ def parse_row(record: dict[str, Any]) -> TimingRow | AccuracyRow:
 
 
 def load_rows(run: str | Path) -> list[TimingRow | AccuracyRow]:
-    """One typed row per finished cell of a run (rounds pooled; see ``bench.results.store.load``)."""
-    return [parse_row(r) for r in finished_records(run)]
+    """One typed row per finished cell of a run (rounds pooled; see ``bench.results.store.load``); a record
+    that is not one (another version's, a damaged one) is bad input naming the file, cell and field."""
+    rows = []
+    for record in finished_records(run):
+        try:
+            rows.append(parse_row(record))
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise BenchError(
+                f"{str(results_path(run))!r}: cell {record.get('key')!r}: field {field!r}: {first['msg']} "
+                "(written by another version, or damaged)"
+            ) from None
+    return rows

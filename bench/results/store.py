@@ -8,6 +8,7 @@ ignored on read and never glued to the next record.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import warnings
@@ -85,6 +86,8 @@ def finished_records(run: str | Path) -> list[dict[str, Any]]:
     """One record per finished cell (see :func:`load`), as dicts."""
     records, skipped = _read(run)
     finished = [r for r in records if "key" in r and "status" in r]
+    for record in finished:
+        _check_pooled_fields(record, run)
     if not finished:
         raise BenchError(
             f"{str(results_path(run))!r} holds no finished cell: {len(records)} record(s) without a key and "
@@ -97,6 +100,21 @@ def finished_records(run: str | Path) -> list[dict[str, Any]]:
             stacklevel=2,
         )
     return pool_rounds(finished)
+
+
+def _check_pooled_fields(record: dict[str, Any], run: str | Path) -> None:
+    """What pooling reads, of the types it reads them as; a record of another version or a damaged one is
+    bad input that names the file, the cell and the field."""
+    where = f"{str(results_path(run))!r}"
+    key = record["key"]
+    if not isinstance(key, str):
+        raise BenchError(f"{where}: a record's field 'key' is {type(key).__name__}, not a string")
+    samples = record.get("samples_s")
+    numbers = isinstance(samples, list) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in samples
+    )
+    if samples is not None and not numbers:
+        raise BenchError(f"{where}: cell {key!r}: field 'samples_s' is not a list of finite numbers")
 
 
 def pool_rounds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -138,6 +156,32 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     os.replace(tmp, run_dir / MANIFEST)
 
 
+def manifest_text(run_dir: Path, manifest: dict[str, Any], resume: bool) -> str:
+    """The manifest file's text with this invocation's ``manifest`` in it. A new run's is its own; an
+    invocation that resumes the run (``--resume``) is appended to the history (``resumed``) and leaves the
+    first invocation's command, start and environment with the cells it measured; an invocation writing
+    again (its end) updates its own entry, found by its ``run_id``, and keeps what others added."""
+    current = read_manifest(run_dir)
+    run_id = manifest.get("run_id")
+    if current and current.get("run_id") == run_id:
+        merged = {**current, **manifest}
+    elif not resume or not current:
+        merged = manifest
+    else:
+        history = [dict(entry) for entry in current.get("resumed", []) if isinstance(entry, dict)]
+        mine = [entry for entry in history if entry.get("run_id") == run_id]
+        if mine:
+            mine[0].update(manifest)
+        else:
+            history.append(manifest)
+        merged = {**current, "resumed": history}
+    return json.dumps(merged, indent=2, default=str)
+
+
 def read_manifest(run: str | Path) -> dict[str, Any]:
     path = results_path(run).parent / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else {}
+    try:
+        data = json.loads(path.read_bytes()) if path.exists() else {}
+    except (OSError, ValueError):  # a damaged manifest is reported as missing, never fatal to a report
+        return {}
+    return data if isinstance(data, dict) else {}

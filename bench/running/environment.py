@@ -24,6 +24,7 @@ PACKAGES = (
     "pandas",
     "pydantic",
     "ray",
+    "submitit",
 )
 
 ENV_PREFIXES = ("OMP_", "MKL_", "OPENBLAS_", "KMP_", "CUDA_VISIBLE_DEVICES", "PYTORCH_", "TORCH_")

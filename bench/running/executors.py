@@ -1,8 +1,11 @@
 """Executors: how a sweep's cells get measured. Both ask the Ledger what to run and record through it.
 
-- ``run_local``: one cell at a time on this machine (timing cells never share a device), each in a fresh
-  process (``isolation = "process"``) or in this one (``"none"``, for debugging).
+- ``run_local``: on this machine, each cell in a fresh process (``isolation = "process"``) or in this one
+  (``"none"``, for debugging); timing cells one at a time with nothing else running (they never share the
+  device), accuracy cells up to ``parallel`` at a time (each trains on its own threads: on a CPU, give
+  each one thread and run as many as there are cores).
 - ``run_ray``: cells as Ray tasks, on the cluster named by RAY_ADDRESS or a local Ray instance.
+- ``run_slurm`` (``slurm.py``): groups of cells as Slurm job-array tasks, through submitit.
 
 Each Ray task still measures its cell in a fresh process (``run_isolated``) on the node Ray
 picked, so the per-cell isolation and time limit hold. Each task asks for a whole GPU on CUDA and a
@@ -16,16 +19,21 @@ from __future__ import annotations
 import os
 import sys
 from collections import deque
+from multiprocessing.connection import wait
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.running.isolation import run_in_process, run_isolated
+from bench.running.isolation import IsolatedRun, run_in_process, run_isolated
 from bench.running.ledger import AnyCell, Ledger
 from bench.spec.cells import cell_from_json
 from bench.spec.config import SweepSpec
 
+POLL_S = 1.0  # how often cells in flight are checked for their time limit
+
 
 def run_local(cells: list[AnyCell], ledger: Ledger, spec: SweepSpec, bar, round_index: int = 0) -> None:
+    if spec.parallel > 1 and spec.isolation == "process":
+        return _run_local_parallel(cells, ledger, spec, bar, round_index)
     for cell in cells:
         bar.set_postfix_str(cell.describe, refresh=False)
         if ledger.settle(cell, round_index):
@@ -35,6 +43,50 @@ def run_local(cells: list[AnyCell], ledger: Ledger, spec: SweepSpec, bar, round_
                 outcome = run_in_process(cell)
             ledger.record(cell, outcome, round_index)
         bar.update()
+
+
+def _run_local_parallel(cells: list[AnyCell], ledger: Ledger, spec: SweepSpec, bar, round_index: int) -> None:
+    """Accuracy cells ``spec.parallel`` at a time; a timing cell waits until nothing else runs, and
+    nothing starts beside it. The OOM skip rule reads a group's shorter lengths' outcomes before a longer
+    one starts, so a cell waits while a shorter cell of its group is in flight (its other seeds and
+    learning rates, of the same length, run beside it)."""
+    in_flight: dict[int, IsolatedRun] = {}
+
+    def collect(block: bool) -> None:
+        while in_flight:
+            ready = wait(list(in_flight), timeout=POLL_S if block else 0)
+            finished = [s for s, run in in_flight.items() if s in ready or run.out_of_time()]
+            for sentinel in finished:
+                run = in_flight.pop(sentinel)
+                ledger.record(run.cell, run.outcome(), round_index)
+                bar.set_postfix_str(run.cell.describe, refresh=False)
+                bar.update()
+            if finished or not block:
+                return
+
+    try:
+        for cell in cells:
+            alone = cell.mode != "accuracy"
+            while in_flight and (
+                alone
+                or len(in_flight) >= spec.parallel
+                or any(r.cell.group == cell.group and r.cell.length < cell.length for r in in_flight.values())
+            ):
+                collect(block=True)
+            if not ledger.settle(cell, round_index):
+                bar.update()
+                continue
+            if alone:
+                ledger.record(cell, run_isolated(cell, spec.timeout_s), round_index)
+                bar.update()
+                continue
+            run = IsolatedRun(cell, spec.timeout_s)
+            in_flight[run.sentinel] = run
+        while in_flight:
+            collect(block=True)
+    finally:  # an interrupted sweep (SIGINT, SIGTERM) ends its workers before it goes
+        for run in in_flight.values():
+            run.kill()
 
 
 def _measure(cell_json: str, timeout_s: float) -> dict:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bench.failures import free_cuda, is_oom
 from bench.measure.cell import measure_cell
+from bench.plugins import describe_failure, model_name
 from bench.spec.cells import AccuracyCell, TimingCell, cell_from_json
 from bench.train.cell import run_accuracy_cell
 
@@ -38,7 +39,7 @@ def run_in_process(cell: TimingCell | AccuracyCell, isolated: bool = False) -> d
     except Exception as err:  # noqa: BLE001 - any failure of a cell is recorded, the sweep goes on
         record = {
             "status": "oom" if is_oom(err) else "crashed",
-            "error": f"{type(err).__name__}: {err}"[:STDERR_TAIL],
+            "error": describe_failure(err, model_name(cell.model, cell.label))[:STDERR_TAIL],
             "traceback": traceback.format_exc()[-STDERR_TAIL:],
         }
         if is_oom(err):
@@ -119,40 +120,74 @@ def _child(cell_json: str, out_path: str, stderr_path: str) -> None:
     os.replace(tmp, out_path)  # the parent sees a whole result or none
 
 
+class IsolatedRun:
+    """One cell measured in a fresh process with a time limit, started at once and collected later, so
+    that an executor may keep several in flight: ``start``, then ``done`` (finished or out of time),
+    then ``outcome``; ``kill`` ends it."""
+
+    def __init__(self, cell: TimingCell | AccuracyCell, timeout_s: float):
+        self.cell, self.timeout_s = cell, timeout_s
+        self._tmp = tempfile.TemporaryDirectory(prefix="bench-cell-")
+        self.out_path = Path(self._tmp.name) / "result.json"
+        self.stderr_path = Path(self._tmp.name) / "stderr.txt"
+        self.start = time.perf_counter()
+        self.proc = _fork_context().Process(
+            target=_child, args=(cell.model_dump_json(), str(self.out_path), str(self.stderr_path))
+        )
+        self.proc.start()
+
+    @property
+    def sentinel(self) -> int:
+        return self.proc.sentinel
+
+    def out_of_time(self) -> bool:
+        return time.perf_counter() - self.start >= self.timeout_s
+
+    def done(self) -> bool:
+        return not self.proc.is_alive() or self.out_of_time()
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join()
+        self._tmp.cleanup()
+
+    def outcome(self) -> dict:
+        """The cell's result, once ``done``: its record, or how the worker ended without one."""
+        try:
+            if self.proc.is_alive():  # out of time
+                self.proc.kill()
+                self.proc.join()
+                return {
+                    "status": "timeout",
+                    "error": f"no result after {self.timeout_s:g} s; killed",
+                    "wall_s": time.perf_counter() - self.start,
+                }
+            self.proc.join()
+            if self.out_path.exists():
+                return json.loads(self.out_path.read_text())
+            code = self.proc.exitcode
+            reason = (
+                f"killed by signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
+            )
+            stderr = self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+            # The kernel's OOM killer leaves no Python exception behind, only SIGKILL.
+            return {
+                "status": "crashed",
+                "error": f"worker died ({reason}) without a result",
+                "stderr_tail": stderr[-STDERR_TAIL:],
+                "wall_s": time.perf_counter() - self.start,
+            }
+        finally:
+            self._tmp.cleanup()
+
+
 def run_isolated(cell: TimingCell | AccuracyCell, timeout_s: float) -> dict:
     """Measure a cell in a fresh process with a time limit."""
-    with tempfile.TemporaryDirectory(prefix="bench-cell-") as tmp:
-        out_path, stderr_path = Path(tmp) / "result.json", Path(tmp) / "stderr.txt"
-        start = time.perf_counter()
-        proc = _fork_context().Process(
-            target=_child, args=(cell.model_dump_json(), str(out_path), str(stderr_path))
-        )
-        proc.start()
-        try:
-            proc.join(timeout_s)
-        except BaseException:  # an interrupted sweep (SIGINT, SIGTERM) ends its worker before it goes
-            proc.kill()
-            proc.join()
-            raise
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-            return {
-                "status": "timeout",
-                "error": f"no result after {timeout_s:g} s; killed",
-                "wall_s": time.perf_counter() - start,
-            }
-        if out_path.exists():
-            return json.loads(out_path.read_text())
-        code = proc.exitcode
-        reason = (
-            f"killed by signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
-        )
-        stderr = stderr_path.read_text(errors="replace") if stderr_path.exists() else ""
-        # The kernel's OOM killer leaves no Python exception behind, only SIGKILL.
-        return {
-            "status": "crashed",
-            "error": f"worker died ({reason}) without a result",
-            "stderr_tail": stderr[-STDERR_TAIL:],
-            "wall_s": time.perf_counter() - start,
-        }
+    run = IsolatedRun(cell, timeout_s)
+    try:
+        run.proc.join(timeout_s)
+    except BaseException:  # an interrupted sweep (SIGINT, SIGTERM) ends its worker before it goes
+        run.kill()
+        raise
+    return run.outcome()

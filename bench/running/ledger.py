@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 from bench import results
+from bench.running.notices import cell_failed
 from bench.spec.cells import AccuracyCell, TimingCell
 
 AnyCell = TimingCell | AccuracyCell
@@ -35,7 +36,7 @@ def round_order(cells: list[AnyCell], round_index: int, seed: int) -> list[AnyCe
     for cell in shuffled:
         by_group.setdefault(cell.group, []).append(cell)
     for group in by_group.values():
-        group.sort(key=lambda c: c.seq_len, reverse=True)
+        group.sort(key=lambda c: c.length, reverse=True)
     return [by_group[cell.group].pop() for cell in shuffled]
 
 
@@ -52,13 +53,17 @@ class Ledger:
                 if "key" in r
             }
         self.oom_at: dict[tuple, int] = {}  # group -> shortest length that ran out of memory
+        self.add(cells)
+
+    def add(self, cells: list[AnyCell]) -> None:
+        """Cells the sweep added (an extended learning-rate grid): their earlier outcomes count too."""
         by_key = {c.key: c for c in cells}
         for (key, _), status in self.done.items():
             if status == "oom" and key in by_key:
                 self._note_oom(by_key[key])
 
     def _note_oom(self, cell: AnyCell) -> None:
-        self.oom_at[cell.group] = min(self.oom_at.get(cell.group, cell.seq_len), cell.seq_len)
+        self.oom_at[cell.group] = min(self.oom_at.get(cell.group, cell.length), cell.length)
 
     def needs_run(self, cell: AnyCell, round_index: int = 0) -> bool:
         previous = self.done.get((cell.key, round_index))
@@ -66,7 +71,7 @@ class Ledger:
 
     def skip_reason(self, cell: AnyCell) -> str | None:
         shortest = self.oom_at.get(cell.group)
-        if shortest is not None and cell.seq_len > shortest:
+        if shortest is not None and cell.length > shortest:
             return f"skipped: out of memory at seq_len {shortest}"
         return None
 
@@ -89,3 +94,4 @@ class Ledger:
         self.done[(cell.key, round_index)] = outcome["status"]
         stamp = {"round": round_index, "run_id": self.run_id, "finished_at": time.time()}
         results.append(self.path, {"key": cell.key, **cell.model_dump(), **outcome, **stamp})
+        cell_failed(cell.describe, outcome)

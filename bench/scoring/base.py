@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from bench.failures import free_cuda, is_oom
 
 IGNORE = -100  # cross_entropy's ignore_index
+TRACE_EXAMPLES = 4  # held-out examples a model's trace reads: its per-token paths are slow
 NO_DISTANCE = -1  # in ``distances`` where nothing is asked
 
 
@@ -170,6 +171,26 @@ class Scorer:
         """The flat result columns of a record from its ``accuracy_by_len`` entries."""
         raise NotImplementedError
 
+    def diagnostics(self, model, held: Any, infer: Inference, train_len: int) -> dict[str, Any]:
+        """Why a model does what it does at this length, where it can say: its mixers' traces by position
+        (``trace``: name -> mean per doubling position bucket over a few examples and every block, with
+        ``bounds``; see ``Mixer.trace``), and, for a model that learns at test time, the figures with that
+        learning switched off (``writes_off``: this scorer's entry with the writes off, e.g. Titans' theta
+        forced to 0), which say how much test-time learning contributes."""
+        out: dict[str, Any] = {}
+        examples = self.examples_of(held)
+        trace = getattr(model, "trace", None)
+        if callable(trace):
+            with infer._eval(model) as device:
+                series = trace(examples.inputs[:TRACE_EXAMPLES].to(device))
+            if series:
+                out["trace"] = bucket_means(series, examples.inputs.shape[1])
+        if getattr(model, "has_test_time_writes", False):
+            with model.test_time_writes_off():
+                entry = self.evaluate(model, held, infer, train_len)
+            out["writes_off"] = {k: v for k, v in entry.items() if k not in ("by_document",)}
+        return out
+
     def score_lengths(
         self,
         model,
@@ -202,6 +223,17 @@ class Scorer:
                     entry.update({self.metric: None, "error": f"out of memory at eval_len {length}"})
                     free_cuda()
             entries.append(entry)
+        if trained and entries and "error" not in entries[-1]:  # the longest length: where failure shows
+            try:
+                diagnosed = self.diagnostics(model, held_out(entries[-1]["eval_len"]), infer, train_len)
+            except Exception as err:  # noqa: BLE001 - a diagnostic must never cost the cell its scores
+                if not is_oom(err):
+                    raise
+                diagnosed = {
+                    "error": f"out of memory in the diagnostics at eval_len {entries[-1]['eval_len']}"
+                }
+                free_cuda()
+            entries[-1]["diagnostics"] = diagnosed
         columns = self.columns(entries, train_len)
         at_train = next((e.get(self.metric) for e in entries if e["eval_len"] == train_len), None)
         return {
@@ -215,3 +247,27 @@ class Scorer:
                 for name, column in columns.items()
             },
         }
+
+
+def bucket_means(series: dict[str, torch.Tensor], length: int) -> dict[str, Any]:
+    """Per-position traces ("block{i}.{name}" -> [B, T]) as one mean per doubling position bucket (bucket
+    d holds positions (d/2, d], 1-based) over the examples and every block, NaN positions skipped."""
+    from bench.scoring.bins import doubling_bounds
+
+    bounds = doubling_bounds(length + 1)
+    bounds = [b for b in bounds if b <= length] + ([length] if bounds[-1] > length else [])
+    position = torch.arange(1, length + 1)
+    by_name: dict[str, list[torch.Tensor]] = {}
+    for key, values in series.items():
+        by_name.setdefault(key.split(".", 1)[-1], []).append(values.detach().float().cpu())
+    out: dict[str, Any] = {"bounds": bounds}
+    for name, blocks in by_name.items():
+        stacked = torch.stack(blocks)  # [blocks, B, T]
+        means, low = [], 0
+        for bound in bounds:
+            inside = stacked[..., (position > low) & (position <= bound)]
+            finite = inside[torch.isfinite(inside)]
+            means.append(float(finite.mean()) if finite.numel() else None)
+            low = bound
+        out[name] = means
+    return out

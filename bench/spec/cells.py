@@ -18,8 +18,15 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from bench.registry import context_argument
-from bench.spec.config import ACCURACY_MODE, AccuracySettings, ModelEntry, SweepSpec, TrainSettings
-from bench.spec.sizing import size_for_budget
+from bench.spec.config import (
+    ACCURACY_MODE,
+    AccuracySettings,
+    Calibration,
+    ModelEntry,
+    SweepSpec,
+    TrainSettings,
+)
+from bench.spec.sizing import size_for_budget, sized
 from bench.tasks import make_task
 
 SWA_SUFFIX = "-swa"  # the label of the sliding-window control: "transformer-swa"
@@ -128,10 +135,13 @@ class AccuracyCell(CellBase):
     task_args: dict[str, Any] = Field(default_factory=dict)
     eval_lens: list[int] = Field(default_factory=list)
     train: TrainSettings
-    # How reports present it; not part of the identity: a smoke test ranks nothing, and the attention
-    # context the model's arguments give it, in words ("window 8", "full", None for no attention).
+    # How reports present it; not part of the identity: a smoke test ranks nothing, the attention context
+    # the model's arguments give it, in words ("window 8", "full", None for no attention), and whether its
+    # learning rate is the sweep's grid or an extension of it (bench/results/lr_choice.py).
     smoke_test: bool = False
     context: str | None = None
+    lr_origin: Literal["grid", "extended"] = "grid"
+    calibration: Calibration | None = None  # the sweep's calibration model and its bar, for the report
 
     def identity(self) -> tuple[str, ...]:
         return (
@@ -282,9 +292,15 @@ def accuracy_cells(spec: SweepSpec, entry: ModelEntry, device: str) -> list[Accu
             args = hybrid_args(model, context)
             if model is control:
                 args[context_argument(model.name)[0]] = context
+            d_model, n_layers = acc.d_model or spec.d_model, acc.n_layers or spec.n_layers
+            if acc.param_budget:  # parameter-matched: each model's width knob sized at this shape
+                shape = dict(vocab_size=task.vocab_size, d_model=d_model, n_layers=n_layers)
+                args = {**args, **sized(model.name, model.display, {**shape, **args}, acc.param_budget)}
             scorer = task.make_scorer()
+            if model.state_passing:
+                task.train_stream(1, train_len, 0)  # a task without a stream says so here
             for lr in acc.lrs or [acc.lr]:
-                train = train_settings(acc, lr)
+                train = train_settings(acc, lr).model_copy(update={"state_passing": model.state_passing})
                 if job.steps is not None:
                     train = train.model_copy(update={"steps": job.steps})
                 if not scorer.stops_early:  # a score threshold means nothing for a loss: the whole budget
@@ -296,8 +312,8 @@ def accuracy_cells(spec: SweepSpec, entry: ModelEntry, device: str) -> list[Accu
                             label=model.display,
                             model_args=args,
                             vocab_size=task.vocab_size,
-                            d_model=acc.d_model or spec.d_model,
-                            n_layers=acc.n_layers or spec.n_layers,
+                            d_model=d_model,
+                            n_layers=n_layers,
                             train_len=train_len,
                             batch_size=acc.batch_size,
                             dtype=dtype,
@@ -311,6 +327,7 @@ def accuracy_cells(spec: SweepSpec, entry: ModelEntry, device: str) -> list[Accu
                             train=train,
                             smoke_test=acc.smoke_test,
                             context=context_text(model, args),
+                            calibration=acc.calibration,
                         )
                     )
     return cells

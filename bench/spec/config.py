@@ -9,6 +9,7 @@ from the validation context (``given``: field path -> the flag typed).
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -60,7 +61,21 @@ def given_flags(info: ValidationInfo) -> dict[str, str]:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict types: `true` is not a length and 64.5 not a width; no field takes NaN or an infinity (a
+    # NaN passes every comparison a check makes, and no limit or rate here means anything infinite).
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+# Characters that would break the report's markdown tables or the one-line messages that name a label.
+LABEL_BREAKERS = ("|", "`", "\n", "\r")
+
+
+def check_label(value: str | None) -> str | None:
+    if value is not None:
+        bad = [c for c in LABEL_BREAKERS if c in value]
+        if bad:
+            raise ValueError(f"label {value!r} contains {bad[0]!r}, which the report's tables cannot show")
+    return value
 
 
 class ModelEntry(Strict):
@@ -69,6 +84,13 @@ class ModelEntry(Strict):
     name: str = Field(min_length=1)
     label: str | None = None  # how results and reports name it; defaults to `name`
     args: dict[str, Any] = Field(default_factory=dict)  # passed to the factory as keyword arguments
+    # Accuracy cells train it with state passing (see TrainSettings.state_passing): give it its own label.
+    state_passing: bool = False
+
+    @field_validator("label")
+    @classmethod
+    def _label_fits_the_report(cls, value: str | None) -> str | None:
+        return check_label(value)
 
     @property
     def display(self) -> str:
@@ -83,6 +105,11 @@ class TaskEntry(Strict):
     args: dict[str, Any] = Field(default_factory=dict)
     train_len: PositiveInt | None = None  # None: the [accuracy] table's train_len
     steps: PositiveInt | None = None  # None: the [accuracy] table's steps (a small corpus wants fewer)
+
+    @field_validator("label")
+    @classmethod
+    def _label_fits_the_report(cls, value: str | None) -> str | None:
+        return check_label(value)
 
     @property
     def display(self) -> str:
@@ -105,6 +132,11 @@ class TrainSettings(Strict):
     grad_clip: PositiveFloat | None = 1.0
     # Stop once validation accuracy reaches it; None (`false` in TOML): never, every model trains `steps`.
     threshold: float | None = Field(default=0.99, gt=0, le=1)
+    # State passing (recurrent models, on a task with a stream of text): row i of each batch continues row
+    # i of the batch before, and the model starts from the state the previous batch left (detached: the
+    # gradient stops at the window boundary), so training sees states longer than the window. Set per model
+    # in the sweep's model list (``state_passing = true``).
+    state_passing: bool = False
     eval_every: PositiveInt = 25  # steps between validations
     val_samples: PositiveInt = 256  # held-out examples at the training length, for early stopping
     eval_samples: PositiveInt = 256  # held-out examples per evaluation length, for the results
@@ -113,6 +145,24 @@ class TrainSettings(Strict):
     @classmethod
     def _false_is_none(cls, value: Any) -> Any:
         return None if value is False else value  # TOML has no null
+
+
+class Calibration(Strict):
+    """The [accuracy.calibration] table: a model that must learn the preset's tasks, the check that the
+    training budget is long enough to rank the others. The report says PASS or FAIL for it."""
+
+    model: str = Field(
+        min_length=1,
+        description="a model label of the sweep, or 'best': the model with the lowest validation loss",
+    )
+    min_score: float | None = Field(
+        default=None,
+        description="the score it must reach at the training length on every task (mean over seeds at its "
+        "chosen learning rate; a fraction for accuracy); None: no bar",
+    )
+    converged: bool = Field(
+        default=True, description="its runs at the chosen rate must have stopped improving by the end"
+    )
 
 
 class AccuracySettings(TrainSettings):
@@ -135,6 +185,19 @@ class AccuracySettings(TrainSettings):
     # validation accuracy and give the mean over seeds with a 95% interval.
     lrs: list[PositiveFloat] | None = Field(default=None, min_length=1)
     seeds: list[int] | None = Field(default=None, min_length=1)
+    # A grid brackets its optimum, or the sweep extends it: when a model's chosen rate is the largest (the
+    # smallest) of those tried, it trains again at 3x (1/3) that rate, at most this many times each way.
+    lr_extend: NonNegativeInt = Field(
+        default=2,
+        description="times a learning-rate grid may grow by x3 beyond an edge where the chosen rate sits",
+    )
+    # Every model sized to this many non-embedding parameters (within 5%) by its width knob, at the
+    # accuracy cells' own shape; None: as built (the models differ by up to ~2x at one width and depth).
+    param_budget: PositiveInt | None = Field(
+        default=None,
+        description="size every accuracy model to this many non-embedding parameters (within 5%), e.g. 200k",
+    )
+    calibration: Calibration | None = None
     # The attention context of the hybrids (`window` of titans-mal/-mag, `segment` of titans-mac; any
     # model whose `window` or `segment` has a default): a float is a fraction of the task's training
     # length, an int a number of tokens, None the models' own defaults. Shorter than the distances the
@@ -148,6 +211,11 @@ class AccuracySettings(TrainSettings):
     # The report calls the accuracy section a smoke test (too little training to rank the models) and
     # points to the presets. Not part of any cell's identity.
     smoke_test: bool = False
+
+    @field_validator("param_budget", mode="before")
+    @classmethod
+    def _budget(cls, value: Any) -> Any:
+        return parse_count(value) if isinstance(value, str) else value
 
     @field_validator("eval_factors", "lrs", "seeds")
     @classmethod
@@ -168,6 +236,67 @@ class AccuracySettings(TrainSettings):
         if c is None or isinstance(c, int):
             return c
         return max(1, round(c * train_len))
+
+
+Executor = Literal["local", "ray", "slurm"]
+
+
+class SlurmSettings(Strict):
+    """The [slurm] table: how `executor = "slurm"` asks Slurm for each group of cells (one job-array
+    task per group; see bench/running/slurm.py). None leaves the choice to the cluster's defaults, or
+    to the rule in the comment."""
+
+    partition: str | None = Field(
+        default=None,
+        pattern=r"\S",
+        description="partition to submit to (default: the cluster's)",
+        json_schema_extra=cli("--slurm-partition"),
+    )
+    account: str | None = Field(
+        default=None, pattern=r"\S", description="account to charge", json_schema_extra=cli("--slurm-account")
+    )
+    qos: str | None = Field(
+        default=None, pattern=r"\S", description="quality of service", json_schema_extra=cli("--slurm-qos")
+    )
+    # Minutes of the job's time limit per cell; None: the sweep's timeout_s plus a minute for the
+    # cell's process to start, rounded up. A group's task gets this times its cells, plus 2 minutes.
+    time_per_cell_min: PositiveInt | None = None
+    gpus_per_cell: NonNegativeInt | None = Field(
+        default=None,
+        description="GPUs per cell (default: 1 on CUDA cells, 0 on CPU cells)",
+        json_schema_extra=cli("--slurm-gpus-per-cell"),
+    )
+    # None: the sweep's `threads` when set, else 4 on CUDA cells (the launching thread and some room)
+    # and 1 on CPU cells.
+    cpus_per_cell: PositiveInt | None = Field(
+        default=None,
+        description="CPUs per cell (default: the sweep's threads, else 4 on CUDA cells, 1 on CPU)",
+        json_schema_extra=cli("--slurm-cpus-per-cell"),
+    )
+    mem_gb: PositiveFloat | None = Field(
+        default=None,
+        description="memory per cell in GB (default: the partition's)",
+        json_schema_extra=cli("--slurm-mem-gb"),
+    )
+    array_parallelism: PositiveInt | None = Field(
+        default=None,
+        description="at most this many of the sweep's tasks at once (default: no cap)",
+        json_schema_extra=cli("--slurm-array-parallelism"),
+    )
+    # More `#SBATCH` options, each in its long form: "--constraint=a100", "--exclusive".
+    extra_sbatch: list[str] = Field(default_factory=list)
+    # Shell lines run in the job before the cells, e.g. "module load cuda/12.4".
+    setup: list[str] = Field(default_factory=list)
+    poll_s: PositiveFloat = 5.0  # how often the driver asks squeue about its jobs
+
+    @field_validator("extra_sbatch")
+    @classmethod
+    def _long_options(cls, value: list[str]) -> list[str]:
+        for line in value:
+            option = line.removeprefix("#SBATCH").strip()
+            if not option.startswith("--") or len(option) < 3 or " " in option.split("=", 1)[0]:
+                raise ValueError(f"{line!r} is not a long sbatch option such as '--constraint=a100'")
+        return value
 
 
 class SweepSpec(Strict):
@@ -273,15 +402,24 @@ class SweepSpec(Strict):
         description="one process per cell (default) or none, for debugging",
         json_schema_extra=cli("--isolation"),
     )
-    executor: Literal["local", "ray"] = Field(
+    # Where cells run (not what they measure: a run may be resumed with another executor).
+    executor: Executor = Field(
         default="local",
-        description="local: one cell at a time here; ray: cells as Ray tasks (RAY_ADDRESS or a local Ray)",
+        description="local: cells here, one at a time (accuracy cells --parallel at a time); ray: cells as "
+        "Ray tasks (RAY_ADDRESS or a local Ray); slurm: each group of cells as a Slurm job-array task (the "
+        "[slurm] table, --slurm-* flags)",
         json_schema_extra=cli("--executor"),
     )
     ray_cpus_per_cell: PositiveInt | None = Field(
         default=None,
         description="CPUs each Ray task reserves (default: all of a node's)",
         json_schema_extra=cli("--ray-cpus-per-cell"),
+    )
+    parallel: PositiveInt = Field(
+        default=1,
+        description="accuracy cells trained at once by the local executor, each in its own process (give "
+        "each [accuracy] threads = 1); timing cells always run alone",
+        json_schema_extra=cli("--parallel"),
     )
     out: str | None = Field(
         default=None,
@@ -296,6 +434,7 @@ class SweepSpec(Strict):
         json_schema_extra=cli("--tasks", shapes=True),
     )
     accuracy: AccuracySettings = Field(default_factory=AccuracySettings)
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
 
     @field_validator("models", "tasks", mode="before")
     @classmethod
@@ -363,28 +502,47 @@ class SweepSpec(Strict):
         return self
 
     @model_validator(mode="after")
-    def _threads_fit_the_machine(self) -> SweepSpec:
-        cores = os.cpu_count() or 1
-        for where, threads in (("threads", self.threads), ("[accuracy] threads", self.accuracy.threads)):
-            if threads is not None and threads > cores:
-                raise ValueError(f"{where} = {threads} is more than the {cores} CPU cores here")
+    def _slurm_options(self, info: ValidationInfo) -> SweepSpec:
+        given = [flag for path, flag in given_flags(info).items() if path.startswith("slurm.")]
+        if given and self.executor != "slurm":
+            raise ValueError(f"{given[0]} applies to --executor slurm only")
         return self
 
     @model_validator(mode="after")
-    def _warmup_cap(self) -> SweepSpec:
+    def _threads_fit_the_machine(self, info: ValidationInfo) -> SweepSpec:
+        if self.executor == "slurm":  # the cells' cores are the compute nodes', not this machine's
+            return self
+        cores, given = os.cpu_count() or 1, given_flags(info)
+        typed = f"{given['threads']} {self.threads}" if "threads" in given else f"threads = {self.threads}"
+        accuracy = f"[accuracy] threads = {self.accuracy.threads}"
+        for where, threads in ((typed, self.threads), (accuracy, self.accuracy.threads)):
+            if threads is not None and threads > cores:
+                raise ValueError(f"{where} is more than the {cores} CPU cores here")
+        return self
+
+    @model_validator(mode="after")
+    def _warmup_cap(self, info: ValidationInfo) -> SweepSpec:
         if self.warmup_max < self.warmup:
+            given = given_flags(info)
+            if "warmup" in given:  # the user typed the flag: name it, and the cap it ran into
+                raise ValueError(
+                    f"{given['warmup']} {self.warmup} is above {self.warmup_max}, the most warm-up calls "
+                    "(warmup_max in a sweep file)"
+                )
             raise ValueError(f"warmup_max ({self.warmup_max}) is below warmup ({self.warmup})")
         return self
 
     @field_validator("param_budget", mode="before")
     @classmethod
     def _budget(cls, value: Any) -> Any:
+        if isinstance(value, float):  # 2e6 in a sweep file
+            return parse_count(repr(value))
         return parse_count(value) if isinstance(value, str) else value
 
-    @field_validator("seq_lens", "batch_sizes", "modes")
+    @field_validator("seq_lens", "batch_sizes", "modes", "dtypes")
     @classmethod
-    def _unique(cls, value: list) -> list:
-        if len(set(value)) != len(value):
+    def _unique(cls, value: list | None) -> list | None:
+        if value is not None and len(set(value)) != len(value):
             raise ValueError("contains duplicates")
         return value
 
@@ -404,6 +562,8 @@ def parse_count(text: str) -> int:
         number = float(value) * scale
     except ValueError:
         raise ValueError(f"{text!r} is not a count (e.g. 2000000, 2e6, 2M)") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{text!r} is not a finite count (e.g. 2000000, 2e6, 2M)")
     if number != int(number) or number < 1:
         raise ValueError(f"{text!r} is not a positive whole count")
     return int(number)
@@ -436,15 +596,42 @@ def parse_spec(data: dict[str, Any], source: str, given: dict[str, str] | None =
         raise BenchError(format_validation_error(err, source, given)) from None
 
 
-def load_spec(path: str | Path) -> SweepSpec:
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A sweep file's data; a BenchError that says what is wrong with the file as a file."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise BenchError(f"sweep file {str(path)!r} is a directory, not a file")
+    if not path.exists():
         raise BenchError(f"sweep file {str(path)!r} does not exist")
     try:
-        data = tomllib.loads(path.read_text())
+        raw = path.read_bytes()
+    except OSError as err:
+        raise BenchError(f"sweep file {str(path)!r} cannot be read: {err.strerror}") from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise BenchError(
+            f"{path}: starts with a UTF-8 byte-order mark (BOM), which TOML does not allow; save it as UTF-8 "
+            "without one"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BenchError(
+            f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); a sweep file is "
+            "TOML text"
+        ) from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise BenchError(f"{path}: not valid TOML: {err}") from None
-    return parse_spec(data, str(path))
+    if not data:
+        raise BenchError(
+            f"{path} sets nothing; write the fields to change in it, or leave it out to run the default sweep"
+        )
+    return data
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    return parse_spec(read_toml(path), str(path))
 
 
 def default_spec(device: str) -> SweepSpec:

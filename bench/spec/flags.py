@@ -11,6 +11,7 @@ lists (those keep their arguments); a switch (``--compile``) sets its field true
 from __future__ import annotations
 
 import argparse
+import json
 import types
 import typing
 from dataclasses import dataclass
@@ -179,3 +180,17 @@ def shaping(given: dict[str, str]) -> bool:
     """Whether any flag given changes what the sweep measures."""
     shapes = {f.field for f in sweep_flags() if f.shapes}
     return bool(shapes & set(given))
+
+
+def field_text(field: str, before: dict[str, Any], after: dict[str, Any]) -> str:
+    """A changed field as the user knows it: its flag where it has one (``--timeout``), else its key in a
+    sweep file, with the value it had and the one it has now."""
+    option = next((f.option for f in sweep_flags() if f.field == field), field)
+
+    def value(data: dict[str, Any]) -> str:
+        for part in field.split("."):
+            data = data.get(part) if isinstance(data, dict) else None
+        text = json.dumps(data, default=str)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    return f"{option} was {value(before)}, now {value(after)}"

@@ -15,6 +15,7 @@ A task declares how it is scored with one attribute, ``scorer``: the name of a r
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -72,6 +73,12 @@ class Task:
         than ``n`` (as many documents as are long enough)."""
         return self.generate(n, seq_len, seed, train_len)
 
+    def train_stream(self, batch_size: int, seq_len: int, seed: int) -> Iterator[Examples]:
+        """Training batches for state-passing training: row i of each batch continues row i of the batch
+        before it (the next ``seq_len`` tokens of one long stream), so that a recurrent state carried from
+        one batch to the next has read what came before. Only a task made of long text has one."""
+        raise self.fail("has no stream of text to carry a state along (state passing needs one, e.g. lm)")
+
     def examples_with_bytes(
         self, split: Split, n: int, seq_len: int, seed: int, train_len: int | None = None
     ) -> tuple[Examples, torch.Tensor]:
@@ -90,6 +97,11 @@ class Task:
         """Whether examples of ``seq_len`` use the evaluation placement that stretches the distances."""
         placement = getattr(self.config, "eval_placement", "train")
         return placement == "stretch" and train_len is not None and seq_len > train_len
+
+    def chance(self) -> str | None:
+        """What a model that has learned nothing scores, in words (the reports print it beside the
+        results); None where no single figure says it."""
+        return None
 
     def fail(self, message: str) -> BenchError:
         return BenchError(f"task {self.name!r}: {message}")

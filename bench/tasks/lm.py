@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -154,6 +155,9 @@ class LanguageModelling(Task):
             )
         return data
 
+    def chance(self) -> str:
+        return "a uniform guess over bytes costs 8 bits per byte"
+
     def pinned_args(self) -> dict[str, str]:
         return {"fingerprint": self.data.fingerprint}
 
@@ -188,6 +192,21 @@ class LanguageModelling(Task):
         window = stream[index].long()
         positions = torch.arange(1, seq_len + 1).expand(n, seq_len).clone()
         return Examples(window[:, :-1].clone(), window[:, 1:].clone(), positions)
+
+    def train_stream(self, batch_size: int, seq_len: int, seed: int) -> Iterator[Examples]:
+        """Consecutive windows of the training stream, one row per position: each row starts at a random
+        offset and moves on by ``seq_len`` tokens a batch (back to the start at the end), so a state passed
+        from one batch to the next has read the text just before (across documents too: the boundary
+        token between them is in the stream, and a model must learn what it means)."""
+        stream = self.data.stream
+        g = torch.Generator().manual_seed(seed)
+        starts = torch.randint(0, len(stream), (batch_size,), generator=g)
+        span = torch.arange(seq_len + 1)
+        positions = torch.arange(1, seq_len + 1).expand(batch_size, seq_len)
+        while True:
+            window = stream[(starts[:, None] + span) % len(stream)].long()
+            yield Examples(window[:, :-1].clone(), window[:, 1:].clone(), positions.clone())
+            starts = (starts + seq_len) % len(stream)
 
     def examples(
         self, split: Split, n: int, seq_len: int, seed: int, train_len: int | None = None

@@ -60,6 +60,13 @@ class MQAR(Task):
     def vocab_size(self) -> int:
         return self.config.vocab_size
 
+    def chance(self) -> str:
+        values, pairs = self.config.vocab_size - self.config.vocab_size // 2, self.config.num_kv_pairs
+        return (
+            f"chance {100 / values:.2g}% guessing a value ({values} of them), {100 / pairs:.3g}% guessing "
+            f"one of the {pairs} values in the context"
+        )
+
     def check_len(self, seq_len: int) -> None:
         n = self.config.num_kv_pairs
         if seq_len % 2:

@@ -105,6 +105,13 @@ class Niah(Task):
         """[n, value_len] value tokens."""
         raise NotImplementedError
 
+    def n_values(self) -> int:
+        """How many different values a needle can hold."""
+        raise NotImplementedError
+
+    def chance(self) -> str:
+        return f"chance {100 / self.n_values():.2g}% guessing the whole {self.value_len()}-token value"
+
     def min_len(self) -> int:
         k = self.value_len()
         # The needle and query (+ answer) must leave a haystack at least as long as themselves.
@@ -158,6 +165,9 @@ class NumberNiah(Niah):
     def value_len(self) -> int:
         return self.config.digits
 
+    def n_values(self) -> int:
+        return 10**self.config.digits - (10 ** (self.config.digits - 1) if self.config.digits > 1 else 0)
+
     def values(self, n: int, g: torch.Generator) -> torch.Tensor:
         digits = torch.randint(0, 10, (n, self.config.digits), generator=g)
         if self.config.digits > 1:  # a number has no leading zero, as RULER's randint(10**6, 10**7 - 1)
@@ -190,6 +200,9 @@ class UUIDNiah(Niah):
 
     def value_len(self) -> int:
         return sum(self.config.groups) + len(self.config.groups) - 1
+
+    def n_values(self) -> int:
+        return N_DIGITS ** sum(self.config.groups)
 
     def values(self, n: int, g: torch.Generator) -> torch.Tensor:
         parts = []

@@ -15,20 +15,24 @@ from typing import Any
 
 import torch
 
-from bench.registry import build
+from bench.registry import build, model_config
 from bench.scoring import Examples, Inference, Scorer
 from bench.spec.cells import AccuracyCell
 from bench.tasks import Task, make_task
 from bench.tasks.base import derive_seed, drop_seen, example_ids
+from bench.train.amp import precision
 from bench.train.loop import train
 from bench.train.optim import non_embedding
-from bench.train.amp import precision
 
 MAX_EMPTY_DRAWS = 100
 
 
 def training_batches(task: Task, cell: AccuracyCell, seen: set[bytes]):
-    """() -> the next training batch: fresh seeded examples, none identical to a held-out one."""
+    """() -> the next training batch: fresh seeded examples, none identical to a held-out one; with state
+    passing, the task's stream, each row continuing the batch before."""
+    if cell.train.state_passing:
+        stream = task.train_stream(cell.batch_size, cell.train_len, derive_seed(cell.seed, "train", "stream"))
+        return lambda: next(stream)
     draws = 0
 
     def next_batch() -> Examples:
@@ -92,6 +96,7 @@ def run_accuracy_cell(cell: AccuracyCell) -> dict[str, Any]:
         n_params=model.n_params(),
         n_params_non_embedding=non_embedding(model),
         backend=model.backend,
+        model_settings=model_config(cell.model, cell.build_kwargs()),
         torch_threads=torch.get_num_threads(),
     )
     return record

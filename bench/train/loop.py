@@ -7,6 +7,11 @@ gradient norm stops being finite (status "diverged"; the sweep goes on). ``max_s
 on the wall clock; a run it stops records ``cap_bound`` so that reports show it as such, never as a plain
 low score. The final model is validated once more if the last step had no validation: its validation loss
 (``val_loss``) is what the learning-rate grid is chosen by.
+
+Convergence is checked, not assumed: the model is also validated at 80% of the budget, and a run whose
+validation loss fell over the last 20% of its steps by more than ``STILL_IMPROVING`` of its value (and by
+more than ``STILL_IMPROVING_NATS``) records ``still_improving``: it was still learning when the budget
+ended, so it ranks learning speed, not what the architecture can learn.
 """
 
 from __future__ import annotations
@@ -22,8 +27,24 @@ import torch.nn.functional as F
 from bench.scoring import IGNORE, Examples, Validation
 from bench.spec.config import TrainSettings
 from bench.train.optim import lr_at, make_optimizer
+from models.modules.state import detach_state
 
 LOG_POINTS = 200  # loss-curve points kept per run: enough to plot, small enough to store
+CHECK_AT = 0.8  # the convergence check compares the validation loss here with the final one
+STILL_IMPROVING = 0.01  # a relative fall of the validation loss over the last 20% that counts as learning
+STILL_IMPROVING_NATS = 0.01  # and the absolute fall it must also exceed (a loss near 0 halves cheaply)
+
+
+def convergence(val_loss_curve: list[list[float]], steps: int) -> dict[str, Any]:
+    """Whether the run was still improving at its end: the validation loss at the first check at or after
+    80% of ``steps`` against the last one (None where there is no such pair)."""
+    points = [(s, v) for s, v in val_loss_curve if v is not None and math.isfinite(v)]
+    mark = next(((s, v) for s, v in points if s >= CHECK_AT * steps), None)
+    if mark is None or not points or points[-1][0] <= mark[0]:
+        return {"still_improving": None, "val_loss_drop_last_20pct": None}
+    drop = mark[1] - points[-1][1]
+    improving = drop > STILL_IMPROVING * mark[1] and drop > STILL_IMPROVING_NATS
+    return {"still_improving": improving, "val_loss_drop_last_20pct": drop}
 
 
 def train(
@@ -50,6 +71,7 @@ def train(
     model.train()
     start, cpu_start = time.perf_counter(), time.process_time()
     step = tokens = 0
+    check_step = max(1, math.ceil(CHECK_AT * s.steps))
 
     def check() -> Validation:
         result = validate()
@@ -57,12 +79,17 @@ def train(
         val_loss_curve.append([step, result.loss])
         return result
 
+    carried = None  # state passing: what the previous batch left, detached
     while step < s.steps:
         inputs, targets, _ = next_batch()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, s)
         with autocast():
-            logits = model(inputs.to(device))
+            if s.state_passing:
+                logits, carried = model(inputs.to(device), state=carried, return_state=True)
+                carried = detach_state(carried)  # the gradient stops at the window boundary
+            else:
+                logits = model(inputs.to(device))
         loss = F.cross_entropy(
             logits.float().flatten(0, 1), targets.to(device).flatten(), ignore_index=IGNORE
         )
@@ -81,7 +108,7 @@ def train(
         if step % log_every == 0:
             loss_curve.append([step, sum(window) / len(window)])
             window = []
-        if step % s.eval_every == 0 or step == s.steps:
+        if step % s.eval_every == 0 or step in (s.steps, check_step):
             score = check().score
             if stops_early and s.threshold is not None and score is not None and score >= s.threshold:
                 out["stop_reason"] = "threshold"
@@ -102,6 +129,7 @@ def train(
             f"val_{score_name}": val_curve[-1][1] if finished else None,
             f"best_val_{score_name}": best,
             "val_loss": val_loss_curve[-1][1] if finished else None,
+            **convergence(val_loss_curve if finished else [], step),
             "steps_run": step,
             "cap_bound": out["stop_reason"] == "max_seconds",
             "train_seconds": seconds,

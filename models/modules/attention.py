@@ -154,6 +154,9 @@ class Attention(Mixer):
         self.head_dim = d_model // n_heads
         self.window = window
         self.state_growth = "linear" if window is None else "bounded"
+        # With a window, a sequence continues from a bounded state (forward_from): the sinks and the last
+        # `window` keys; without one the state would hold every key so far.
+        self.supports_state_passing = window is not None
         self.requested_backend = backend
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
@@ -215,6 +218,45 @@ class Attention(Mixer):
         cache.k[:, :, slots] = k[:, :, positions]
         cache.v[:, :, slots] = v[:, :, positions]
         return y, cache
+
+    def forward_from(self, x: torch.Tensor, state: KVCache | None):
+        """Continue a sequence with gradients (Mixer.forward_from): x [B, T, d] after ``state``, a KVCache
+        as prefill and step keep it (None: the sequence starts here) -> (y [B, T, d], the cache after x).
+
+        The new queries attend to the cache's keys, put back in position order, and their own, through the
+        same kernels as ``forward``: the kept keys are a contiguous run of positions after the sinks, so the
+        window over [sinks, kept, new] is the window over the whole sequence (placeholder queries stand at
+        the kept positions, their outputs dropped). The cache returned holds the sinks and the last
+        ``window`` keys in ring order, so that ``step`` can go on from it. Without a window the cache holds
+        every key, which only a caller that restarts it is allowed (``max_keys``: MAC's segments).
+        """
+        if self.window is None and self.max_keys is None:
+            raise NotImplementedError(
+                "full attention's state grows with every token: state passing needs a window (or max_keys)"
+            )
+        start = 0 if state is None else state.length
+        q, k, v = self._project(x, start)
+        kept = self._kept_positions(start)
+        if kept:
+            slots = torch.tensor([self._slot(p) for p in kept], device=x.device)
+            k = torch.cat([state.k.index_select(2, slots), k], dim=2)
+            v = torch.cat([state.v.index_select(2, slots), v], dim=2)
+            q = torch.cat([q.new_zeros(*q.shape[:2], len(kept), q.shape[3]), q], dim=2)
+        y = self._merge(self._attend(q, k, v)[:, :, len(kept) :])
+        # the cache after x: its keys by slot, each found in [kept, new]
+        length = start + x.shape[1]
+        index = {p: i for i, p in enumerate(kept + list(range(start, length)))}
+        by_slot = sorted(self._kept_positions(length), key=self._slot)
+        order = torch.tensor([index[p] for p in by_slot], device=x.device)
+        return y, KVCache(k.index_select(2, order), v.index_select(2, order), length)
+
+    def _kept_positions(self, length: int) -> list[int]:
+        """The positions whose keys the cache holds after ``length`` tokens, in position order."""
+        if length <= self._kept():
+            return list(range(length))
+        if self.window is None:
+            raise ValueError(f"this attention's cache holds at most {self.max_keys} keys (max_keys)")
+        return list(range(self.n_sink)) + list(range(length - self.window, length))
 
     def _kept(self) -> float:
         """How many keys the cache ever holds."""

@@ -20,16 +20,19 @@ def map_state(fn: Callable[[torch.Tensor], torch.Tensor], state: Any) -> Any:
         return type(state)(*(map_state(fn, v) for v in state))
     if isinstance(state, (list, tuple)):
         return type(state)(map_state(fn, v) for v in state)
-    if dataclasses.is_dataclass(state) and not isinstance(state, type):
+    fields = getattr(state, "__dataclass_fields__", None)
+    if fields is None or isinstance(state, type):
+        return state
+    # is_dataclass also says True of a plain class that lists its fields by hand: only a real one (its
+    # fields are dataclasses.Field) can be rebuilt with replace
+    if all(isinstance(f, dataclasses.Field) for f in fields.values()):
         return dataclasses.replace(state, **{f.name: map_state(fn, getattr(state, f.name))
                                             for f in dataclasses.fields(state) if f.init})  # fmt: skip
-    if hasattr(state, "__dataclass_fields__"):  # a plain class that lists its tensor fields
-        copy = object.__new__(type(state))
-        copy.__dict__.update(state.__dict__)
-        for name in state.__dataclass_fields__:
-            setattr(copy, name, map_state(fn, getattr(state, name)))
-        return copy
-    return state
+    copy = object.__new__(type(state))  # a plain class that lists its tensor fields
+    copy.__dict__.update(state.__dict__)
+    for name in fields:
+        setattr(copy, name, map_state(fn, getattr(state, name)))
+    return copy
 
 
 def detach_state(state: Any) -> Any:

@@ -14,36 +14,47 @@ Ratios of vanishing products are never formed: with the interval products P[j, r
 built as exp of differences of cumulative log-sums (DecayProducts), G = (P_A @ P_E) * theta (column-wise)
 and c = P_A @ E, and every entry lies in [0, 1].
 
+Gates per channel. A channel is a column of a layer's weight W [d_out, d_in] (naive.py says why): the gates
+act as W diag(g), so column c of the memory follows the recurrence above with its own theta_c, eta_c,
+alpha_c, and every coefficient (A, c, G, s, e) gains a trailing channel index. channel_coefficients.py forms
+them by the recurrences behind these sums, products and sums of numbers in [0, 1] only, as stable as the
+interval products. Per layer, each gate is one scalar per head (C = 1) or per channel (C = d_in).
+
+Forgetting toward the initial memory M_0 (``forget_to_init``): M_t - M_0 = (1 - alpha_t)(M_{t-1} - M_0) + S_t.
+The deviation D_t = M_t - M_0 follows exactly the recurrence above (the gradients u_i are still taken at the
+memory itself, D_b + M_0, and enter the closed form as given data), so inside a chunk
+    M_j - M_0 = A_j (W - M_0) + c_j S_prev - sum_i G[j, i] u_i,
+    M_j = A_j W + (1 - A_j) M_0 + c_j S_prev - sum_i G[j, i] u_i,
+the same coefficients and one term more, whose factor 1 - A_j also lies in [0, 1] (no new products, nothing
+divided). Retrieval gains ((1 - A_j) z_j) M_0^T and the chunk end W' gains (1 - A_{b-1}) M_0; the momentum
+is unchanged. With per-channel gates, A_j is per column as above.
+
 Per layer the gradient is an outer product, u_i = delta_i x_i^T, with x_i the layer's input and delta_i the
 error at its output, both computed on key k_i at W (last layer: delta = 2 (M(k_i) - v_i), through the
-LayerNorm's Jacobian when ``norm``; earlier layers: back through W^T and act'). Retrieval therefore needs no
-per-token weights: with Z the layer's inputs on the queries (q for the first layer, act of the previous
-layer's output after it), the "dual form"
+LayerNorm's gain and Jacobian when ``norm``; earlier layers: back through W^T and act'). Retrieval therefore
+needs no per-token weights: with Z the layer's inputs on the queries (q for the first layer, act of the
+previous layer's output after it), the "dual form"
 
-    OUT = A * (Z W^T) + c * (Z S_prev^T) - (G * (Z X^T)) Delta
+    OUT = (A * Z) W^T + (c * Z) S_prev^T (+ ((1 - A) * Z) M_0^T) - M Delta,
+    M[j, i] = sum_c G[j, i, c] Z[j, c] X[i, c]   (= G * (Z X^T) with one coefficient per head)
 
-is matmuls only, and the chunk ends with W' = A_{b-1} W + c_{b-1} S_prev - Delta^T diag(G[b-1, :]) X and
-S' = E_{b-1} S_prev - Delta^T diag(theta_i E_{b-1} / E_i) X. Only the loop over chunks is sequential; the
-tests hold this to the per-token reference in float64, gradients included.
+is matmuls only, and the chunk ends with W' = W diag(A_{b-1}) + S_prev diag(c_{b-1}) - Delta^T (g * X) and
+S' = S_prev diag(E_{b-1}) - Delta^T (s * X), g = G[b-1, :], s_i = theta_i E_{b-1} / E_i. Only the loop over
+chunks is sequential (chunk_scan.py); the tests hold this to the per-token reference in float64,
+gradients included.
 
-How it runs. Each PyTorch call costs a dispatch (a kernel launch on a GPU) however little it computes. The
-loop over chunks (MemoryScan) does per chunk only what needs that chunk's memory: the keys through the memory
-at the base and back (the errors Delta), retrieval, and the memory at the chunk end (forward_step); its
-backward, written by hand (backward_step), walks the chunks in reverse. What needs no memory (the coefficients
-above, the first layer's key and query factors, the LayerNorm's second-order operators) is computed for all
-chunks at once, before or after the loop. Retrieval does not feed the recurrence and could be batched over
-chunks too, but only from every chunk's memory in one tensor: on the CPU, a product with a memory still in
-cache was faster than that tensor's traffic. Each layer's memory is one matrix [W^T; S^T] of shape
-[2 d_in, d_out], so that retrieval is one matmul ([A z | c z] against it) and the update one baddbmm; the
-first layer's keys and retrieval factors are stacked (lhs0) and meet the memory in one product. The chunk
-steps can be compiled (``compiled=True``): their shapes are fixed, so they compile once whatever the
-sequence length.
+How it runs. Each PyTorch call costs a dispatch (a kernel launch on a GPU) however little it computes. What
+needs no memory (the coefficients above, the first layer's key and query factors) is computed here for all
+chunks at once; chunk_scan.MemoryScan runs the loop over chunks and its hand-written backward. Retrieval does
+not feed the recurrence and could be batched over chunks too, but only from every chunk's memory in one
+tensor: on the CPU, a product with a memory still in cache was faster than that tensor's traffic. With
+per-channel gates G takes n^2 C numbers per chunk and layer: channel_coefficients.py forms it with a
+hand-written backward that keeps none of its intermediates, and the first layer's G is never held whole.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -52,27 +63,9 @@ from torch.autograd.function import once_differentiable
 
 from models.modules.dtypes import compute_dtype
 
-from .naive import LN_EPS, MemoryState, get_activation, initial_state
-
-INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-def _gelu_grad2(h: Tensor) -> Tensor:
-    # second derivative of the exact gelu h Phi(h): phi(h) (2 - h^2)
-    return torch.exp(-0.5 * h * h).mul_(INV_SQRT_2PI).mul_(2.0 - h * h)
-
-
-def _silu_grad2(h: Tensor) -> Tensor:
-    s = torch.sigmoid(h)
-    return s * (1.0 - s) * (2.0 + h * (1.0 - 2.0 * s))
-
-
-# activation name (as in naive.ACTIVATIONS) -> (f(h), g * f'(h), f''(h)). The middle one is ATen's fused
-# backward kernel: one pass instead of the half a dozen that spelling f' out takes.
-ACT_FNS = {
-    "gelu": (F.gelu, torch.ops.aten.gelu_backward, _gelu_grad2),
-    "silu": (F.silu, torch.ops.aten.silu_backward, _silu_grad2),
-}
+from .channel_coefficients import channel_coefficients
+from .chunk_scan import MemoryScan, _dual_form, _scan
+from .naive import GATE_NAMES, Gate, MemoryState, get_activation, initial_state, layer_gates
 
 
 class DecayProducts(torch.autograd.Function):
@@ -124,389 +117,89 @@ def chunk_coefficients(theta: Tensor, eta: Tensor, alpha: Tensor) -> tuple[Tenso
     return a_cum, c, g_mat, theta * e_dec[..., -1, :], e_cum[..., -1]
 
 
-# Inductor records its generated CPU kernels in the profiler only with this flag (a check per kernel call
-# when no profiler runs), which the launch counter (bench.measure.launches) needs to count them.
-COMPILE_OPTIONS = {"cpp.enable_kernel_profile": True}
-_COMPILED: dict[str, Callable] = {}
+def layer_coefficients(theta: Tensor, eta: Tensor, alpha: Tensor, K: int, pair=None):
+    """The coefficients of one memory layer's chunks, as chunk_scan.MemoryScan takes them.
 
-
-def _compiled(name: str) -> Callable:
-    """The chunk step ("forward" or "backward") compiled once: fixed shapes, no graph breaks."""
-    if name not in _COMPILED:
-        fn = {"forward": forward_step, "backward": backward_step}[name]
-        _COMPILED[name] = torch.compile(fn, fullgraph=True, dynamic=False, options=COMPILE_OPTIONS)
-    return _COMPILED[name]
-
-
-def forward_step(ws, base, new_ws, lhs0, kv, xgs0_t, gs, ae, c, m0, ac, neg_g, activation: str, norm: bool):
-    """One chunk: the inner loss's errors at the base weights, retrieval, and the memory at the chunk end.
-
-    ws: per layer [N, 2 d_in, d_out], the memory [W^T; S^T] at the chunk start. base: per layer W_b^T
-    [N, d_in, d_out] for a chunk begun in an earlier call, None when the base is W. new_ws: per layer a
-    tensor like ws to write the memory at the chunk end into, or None for new ones. lhs0: [N, 2 n, 2 D],
-    [[k | 0]; [A q | c q]], the keys and the first layer's retrieval factors, which meet the memory in one
-    product. kv: [N, n, D], 2 (k - v) (residual) or -2 v, so that the inner loss's gradient at the memory's
-    output o is kv + 2 o. xgs0_t: [N, 2 D, n] = -[g k | s k]^T, the first layer's update factor
-    (g = G[n-1, :] and s from chunk_coefficients). gs: [N, n, 2, 1] = -(g, s). ae: per layer
-    [N, 2 d_in, 1], A_{n-1} on the W^T rows and E_{n-1} on the S^T rows. c: [N, 1, 1], c_{n-1}.
-    m0: [N, n, n] = -G * (q k^T). ac: [N, n, 2, 1] = (A, c). neg_g: [N, n, n] = -G.
-    Returns the memory at the chunk end and what the retrieval and the backward need: per layer the key
-    pre-activations p_i, the layer inputs x_i (i >= 1), the errors delta_i, m_i = delta_{i+1} W_{i+1}
-    (i < L - 1), the keys' LayerNorm (output, mean, 1/std, error) when ``norm``, the update factors
-    -[g x_i | s x_i] (i >= 1), and the retrieval's out_i, z_i = act(out_{i-1}), [A z_i | c z_i], z_i x_i^T
-    and -G * (z_i x_i^T) (i >= 1); the last out_i is the retrieval before its LayerNorm.
+    theta, eta, alpha: [..., n, C] (C = 1: one per head; C = d_in: per input channel; they broadcast).
+    K: the memory's row blocks, 2 ([W^T; S^T]) or 3 ([W^T; S^T; M_0^T], forgetting toward M_0).
+    Returns ac [..., n, K, C] = (A, c (, 1 - A)), the retrieval's factors; -(g, s) [..., n, 2, C], the
+    update's; neg_g = -G, [..., n, n] with one coefficient per head, [..., n, n, C] (j, i, channel) per
+    channel, or with ``pair`` (z, x) [..., n, C] the dual form -sum_c G[:, :, c] z_c x_c [..., n, n] in its
+    place (chunk_scan._dual_form); mix [..., K, K, C], the end-of-chunk coefficients
+    [[A, c (, 1 - A)], [0, E (, 0)] (, [0, 0, 1])].
     """
-    act, act_bwd, _ = ACT_FNS[activation]
-    n, D = lhs0.shape[1] // 2, lhs0.shape[2] // 2
-    halves = [w.split(w.shape[1] // 2, dim=1) for w in ws]  # (W^T, S^T)
-    bt = [wt for wt, _ in halves] if base is None else base
-    if base is None:  # the keys at the base and the first layer's retrieval in one product
-        p0, r0 = torch.bmm(lhs0, ws[0]).split(n, dim=1)
+    C = max(g.shape[-1] for g in (theta, eta, alpha))
+    if C == 1:
+        A, c, G, s, e = chunk_coefficients(theta[..., 0], eta[..., 0], alpha[..., 0])
+        A, c, e, neg_g = A[..., None], c[..., None], e[..., None], -G
+        neg_gs = -torch.stack([G[..., -1, :, None], s[..., None]], dim=-2)
+        if pair is not None:
+            neg_g = _dual_form(neg_g, *pair)[0]
     else:
-        p0, r0 = torch.bmm(lhs0[:, :n, :D], base[0]), torch.bmm(lhs0[:, n:], ws[0])
-    xs, ps = [lhs0[:, :n, :D]], [p0]
-    for i in range(1, len(ws)):
-        xs.append(act(ps[-1]))
-        ps.append(torch.bmm(xs[-1], bt[i]))
-    p = ps[-1]
-    if norm:
-        # ATen's fused LayerNorm kernels, forward and backward, each one call instead of half a dozen
-        o, mean, rstd = torch.native_layer_norm(p, p.shape[-1:], None, None, LN_EPS)
-        err = torch.add(kv, o, alpha=2.0)
-        delta = torch.ops.aten.native_layer_norm_backward(
-            err, p, p.shape[-1:], mean, rstd, None, None, [True, False, False]
-        )[0]
-        ln_k = (o, mean, rstd, err)
+        A, c, neg_g, neg_s, e, neg_g_end = channel_coefficients(theta, eta, alpha, pair)
+        neg_gs = torch.stack([neg_g_end, neg_s], dim=-2)
+    ac = torch.stack([A, c, 1.0 - A] if K == 3 else [A, c], dim=-2)
+    a_end, c_end, zero = A[..., -1, :], c[..., -1, :], torch.zeros_like(e)
+    if K == 2:
+        rows = [a_end, c_end, zero, e]
     else:
-        delta, ln_k = torch.add(kv, p, alpha=2.0), ()
-    deltas, ms = [delta], []
-    for i in range(len(ws) - 2, -1, -1):
-        ms.insert(0, torch.bmm(deltas[0], bt[i + 1].mT))
-        deltas.insert(0, act_bwd(ms[0], ps[i]))
-
-    # Retrieval by the dual form: out_i = [A z_i | c z_i] [W^T; S^T] - (G * (z_i x_i^T)) delta_i,
-    # z_0 = q, z_{i+1} = act(out_i).
-    outs, zs, zacs, pzs, m_ret = [torch.baddbmm(r0, m0, deltas[0])], [None], [None], [None], [None]
-    for i in range(1, len(ws)):
-        zs.append(act(outs[-1]))
-        zacs.append((ac * zs[i].unsqueeze(-2)).flatten(-2))
-        pzs.append(torch.bmm(zs[i], xs[i].mT))
-        m_ret.append(neg_g * pzs[i])
-        outs.append(torch.bmm(zacs[i], ws[i]).baddbmm_(m_ret[i], deltas[i]))
-
-    # W'^T = A W^T + c S^T - (g x)^T delta,  S'^T = E S^T - (s x)^T delta, both row blocks at once
-    xgs = [(gs * x.unsqueeze(-2)).flatten(-2) for x in xs[1:]]
-    new_ws = new_ws or [None] * len(ws)
-    for i, (w, (wt, st)) in enumerate(zip(ws, halves, strict=True)):
-        new_ws[i] = torch.mul(ae[i], w) if new_ws[i] is None else torch.mul(ae[i], w, out=new_ws[i])
-        new_ws[i][:, : wt.shape[1]].addcmul_(c, st)
-        new_ws[i].baddbmm_(xgs0_t if i == 0 else xgs[i - 1].mT, deltas[i])
-    return new_ws, (ps, xs[1:], deltas, ms, ln_k, xgs, outs, zs, zacs, pzs, m_ret)
+        rows = [a_end, c_end, 1.0 - a_end, zero, e, zero, zero, zero, torch.ones_like(e)]
+    return ac, neg_gs, neg_g, torch.stack(rows, dim=-2).unflatten(-2, (K, K))
 
 
-def _retrieval_terms(dout, delta, m, pz, z, x, neg_g):
-    """For out = zac [W^T; S^T] + m delta with m = -G * (z x^T): the gradients w.r.t. delta and m (the first
-    layer, z None) or, else, w.r.t. delta, neg_g, x, and m's share of the gradient w.r.t. z. Batched or per
-    chunk alike."""
-    dm = dout @ delta.mT
-    if z is None:
-        return m.mT @ dout, dm, None, None
-    dpz = dm * neg_g
-    return m.mT @ dout, dm * pz, dpz.mT @ z, dpz @ x
-
-
-def backward_step(lam, new_lam, last, ws, base, lhs0, xgs0, gs_tok, ac_tok, ae, c, m0, neg_g, fwd, h, ln_ops,
-                  activation: str, norm: bool):  # fmt: skip
-    """One chunk of the backward, from dL/d(memory) at the chunk end to that at its start.
-
-    lam: per layer dL/d[W'^T; S'^T] [N, 2 d_in, d_out] at the chunk end; new_lam: per layer a tensor like
-    lam to write the gradient at the chunk start into, or None for new ones. last: the last layer's
-    dL/dout and _retrieval_terms, formed for all chunks at once. ws, base, lhs0, ae, c, m0, neg_g: as in
-    forward_step; xgs0: [N, n, 2 D]; gs_tok, ac_tok: -(g, s) and (A, c) as [N n, 1, 2]; fwd: forward_step's;
-    h: per layer i < L - 1, m_i act''(p_i); ln_ops: the keys' LayerNorm's second-order operators
-    (MemoryScan).
-    Returns dL/d(memory at the chunk start), this chunk's gradients w.r.t. (lhs0, the last layer's error
-    (for d kv), mix, xgs0, gs, ac, and, from the layers before the last, m0 and neg_g) and, when base is
-    given, dL/dW_b^T per layer.
-    """
-    _, act_bwd, _ = ACT_FNS[activation]
-    ps, xs, deltas, ms, ln_k, xgs, outs, zs, zacs, pzs, m_ret = fwd
-    L = len(lam)
-    N, n = deltas[0].shape[:2]
-    D = lhs0.shape[2] // 2
-    xs, xgs, zacs, m_ret = [None, *xs], [xgs0, *xgs], [lhs0[:, n:], *zacs[1:]], [m0, *m_ret[1:]]
-    bt = [w[:, : w.shape[1] // 2] for w in ws] if base is None else base
-
-    # Retrieval, last layer first: out_i = zac_i [W^T; S^T] + m_i delta_i, m_i = -G * (z_i x_i^T),
-    # zac_i = (A z_i, c z_i), z_i = act(out_{i-1}). The errors also feed the update (rows += xgs_i^T
-    # delta_i), and the layer inputs the update's xgs_i = -(g, s) x_i.
-    dout, terms = last[0], last[1:]
-    douts, gd, gx = [None] * L, [None] * L, [None] * L
-    dm0 = dneg_g = dac = dgs = None
-    for i in range(L - 1, -1, -1):
-        if i < L - 1:
-            terms = _retrieval_terms(dout, deltas[i], m_ret[i], pzs[i], zs[i], xs[i], neg_g)
-        ddelta, dm, dx, dz = terms
-        douts[i] = dout
-        gd[i] = torch.baddbmm(ddelta, xgs[i], lam[i])
-        if i == 0:
-            dm0 = dm if L > 1 else None  # with one layer it was formed for all chunks at once
-            break
-        if i < L - 1:
-            dneg_g = dm if dneg_g is None else dneg_g + dm
-        dzac = torch.bmm(dout, ws[i].mT).view(N * n, 2, -1)
-        dxgs = torch.bmm(deltas[i], lam[i].mT).view(N * n, 2, -1)
-        terms = (torch.bmm(dzac, zs[i].view(N * n, -1, 1)), torch.bmm(dxgs, xs[i].view(N * n, -1, 1)))
-        dac, dgs = (t if acc is None else acc + t for acc, t in zip((dac, dgs), terms, strict=True))
-        gx[i] = torch.baddbmm(dx.view(N * n, 1, -1), gs_tok, dxgs).view(N, n, -1)
-        dout = act_bwd(torch.bmm(ac_tok, dzac).view(N, n, -1).add_(dz), outs[i - 1])
-
-    # Back through the inner gradient: delta_i = act'(p_i) * (delta_{i+1} W_{i+1}), first layer first.
-    # Every gradient w.r.t. a memory is a sum of token products left^T right: the retrieval's, and, when
-    # the memory is the base, the keys' (padded with zeros on the S^T rows).
-    left: list[list[Tensor]] = [[zacs[i]] for i in range(L)]
-    right: list[list[Tensor]] = [[douts[i]] for i in range(L)]
-    keys: list[list[tuple[Tensor, Tensor]]] = [[] for _ in range(L)]
-    for i in range(L - 1):
-        gm = act_bwd(gd[i], ps[i])
-        gd[i + 1].baddbmm_(gm, bt[i + 1])
-        keys[i + 1].append((gm, deltas[i + 1]))
-    gp: list = [None] * L
-    if norm:  # delta = J^T (kv + 2 LN(p)): linear in the incoming gradient, see MemoryScan
-        B3, V, beta = ln_ops
-        g = gd[-1].view(N * n, 1, -1)
-        gp[-1] = torch.baddbmm(beta * g, torch.bmm(g, B3), V).view(N, n, -1)
+def _scan_inputs(q, k, v, gates, K: int, residual: bool, gain, bias):
+    """Everything MemoryScan takes that no memory enters, for all chunks at once. q, k, v [n_chunks, N, n, D];
+    gates: per layer (theta, eta, alpha), each [n_chunks, N, n, C] (layers that share their gates share the
+    tuple: their coefficients are formed once); gain, bias: [N, 1, D] or None."""
+    done: dict[tuple[int, ...], tuple] = {}
+    coeffs = []
+    # The first layer needs only the dual form of its G with q and k: per channel it is formed row by row
+    # with G, never held whole. Layers that share their gates share their coefficients.
+    per_channel0 = any(t.shape[-1] > 1 for t in gates[0])
+    for i, g in enumerate(gates):
+        pair = (q, k) if i == 0 and per_channel0 else None
+        key = (pair is not None, *map(id, g))
+        if key not in done:
+            done[key] = layer_coefficients(*g, K, pair=pair)
+        coeffs.append(done[key])
+    ac0, gs0, g0, _ = coeffs[0]
+    m0 = g0 if per_channel0 else _dual_form(g0, q, k)[0]
+    D = q.shape[-1]
+    lhs0 = torch.cat([F.pad(k, (0, (K - 1) * D)), (ac0 * q.unsqueeze(-2)).flatten(-2)], dim=-2)
+    xgs0 = (gs0 * k.unsqueeze(-2)).flatten(-2)
+    # the inner loss's gradient at the LayerNorm's output: 2 gain (k + bias - v) + 2 gain^2 LN(p)
+    if gain is None and bias is None:
+        kv = 2.0 * (k - v) if residual else -2.0 * v
     else:
-        gp[-1] = 2.0 * gd[-1]
-    # The keys' forward at the base, last layer first: p_i = x_i W_b_i^T.
-    for i in range(L - 1, 0, -1):
-        keys[i].append((xs[i], gp[i]))
-        gx[i].baddbmm_(gp[i], bt[i].mT)
-        gp[i - 1] = torch.addcmul(act_bwd(gx[i], ps[i - 1]), gd[i - 1], h[i - 1])
-    # the first layer: lhs0 = [[k | 0]; zac_0] against [dp_0; dout_0] is the keys' and the retrieval's
-    d_right0 = torch.cat([gp[0], douts[0]], dim=1)
-    if base is None:
-        left[0], right[0] = [lhs0], [d_right0]
-    else:
-        left[0], right[0] = [lhs0[:, n:]], [douts[0]]
-        keys[0].append((lhs0[:, :n, :D], gp[0]))
-
-    new_lam = new_lam or [None] * L
-    dmix, dbase = 0.0, []
-    for i in range(L):
-        d_in = bt[i].shape[1]
-        if base is None:
-            for lt, rt in keys[i]:
-                left[i].append(F.pad(lt, (0, d_in)))
-                right[i].append(rt)
-        else:
-            dbase.append(sum(torch.bmm(lt.mT, rt) for lt, rt in keys[i]))
-        # back through W'^T = A W^T + c S^T + ...,  S'^T = E S^T + ...
-        out = new_lam[i]
-        new_lam[i] = torch.mul(ae[i], lam[i]) if out is None else torch.mul(ae[i], lam[i], out=out)
-        new_lam[i][:, d_in:].addcmul_(c, lam[i][:, :d_in])
-        lt = left[i][0] if len(left[i]) == 1 else torch.cat(left[i], dim=1)
-        rt = right[i][0] if len(right[i]) == 1 else torch.cat(right[i], dim=1)
-        new_lam[i].baddbmm_(lt.mT, rt)
-        # the update's coefficients: <dW'^T, W^T>, <dS'^T, S^T> on the diagonal, <dW'^T, S^T> at [0, 1]
-        dmix = dmix + torch.bmm(lam[i].view(N, 2, -1), ws[i].view(N, 2, -1).mT)
-    # dL/dlhs0: the keys' rows (through the base) and the retrieval's zac_0 rows
-    d_lhs0 = torch.bmm(d_right0, ws[0].mT)
-    if base is not None:
-        d_lhs0[:, :n, :D] = torch.bmm(gp[0], bt[0].mT)
-    dxgs0 = torch.bmm(deltas[0], lam[0].mT)
-    return new_lam, (d_lhs0, gd[-1], dmix, dxgs0, dgs, dac, dm0, dneg_g), dbase
+        target = (k - v if residual else -v) + (0.0 if bias is None else bias)
+        kv = 2.0 * target * (1.0 if gain is None else gain)
+    w2 = None if gain is None else 2.0 * gain * gain
+    mixes = [c[3] for c in coeffs]
+    later = coeffs[1:]
+    return (lhs0, kv, xgs0, m0, w2, *mixes, *(c[0] for c in later), *(c[1] for c in later),
+            *(c[2] for c in later))  # fmt: skip
 
 
-def _decays(mix: Tensor, d_ins: list[int]) -> list[Tensor]:
-    """Per layer, mix's diagonal (A_{n-1}, E_{n-1}) on the memory's rows: [n_chunks, N, 2 d_in, 1]."""
-    diag = mix.diagonal(dim1=-2, dim2=-1)
-    return [diag.repeat_interleave(d, dim=-1).unsqueeze(-1) for d in d_ins]
-
-
-def _scan(config, lhs0, kv, xgs0, gs, mix, m0, ac, neg_g, ws, base, keep: bool):
-    """forward_step over the chunks (inputs as in MemoryScan). Returns the retrievals before the
-    residual, [n_chunks, N, n, D], per layer the memory after the last chunk, and, if ``keep``, what the
-    backward needs: per chunk the memory at its start and forward_step's tensors, and the retrieval's
-    LayerNorm statistics."""
-    L, activation, norm, has_base, compiled = config
-    # the same tensor properties for every chunk, so that a compiled step is not compiled again
-    ws, base = [w.detach() for w in ws], base and [b.detach() for b in base]
-    d_ins = [w.shape[1] // 2 for w in ws]
-    aes = [a.unbind(0) for a in _decays(mix, d_ins)]
-    per_chunk = zip(
-        *(t.unbind(0) for t in (lhs0, kv, xgs0.mT, gs, mix[..., :1, 1:], m0, ac, neg_g)), strict=True
-    )
-    # Without a backward, two memories per layer take turns (eagerly; a compiled step makes its own).
-    spare = [[torch.empty_like(w) for w in ws] for _ in range(2)] if not (keep or compiled) else None
-    outs, starts, saved = [], [], []
-    for j, (lhs0_j, kv_j, xgs0_j, gs_j, c_j, m0_j, ac_j, neg_g_j) in enumerate(per_chunk):
-        b = base if j == 0 else None
-        step = _compiled("forward") if compiled and b is None else forward_step
-        ae_j, new = [a[j] for a in aes], spare and spare[j % 2]
-        new, fwd = step(
-            ws, b, new, lhs0_j, kv_j, xgs0_j, gs_j, ae_j, c_j, m0_j, ac_j, neg_g_j, activation, norm
-        )
-        outs.append(fwd[6][-1])
-        if keep:
-            starts.append(ws)
-            saved.append(fwd)
-        ws = new
-    out = torch.stack(outs)
-    if not norm:
-        return out, ws, starts, saved, ()
-    y, mean, rstd = torch.native_layer_norm(out, out.shape[-1:], None, None, LN_EPS)
-    return y, ws, starts, saved, (out, mean, rstd)
-
-
-def _ln_second_order(out: Tensor, rstd: Tensor, err: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(B3, V, beta) of MemoryScan's LayerNorm term, for tensors [..., D] of LN outputs, 1/std and errors."""
-    D = out.shape[-1]
-    rho2 = rstd * rstd
-    err_c = err - err.mean(-1, keepdim=True)
-    e_o = (err * out).sum(-1, keepdim=True)
-    o_o = (out * out).sum(-1, keepdim=True)
-    beta = rho2 * (2.0 - e_o / D)
-    B3 = torch.stack([torch.full_like(out, 1.0 / D), out, err_c], dim=-1)
-    v_o = rho2 / D * ((3.0 * e_o / D - 4.0 + 2.0 * o_o / D) * out - err_c)
-    V = torch.stack([-beta.expand_as(out), v_o, -rho2 / D * out], dim=-2)
-    return B3, V, beta
-
-
-class MemoryScan(torch.autograd.Function):
-    """The chunked memory over a run of n_chunks chunks of n tokens, with its backward written by hand.
-
-    Inputs (N = batch * heads; chunk-major, so that each chunk's slice is contiguous): config = (n_layers,
-    activation, norm, has_base, compiled); lhs0 [n_chunks, N, 2 n, 2 D], kv, xgs0, gs, m0, ac, neg_g as in
-    forward_step with a leading chunk dimension; mix = [[A_{n-1}, c_{n-1}], [0, E_{n-1}]]
-    [n_chunks, N, 2, 2], the update's coefficients on the row blocks (its [1, 0] entry unused); then per
-    layer the memory [W^T; S^T] [N, 2 d_in, d_out] at the first chunk's start and, if has_base, the base
-    W_b^T of a first chunk begun earlier. Outputs: the retrievals before the residual, [n_chunks, N, n, D],
-    and per layer the memory after the last chunk.
-
-    Forward: forward_step per chunk, then the retrieval's LayerNorm for all chunks at once. Backward:
-    backward_step per chunk in reverse, carrying dL/d(memory) from each chunk's end to its start. Whatever
-    needs no chunk's memory is formed for all chunks at once, before the loop (the last layer's share of
-    the retrieval's backward, m_i act''(p_i), the keys' LayerNorm operators below) or after it (d kv).
-
-    The keys' LayerNorm's second order. With o = LN(p), rho = 1/std, J = rho (I - 11^T/D - o o^T/D) and
-    err = kv + 2 o, the forward takes delta = J err. A gradient g at delta reaches p as 2 J J g (through
-    err) plus the derivative of <g, J(p) err> with err held (J's own dependence on p). Both are linear in g
-    and see it only through t = (mean(g), <g, o>, <g, err - mean(err)>) = g B3:
-        dp = beta g + t V,   beta = rho^2 (2 - e_o / D),  e_o = <err, o>,
-        V = (-beta 1,  rho^2 / D ((3 e_o / D - 4 + 2 |o|^2 / D) o - (err - mean(err))),  -rho^2 / D o),
-    so per chunk it costs one bmm and one baddbmm.
-    """
-
-    @staticmethod
-    def forward(ctx, config, lhs0, kv, xgs0, gs, mix, m0, ac, neg_g, *mats):
-        L = config[0]
-        ws, base = list(mats[:L]), (list(mats[L:]) or None)
-        y, finals, starts, saved, ln_q = _scan(
-            config, lhs0, kv, xgs0, gs, mix, m0, ac, neg_g, ws, base, keep=True
-        )
-        ctx.config, ctx.starts, ctx.per_chunk, ctx.ln_q = config, starts, saved, ln_q
-        ctx.save_for_backward(lhs0, xgs0, gs, mix, m0, ac, neg_g, *(base or ()))
-        return (y, *finals)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, *dfinals):
-        L, activation, norm, has_base, compiled = ctx.config
-        lhs0, xgs0, gs, mix, m0, ac, neg_g, *base = ctx.saved_tensors
-        dy, dfinals = dy.contiguous(), [g.contiguous() for g in dfinals]  # the layouts the steps expect
-        n_chunks, N, n, _ = dy.shape
-        d_ins = [w.shape[1] // 2 for w in ctx.starts[0]]
-        _, _, act_grad2 = ACT_FNS[activation]
-
-        # For all chunks at once: what the backward needs that no memory enters. fields: forward_step's
-        # tensors, each per layer, each per chunk.
-        fields = [[list(t) for t in zip(*f, strict=True)] for f in zip(*ctx.per_chunk, strict=True)]
-        ps, xs, deltas, ms, ln_k, _, _, zs, _, pzs, m_ret = fields
-        hs = [
-            (torch.stack(m) * act_grad2(torch.stack(p))).unbind(0) for m, p in zip(ms, ps[:-1], strict=True)
-        ]
-        ln_ops = [()] * n_chunks
-        if norm:
-            o_k, _, rstd_k, err = (torch.stack(t) for t in ln_k)
-            B3, V, beta = _ln_second_order(o_k, rstd_k, err)
-            ln_ops = list(zip(*(t.flatten(1, 2).unbind(0) for t in (B3, V, beta.unsqueeze(-1))), strict=True))
-        dout = dy  # the retrieval's last layer, before its LayerNorm
-        if norm:
-            out_q, mean_q, rstd_q = ctx.ln_q
-            dout = torch.ops.aten.native_layer_norm_backward(
-                dy, out_q, out_q.shape[-1:], mean_q, rstd_q, None, None, [True, False, False]
-            )[0]
-        if L == 1:
-            last = _retrieval_terms(dout, torch.stack(deltas[0]), m0, None, None, None, None)
-        else:
-            z, pz, x = torch.stack(zs[-1]), torch.stack(pzs[-1]), torch.stack(xs[-1])
-            last = _retrieval_terms(dout, torch.stack(deltas[-1]), torch.stack(m_ret[-1]), pz, z, x, neg_g)
-        dm_last = last[1]
-        last = list(
-            zip(*(t.unbind(0) if t is not None else [None] * n_chunks for t in (dout, *last)), strict=True)
-        )
-        aes = [a.unbind(0) for a in _decays(mix, d_ins)]
-        tokens = (n_chunks, N * n, 1, 2)
-        c_end = mix[..., :1, 1:]
-        inputs = (lhs0, xgs0, gs.view(tokens), ac.view(tokens), c_end, m0, neg_g)
-        per_chunk = list(zip(*(t.unbind(0) for t in inputs), strict=True))
-
-        # dL/d(memory) needs only the latest chunk's: eagerly, two per layer take turns
-        spare = None if compiled else [[torch.empty_like(g) for g in dfinals] for _ in range(2)]
-        lam, grads, dbase = list(dfinals), [], None
-        for j in reversed(range(n_chunks)):
-            b = base if has_base and j == 0 else None
-            step = _compiled("backward") if compiled and b is None else backward_step
-            new = spare and spare[j % 2]
-            h_j, ae_j = [h[j] for h in hs], [a[j] for a in aes]
-            lhs0_j, xgs0_j, gs_j, ac_j, c_j, m0_j, neg_g_j = per_chunk[j]
-            lam, g, db = step(lam, new, last[j], ctx.starts[j], b, lhs0_j, xgs0_j, gs_j, ac_j, ae_j, c_j,
-                              m0_j, neg_g_j, ctx.per_chunk[j], h_j, ln_ops[j], activation, norm)  # fmt: skip
-            grads.append(g)
-            dbase = db or dbase
-
-        # For all chunks at once: the gradients gathered per chunk, the last layer's, and d kv through the
-        # keys' LayerNorm.
-        d_lhs0, gd, dmix, dxgs0, dgs, dac, dm0, dneg_g = (
-            None if t[0] is None else torch.stack(t[::-1]) for t in zip(*grads, strict=True)
-        )
-        if L == 1:
-            dm0 = dm_last
-        else:
-            dneg_g = dm_last if dneg_g is None else dneg_g + dm_last
-        if norm:  # kv enters delta = J^T (kv + 2 LN(p)) through J^T, symmetric
-            p, mean_k, rstd_k = torch.stack(ps[-1]), torch.stack(ln_k[1]), torch.stack(ln_k[2])
-            gd = torch.ops.aten.native_layer_norm_backward(
-                gd, p, p.shape[-1:], mean_k, rstd_k, None, None, [True, False, False]
-            )[0]
-        dgs, dac = (None if t is None else t.view(gs.shape) for t in (dgs, dac))
-        return (None, d_lhs0, gd, dxgs0, dgs, dmix, dm0, dac, dneg_g, *lam, *(dbase if has_base else ()))
-
-
-def _memory_run(q, k, v, theta, eta, alpha, ws, base, activation, residual, norm, compiled):
-    """A run of equal chunks. q, k, v [n_chunks, N, n, D], gates [n_chunks, N, n]; ws per layer the memory
-    [W^T; S^T] at the first chunk's start; base: W_b^T per layer if the first chunk began earlier, else None.
+def _memory_run(q, k, v, gates, ws, base, activation, residual, norm, compiled, gain, bias, K):
+    """A run of equal chunks. q, k, v [n_chunks, N, n, D], gates per layer (theta, eta, alpha), each
+    [n_chunks, N, n, C]; ws per layer the memory's row blocks [W^T; S^T (; M_0^T)] at the first chunk's
+    start; base: W_b^T per layer if the first chunk began earlier, else None; gain, bias [N, 1, D] or None.
     Returns y [n_chunks, N, n, D] and per layer the memory after the last chunk."""
-    A, c, G, s, e = chunk_coefficients(theta, eta, alpha)
-    gs = -torch.stack([G[..., -1, :], s], dim=-1).unsqueeze(-1)
-    ac, neg_g = torch.stack([A, c], dim=-1).unsqueeze(-1), -G
-    mix = torch.stack([A[..., -1], c[..., -1], torch.zeros_like(e), e], dim=-1).unflatten(-1, (2, 2))
-    inputs = (
-        torch.cat([F.pad(k, (0, k.shape[-1])), (ac * q.unsqueeze(-2)).flatten(-2)], dim=-2),  # lhs0
-        2.0 * (k - v) if residual else -2.0 * v,  # kv
-        (gs * k.unsqueeze(-2)).flatten(-2),  # xgs0
-        gs,
-        mix,
-        neg_g * (q @ k.mT),  # m0
-        ac,
-        neg_g,
-    )
     config = (len(ws), activation, norm, base is not None, compiled)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *ws, *(base or ()))):
+    leaves = (q, k, v, *(t for g in gates for t in g), *ws, *(base or ()), gain, bias)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in leaves)
+    inputs = _scan_inputs(q, k, v, gates, K, residual, gain, bias)
+    if needs_grad:
         y, *ws = MemoryScan.apply(config, *inputs, *ws, *(base or ()))
     else:  # nothing to differentiate: no autograd node, nothing kept for a backward
-        y, ws = _scan(config, *inputs, ws, base, keep=False)[:2]
+        L = len(ws)
+        lhs0, kv, xgs0, m0, w2, *rest = inputs
+        mixes, acs, gss, negs = rest[:L], rest[L : 2 * L - 1], rest[2 * L - 1 : 3 * L - 2], rest[3 * L - 2 :]
+        y, ws = _scan(config, lhs0, kv, xgs0, m0, w2, mixes, acs, gss, negs, ws, base, keep=False)[:2]
+    if gain is not None:
+        y = y * gain
+    if bias is not None:
+        y = y + bias
     return (y + q if residual else y), ws
 
 
@@ -522,9 +215,9 @@ def chunk_titans_memory(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    theta: Tensor,
-    eta: Tensor,
-    alpha: Tensor,
+    theta: Gate,
+    eta: Gate,
+    alpha: Gate,
     params: tuple[Tensor, ...],
     chunk_size: int = 16,
     activation: str = "gelu",
@@ -532,6 +225,9 @@ def chunk_titans_memory(
     state: MemoryState | None = None,
     norm: bool = False,
     compiled: bool = False,
+    norm_weight: Tensor | None = None,
+    norm_bias: Tensor | None = None,
+    forget_to_init: bool = False,
 ) -> tuple[Tensor, MemoryState]:
     """Titans memory, chunk by chunk: same contract and results as naive_recurrent_titans_memory.
 
@@ -539,17 +235,21 @@ def chunk_titans_memory(
         q: [B, H, T, D] queries, read from the memory after each token's update.
         k: [B, H, T, D] keys the memory is written with.
         v: [B, H, T, D] values the memory learns to map the keys to.
-        theta: [B, H, T] inner learning rate per token (the step size of the surprise).
-        eta: [B, H, T] momentum decay per token (past surprise kept).
-        alpha: [B, H, T] forgetting gate per token (weight decay of the memory).
-        params: per memory layer [H, d_out, d_in], the memory's initial weights (outer-loop parameters).
+        theta: inner learning rate per token (the step size of the surprise): [B, H, T], shared by the
+            memory layers, or one tensor per layer, each [B, H, T] or [B, H, T, d_in] (per input channel).
+        eta: momentum decay per token (past surprise kept), shaped as theta.
+        alpha: forgetting gate per token (weight decay of the memory), shaped as theta.
+        params: per memory layer [H, d_out, d_in], the memory's initial weights M_0 (outer-loop parameters).
         chunk_size: tokens per chunk; inside a chunk every gradient is taken at the chunk-base weights.
         activation: "gelu" or "silu", between the memory's layers.
         residual: M(x) = x + MLP(x) when True, MLP(x) otherwise.
         state: a MemoryState to continue from (None: the initial weights, zero momentum).
-        norm: M(x) = x + LN(MLP(x)), the LayerNorm (no affine parameters) on the last layer's output.
+        norm: M(x) = x + LN(MLP(x)), the LayerNorm on the last layer's output.
         compiled: run the step of every whole chunk through torch.compile (compiled once per shape and
             setting, on first use; partial chunks run eagerly).
+        norm_weight: [H, D] the LayerNorm's gain per head, or None (no gain); only with ``norm``.
+        norm_bias: [H, D] the LayerNorm's bias per head, or None; only with ``norm``.
+        forget_to_init: forget toward M_0 (M_t - M_0 = (1 - alpha_t)(M_{t-1} - M_0) + S_t), not toward 0.
 
     Returns:
         y: [B, H, T, D] retrievals M_t(q_t), in the dtype of q.
@@ -559,15 +259,21 @@ def chunk_titans_memory(
     B, H, T, D = q.shape
     N = B * H
     dtype, out_dtype = compute_dtype(q.dtype, params[0].dtype), q.dtype
+    d_ins = [p.shape[-1] for p in params]
+    gates = [layer_gates(g, d_ins, name) for g, name in zip((theta, eta, alpha), GATE_NAMES, strict=True)]
     if state is None:
         state = initial_state(params, B, dtype)
-    pos = state.pos
-    d_ins = [w.shape[-1] for w in state.weights]
+    pos, K = state.pos, 3 if forget_to_init else 2
+    blocks = [state.weights, state.momentum] + ([initial_state(params, B, dtype).weights] * forget_to_init)
     ws = [
-        torch.cat([w.mT, m.mT], dim=-2).reshape(N, 2 * w.shape[-1], w.shape[-2])
-        for w, m in zip(state.weights, state.momentum, strict=True)
+        torch.cat([b.mT for b in layer], dim=-2).reshape(N, K * layer[0].shape[-1], layer[0].shape[-2])
+        for layer in zip(*blocks, strict=True)
     ]
     base = None if pos == 0 else [b.mT.reshape(N, *b.shape[:1:-1]) for b in state.base]
+    gain, bias = (
+        None if p is None or not norm else p.to(dtype).expand(B, H, D).reshape(N, 1, D)
+        for p in (norm_weight, norm_bias)
+    )
 
     # Runs of equal chunks: maybe the rest of a chunk begun earlier, whole chunks, maybe a partial one.
     head = min(T, chunk_size - pos) if pos > 0 else 0
@@ -577,20 +283,28 @@ def chunk_titans_memory(
 
     ys, start, p = [], 0, pos
     with torch.autocast(q.device.type, enabled=False):
-        seqs = [t.to(dtype) for t in (q, k, v, theta, eta, alpha)]
+        seqs = [t.to(dtype) for t in (q, k, v)]
+        # every distinct gate tensor once (layers may share one), as [B, H, T, C] in dtype
+        distinct = {id(g): g.to(dtype) for gate in gates for g in gate}
         for n_chunks, size in runs:
             span = slice(start, start + n_chunks * size)
             parts = [_chunk_major(t[:, :, span], n_chunks, size) for t in seqs]
+            chunked = {key: _chunk_major(g[:, :, span], n_chunks, size) for key, g in distinct.items()}
+            run_gates = [tuple(chunked[id(g[i])] for g in gates) for i in range(len(params))]
             if p == 0:  # a chunk begins here: its base is the memory now
                 base = [w[:, :d] for w, d in zip(ws, d_ins, strict=True)]
             y, ws = _memory_run(
                 *parts,
+                run_gates,
                 ws,
                 base if p > 0 else None,
                 activation,
                 residual,
                 norm,
                 compiled and size == chunk_size,
+                gain,
+                bias,
+                K,
             )
             ys.append(y.view(n_chunks, B, H, size, D).movedim(0, 2).reshape(B, H, n_chunks * size, D))
             start, p = start + n_chunks * size, (p + n_chunks * size) % chunk_size
@@ -600,5 +314,5 @@ def chunk_titans_memory(
         return tuple(t.mT.reshape(B, H, t.shape[-1], t.shape[-2]) for t in ts)
 
     weights = unflat([w[:, :d] for w, d in zip(ws, d_ins, strict=True)])
-    momentum = unflat([w[:, d:] for w, d in zip(ws, d_ins, strict=True)])
+    momentum = unflat([w[:, d : 2 * d] for w, d in zip(ws, d_ins, strict=True)])
     return y.to(out_dtype), MemoryState(weights, momentum, weights if p == 0 else unflat(base), p)

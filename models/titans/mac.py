@@ -10,6 +10,10 @@ Causality: h_j is computed from token j's query, so a token must not see h of la
 segment as [p, h_0, x_0, h_1, x_1, ...]; plain causal attention over that order lets x_i see p, h_j and
 x_j for j <= i and nothing later, and decoding is two ordinary attention steps per token (h_t, then x_t).
 Outputs are kept at the x positions only.
+
+State passing (``forward_from``) continues from a MACState mid-segment: the rest of the segment attends to
+the keys the segment already holds (persistent tokens, then h and x of the tokens seen) and retrieves from
+the memory as the segment began, exactly as if the sequence had not been cut.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class MACState:
 
 class MAC(Mixer):
     state_growth = "bounded"
+    supports_state_passing = True
+    has_test_time_writes = True
 
     def __init__(self, d_model: int, lmm: LMM, attention: Attention, n_persistent: int, segment: int):
         super().__init__()
@@ -84,7 +90,8 @@ class MAC(Mixer):
         q = F.normalize(self.query(x).view(B, n, H, D).transpose(1, 2), dim=-1)
         with torch.autocast(x.device.type, enabled=False):  # memory math in float32 at least, as in the LMM
             act = get_activation(self.lmm.activation)
-            h = mlp_forward(weights, q.to(weights[0].dtype), act, True, self.lmm.memory_norm)
+            h = mlp_forward(weights, q.to(weights[0].dtype), act, True, self.lmm.memory_norm,
+                            self.lmm.memory_norm_weight, self.lmm.memory_norm_bias)  # fmt: skip
         h = self.retrieved_norm(h.to(x.dtype)).transpose(1, 2).reshape(B, n, H * D)
         return self.retrieved_out(h)
 
@@ -93,37 +100,66 @@ class MAC(Mixer):
             return self.attention.init_state(batch_size, device, dtype)
         return self.attention.prefill(self.persistent.to(dtype).expand(batch_size, -1, -1))[1]
 
-    def _run(self, x: torch.Tensor, keep_state: bool):
-        """Every segment in turn: (outputs [B, T, d], state after the last segment if keep_state)."""
+    def _run(self, x: torch.Tensor, state: MACState | None, keep_state: bool, memory_inputs=None):
+        """Every segment in turn from ``state`` (None: a sequence starts here): (outputs [B, T, d], the state
+        after the last token if keep_state). memory_inputs: a list to append what the memory is written
+        with, per segment."""
         B, T, d = x.shape
-        if T == 0:
-            return x, None
-        memory, cache, outs, n = self.lmm.init_state(B, x.device, x.dtype), None, [], 0
-        for start in range(0, T, self.segment):
-            xs = x[:, start : start + self.segment]
-            n = xs.shape[1]
-            weights = memory.memory.weights  # the memory as this segment begins, for its retrieval
+        if state is None:  # the next token starts a segment
+            pos, cache, weights, memory = self.segment, None, None, self.lmm.init_state(B, x.device, x.dtype)
+        else:
+            pos, cache, weights, memory = state.pos, state.cache, state.snapshot, state.memory
+        outs, start = [], 0
+        while start < T:
+            if pos == self.segment:  # a new segment: fresh attention context, retrieval from the memory now
+                pos, cache, weights = 0, None, memory.memory.weights
+            n = min(self.segment - pos, T - start)
+            xs = x[:, start : start + n]
             h = self._retrieve(xs, weights)
-            seq = with_persistent(self.persistent, torch.stack([h, xs], dim=2).reshape(B, 2 * n, d))
-            last = start + self.segment >= T
-            if keep_state and last:
-                a, cache = self.attention.prefill(seq)
+            seq = torch.stack([h, xs], dim=2).reshape(B, 2 * n, d)
+            last = start + n >= T
+            if cache is None:  # the segment's keys begin with the persistent tokens
+                seq = with_persistent(self.persistent, seq)
+                if keep_state and last:
+                    a, cache = self.attention.forward_from(seq, None)
+                else:
+                    a = self.attention(seq)
+                a = a[:, self.n_persistent :]
             else:
-                a = self.attention(seq)
-            y = a[:, self.n_persistent + 1 :: 2]  # the x positions
+                a, cache = self.attention.forward_from(seq, cache)
+            y = a[:, 1::2]  # the x positions
+            if memory_inputs is not None:
+                memory_inputs.append(y)
             m, memory = self.lmm.extend(y, memory)
             outs.append(self.gate(y, m))
-        y = torch.cat(outs, dim=1)
-        return y, (MACState(n, cache, weights, memory) if keep_state else None)
+            pos, start = pos + n, start + n
+        y = torch.cat(outs, dim=1) if outs else x
+        return y, (MACState(pos, cache, weights, memory) if keep_state else None)
 
     # -- the mixer interface ------------------------------------------------------------------------
     def forward(self, x):
-        return self._run(x, keep_state=False)[0]
+        return self._run(x, None, keep_state=False)[0]
+
+    def forward_from(self, x, state: MACState | None):
+        if x.shape[1] == 0:
+            return x, state if state is not None else self.init_state(x.shape[0], x.device, x.dtype)
+        return self._run(x, state, keep_state=True)
 
     def prefill(self, x):
         if x.shape[1] == 0:
             return x, self.init_state(x.shape[0], x.device, x.dtype)
-        return self._run(x, keep_state=True)
+        return self._run(x, None, keep_state=True)
+
+    @torch.no_grad()
+    def trace(self, x):
+        """Mixer.trace of the memory, which is written with the attention outputs y of every segment."""
+        ys: list[torch.Tensor] = []
+        self._run(x, None, keep_state=False, memory_inputs=ys)
+        y = torch.cat(ys, dim=1) if ys else x
+        return self.lmm.trace_memory(y, y.shape[1])
+
+    def set_test_time_writes(self, enabled: bool) -> None:
+        self.lmm.set_test_time_writes(enabled)
 
     def init_state(self, batch_size, device, dtype):
         with torch.no_grad():

@@ -6,12 +6,20 @@
 - ``titans-mac`` (memory as context) is in mac.py.
 
 The LMM mixer: q/k/v projections, each through a causal depthwise convolution and SiLU; q and k
-L2-normalised per head; per-head data-dependent gates theta (learning rate), eta (momentum) and alpha
-(forgetting), each sigmoid(linear(x_t)); a per-head MLP memory, M(x) = x + LN(MLP(x)), updated at test
-time by the memory op; then RMSNorm, a linear SiLU gate, and the output projection.
+L2-normalised per head; data-dependent gates theta (learning rate), eta (momentum) and alpha (forgetting),
+each sigmoid(linear(x_t)), per head, memory layer and channel by default (gates.py); a per-head MLP memory,
+M(x) = x + LN(MLP(x)) with a learnable gain and bias on the LN, updated at test time by the memory op; then
+RMSNorm, a linear SiLU gate, and the output projection.
+
+Every mixer here continues a sequence from a state with gradients (``forward_from``, for training with the
+state carried across windows), reports the memory by position (``trace``) and can run without writing its
+memory (``set_test_time_writes``), see models.modules.lm.Mixer.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +35,13 @@ from models.modules.lm import LanguageModel, Mixer
 from models.modules.norm import RMSNorm
 from models.titans.chunk import chunk_titans_memory
 from models.titans.fused_recurrent import fused_recurrent_titans_memory
+from models.titans.gates import MemoryGates
 from models.titans.naive import (
     ACTIVATIONS,
+    GATE_NAMES,
     MemoryState,
     initial_state,
+    layer_gates,
     naive_recurrent_titans_memory,
 )
 
@@ -61,17 +72,18 @@ def with_persistent(persistent: torch.Tensor | None, x: torch.Tensor) -> torch.T
     return torch.cat([persistent.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
 
 
+@dataclass
 class LMMState:
     """Decoding state of one LMM mixer: the short convolution's window and the memory."""
 
-    def __init__(self, conv: torch.Tensor, memory: MemoryState):
-        self.conv, self.memory = conv, memory
-
-    __dataclass_fields__ = {"conv": None, "memory": None}  # lets models.modules.dtypes.tensor_bytes walk it
+    conv: torch.Tensor
+    memory: MemoryState
 
 
 class LMM(Mixer):
     state_growth = "constant"
+    supports_state_passing = True
+    has_test_time_writes = True
 
     def __init__(
         self,
@@ -88,6 +100,11 @@ class LMM(Mixer):
         backend: str = "auto",
         memory_norm: bool = True,
         compile_memory: bool = False,
+        gate_granularity: str = "channel",
+        gate_rank: int | None = 16,
+        forgetting: str = "decay",
+        memory_norm_affine: bool = True,
+        memory_init_scale: float = 1.0,
     ):
         super().__init__()
         if backend not in ("auto", *MEMORY_BACKENDS):
@@ -109,11 +126,14 @@ class LMM(Mixer):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if n_persistent < 0:
             raise ValueError(f"n_persistent must be >= 0, got {n_persistent}")
+        if memory_init_scale <= 0:
+            raise ValueError(f"memory_init_scale must be > 0, got {memory_init_scale}")
         self.backend = "torch-chunked" if backend == "auto" else backend
         self.memory_op, self.memory_step_op = MEMORY_BACKENDS[self.backend]
         self.n_heads, self.head_dim = n_heads, head_dim
         self.activation, self.chunk_size, self.max_lr = activation, chunk_size, max_lr
         self.memory_norm = memory_norm  # M(x) = x + LN(MLP(x)), the paper's camera-ready memory
+        self.forgetting = forgetting
         # The chunked memory's per-chunk steps through torch.compile, compiled once on first use. A model
         # compiled whole takes this path as well (see _memory_call).
         self.compile_memory = compile_memory
@@ -122,7 +142,6 @@ class LMM(Mixer):
         self.qkv = nn.Linear(d_model, 3 * inner, bias=False)
         # q, k and v each through their own depthwise filters: one convolution over the three side by side
         self.conv = CausalConv1d(3 * inner, conv_size, bias=False, activation="silu")
-        self.gates = nn.Linear(d_model, 3 * n_heads)  # theta, eta, alpha logits per head
         self.out_norm = RMSNorm(head_dim)
         self.out_gate = nn.Linear(d_model, inner, bias=False)
         self.out = nn.Linear(inner, d_model, bias=False)
@@ -133,24 +152,23 @@ class LMM(Mixer):
         # With the LayerNorm on the memory's output, the first layer starts at unit scale: its input is an
         # L2-normalised key (entries ~ D^-0.5), and at 1/sqrt(d_in) the MLP's output would start ~0.07 in
         # scale, where the LN's Jacobian (~ 1/std) multiplies every inner step and bf16 rounding by ~15.
+        # memory_init_scale multiplies every layer's scale (the first layer's Frobenius norm is about
+        # sqrt(hidden * head_dim) times it).
         scales = [1.0 if i == 0 and memory_norm else d_in**-0.5 for i, d_in in enumerate(dims[:-1])]
         self.memory_init = nn.ParameterList(
-            nn.Parameter(torch.randn(n_heads, d_out, d_in) * scale)
+            nn.Parameter(torch.randn(n_heads, d_out, d_in) * scale * memory_init_scale)
             for d_in, d_out, scale in zip(dims, dims[1:], scales, strict=False)
         )
+        # The LN's gain and bias, per head: the inner loss ||k + gain * LN(h) + bias - v||^2 can then fit
+        # values of any scale and mean, which LN(h) alone (zero mean, unit variance) cannot.
+        affine = memory_norm and memory_norm_affine
+        self.memory_norm_weight = nn.Parameter(torch.ones(n_heads, head_dim)) if affine else None
+        self.memory_norm_bias = nn.Parameter(torch.zeros(n_heads, head_dim)) if affine else None
+        self.gates = MemoryGates(d_model, n_heads, dims[:-1], gate_granularity, gate_rank, max_lr, forgetting)
         self.persistent = persistent_tokens(n_persistent, d_model)
 
         for layer in (self.qkv, self.out_gate, self.out):
             nn.init.normal_(layer.weight, std=0.02)
-        nn.init.normal_(self.gates.weight, std=0.02)
-        with torch.no_grad():
-            # Start with a small step size (theta ~ max_lr / 20), strong momentum and little forgetting.
-            # Inside a chunk every gradient is taken at the same base weights while momentum keeps applying
-            # them, so with aligned keys one chunk moves the memory by ~80 theta-sized steps (chunk 16,
-            # eta 0.88). Keys are aligned at initialisation wherever the memory reads attention outputs (MAC,
-            # and MAG's later blocks); from theta = max_lr / 2 it diverged within a few hundred tokens.
-            bias = torch.tensor([[-3.0], [2.0], [-4.0]])  # theta, eta, alpha logits
-            self.gates.bias.view(3, n_heads).copy_(bias.expand(3, n_heads))
 
     # -- pieces -------------------------------------------------------------------------------------
     def _with_persistent(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,17 +178,28 @@ class LMM(Mixer):
         B, T, _ = t.shape
         return t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
 
-    def _gates(self, x: torch.Tensor):
-        logits = self.gates(x).to(compute_dtype(x.dtype))  # gates never in bf16
-        theta, eta, alpha = torch.sigmoid(logits).chunk(3, dim=-1)  # each [B, T, H]
-        return (self.max_lr * theta).transpose(1, 2), eta.transpose(1, 2), alpha.transpose(1, 2)
+    def _memory_options(self) -> dict:
+        """The memory op's keyword arguments beside the sequence, the gates and the state."""
+        return dict(
+            chunk_size=self.chunk_size,
+            activation=self.activation,
+            residual=True,
+            norm=self.memory_norm,
+            norm_weight=self.memory_norm_weight,
+            norm_bias=self.memory_norm_bias,
+            forget_to_init=self.forgetting == "to_init",
+        )
 
-    def _run(self, x: torch.Tensor, conv_state, memory_state: MemoryState | None, memory_op=None):
-        """The whole mixer on x [B, T, d] from a given state; returns (y [B, T, d], new state)."""
+    def _inputs(self, x: torch.Tensor, conv_state):
+        """x [B, T, d] -> (q, k, v [B, H, T, D], the gates (theta, eta, alpha), the convolution's state)."""
         qkv, conv_state = self.conv(self.qkv(x), conv_state)
         q, k, v = qkv.chunk(3, dim=-1)
         q, k = F.normalize(self._heads(q), dim=-1), F.normalize(self._heads(k), dim=-1)
-        theta, eta, alpha = self._gates(x)
+        return q, k, self._heads(v), self.gates(x), conv_state
+
+    def _run(self, x: torch.Tensor, conv_state, memory_state: MemoryState | None, memory_op=None):
+        """The whole mixer on x [B, T, d] from a given state; returns (y [B, T, d], new state)."""
+        q, k, v, gates, conv_state = self._inputs(x, conv_state)
         op = memory_op or self.memory_op
         compiled = op is chunk_titans_memory and (self.compile_memory or torch.compiler.is_compiling())
         y, memory_state = _memory_call(
@@ -178,16 +207,11 @@ class LMM(Mixer):
             {"compiled": True} if compiled else {},
             q,
             k,
-            self._heads(v),
-            theta,
-            eta,
-            alpha,
+            v,
+            *gates,
             tuple(self.memory_init),
-            chunk_size=self.chunk_size,
-            activation=self.activation,
-            residual=True,
             state=memory_state,
-            norm=self.memory_norm,
+            **self._memory_options(),
         )
         B, H, T, D = y.shape
         y = self.out_norm(y.to(x.dtype)).transpose(1, 2).reshape(B, T, H * D)
@@ -198,6 +222,12 @@ class LMM(Mixer):
         y, _ = self._run(self._with_persistent(x), None, None)
         return y[:, y.shape[1] - x.shape[1] :]  # outputs at the persistent tokens are dropped
 
+    def forward_from(self, x: torch.Tensor, state: LMMState | None):
+        if state is None:  # a sequence starts here: after the persistent tokens, as in forward
+            y, state = self._run(self._with_persistent(x), None, None)
+            return y[:, y.shape[1] - x.shape[1] :], state
+        return self._run(x, state.conv, state.memory)
+
     def prefill(self, x: torch.Tensor):
         y, state = self._run(self._with_persistent(x), None, None)
         return y[:, y.shape[1] - x.shape[1] :], state
@@ -206,6 +236,43 @@ class LMM(Mixer):
         """Continue a sequence: x [B, T, d] after ``state`` -> (y [B, T, d], new state). One token goes
         through the decoding op. MAC feeds its memory one segment at a time through this."""
         return self._run(x, state.conv, state.memory, self.memory_step_op if x.shape[1] == 1 else None)
+
+    def set_test_time_writes(self, enabled: bool) -> None:
+        self.gates.writes = enabled  # off: theta = 0, the memory is never written
+
+    @torch.no_grad()
+    def trace(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Mixer.trace: ``state_norm`` (per head the Frobenius norm of the memory's weights, all layers,
+        after each token, summed over heads), ``state_norm_ratio`` (over that of M_0), and per memory layer i
+        ``theta.l{i}``, ``eta.l{i}``, ``alpha.l{i}`` (means over heads and channels) and ``m0_left.l{i}``
+        (the coefficient on M_0 in the memory, the product of (1 - alpha) since the sequence began, averaged
+        over heads and channels; 1 without forgetting and when forgetting toward M_0). Token by token."""
+        return self.trace_memory(self._with_persistent(x), x.shape[1])
+
+    def trace_memory(self, x: torch.Tensor, last: int) -> dict[str, torch.Tensor]:
+        """trace for the memory's whole input x [B, T, d] (persistent tokens included), at its ``last``
+        positions."""
+        B, T, _ = x.shape
+        q, k, v, gates, _ = self._inputs(x, None)
+        params = tuple(self.memory_init)
+        d_ins = [p.shape[-1] for p in params]
+        norms, state = [], None
+        for t in range(T):
+            now = [_positions(g, slice(t, t + 1)) for g in gates]
+            _, state = fused_recurrent_titans_memory(
+                *(u[:, :, t : t + 1] for u in (q, k, v)), *now, params, state=state, **self._memory_options()
+            )
+            norms.append(_memory_norm(state.weights))
+        out = {"state_norm": torch.stack(norms, dim=1) if norms else x.new_zeros(B, 0)}
+        out["state_norm_ratio"] = out["state_norm"] / _memory_norm([p.unsqueeze(0) for p in params])
+        per_layer = [layer_gates(g, d_ins, name) for g, name in zip(gates, GATE_NAMES, strict=True)]
+        for i in range(len(params)):
+            for name, g in zip(GATE_NAMES, per_layer, strict=True):
+                out[f"{name}.l{i}"] = g[i].mean((1, 3)).expand(B, T)
+            alpha = per_layer[2][i]
+            left = torch.cumprod(1 - alpha, dim=2) if self.forgetting == "decay" else torch.ones_like(alpha)
+            out[f"m0_left.l{i}"] = left.mean((1, 3)).expand(B, T)
+        return {name: t[:, T - last :].float() for name, t in out.items()}
 
     def init_state(self, batch_size: int, device, dtype) -> LMMState:
         if self.persistent is not None:  # the state a sequence starts from has already seen them
@@ -228,15 +295,31 @@ class LMM(Mixer):
 
     def flops_per_token(self, seq_len: int) -> float:
         d_model, inner, H = self.qkv.in_features, self.n_heads * self.head_dim, self.n_heads
-        projections = 2.0 * d_model * (3 * inner + 3 * H + inner) + 2.0 * inner * d_model
+        projections = 2.0 * d_model * 4 * inner + 2.0 * inner * d_model + self.gates.flops_per_token()
         C = min(self.chunk_size, seq_len)
+        per_channel = self.gates.granularity == "channel"
         memory = 0.0
         for p in self.memory_init:
             _, d_out, d_in = p.shape
             # per token: key forward, error backprop, retrieval with W and S, chunk-end W and S updates
-            # (amortised), and the dual-form terms against the chunk's C keys
-            memory += 12.0 * d_in * d_out + 2.0 * C * (d_in + d_out)
+            # (amortised), and the dual-form terms against the chunk's C keys (per channel, the token-pair
+            # matrix sums over the layer's input channels too)
+            memory += 12.0 * d_in * d_out + 2.0 * C * (d_in + d_out) + 4.0 * C * d_in * per_channel
         return projections + H * memory
+
+
+def _positions(gate, sl: slice):
+    """A gate in the memory ops' forms, at the positions sl."""
+    if isinstance(gate, torch.Tensor):
+        return gate[:, :, sl]
+    return [g[:, :, sl] for g in gate]
+
+
+def _memory_norm(weights) -> torch.Tensor:
+    """Per head the Frobenius norm of a memory's weights (per layer [B, H, d_out, d_in]) over all its
+    layers, summed over heads: [B]."""
+    squares = sum(w.double().square().sum((-1, -2)) for w in weights)
+    return squares.sqrt().sum(-1)
 
 
 class MAL(Mixer):
@@ -244,6 +327,7 @@ class MAL(Mixer):
     its output, each as a residual sub-layer."""
 
     state_growth = "bounded"
+    has_test_time_writes = True
 
     def __init__(self, d_model: int, lmm: LMM, attention: Attention):
         super().__init__()
@@ -254,9 +338,25 @@ class MAL(Mixer):
     def backend(self) -> str:
         return f"{self.lmm.backend}+{self.attention.backend}"
 
+    @property
+    def supports_state_passing(self) -> bool:  # the attention's state is bounded only with a window
+        return self.attention.supports_state_passing
+
     def forward(self, x):
         m = self.lmm(x)
         return m + self.attention(self.norm(x + m))
+
+    def forward_from(self, x, state):
+        s_mem, s_att = (None, None) if state is None else state
+        m, s_mem = self.lmm.forward_from(x, s_mem)
+        a, s_att = self.attention.forward_from(self.norm(x + m), s_att)
+        return m + a, (s_mem, s_att)
+
+    def trace(self, x):
+        return self.lmm.trace(x)
+
+    def set_test_time_writes(self, enabled: bool) -> None:
+        self.lmm.set_test_time_writes(enabled)
 
     def prefill(self, x):
         m, s_mem = self.lmm.prefill(x)
@@ -304,6 +404,7 @@ class MAG(Mixer):
     sees the persistent prefix and the LMM, the memory gating the attention (MemoryGate)."""
 
     state_growth = "bounded"
+    has_test_time_writes = True
 
     def __init__(self, d_model: int, lmm: LMM, attention: Attention, n_persistent: int):
         super().__init__()
@@ -321,12 +422,31 @@ class MAG(Mixer):
     def backend(self) -> str:
         return f"{self.lmm.backend}+{self.attention.backend}"
 
+    @property
+    def supports_state_passing(self) -> bool:  # the attention's state is bounded only with a window
+        return self.attention.supports_state_passing
+
     def _with_persistent(self, x: torch.Tensor) -> torch.Tensor:
         return with_persistent(self.persistent, x)
 
     def forward(self, x):
         xp = self._with_persistent(x)
         return self.gate(self.attention(xp), self.lmm(xp))[:, xp.shape[1] - x.shape[1] :]
+
+    def forward_from(self, x, state):
+        # a sequence starts with the persistent tokens; a continuation has seen them (the attention keeps
+        # them as sinks)
+        s_mem, s_att = (None, None) if state is None else state
+        xp = self._with_persistent(x) if state is None else x
+        a, s_att = self.attention.forward_from(xp, s_att)
+        m, s_mem = self.lmm.forward_from(xp, s_mem)
+        return self.gate(a, m)[:, xp.shape[1] - x.shape[1] :], (s_mem, s_att)
+
+    def trace(self, x):
+        return self.lmm.trace_memory(self._with_persistent(x), x.shape[1])
+
+    def set_test_time_writes(self, enabled: bool) -> None:
+        self.lmm.set_test_time_writes(enabled)
 
     def prefill(self, x):
         xp = self._with_persistent(x)
@@ -376,6 +496,30 @@ class TitansConfig(ModelConfig):
     # The chunked memory's per-chunk steps through torch.compile (compiled once, the loop over chunks
     # outside): fewer, fused kernels. A model compiled whole takes this path by itself.
     compile_memory: bool = False
+    gate_granularity: Literal["channel", "layer", "head"] = "channel"
+    """How finely theta, eta and alpha are learned: "channel" (default), per head, memory layer and input
+    channel of that layer, the camera-ready paper's channel-wise gates (axis: models/titans/naive.py);
+    "layer", one scalar per head and memory layer; "head", one scalar per head shared by the memory's layers
+    (this project's first form, kept for comparison)."""
+    gate_rank: PositiveInt | None = 16
+    """Rank of the per-channel gates' projection (None: full). Low rank as GLA's forget gate: at full rank the
+    gates would outweigh the rest of the mixer in parameters (3 H sum(d_in) outputs from d_model)."""
+    forgetting: Literal["decay", "none", "to_init"] = "decay"
+    """What the forget gate does: "decay" (default, the paper's M_t = (1 - alpha_t) M_{t-1} + S_t), "none"
+    (alpha = 0, not learned: the paper's "w/o weight decay" ablation) or "to_init", forgetting toward the
+    initial memory, M_t - M_0 = (1 - alpha_t)(M_{t-1} - M_0) + S_t, so that what the memory forgets is its
+    writes and M_0 is never erased, however long the sequence."""
+    memory_norm_affine: bool = True
+    """A learnable gain and bias per head on the memory's LayerNorm (with ``memory_norm`` only). On by
+    default: without them the memory's output LN(h) has zero mean and unit variance whatever the values it
+    is written with, so the inner loss ||k + LN(h) - v||^2 cannot be driven to zero for values of another
+    scale or mean and every token stays "surprising"; with them (starting at gain 1, bias 0, the same
+    function as without) the outer loop sets the scale. TTT, titans-pytorch and fla's Titans layer all use
+    one."""
+    memory_init_scale: PositiveFloat = 1.0
+    """Multiplies the initial scale of every memory layer's weights M_0 (1.0: the first layer at std 1 with
+    ``memory_norm``, Frobenius norm ~ sqrt(hidden * head_dim), later layers at 1/sqrt(d_in)). Smaller values
+    make the writes weigh more against M_0, which, left large, carries most of the prediction."""
 
     @property
     def heads(self) -> int:
@@ -388,7 +532,9 @@ class TitansConfig(ModelConfig):
             memory_depth=self.memory_depth, memory_expansion=self.memory_expansion,
             activation=self.activation, chunk_size=self.chunk_size, max_lr=self.max_lr,
             n_persistent=n_persistent, backend=self.backend, memory_norm=self.memory_norm,
-            compile_memory=self.compile_memory,
+            compile_memory=self.compile_memory, gate_granularity=self.gate_granularity,
+            gate_rank=self.gate_rank, forgetting=self.forgetting,
+            memory_norm_affine=self.memory_norm_affine, memory_init_scale=self.memory_init_scale,
         )  # fmt: skip
 
 

@@ -246,7 +246,12 @@ wait_for_slot() {
 }
 # fla autotunes its Triton kernels on first use of a shape; a short run of the sweep's fla models caches
 # the choices (on disk, TRITON_CACHE_DIR) for the sweep. Its timings are discarded.
-step warmup-fla $((GROUP_END - $(now))) "$PYTHON" -m bench run "$SWEEP_SPEC" "${TOY[@]}" \
+# TOY less what the warm-up sets itself: a flag given twice with two values is refused
+WARM_TOY=()
+for ((i = 0; i < ${#TOY[@]}; i += 2)); do
+    case ${TOY[i]} in --repeats | --warmup | --timeout) ;; *) WARM_TOY+=("${TOY[i]}" "${TOY[i + 1]}") ;; esac
+done
+step warmup-fla $((GROUP_END - $(now))) "$PYTHON" -m bench run "$SWEEP_SPEC" "${WARM_TOY[@]}" \
     --models deltanet,gated-deltanet --modes train,prefill,decode --seq-lens "$WARM_LENS" --repeats 1 \
     --warmup 1 --timeout 150 --no-progress --no-report --out "$WORK/warmup-fla" &
 PIDS+=($!)
@@ -310,6 +315,8 @@ if [[ -s $WORK/sweep-long/results.jsonl ]]; then
     mkdir -p "$SWEEP"
     cat "$WORK/sweep-long/results.jsonl" >> "$SWEEP/results.jsonl"
     cp "$WORK/sweep-long/manifest.json" "$SWEEP/manifest-16k.json"
+    # a first pass that left nothing: the second's manifest makes the folder a run `bench report` writes into
+    [[ -e $SWEEP/manifest.json ]] || cp "$WORK/sweep-long/manifest.json" "$SWEEP/manifest.json"
     cp "$WORK/sweep-long/spec.json" "$SWEEP/spec-16k.json"
 fi
 if [[ -s $SWEEP/results.jsonl ]]; then

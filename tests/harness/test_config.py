@@ -82,13 +82,20 @@ def test_every_sweep_flag_comes_from_one_schema_declaration():
     parser = argparse.ArgumentParser()
     run.add_arguments(parser)
     options = {o: a for a in parser._actions for o in a.option_strings}
+    from pydantic import BaseModel
+
     declared = {}
-    for name, field in [*SweepSpec.model_fields.items(), *(
-        (f"accuracy.{n}", f) for n, f in SweepSpec.model_fields["accuracy"].annotation.model_fields.items()
-    )]:  # fmt: skip
-        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        if "flag" in extra:
-            declared[extra["flag"]] = (name, field.description)
+
+    def walk(model, prefix):  # the sweep's fields and its tables' ([accuracy], [slurm])
+        for name, field in model.model_fields.items():
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            table = field.annotation if isinstance(field.annotation, type) else None
+            if "flag" in extra:
+                declared[extra["flag"]] = (prefix + name, field.description)
+            elif table is not None and issubclass(table, BaseModel):
+                walk(table, f"{prefix}{name}.")
+
+    walk(SweepSpec, "")
     assert len(declared) >= 20 and {f.option for f in sweep_flags()} == set(declared)
     for option, (name, description) in declared.items():
         action = options[option]

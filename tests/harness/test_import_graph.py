@@ -8,7 +8,7 @@ are no import cycles at all, function-level imports included (they hide cycles, 
     bench.results                                the results store and its typed rows
     bench.spec                                   what a sweep runs
     bench.tasks                                  the tasks
-    bench.scoring                                how a task's examples are scored
+    bench.scoring | bench.plugins                how a task's examples are scored | a model's own errors
     bench.registry, bench, bench.device, ...     names -> objects; the device; failures
     bench.errors
     models, baselines                            the model zoo: imports nothing of the harness
@@ -35,6 +35,7 @@ LAYERS = {
     "bench.device": (2, "bench.device"),
     "bench.failures": (2, "bench.failures"),
     "bench.scoring": (3, "bench.scoring"),
+    "bench.plugins": (3, "bench.plugins"),
     "bench.tasks": (4, "bench.tasks"),
     "bench.spec": (5, "bench.spec"),
     "bench.results": (6, "bench.results"),
@@ -144,8 +145,8 @@ def test_imports_point_down_the_layers():
         for target in targets:
             theirs, their_group = layer(target)
             allowed = SIDEWAYS.get((my_group, their_group), ())
-            sideways = theirs == mine and their_group != my_group and not (
-                allowed is None or target in allowed
+            sideways = (
+                theirs == mine and their_group != my_group and not (allowed is None or target in allowed)
             )
             if theirs > mine or sideways:
                 upward.append(f"{name} -> {target}")

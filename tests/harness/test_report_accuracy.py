@@ -119,7 +119,7 @@ def test_failed_seeds_and_the_seconds_cap_are_shown_as_such():
     lines = {line.split("|")[1].strip(): line for line in table(by_length(cells)).splitlines()[2:]}
     assert "90.0 [" in lines["a"] and "(1 of 2 seeds failed)" in lines["a"]
     assert "30.0 [" in lines["b"] and lines["b"].count("(cap)") == 2
-    assert "| max_seconds | **1** |" in "\n".join(training_table(cells, "accuracy"))
+    assert "| max_seconds | – | **1** |" in "\n".join(training_table(cells, "accuracy"))
     timed = [
         c.model_copy(update={"wall_s": wall, "train_seconds": 100.0, "train_cpu_seconds": cpu})
         for c, wall, cpu in zip(cells, (120.0, 60.0, 60.0), (50.0, 25.0, 100.0), strict=True)
@@ -168,3 +168,36 @@ def test_difficulty_axis_and_smoke_test_note(tmp_path):
     smoke = smoke_note([c.model_copy(update={"smoke_test": True}) for c in cells])[0]
     assert smoke.startswith("**Smoke test.** Every model trained for the same 100 steps")
     assert "--preset cpu-recall" in smoke
+
+
+def test_seeds_that_split_are_shown_one_by_one_with_how_many_solved():
+    cells = [record("m", 1e-3, s, 0.5, (acc, acc), val_loss=0.1) for s, acc in enumerate((1.0, 0.99, 0.008))]
+    line = table(by_length(cells)).splitlines()[-1]
+    assert "66.6 [" in line and ", 2 of 3 solved (seeds 100 / 99 / 1)" in line
+    agree = [record("n", 1e-3, s, 0.5, (1.0, 1.0), val_loss=0.1) for s in range(3)]
+    assert "3 of 3 solved |" in table(by_length(agree)).splitlines()[-1]  # no split: no per-seed list
+
+
+def test_calibration_and_convergence_are_checked_from_the_records():
+    from bench.analysis.quality import calibration_lines, convergence_lines
+
+    calibration = {"model": "transformer", "min_score": 0.95, "converged": True}
+    rows = [
+        record("transformer", 1e-3, 0, 1.0, (0.97, 0.5), val_loss=0.1, still_improving=False,
+               calibration=calibration),
+        record("transformer", 1e-3, 0, 1.0, (0.99, 0.5), val_loss=0.1, still_improving=True, task="mqar-b",
+               calibration=calibration),
+        record("other", 1e-3, 0, 1.0, (0.2, 0.1), val_loss=2.0, still_improving=False,
+               calibration=calibration),
+    ]  # fmt: skip
+    [line] = calibration_lines(rows, "accuracy", True)
+    assert line.startswith("**Calibration (transformer ≥ 95%, converged): FAIL**")
+    assert "mqar: transformer 97.0% at the training length over 1 seeds ✓" in line
+    assert (
+        "mqar-b: transformer 99.0% at the training length over 1 seeds, still improving in seed(s) 0 ✗"
+        in line
+    )
+    passed = [r for r in rows if r.task_label == "mqar"]
+    assert "): PASS**" in calibration_lines(passed, "accuracy", True)[0]
+    [text] = convergence_lines(rows)
+    assert "1 of 3 runs at the chosen rates were still improving: transformer on mqar-b (seed 0)" in text

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bench.errors import BenchError
+from bench.scoring import NO_DISTANCE
 from bench.scoring.bins import bin_by_distance, longest_prefix
 from bench.scoring.distance import score_items
 from bench.tasks import IGNORE, make_task
@@ -54,10 +55,11 @@ def test_targets_are_the_running_products(name, args, group_name):
     assert 0 <= inputs.min() and inputs.max() < order and targets.max() < order
     assert len(inputs.unique()) == order  # every element drawn (seeded: 1,280 draws cover even S5's 120)
     for x, y in zip(inputs.tolist(), targets.tolist(), strict=True):
-        assert y == brute_force(group_name, x)
-    # Every position asked, its distance the length of the prefix composed.
-    assert (targets != IGNORE).all()
-    assert (distances == torch.arange(1, 41)).all()
+        assert y[1:] == brute_force(group_name, x)[1:]
+    # Every position but the first asked (its answer is its input: a copy, not state tracking), its
+    # distance the length of the prefix composed.
+    assert (targets[:, 0] == IGNORE).all() and (targets[:, 1:] != IGNORE).all()
+    assert (distances[:, 0] == NO_DISTANCE).all() and (distances[:, 1:] == torch.arange(2, 41)).all()
     again = task.generate(32, 40, seed=1)
     assert torch.equal(again.inputs, inputs) and not torch.equal(task.generate(32, 40, seed=2).inputs, inputs)
     # No placement: the same distribution beyond the training length.
@@ -67,16 +69,16 @@ def test_targets_are_the_running_products(name, args, group_name):
 def test_parity_is_the_running_xor_of_bits():
     inputs, targets, _ = make_task("parity").generate(16, 33, seed=0)
     assert set(inputs.unique().tolist()) == {0, 1}
-    assert torch.equal(targets, inputs.cumsum(1) % 2)
+    assert torch.equal(targets[:, 1:], (inputs.cumsum(1) % 2)[:, 1:])
 
 
 def test_states_are_uniform_and_independent_of_the_past():
     """What the chance level rests on: s_t is uniform at every t, and s_t given s_{t-1} is uniform too."""
     _, targets, _ = make_task("modular").generate(4000, 6, seed=0)
-    for t in (0, 5):
+    for t in (1, 5):
         counts = torch.bincount(targets[:, t], minlength=5).double()
         assert ((counts / 4000 - 0.2).abs() < 0.03).all()
-    same = (targets[:, 1:] == targets[:, :-1]).double().mean()
+    same = (targets[:, 2:] == targets[:, 1:-1]).double().mean()
     assert abs(same - 0.2) < 0.02
 
 
@@ -101,10 +103,10 @@ def test_every_position_is_an_item_in_its_position_bucket():
     predictions = examples.targets.clone()
     predictions[:, 9:] = (predictions[:, 9:] + 1) % 5  # wrong from position 9 (prefix length 10) on
     items = score_items(predictions, examples, task.exact)
-    assert len(items.distance) == 8 * 16
+    assert len(items.distance) == 8 * 15  # the first position is not asked
     bins = bin_by_distance(items.distance, items.correct, 16)
     assert [(b["max_distance"], b["correct"], b["total"]) for b in bins] == [
-        (1, 8, 8),
+        (1, 0, 0),
         (2, 8, 8),
         (4, 16, 16),
         (8, 32, 32),
@@ -154,11 +156,11 @@ def test_the_true_state_scores_100_percent_at_every_length(name, args, group_nam
     ]
     for entry in record["accuracy_by_len"]:
         length = entry["eval_len"]
-        assert entry["accuracy"] == 1.0 and entry["n_items"] == 64 * length
+        assert entry["accuracy"] == 1.0 and entry["n_items"] == 64 * (length - 1)
         assert entry["longest_prefix_90"] == length
         assert entry["beyond_train"] == (None if length == 16 else 1.0)
         assert entry["beyond_train_items"] == 64 * (length - 16)
-        assert sum(b["total"] for b in entry["by_distance"]) == 64 * length
+        assert sum(b["total"] for b in entry["by_distance"]) == 64 * (length - 1)
         assert all(b["correct"] == b["total"] for b in entry["by_distance"])
 
 
@@ -173,9 +175,9 @@ def test_the_identity_scores_at_chance(name, args, group_name):
     p = 1 / group(group_name).order
     for entry in record["accuracy_by_len"]:
         n = entry["n_items"]
-        assert n == 64 * entry["eval_len"]
+        assert n == 64 * (entry["eval_len"] - 1)
         assert abs(entry["accuracy"] - p) < 5 * math.sqrt(p * (1 - p) / n), entry
-        assert entry["longest_prefix_90"] == 0
+        assert entry["longest_prefix_90"] == 1  # the unasked first position, then chance
         if entry["beyond_train"] is not None:
             m = entry["beyond_train_items"]
             assert abs(entry["beyond_train"] - p) < 5 * math.sqrt(p * (1 - p) / m)
@@ -206,7 +208,7 @@ def test_the_state_report_section(tmp_path):
         "100.0 [94–100], 90%: ≥128 | 100.0 [94–100] |" in r for r in state_rows
     )
     identity = [line for line in lines if line.startswith("| identity |") and "90%" in line]
-    assert all(", 90%: 0 |" in r for r in identity)
+    assert all(", 90%: 1 |" in r for r in identity)
     assert (
         "| answer=state, group=Z2 | – | 1e-3 |" in text and "| answer=identity, group=A5 | – | 1e-3 |" in text
     )

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from bench.cli import main
-from tests.helpers import TINY_SWEEP
+from tests.helpers import tiny_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def test_end_to_end_a_slowed_model_is_flagged_and_identical_runs_are_not(tmp_path):
     """The CI self-check: three real sweeps of a test-only model; the third made slower by a sleep."""
     args = ["run", "--models", "tests.plugins.faulty:sleepy", "--seq-lens", "16", "--modes", "prefill",
-            *TINY_SWEEP, "--repeats", "3", "--rounds", "5", "--no-report"]  # fmt: skip
+            *tiny_sweep("--repeats", "3", "--rounds", "5"), "--no-report"]  # fmt: skip
     for name, delay in (("a", "0"), ("b", "0"), ("slow", "0.3")):
         env = {**os.environ, "TITANS_BENCH_TEST_DELAY": delay}
         proc = subprocess.run(

@@ -6,12 +6,12 @@ import pytest
 
 from bench import results
 from bench.cli import main
-from tests.helpers import TINY_SWEEP
+from tests.helpers import tiny_sweep
 
 pytestmark = pytest.mark.slow
 
 FAMILIES = "transformer,mamba2,gated-deltanet,titans-lmm"
-SWEEP = ["--models", FAMILIES, "--modes", "prefill", "--seq-lens", "32", *TINY_SWEEP, "--d-model", "32",
+SWEEP = ["--models", FAMILIES, "--modes", "prefill", "--seq-lens", "32", *tiny_sweep("--d-model", "32"),
          "--no-report", "--timeout", "600"]  # fmt: skip
 
 

@@ -87,3 +87,35 @@ def test_faults_are_recorded_and_the_sweep_goes_on(tmp_path):
     assert status[("kill", 64)] == "crashed" and "SIGKILL" in errors[("kill", 64)]
     assert status[("hang", 64)] == "timeout"
     assert status[("fail", 64)] == "crashed" and "simulated kernel failure" in errors[("fail", 64)]
+
+
+def test_parallel_accuracy_cells_overlap_and_timing_cells_run_alone(tmp_path):
+    """--parallel 2: accuracy cells train two at a time (their processes' lifetimes overlap), a timing cell
+    never shares the machine with one, and every cell is recorded once."""
+    out = tmp_path / "run"
+    args = ["run", "--models", "transformer,mamba2", "--modes", "prefill,accuracy", "--tasks", "mqar"]
+    args += ["--seq-lens", "16", "--train-len", "16", "--parallel", "2", "--out", str(out), *TINY]
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        "[accuracy]\nsteps = 20\nwarmup_steps = 2\nthreshold = false\nthreads = 1\nseeds = [0, 1]\n"
+        "eval_factors = [1]\nval_samples = 16\neval_samples = 16\nbatch_size = 8\n"
+    )
+    args[args.index("mqar")] = "mqar-small"
+    spec.write_text(
+        'tasks = [{ name = "mqar", label = "mqar-small", args = { vocab_size = 16, num_kv_pairs = 2 } }]\n'
+        + spec.read_text()
+    )
+    proc = run_cli(*args[:1], str(spec), *args[1:])
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 2 + 4 and len({r["key"] for r in records}) == 6
+    assert {r["status"] for r in records} == {"ok"}
+    spans = {r["key"]: (r["finished_at"] - r["wall_s"], r["finished_at"], r["mode"]) for r in records}
+
+    def overlap(a, b):
+        return a[0] < b[1] and b[0] < a[1]
+
+    accuracy = [s for s in spans.values() if s[2] == "accuracy"]
+    timing = [s for s in spans.values() if s[2] != "accuracy"]
+    assert any(overlap(a, b) for i, a in enumerate(accuracy) for b in accuracy[i + 1 :])
+    assert not any(overlap(t, a) for t in timing for a in accuracy)

@@ -113,7 +113,7 @@ def test_mac_carries_earlier_segments_only_through_the_memory():
     changed[:, 0] = (changed[:, 0] + 1) % 37
     assert not torch.allclose(model(changed)[:, 12:], model(X)[:, 12:])
     with torch.no_grad():
-        theta, _, alpha = model.blocks[0].mixer.lmm.gates.bias.view(3, -1)
+        theta, _, alpha = model.blocks[0].mixer.lmm.gates.proj.bias.view(3, -1)
         theta.fill_(-1e4)  # no step size and no forgetting: a memory that never changes
         alpha.fill_(-1e4)
     torch.testing.assert_close(model(changed)[:, 12:], model(X)[:, 12:], rtol=0, atol=1e-12)
@@ -187,7 +187,9 @@ def test_memory_without_its_layer_norm_also_equals_the_reference():
     slow.load_state_dict(fast.state_dict())
     torch.testing.assert_close(fast(X), slow(X), rtol=1e-10, atol=1e-10)
     normed = tiny_model("titans-lmm", chunk_size=4)
-    normed.load_state_dict(fast.state_dict())  # the same weights: only the norm differs, and it matters
+    # the same weights (the norm's gain and bias stay at 1 and 0): only the norm differs, and it matters
+    missing = normed.load_state_dict(fast.state_dict(), strict=False).missing_keys
+    assert all(key.endswith(("memory_norm_weight", "memory_norm_bias")) for key in missing) and missing
     assert not torch.allclose(fast(X), normed(X))
 
 
@@ -211,14 +213,18 @@ def test_compiled_memory_equals_eager():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-6, msg=name)
 
 
-def test_memory_dispatches_per_token_within_the_issue_budget():
-    """Issue 14's budget for one layer at chunk 16 (measured at T=4096; here at T=1024, where the
+@pytest.mark.parametrize("granularity, length", [("head", 1024), ("channel", 2048)])
+def test_memory_dispatches_per_token_within_the_issue_budget(granularity, length):
+    """Issue 14's budget for one layer at chunk 16 (measured at T=4096; here shorter, where the
     per-sequence work weighs more): at most 10 operator calls per token for forward + backward, 3 for an
-    inference forward."""
+    inference forward. Gates per channel add per-sequence work (their coefficients' recurrences run over
+    a chunk's tokens once for all chunks, some 4,000 calls in all) and almost nothing per chunk: they are
+    held to the budget at 2,048 tokens."""
     from bench.measure.launches import count_dispatches
 
-    model = bench.build("titans-lmm", vocab_size=512, d_model=128, n_layers=1, backend="torch-chunked")
-    x = torch.randint(0, 512, (1, 1024), generator=torch.Generator().manual_seed(0))
+    model = bench.build("titans-lmm", vocab_size=512, d_model=128, n_layers=1, backend="torch-chunked",
+                        gate_granularity=granularity)  # fmt: skip
+    x = torch.randint(0, 512, (1, length), generator=torch.Generator().manual_seed(0))
 
     def train_step():
         model.zero_grad(set_to_none=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.analysis.plotting import model_styles, plt, save
+from bench.analysis.quality import quality_section
 from bench.analysis.sections import register_section
 from bench.analysis.selection import choose_lrs, context_of, is_chosen, plot_curves, training_table
 from bench.analysis.stats import t_interval
@@ -114,6 +115,31 @@ def _pool(entries: list[EvalEntry], train_len: int, length: int) -> dict:
         out["bpb_interval"] = _t(overall)
         out["context_gain"] = sum(gains) / len(gains) if gains else None
         out["context_gain_interval"] = _t(gains)
+    # Over seeds: each seed's own figure past L (its documents pooled), for an interval over training runs
+    seed_gains = [e.context_gain_beyond_train for e in entries if e.context_gain_beyond_train is not None]
+    out["context_gain_seeds"] = seed_gains
+    out["context_gain_seed_interval"] = _t(seed_gains)
+    out["diagnostics"] = _mean_diagnostics(entries)
+    return out
+
+
+def _mean_diagnostics(entries: list[EvalEntry]) -> dict | None:
+    """The seeds' diagnostics at one length (bench/scoring/base.py), averaged: trace series by position
+    bucket, and with test-time writes off the bits per byte overall and past L."""
+    found = [e.get("diagnostics") for e in entries if isinstance(e.get("diagnostics"), dict)]
+    if not found:
+        return None
+    traces = [d["trace"] for d in found if isinstance(d.get("trace"), dict)]
+    out: dict = {}
+    if traces:
+        out["bounds"] = traces[0]["bounds"]
+        for name in dict.fromkeys(k for t in traces for k in t if k != "bounds"):
+            columns = [t[name] for t in traces if name in t and len(t[name]) == len(out["bounds"])]
+            out[name] = [_mean(list(values)) for values in zip(*columns, strict=True)] if columns else None
+    writes = [d["writes_off"] for d in found if isinstance(d.get("writes_off"), dict)]
+    if writes:
+        out["writes_off_bpb"] = _mean([w.get("bpb") for w in writes])
+        out["writes_off_beyond"] = _mean([w.get("bpb_beyond_train") for w in writes])
     return out
 
 
@@ -153,13 +179,15 @@ def length_table(summary: pd.DataFrame, task: str) -> list[str]:
     head = [f"T={n}" for n in lengths] + [
         f"positions > {train_len} at T={longest}: whole document",
         f"context cut to {train_len}",
-        f"context beyond {train_len} worth",
+        f"context beyond {train_len} worth (interval over documents)",
+        "(over seeds)",
+        "past L, the context beyond it is",
         f"gain from context (≤{FIRST_CONTEXT} → last bucket)",
         "train tokens/s",
         "context",
         "lr",
     ]
-    out = ["| model | " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 2) + "---|---|"]
+    out = ["| model | " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 4) + "---|---:|---|---|"]
     for label in dict.fromkeys(part["label"]):
         rows = part[part["label"] == label].set_index("eval_len")
         texts = [_row_text(rows.loc[n], "bpb", "bpb_interval") if n in rows.index else "–" for n in lengths]
@@ -169,6 +197,8 @@ def length_table(summary: pd.DataFrame, task: str) -> list[str]:
             _row_text(end, "beyond") if ok else "–",
             _row_text(end, "beyond_truncated") if ok else "–",
             signed(end.get("context_gain"), end.get("context_gain_interval")) if ok else "–",
+            _seed_interval(end) if ok else "–",
+            case_of(end)[0] if ok else "–",
             signed(end["first"] - end["last"])
             if ok and end["first"] is not None and end["last"] is not None
             else "–",
@@ -178,6 +208,135 @@ def length_table(summary: pd.DataFrame, task: str) -> list[str]:
         ]
         out.append(f"| {label} | " + " | ".join(texts) + " |")
     return out
+
+
+def _seed_interval(row) -> str:
+    values = row.get("context_gain_seeds")
+    if not isinstance(values, list) or len(values) < 2:
+        return "– (one seed)"
+    interval = row.get("context_gain_seed_interval")
+    return f"{signed(sum(values) / len(values), interval)} ({len(values)} seeds)"
+
+
+def case_of(row) -> tuple[str, str]:
+    """Which case a model is in past L, from what the context beyond L is worth on the same targets (95%
+    interval over documents): ("used" / "ignored" / "harmful", and the phrase for a sentence)."""
+    gain, interval = row.get("context_gain"), row.get("context_gain_interval")
+    if gain is None or not interval or (isinstance(interval, float) and math.isnan(interval)):
+        return "–", "cannot be told (no interval)"
+    if interval[0] > 0 and gain >= NEGLIGIBLE_BPB:
+        return "used", "uses the context beyond L"
+    if interval[1] < 0 and -gain >= NEGLIGIBLE_BPB:
+        return "harmful", "is hurt by the context beyond L"
+    return "ignored", "ignores the context beyond L (it changes nothing the documents can show)"
+
+
+def _at(bounds: list[int], values: list, position: int):
+    """The value of the bucket holding ``position``."""
+    for bound, value in zip(bounds, values, strict=True):
+        if position <= bound:
+            return value
+    return values[-1] if values else None
+
+
+def mechanism(row, train_len: int) -> str:
+    """What the diagnostics say about a model past L: how its state and gates move from L to the end, and
+    what test-time writes are worth, from the recorded traces (bench/scoring/base.py)."""
+    d = row.get("diagnostics")
+    if not isinstance(d, dict) or not d.get("bounds"):
+        return ""
+    bounds, end = d["bounds"], d["bounds"][-1]
+    parts = []
+
+    def change(name: str, what: str, spec: str = ".3g") -> None:
+        values = d.get(name)
+        if isinstance(values, list) and values and values[-1] is not None:
+            at_l = _at(bounds, values, train_len)
+            if at_l is not None:
+                parts.append(f"{what} {format(at_l, spec)} at L → {format(values[-1], spec)} at {end}")
+
+    change("state_norm_ratio", "state norm / initial")
+    if "state_norm_ratio" not in d:
+        change("state_norm", "state norm")
+    for name in ("m0_left", "alpha"):
+        for layer in (k for k in d if k.startswith(name + ".l")):
+            change(layer, f"{name} ({layer.rsplit('.', 1)[1]})")
+    if "decay" in d:
+        change("decay", "mean decay")
+    writes = d.get("writes_off_beyond")
+    if writes is not None and row.get("beyond") is not None:
+        parts.append(f"test-time writes off: past L {signed(writes - row['beyond'])} bits per byte")
+    return "; ".join(parts)
+
+
+def cases_text(summary: pd.DataFrame, task: str) -> list[str]:
+    """One line per model: its case past L and what its diagnostics show."""
+    part = summary[summary["task_label"] == task]
+    longest = part["eval_len"].max()
+    train_len = int(part["train_len"].iloc[0])
+    out = []
+    for _, row in part[(part["eval_len"] == longest) & (part["status"] == "ok")].iterrows():
+        _, phrase = case_of(row)
+        why = mechanism(row, train_len)
+        out.append(f"- **{row['label']}** {phrase}" + (f" ({why})." if why else "."))
+    return out
+
+
+DIAGNOSTICS = "lm_diagnostics.png"
+PANELS = (
+    ("state_norm_ratio", "state norm / initial state's"),
+    ("state_norm", "state norm"),
+    ("m0_left", "share of the initial memory left"),
+    ("alpha", "forget gate alpha"),
+    ("theta", "inner learning rate theta"),
+    ("decay", "decay per token"),
+)
+
+
+def plot_diagnostics(summary: pd.DataFrame, path: Path) -> bool:
+    """The diagnostics against position at the longest length, one panel per quantity any model recorded
+    (layers averaged), the training length marked. False when no model recorded any."""
+    ok = summary[summary["status"] == "ok"]
+    longest = ok.groupby("task_label")["eval_len"].transform("max") if len(ok) else None
+    rows = ok[ok["eval_len"] == longest] if len(ok) else ok
+    series = []
+    for _, row in rows.iterrows():
+        d = row.get("diagnostics")
+        if isinstance(d, dict) and d.get("bounds"):
+            series.append((row, d))
+    panels = [(n, t) for n, t in PANELS if any(_layer_mean(d, n) for _, d in series)]
+    if not panels:
+        return False
+    styles = model_styles([r["label"] for r, _ in series])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    for ax, (name, title) in zip(axes[0], panels, strict=True):
+        for row, d in series:
+            values = _layer_mean(d, name)
+            if values:
+                xs = [b for b, v in zip(d["bounds"], values, strict=True) if v is not None]
+                ys = [v for v in values if v is not None]
+                ax.plot(xs, ys, ms=3, lw=1.2, label=row["label"], **styles[row["label"]].kwargs())
+        ax.axvline(int(series[0][0]["train_len"]), color="grey", ls="--", lw=1)
+        ax.set_xscale("log", base=2)
+        if name == "state_norm":
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("position (bucket's upper end); dashed: L")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, title="model")
+    fig.tight_layout()
+    save(fig, path, bbox_inches="tight")
+    return True
+
+
+def _layer_mean(d: dict, name: str) -> list | None:
+    """A quantity's series, averaged over the memory layers where it is recorded per layer ("alpha.l0")."""
+    if isinstance(d.get(name), list):
+        return d[name]
+    layers = [d[k] for k in d if k.startswith(name + ".l") and isinstance(d[k], list)]
+    if not layers:
+        return None
+    return [_mean(list(v)) for v in zip(*layers, strict=True)]
 
 
 def bucket_table(summary: pd.DataFrame, task: str) -> list[str]:
@@ -356,16 +515,22 @@ def lm_section(rows: list[AccuracyRow], run_dir: Path) -> list[str]:
         f"{first.vocab_size}; seeds: {', '.join(str(s) for s in seeds)}.",
         "",
     ]
+    out += quality_section(rows, "bpb", higher_is_better=False)
     for task in dict.fromkeys(summary["task_label"]):
         out += [f"**{task}**", ""]
         out += documents_text(rows, summary, task) + [""]
         out += length_table(summary, task) + [""]
         out += bucket_table(summary, task) + [""]
         out += [f"Measured: {measured(summary, task)}", ""]
+        out += ["Each model past L, and what its diagnostics show (state and gates at L and at the longest "
+                "length, a few held-out documents, every block; test-time writes off: the same targets with "
+                "the memory's step size set to 0):", "", *cases_text(summary, task), ""]  # fmt: skip
     out += ["### Language modelling: training", "", *training_table(rows, "bpb"), ""]
     if (summary["status"] == "ok").any():
         plot_by_position(summary, run_dir / PLOT)
         out += [f"![bits per byte by position]({PLOT})", ""]
+        if plot_diagnostics(summary, run_dir / DIAGNOSTICS):
+            out += [f"![diagnostics by position]({DIAGNOSTICS})", ""]
     plot_curves(rows, run_dir / CURVES, "validation bits per byte")
     out += [f"![language modelling: training curves]({CURVES})", ""]
     return out

@@ -20,18 +20,20 @@ from pathlib import Path
 import pandas as pd
 
 from bench.analysis.plotting import model_styles, plt, save, sns
+from bench.analysis.quality import quality_section
 from bench.analysis.sections import register_section
 from bench.analysis.selection import (
     by_length,
     cell_text,
-    choose_lrs,
     distance_grid,
     plot_curves,
     summarize,
     training_table,
 )
 from bench.analysis.text import lr_text, span
+from bench.errors import BenchError
 from bench.results import AccuracyRow
+from bench.tasks import make_task
 
 HEATMAP = "accuracy_heatmap.png"
 BY_DISTANCE = "accuracy_by_distance.png"
@@ -40,9 +42,10 @@ FRONTIER = "accuracy_vs_state.png"
 DIFFICULTY = "accuracy_vs_difficulty.png"
 
 
-def table(long: pd.DataFrame, intervals: bool = True) -> str:
+def table(long: pd.DataFrame, intervals: bool = True, chance: dict[str, str] | None = None) -> str:
     """One markdown table per task: a column per evaluation length (overall), and after each length above
-    the training length one for the items whose distance exceeds it; then context and learning rate."""
+    the training length one for the items whose distance exceeds it; then context and learning rate.
+    ``chance``: task label -> what a model that learned nothing scores, said above its table."""
     summary = summarize(long)
     out = []
     for task in dict.fromkeys(summary["task_label"]):
@@ -57,6 +60,8 @@ def table(long: pd.DataFrame, intervals: bool = True) -> str:
         names = [c[0] for c in columns]
         if out:
             out.append("")
+        if chance and chance.get(task):
+            out += [f"**{task}**: {chance[task]}.", ""]
         out += [
             "| model | " + " | ".join(names) + " | context | lr |",
             "|---|" + "---:|" * len(names) + "---|---|",
@@ -98,15 +103,25 @@ def plot_heatmap(long: pd.DataFrame, path: Path) -> None:
     save(fig, path)
 
 
+FEW_ITEMS = 10  # a heatmap bin with fewer items than this is marked: its percentage rests on a handful
+
+
+def _bin_label(accuracy: float, total: int) -> str:
+    """A heatmap bin's text: its accuracy over the items it holds, and how many; * when they are few."""
+    count = f"{total / 1000:.1f}k" if total >= 1000 else str(total)
+    return f"{100 * accuracy:.0f}{'*' if total < FEW_ITEMS else ''}\nn={count}"
+
+
 def plot_by_distance(grid: pd.DataFrame, path: Path, per_row: int = 5) -> None:
     """RULER's depth x length picture: for each task a row of small heatmaps, one per model, accuracy by
-    distance bin (up) and evaluation length (across); the line marks the training length."""
+    distance bin (up) and evaluation length (across), each bin with its item count (* under 10 items);
+    the line marks the training length."""
     tasks = list(dict.fromkeys(grid["task_label"]))
     labels = list(dict.fromkeys(grid["label"]))
     blocks = math.ceil(len(labels) / per_row)
     ncols = min(per_row, len(labels))
     fig, axes = plt.subplots(
-        len(tasks) * blocks, ncols, figsize=(2.4 * ncols + 1, 2.6 * len(tasks) * blocks), squeeze=False
+        len(tasks) * blocks, ncols, figsize=(2.8 * ncols + 1, 3.0 * len(tasks) * blocks), squeeze=False
     )
     for ax in axes.flat:
         ax.set_visible(False)
@@ -121,7 +136,15 @@ def plot_by_distance(grid: pd.DataFrame, path: Path, per_row: int = 5) -> None:
             cell = part[part["label"] == label]
             pivot = 100 * cell.pivot_table(index="max_distance", columns="eval_len", values="accuracy")
             pivot = pivot.reindex(index=bounds[::-1], columns=lengths)
-            sns.heatmap(pivot, vmin=0, vmax=100, cmap="viridis", cbar=False, annot=True, fmt=".0f", ax=ax)
+            totals = cell.pivot_table(index="max_distance", columns="eval_len", values="total")
+            totals = totals.reindex(index=bounds[::-1], columns=lengths)
+            labels = pivot.copy().astype(object)
+            for r in pivot.index:
+                for c in pivot.columns:
+                    n = totals.loc[r, c]
+                    labels.loc[r, c] = "" if pd.isna(n) else _bin_label(pivot.loc[r, c] / 100, int(n))
+            sns.heatmap(pivot, vmin=0, vmax=100, cmap="viridis", cbar=False, annot=labels.values, fmt="",
+                        annot_kws={"fontsize": 6}, ax=ax)  # fmt: skip
             ax.set_title(f"{label}\n{task}", fontsize=8)
             ax.set_xlabel("T")
             ax.set_ylabel("distance ≤" if j % per_row == 0 else "")
@@ -263,17 +286,16 @@ def smoke_note(rows: list[AccuracyRow]) -> list[str]:
     ]
 
 
-def lr_rule(rows: list[AccuracyRow]) -> str:
-    """The sentence that says how the learning rates were chosen."""
-    rules = {c.rule for c in choose_lrs(rows).values()}
-    if rules <= {"only rate"}:
-        return "one learning rate per model"
-    if "validation score" in rules:
-        return (
-            "the learning rate with the best mean validation accuracy over seeds (records without a "
-            "validation loss: accuracy capped at the early-stopping threshold, ties to fewer steps)"
-        )
-    return "the learning rate with the lowest mean validation loss over seeds at the end of the budget"
+def chance_levels(rows: list[AccuracyRow]) -> dict[str, str]:
+    """Task label -> its chance level in words (bench.tasks: ``Task.chance``), where the task is known."""
+    out = {}
+    for row in rows:
+        if row.task_label not in out:
+            try:
+                out[row.task_label] = make_task(row.task, row.task_args).chance() or ""
+            except BenchError:  # a plug-in task not importable here
+                out[row.task_label] = ""
+    return out
 
 
 @register_section("recall")
@@ -301,19 +323,23 @@ def recall_section(rows: list[AccuracyRow], run_dir: Path) -> list[str]:
             else "Wilson over the evaluation examples (one seed)"
         )
         + ". `div.`: training diverged. `(NaN x%)`: the model's outputs were not finite on x% of the "
-        "examples at that length. `(cap)`: the seconds cap stopped training before the step budget.",
+        "examples at that length. `(cap)`: the seconds cap stopped training before the step budget. "
+        "At the training length, `k of n solved`: the seeds at least 90% right there; where seeds split "
+        "(some solved, some not, or figures more than 50 points apart) each seed's figure follows, so "
+        "that a mean of a bimodal set is never read as a typical result.",
         "",
+        *quality_section(rows, "accuracy"),
         "Context: what the attention of a model can see. The hybrids (titans-mal and titans-mag: a "
         "sliding window; titans-mac: a segment) get a quarter of the training length unless the sweep says "
         "otherwise, shorter than the distances asked, so recall beyond it must come from their memory; "
         "`transformer-swa` is the same sliding-window attention without a memory, the control. "
-        f"lr: {lr_rule(rows)}, from {len(lrs) or 1} ({', '.join(lr_text(x) for x in lrs) or 'one'}); every "
-        "run is in the training table and results.jsonl.",
+        f"lr: the chosen rate, from {len(lrs) or 1} tried ({', '.join(lr_text(x) for x in lrs) or 'one'}); "
+        "every run is in the training table and results.jsonl.",
         "",
         f"Model shape: d_model {first.d_model}, {first.n_layers} layers, each task's own vocabulary; "
         f"seeds: {', '.join(str(s) for s in seeds) or '–'}.",
         "",
-        table(long),
+        table(long, chance=chance_levels(rows)),
         "",
     ]
     axis = difficulty_axis(rows)
@@ -323,9 +349,10 @@ def recall_section(rows: list[AccuracyRow], run_dir: Path) -> list[str]:
         "### Training",
         "",
         "One row per model, task and learning rate, over its seeds (✓: the chosen rate). `val loss`: the "
-        "validation cross-entropy of the final model (nats per asked token); `val accuracy`: its accuracy "
-        "at the training length (%); `stopped by`: `threshold` (validation accuracy reached it), `steps` "
-        "(the budget), `max_seconds` (the safety cap bound: counted in `cap bound`), `diverged`; "
+        "validation cross-entropy of the final model (nats per asked token), what the rate is chosen by; "
+        "`val accuracy`: its accuracy at the training length (%); `still improving`: runs whose validation "
+        "loss was still falling at the end; `stopped by`: `threshold` (validation accuracy reached it), "
+        "`steps` (the budget), `max_seconds` (the safety cap bound: counted in `cap bound`), `diverged`; "
         "`seconds`: wall clock of the training loop, `CPU s`: the CPU time of its process (on a shared "
         "machine, about what a quiet one would take). " + time_text(rows),
         "",

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.analysis.plotting import model_styles, plt, save
+from bench.analysis.quality import quality_section
 from bench.analysis.sections import register_section
 from bench.analysis.selection import (
     by_length,
@@ -245,7 +246,9 @@ def state_section(rows: list[AccuracyRow], run_dir: Path) -> list[str]:
         + f"; `{LEVEL}%: p`: the longest prefix length p at which the model is still at least {LEVEL}% "
         "correct at every position (over the evaluation examples; one figure per seed, `≥T` when no "
         f"position of the T evaluated falls short). The last column scores only the positions past L at "
-        "the longest length: the extrapolation figure. Chance is 1 / the group's order at every position. "
+        "the longest length: the extrapolation figure. The first position is not scored (its answer is its "
+        "input, a copy every model learns at once); chance is 1 / the group's order at every scored "
+        "position. "
         "`args`: the model options that matter here (`allow_neg_eigval=True`: DeltaNet's β in (0, 2), "
         "negative eigenvalues; Mamba's transitions are positive, as the architecture has them). "
         "`context`: the hybrids' attention window or segment.",
@@ -254,6 +257,7 @@ def state_section(rows: list[AccuracyRow], run_dir: Path) -> list[str]:
         f"{', '.join(str(s) for s in seeds) or '–'}.",
         "",
     ]
+    out += quality_section(rows, "accuracy")
     out += state_tables(rows, long)
     out += ["What the theory predicts, and what was measured:", ""]
     for task in dict.fromkeys(long["task_label"]):

@@ -1,0 +1,132 @@
+"""Whether a run's training can rank the models, said at the head of every accuracy section: how the
+learning rates were chosen and whether the grid brackets each choice, which runs were still improving
+when their budget ended, and whether the run's calibration model passed its bar."""
+
+from __future__ import annotations
+
+import math
+
+from bench.analysis.text import lr_text
+from bench.results import AccuracyRow
+from bench.results.lr_choice import choose_lrs, grid_edge, is_chosen
+from bench.train.loop import STILL_IMPROVING, STILL_IMPROVING_NATS
+
+
+def _groups(rows: list[AccuracyRow]) -> dict[tuple[str, str], list[AccuracyRow]]:
+    out: dict[tuple[str, str], list[AccuracyRow]] = {}
+    for row in rows:
+        out.setdefault((row.label, row.task_label), []).append(row)
+    return out
+
+
+def lr_lines(rows: list[AccuracyRow]) -> list[str]:
+    """The rule, the grid, the groups whose grid was extended, and the choices left at an edge."""
+    choices = choose_lrs(rows)
+    rules = {c.rule for c in choices.values()}
+    grid = sorted({r.lr for r in rows if r.lr is not None and r.lr_origin == "grid"})
+    if rules <= {"only rate"}:
+        return [
+            f"**Learning rate**: one rate per model ({', '.join(map(lr_text, grid)) or '–'}), not chosen."
+        ]
+    if "validation score" in rules:
+        rule = (
+            "the rate with the best mean validation score over seeds (these records have no validation "
+            "loss: accuracy capped at the early-stopping threshold, ties to fewer steps)"
+        )
+    else:
+        rule = (
+            "the rate with the lowest mean validation loss over seeds at the end of the training budget "
+            "(accuracy and bits per byte are reported, never used to choose)"
+        )
+    out = [f"**Learning rates**: chosen per model and task as {rule}, from the grid "
+           f"{', '.join(map(lr_text, grid))}, grown x3 beyond an edge where the choice sat."]  # fmt: skip
+    extended, edges = [], []
+    for (label, task), group in _groups(rows).items():
+        added = sorted({r.lr for r in group if r.lr_origin == "extended"})
+        if added:
+            extended.append(f"{label} on {task} (+{', '.join(map(lr_text, added))})")
+        edge = grid_edge(group, grid)
+        if edge and len({r.lr for r in group}) > 1:
+            edges.append(f"{label} on {task} ({lr_text(choices[(label, task)].lr)}, {edge})")
+    out.append("Grids extended: " + ("; ".join(extended) if extended else "none") + ".")
+    if edges:
+        out.append(
+            "**Still at an edge of the rates tried** (the extension cap was reached): "
+            + "; ".join(edges)
+            + ". The best rate may lie beyond; these models are not ranked on a bracketed choice."
+        )
+    return out
+
+
+def convergence_lines(rows: list[AccuracyRow]) -> list[str]:
+    """The runs at the chosen rate still improving when their budget ended."""
+    choices = choose_lrs(rows)
+    chosen = [r for r in rows if is_chosen(r, choices) and r.ok]
+    checked = [r for r in chosen if r.still_improving is not None]
+    improving = [r for r in checked if r.still_improving]
+    rule = (
+        f"validation loss still falling by more than {STILL_IMPROVING:.0%} of its value and "
+        f"{STILL_IMPROVING_NATS} nats over the last 20% of the budget"
+    )
+    if not checked:
+        return [f"**Convergence**: not recorded for these runs ({rule} is the check)."]
+    text = f"**Convergence** ({rule}): {len(improving)} of {len(checked)} runs at the chosen rates"
+    if not improving:
+        return [text + " were still improving: every model trained to its plateau."]
+    by_model: dict[str, list[str]] = {}
+    for r in improving:
+        by_model.setdefault(f"{r.label} on {r.task_label}", []).append(f"seed {r.seed}")
+    listed = "; ".join(f"{k} ({', '.join(v)})" for k, v in by_model.items())
+    return [
+        text + f" were still improving: {listed}. Their figures rank how fast they learn within this "
+        "budget, not what they can learn."
+    ]
+
+
+def calibration_lines(rows: list[AccuracyRow], metric: str, higher_is_better: bool) -> list[str]:
+    """PASS or FAIL for the run's calibration model (``[accuracy.calibration]``), task by task."""
+    spec = next((r.calibration for r in rows if r.calibration), None)
+    if not spec:
+        return []
+    choices = choose_lrs(rows)
+    chosen = [r for r in rows if is_chosen(r, choices)]
+    bar, must_converge = spec.get("min_score"), spec.get("converged", True)
+    verdicts, parts = [], []
+    for task in dict.fromkeys(r.task_label for r in rows):
+        runs = [r for r in chosen if r.task_label == task]
+        label = spec["model"]
+        if label == "best":
+            losses: dict[str, list[float]] = {}
+            for r in runs:
+                losses.setdefault(r.label, []).append(r.val_loss if r.val_loss is not None else math.inf)
+            label = min(losses, key=lambda k: sum(losses[k]) / len(losses[k])) if losses else "–"
+        mine = [r for r in runs if r.label == label]
+        scores = [e.get(metric) for r in mine if r.ok for e in r.accuracy_by_len if e.eval_len == r.train_len]
+        scores = [s for s in scores if s is not None]
+        score = sum(scores) / len(scores) if scores else None
+        ok = bool(mine) and len(scores) == len(mine)
+        if bar is not None:
+            ok = ok and score is not None and (score >= bar if higher_is_better else score <= bar)
+        improving = [r.seed for r in mine if r.still_improving]
+        if must_converge:
+            ok = ok and not improving and all(r.still_improving is not None for r in mine)
+        verdicts.append(ok)
+        shown = "–" if score is None else (f"{100 * score:.1f}%" if metric == "accuracy" else f"{score:.3f}")
+        detail = f"{task}: {label} {shown} at the training length over {len(mine)} seeds"
+        if improving:
+            detail += f", still improving in seed(s) {', '.join(map(str, improving))}"
+        parts.append(detail + (" ✓" if ok else " ✗"))
+    bar_text = "" if bar is None else (f" ≥ {100 * bar:.0f}%" if metric == "accuracy" else f" ≤ {bar}")
+    wanted = f"{spec['model']}{bar_text}" + (", converged" if must_converge else "")
+    verdict = "PASS" if verdicts and all(verdicts) else "FAIL"
+    return [f"**Calibration ({wanted}): {verdict}** — " + "; ".join(parts) + "."]
+
+
+def quality_section(rows: list[AccuracyRow], metric: str, higher_is_better: bool = True) -> list[str]:
+    """The lines that head an accuracy section, each a paragraph."""
+    lines = [
+        *calibration_lines(rows, metric, higher_is_better),
+        *lr_lines(rows),
+        *convergence_lines(rows),
+    ]
+    return [x for line in lines for x in (line, "")]

@@ -1,0 +1,60 @@
+"""The summary page: two synthetic runs (timing cells with known samples, recall cells with known seeds)
+ranked with the strength of the evidence between neighbours, within-noise cases included."""
+
+from __future__ import annotations
+
+from bench import results
+from bench.cli import main
+from bench.commands.summary import MARK
+
+
+def timing(label, samples, state=1024):
+    return {"key": f"{label}/prefill", "status": "ok", "mode": "prefill", "model": label, "label": label,
+            "seq_len": 1024, "samples_s": samples, "tokens_per_call": 1024, "state_bytes": state,
+            "peak_mem_bytes": 2**20}  # fmt: skip
+
+
+def recall(label, seed, acc_l, acc_beyond):
+    entries = [
+        {"eval_len": 32, "accuracy": acc_l, "n_examples": 200, "by_distance": []},
+        {"eval_len": 128, "accuracy": acc_beyond, "beyond_train": acc_beyond, "n_examples": 200,
+         "beyond_train_examples": 200, "by_distance": []},
+    ]  # fmt: skip
+    return {"key": f"{label}/{seed}", "status": "ok", "mode": "accuracy", "model": label, "label": label,
+            "train_len": 32, "task": "mqar", "task_label": "mqar", "seed": seed, "train": {"lr": 1e-3},
+            "val_loss": 0.1, "section": "recall", "scoring": "distance",
+            "accuracy_by_len": entries}  # fmt: skip
+
+
+def test_two_runs_ranked_with_their_evidence(tmp_path, capsys):
+    speed, acc = tmp_path / "speed", tmp_path / "acc"
+    speed.mkdir(), acc.mkdir()
+    for record in (
+        timing("fast", [0.010, 0.011, 0.010, 0.0105, 0.0102]),
+        timing("titans-a", [0.020, 0.021, 0.020, 0.0205, 0.0203], state=4096),
+        timing("titans-b", [0.0201, 0.0209, 0.0199, 0.0204, 0.0206], state=4096),
+    ):
+        results.append(speed / results.RESULTS, record)
+    for seed in range(3):
+        results.append(acc / results.RESULTS, recall("titans-a", seed, 0.99, 0.90 + 0.01 * seed))
+        results.append(acc / results.RESULTS, recall("other", seed, 0.98, 0.40 + 0.02 * seed))
+    (tmp_path / "notes.md").write_text("not a run")
+    assert main(["summary", str(speed), str(acc), str(tmp_path / "notes.md")]) == 0
+    assert "left out (no results.jsonl)" in capsys.readouterr().out
+    page = (tmp_path / "README.md").read_text()
+    assert page.startswith(MARK)
+    # throughput: fast is twice as fast, beyond its interval; the two Titans models cannot be told apart
+    rows = [line for line in page.splitlines() if line.startswith("| 1 | fast |")]
+    assert rows and rows[0].endswith("| significant |")
+    assert "| 2 | titans-a |" in page or "| 2 | titans-b |" in page
+    tied = [line for line in page.splitlines() if line.startswith("| 2 | titans-")]
+    assert tied[0].endswith("| within noise |")
+    # recall past L: titans-a ahead of other beyond their intervals over seeds; at L within noise
+    assert "| recall: mqar, past L at T = 128 | titans-a 91 | titans-a 91 (1 of 2) | it is the best |" in page
+    at_l = page.split("### recall: mqar, at L = 32")[1].split("###")[0]
+    assert "| 1 | titans-a | 99" in at_l and "| within noise |" in at_l
+    assert "| inference state at T = 1024 | fast " in page and "| exact |" in page
+    # it never replaces a file it did not write
+    (tmp_path / "mine.md").write_text("my notes")
+    assert main(["summary", str(speed), "--out", str(tmp_path / "mine.md")]) == 2
+    assert (tmp_path / "mine.md").read_text() == "my notes"

@@ -1,0 +1,99 @@
+"""The write policy (bench/results/outputs.py) at work: the list of files a command wrote, a run of an
+earlier version known by its manifest, outputs checked before the work, a report moved in whole or not at
+all, and --resume keeping the first invocation's manifest."""
+
+import json
+
+import pytest
+
+from bench.cli import main
+from bench.errors import BenchError
+from bench.results.outputs import MARKER, claim_folder
+from tests.harness.test_odd_input import timing, write_jsonl
+
+TINY = ["--d-model", "16", "--n-layers", "1", "--vocab-size", "32", "--device", "cpu", "--no-progress"]
+CELL = ["--models", "tests.plugins.gru:build", "--modes", "prefill", "--seq-lens", "8", "--repeats", "1",
+        "--warmup", "1", "--isolation", "none", "--no-report"]  # fmt: skip
+
+
+def test_a_folder_lists_what_was_written_and_refuses_to_replace_anything_else(tmp_path):
+    folder = claim_folder(tmp_path / "out", "--out")
+    folder.create()
+    folder.write_text("REPORT.md", "ours\n")
+    assert json.loads((tmp_path / "out" / MARKER).read_text())["files"] == ["REPORT.md"]
+    folder.write_text("REPORT.md", "ours, again\n")  # its own file: replaced
+    (tmp_path / "out" / "plot.png").write_text("the user's")
+    with pytest.raises(BenchError, match="plot.png' was not written by this harness.*give --out another"):
+        folder.check_replaceable(["*.png"])
+    assert claim_folder(tmp_path / "out", "--out").owns("REPORT.md")  # recognised by its list
+
+
+def test_a_run_of_an_earlier_version_is_known_by_its_manifest_and_owns_its_files_by_name(tmp_path):
+    run = tmp_path / "old"
+    run.mkdir()
+    manifest = {"created_at": "2025-01-01T00:00:00+00:00", "command": "python -m bench run", "packages": {}}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    (run / "REPORT.md").write_text("an old report")
+    (run / "notes.txt").write_text("the user's")
+    folder = claim_folder(run, "report", own_only=True)
+    assert folder.owns("REPORT.md") and folder.owns("manifest.json") and not folder.owns("notes.txt")
+
+
+def test_an_empty_folder_may_be_used_and_a_made_folder_is_removed_again(tmp_path):
+    claim_folder(tmp_path, "--out")  # empty: nothing to lose
+    with pytest.raises(BenchError, match="is not a folder this harness wrote"):
+        claim_folder(tmp_path, "--resume", own_only=True)
+    folder = claim_folder(tmp_path / "a" / "b", "--out")
+    folder.create()
+    folder.discard()
+    assert not (tmp_path / "a").exists()
+
+
+def test_outputs_are_checked_before_any_validation_or_cell(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the work started before its output was checked")
+
+    monkeypatch.setattr("bench.measure.backend_check.check_backends", never)
+    monkeypatch.setattr("bench.running.sweep.run_local", never)
+    assert main(["validate", "--models", "transformer", "--out", "/proc/bench-v"]) == 2
+    assert main(["run", *TINY, *CELL, "--out", "/proc/bench-r"]) == 2
+    err = capsys.readouterr().err
+    assert "--out: cannot write the folder '/proc/bench-v'" in err
+    assert "--out: cannot write the folder '/proc/bench-r'" in err
+
+
+def test_a_report_that_fails_leaves_nothing_behind(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "base.jsonl", [timing("k1")])
+
+    def half(rows, manifest, name, source, stage):
+        (stage / "REPORT.md").write_text("half a report")
+        raise RuntimeError("a section failed")
+
+    monkeypatch.setattr("bench.analysis.report._render", half)
+    assert main(["report", "base.jsonl"]) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.jsonl"]
+
+
+def test_a_report_of_a_results_file_goes_beside_it_and_is_rewritten_there(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "base.jsonl", [timing("k1")])
+    for _ in range(2):  # the second time over its own files
+        assert main(["report", "base.jsonl"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "base-report/REPORT.md"
+    assert "Generated from `base.jsonl` (1 cells)" in (tmp_path / "base-report" / "REPORT.md").read_text()
+
+
+def test_resume_keeps_the_first_invocations_manifest_and_appends_its_own(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", *TINY, *CELL, "--out", str(out)]) == 0
+    first = json.loads((out / "manifest.json").read_text())
+    assert main(["run", "--resume", str(out), "--retry-failed", "--no-progress", "--no-report"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {k: v for k, v in manifest.items() if k != "resumed"} == first
+    (resumed,) = manifest["resumed"]
+    assert "--resume" in resumed["command"] and resumed["run_id"] != first["run_id"]
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["run_id"] for r in records} == {first["run_id"]}  # every cell was measured by the first
