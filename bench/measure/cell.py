@@ -154,21 +154,6 @@ def model_flops_per_token(cell: TimingCell, model) -> float:
     return flops
 
 
-def warm_runtime(cell: TimingCell, device: torch.device) -> None:
-    """Run the cell's code once on a tiny copy of its model (short sequence, small vocabulary), so that
-    what PyTorch initialises on first use (the optimizer's first step alone imports ~150 MiB of compiler
-    machinery, kernels and thread pools register lazily) belongs to the runtime's baseline and not to the
-    model's memory. Nothing of the tiny model is kept."""
-    tiny = cell.model_copy(
-        update={"seq_len": min(cell.seq_len, 16), "vocab_size": min(cell.vocab_size, 64), "decode_tokens": 1}
-    )
-    model, autocast = make_model(tiny, device)
-    fn, _, setup = step_callable(tiny, model, device, autocast)
-    if setup:
-        setup()
-    fn()
-
-
 def traced_cpu_memory(cell: TimingCell, device: torch.device) -> dict:
     """The tensor bytes at the peak of one call (and of the decode cell's prompt), counted at the CPU
     allocator, on a fresh copy of the cell's model built inside the trace, so that everything the call
@@ -233,9 +218,10 @@ def measure_cell(cell: TimingCell, isolated: bool = True) -> dict:
     cpu_start = time.process_time()
     if cell.threads:
         torch.set_num_threads(cell.threads)
-    if device.type == "cpu":
-        warm_runtime(cell, device)
-    memory = PeakMemory(device)  # the runtime's baseline: after imports, before the model
+    # The runtime's resident size after imports and before the model, for reading the CPU's gross figure
+    # against (what PyTorch initialises on first use, the optimizer's machinery say, lands in the gross
+    # figure: the exact count never sees it).
+    memory = PeakMemory(device)
     model, autocast = make_model(cell, device)
     fn, work, setup = step_callable(cell, model, device, autocast)
     warm = warm_up(fn, device, setup, min_calls=cell.warmup, max_calls=cell.warmup_max)
