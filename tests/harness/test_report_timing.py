@@ -67,3 +67,10 @@ def test_the_section_prints_the_batch_size_rounds_and_both_memory_figures(tmp_pa
     assert "CPU resident size at the peak of a call, gross (MiB)" in text and "| a | 300.0 | 300.0 |" in text
     header = next(line for line in text.splitlines() if line.startswith("| model | backend |"))
     assert "ceiling" not in header  # CPU cells only: no launch-bound column
+
+
+def test_each_modes_dispatches_are_shown_at_its_own_longest_length():
+    table = models_table(frame(row("a", mode="train", seq_len=256), row("a", mode="prefill", seq_len=4096)))
+    header, _, line = table.splitlines()[:3]
+    assert "dispatches/token train T=256" in header and "dispatches/token prefill T=4096" in header
+    assert line.endswith("| 100 | 100 |")

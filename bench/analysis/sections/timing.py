@@ -152,27 +152,23 @@ def models_table(timing: pd.DataFrame) -> str:
     each length, the operator calls per token each mode sends to the device, and, for CUDA cells only, the
     ceiling their kernel launches set (a GPU estimate)."""
     lens = sorted(timing["seq_len"].unique())
-    longest = lens[-1]
     unit, scale = byte_unit(timing["state_bytes"])
     modes = [m for m in TIMING_MODES if m in set(timing["mode"])]
+    longest = {m: timing.loc[timing["mode"] == m, "seq_len"].max() for m in modes}  # a mode's own lengths
     devices = timing["device"] if "device" in timing else pd.Series(["cpu"] * len(timing), index=timing.index)
     ceilings = (devices == "cuda").any()
     header = ["model", "backend", "implementation that ran", "params", "non-embedding"]
     header += [f"FLOPs/token T={t}" for t in lens]
     header += [f"state T={t} ({unit})" for t in lens]
-    header += [f"dispatches/token {m} T={longest}" for m in modes]
+    header += [f"dispatches/token {m} T={longest[m]}" for m in modes]
     if ceilings:
         header += [f"launch-bound ceiling {m}, GPU estimate (tokens/s)" for m in modes]
     lines = ["| " + " | ".join(header) + " |", "|---|---|---|" + "---:|" * (len(header) - 3)]
     flops_col = "forward_flops_per_token" if "forward_flops_per_token" in timing else "flops_per_token"
-    for label, rows in timing.groupby("label", sort=False):
+    for label, rows in timing.groupby("label", sort=True):
         first = rows.iloc[0]
         by_len = rows.drop_duplicates("seq_len").set_index("seq_len")
-        at_longest = rows[rows["seq_len"] == longest].drop_duplicates("mode").set_index("mode")
-        per_token = [
-            at_longest["dispatches_per_token"].get(m) if "dispatches_per_token" in at_longest else None
-            for m in modes
-        ]
+        per_token = [_at(rows, m, longest[m], "dispatches_per_token") for m in modes]
         device = devices[rows.index].iloc[0]
         cells = [
             label,
@@ -187,6 +183,12 @@ def models_table(timing: pd.DataFrame) -> str:
         ]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
+
+
+def _at(rows: pd.DataFrame, mode: str, seq_len: int, column: str):
+    """A model's value of ``column`` in one mode at one length, or None."""
+    cell = rows[(rows["mode"] == mode) & (rows["seq_len"] == seq_len)]
+    return cell[column].iloc[0] if column in cell and len(cell) else None
 
 
 def _dispatch_text(timing: pd.DataFrame) -> str:
