@@ -241,14 +241,15 @@ def _memory_title(timing: pd.DataFrame) -> str:
 
 
 def gross_memory(timing: pd.DataFrame) -> list[str]:
-    """The CPU cells' resident size at the peak of a call, runtime included: what the process held, in
-    pages, beside the exact tensor bytes above."""
+    """The CPU cells' resident size at its peak over the timed calls, runtime included: what the process
+    held, in pages, beside the exact tensor bytes above."""
     cpu = timing[(timing["device"] == "cpu") & timing["peak_mem_gross_bytes"].notna()]
     if not len(cpu):
         return []
     unit, scale = byte_unit(cpu["peak_mem_gross_bytes"])
     out = [
-        f"**CPU resident size at the peak of a call, gross ({unit})**: the process's `VmHWM` after a reset, "
+        f"**CPU resident size at its peak over the timed calls, gross ({unit})**: the process's `VmHWM`, "
+        "reset before the timed calls (for decode, the copies of the prompt's state between them included), "
         "the Python and PyTorch runtime and whatever the heap kept included, so it is neither exact nor the "
         "model's alone; the runtime's own share, before the model was built, was "
         f"{bytes_text(cpu['mem_baseline_bytes'].median(), scale)} {unit} (median over cells).",
