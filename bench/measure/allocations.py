@@ -19,9 +19,11 @@ alternatives were worse: a TorchDispatchMode sees the outputs of operators but n
 temporaries and slows every operator by a Python call; an allocator of our own needs a compiled
 extension.
 
-What it costs: the profiler records every operator call of the traced code (about 1 us each) and
-processing the records afterwards costs about 5 us per record; a cell traces one model build and two
-calls, outside its timed region.
+What it costs, in CPU time on the 2-core machine: the profiler records every operator call of the traced
+code, and reading the records back costs a few microseconds each; a cell's trace (a model build and one
+call under the profiler, two for a training step) took as long as 1.7-4 prefill calls, 6-10 training
+steps, or, for decode, about one and a half prompts; about a quarter of the default run's timing cells'
+time, which pays for the dispatch count too (counted from the same records).
 """
 
 from __future__ import annotations
