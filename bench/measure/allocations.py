@@ -14,10 +14,10 @@ resident size it does not depend on what the heap kept from earlier phases or on
 same code allocates the same bytes in the same order, so rounds agree to the byte.
 
 Only allocations made while the trace runs are known, so a trace must begin before anything it should
-count exists (``exact_peaks`` builds the model inside it); a free of an older tensor is ignored. The
-alternatives were worse: a TorchDispatchMode sees the outputs of operators but not their internal
-temporaries and slows every operator by a Python call; an allocator of our own needs a compiled
-extension.
+count exists (``bench.measure.cell.traced_cpu_memory`` builds the model inside it); a free of an older
+tensor is ignored. The alternatives were worse: a TorchDispatchMode sees the outputs of operators but not
+their internal temporaries and slows every operator by a Python call; an allocator of our own needs a
+compiled extension.
 
 What it costs, in CPU time on the 2-core machine: the profiler records every operator call of the traced
 code, and reading the records back costs a few microseconds each; a cell's trace (a model build and one
