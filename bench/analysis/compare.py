@@ -1,26 +1,38 @@
 """``python -m bench compare BASE NEW``: find real regressions between two runs.
 
-Timings follow asv's rule: a change counts only if the ratio of medians passes ``threshold`` AND a
-Mann-Whitney U test is significant (p < ``alpha``). What the test counts as one independent observation
-matters more than the test: the repeats of one process share its state (its warm caches, the load on the
-machine while it ran), so when a cell was measured in several rounds (``bench run --rounds K``, each round
-a fresh process, the cells in a new order) the unit is a round, summarised by its median; a run of a
-single round falls back to its raw repeats. A test also has a floor: with n units a side, a two-sided
-exact Mann-Whitney p cannot go below 2 / C(2n, n) (n = 3: 0.10, n = 4: 0.029, n = 5: 0.0079), so when the
-samples cannot reach ``alpha`` the comparison says so and refuses to decide (exit 2) instead of silently
-calling every change "not significant".
+A timing passes only when the data rule a regression out, and fails only when they show one; otherwise
+the verdict says they do neither:
+
+- **regression** (asv's rule): the ratio of medians (new / base) is above ``1 + threshold`` AND a
+  two-sided Mann-Whitney U test is significant (p < ``alpha``); **improvement** the mirror image;
+- **unchanged** (a pass): the upper bound of a bootstrap interval of the ratio of medians, one-sided at
+  level ``1 - alpha``, is below ``1 + threshold``: a slowdown beyond the threshold is ruled out. Only
+  rounds can show that (at least ``MIN_ROUNDS_TO_PASS`` a side): the repeats of one process share its
+  state (its warm caches, its threads' placement, the load on the machine while it ran), so their spread
+  says nothing of the next process, and with fewer rounds the percentile bootstrap is too narrow;
+- **inconclusive**: neither, e.g. a ratio of 1.3 that the test cannot tell from noise because two rounds
+  ran slow, or a ratio of 1.02 whose interval still reaches 1.25. The advice is to measure more rounds.
+
+What a test counts as one independent observation matters more than the test: when a cell was measured
+in several rounds (``bench run --rounds K``, each round a fresh process, the cells in a new order) the
+unit is a round, summarised by its median; a run of a single round falls back to its raw repeats (which
+can show a regression, never a pass). A test also has a floor: with n units a side, a two-sided exact
+Mann-Whitney p cannot go below 2 / C(2n, n) (n = 3: 0.10, n = 4: 0.029, n = 5: 0.0079), so when the
+samples cannot reach ``alpha`` the comparison says so and refuses to decide (exit 2).
 
 Peak memory and state size are nearly deterministic, so a rise beyond ``mem_threshold`` is enough; for
-the peak, as long as it is also larger than ``mem_floor`` bytes: the CPU high-water mark moves in pages
-and the CUDA caching allocator in blocks, so on a tiny model one page more would otherwise read as a 20%
-regression (a state's bytes are counted exactly, and have no floor);
+the peak, as long as it is also larger than ``mem_floor`` bytes: the CUDA caching allocator rounds
+to blocks and older CPU records hold the resident size, which moves in pages, so on a tiny model a few
+KiB more would otherwise read as a 20% regression (a state's bytes are counted exactly, and have no
+floor);
 an accuracy cell's score columns count when they get worse by more than a threshold (absolute): the record
 says which columns it has and, for each, whether higher is better and its unit (``score_columns``, written
 by the task's scorer: bench/scoring), and the unit picks the threshold: ``acc_threshold`` for fractions
 (accuracy, overall and past the training length), ``bpb_threshold`` for bits per byte (default 0.05).
 Records written before ``score_columns`` get them from their scorer as it is now. A cell that was ok and
-now fails is a regression. Exit codes (from the CLI): 0 no regression, 1 a
-regression, 2 bad input or a comparison that cannot decide.
+now fails is a regression. Exit codes (from the CLI): 0 every metric passed, 1 a regression, 2 bad
+input or a comparison that cannot decide by its design (too few units, no cells in common), 4 no
+regression shown but at least one timing inconclusive.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from bench import results
-from bench.analysis.stats import mann_whitney_u
+from bench.analysis.stats import mann_whitney_u, median_ratio_interval
 from bench.errors import BenchError
 from bench.registry import SCORERS
 
@@ -45,8 +57,9 @@ class Change:
     new: float
     ratio: float
     p_value: float | None
-    verdict: str  # "regression", "improvement", "not significant", "unchanged"
+    verdict: str  # "regression", "improvement", "unchanged", "inconclusive"
     units: str = ""  # what the test counted, e.g. "6 vs 6 rounds"
+    interval: tuple[float, float] | None = None  # of the ratio, each bound one-sided at 1 - alpha
 
 
 @dataclass
@@ -60,6 +73,10 @@ class Comparison:
     @property
     def regressions(self) -> list[Change]:
         return [c for c in self.changes if c.verdict == "regression"]
+
+    @property
+    def inconclusive(self) -> list[Change]:
+        return [c for c in self.changes if c.verdict == "inconclusive"]
 
     @property
     def common(self) -> int:
@@ -94,6 +111,9 @@ def _side(records: list[dict]) -> Side:
             rounds.setdefault((record.get("run_id"), record.get("round", 0)), []).extend(record["samples_s"])
     medians = [statistics.median(s) for s in rounds.values() if s]
     return Side(records[-1], medians, [x for s in rounds.values() for x in s])
+
+
+MIN_ROUNDS_TO_PASS = 4
 
 
 def timing_units(base: Side, new: Side) -> tuple[list[float], list[float], str]:
@@ -142,18 +162,25 @@ def _check_types(record: dict, run: str) -> None:
         raise BenchError(f"{run!r}: cell {key!r}: field 'score_columns' is not a table of columns")
 
 
-def compare_timing(key: str, base: list[float], new: list[float], threshold: float, alpha: float) -> Change:
-    """Times in seconds per call (lower is better); the ratio is new / base medians."""
+def compare_timing(
+    key: str, base: list[float], new: list[float], threshold: float, alpha: float, units: str = "rounds"
+) -> Change:
+    """Times in seconds per call (lower is better); the ratio is new / base medians. ``units``: what the
+    values are, "rounds" (one median per round) or "repeats" (of one process: never enough to pass)."""
     b, n = statistics.median(base), statistics.median(new)
     ratio = n / b if b > 0 else math.inf
     _, p = mann_whitney_u(base, new)
-    if max(ratio, 1 / ratio) < 1 + threshold:
+    low, high = median_ratio_interval(base, new, alpha)
+    enough = units == "rounds" and min(len(base), len(new)) >= MIN_ROUNDS_TO_PASS
+    if p < alpha and ratio > 1 + threshold:
+        verdict = "regression"
+    elif p < alpha and ratio < 1 / (1 + threshold):
+        verdict = "improvement"
+    elif enough and high < 1 + threshold:
         verdict = "unchanged"
-    elif p >= alpha:
-        verdict = "not significant"
     else:
-        verdict = "regression" if ratio > 1 else "improvement"
-    return Change(key, "time", b, n, ratio, p, verdict)
+        verdict = "inconclusive"
+    return Change(key, "time", b, n, ratio, p, verdict, interval=(low, high))
 
 
 def _deterministic(
@@ -236,7 +263,7 @@ def compare_runs(
         if bu and nu:
             if smallest_p(len(bu), len(nu)) >= alpha:
                 out.underpowered.append(f"{key} ({len(bu)} vs {len(nu)} {name})")
-            change = compare_timing(key, bu, nu, threshold, alpha)
+            change = compare_timing(key, bu, nu, threshold, alpha, name)
             change.units = f"{len(bu)} vs {len(nu)} {name}"
             out.changes.append(change)
         # The floor is for the measured peak only: the state's bytes are counted exactly from its tensors.
@@ -262,26 +289,37 @@ def _fmt(metric: str, x: float) -> str:
     return f"{x:.4g}"
 
 
-def to_markdown(comp: Comparison, show_unchanged: bool = False) -> str:
+def to_markdown(comp: Comparison, show_unchanged: bool = False, alpha: float = 0.01) -> str:
     flagged = [c for c in comp.changes if show_unchanged or c.verdict != "unchanged"]
     lines = [
-        f"**{len(comp.regressions)} regression(s)** among {len(comp.changes)} compared metrics of "
-        f"{comp.common} cells in common (timings: ratio of medians and Mann-Whitney U, one unit per round "
-        f"when there are rounds; unchanged metrics not listed).",
+        f"**{len(comp.regressions)} regression(s)**, {len(comp.inconclusive)} inconclusive, among "
+        f"{len(comp.changes)} compared metrics of {comp.common} cells in common. A timing regresses when the "
+        "ratio of medians passes the threshold and a Mann-Whitney U test is significant; it passes only "
+        f"when the upper bound of a bootstrap interval of the ratio ({100 * (1 - alpha):g}%, one-sided, "
+        f"over rounds, at least {MIN_ROUNDS_TO_PASS} a side) is below the threshold; otherwise it is "
+        "inconclusive. Unchanged metrics not listed.",
         "",
     ]
+    if comp.inconclusive:
+        lines += [
+            f"{len(comp.inconclusive)} timing(s) inconclusive: the data neither show nor rule out a "
+            "regression beyond the threshold. Measure more rounds (`bench run --rounds`), interleaved, on "
+            "a quieter machine.",
+            "",
+        ]
     if flagged:
         lines += [
-            "| cell | metric | base | new | ratio | p (units) | verdict |",
+            "| cell | metric | base | new | ratio [interval] | p (units) | verdict |",
             "|---|---|---|---|---|---|---|",
         ]
-        order = {"regression": 0, "improvement": 1, "not significant": 2, "unchanged": 3}
+        order = {"regression": 0, "inconclusive": 1, "improvement": 2, "unchanged": 3}
         for c in sorted(flagged, key=lambda c: (order[c.verdict], c.key)):
             p = "" if c.p_value is None else f"{c.p_value:.3g}" + (f" ({c.units})" if c.units else "")
-            mark = "**regression**" if c.verdict == "regression" else c.verdict
+            ratio = f"{c.ratio:.3f}" + (f" [{c.interval[0]:.3f}, {c.interval[1]:.3f}]" if c.interval else "")
+            mark = f"**{c.verdict}**" if c.verdict in ("regression", "inconclusive") else c.verdict
             lines.append(
                 f"| `{c.key}` | {c.metric} | {_fmt(c.metric, c.base)} | {_fmt(c.metric, c.new)} | "
-                f"{c.ratio:.3f} | {p} | {mark} |"
+                f"{ratio} | {p} | {mark} |"
             )
     for title, keys in (("Only in BASE", comp.only_base), ("Only in NEW", comp.only_new)):
         if keys:

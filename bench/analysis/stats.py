@@ -2,6 +2,8 @@
 
 - the Mann-Whitney U test, two-sided, on raw timing samples: exact for small samples without ties (the
   usual case of 5-20 repeats), the normal approximation with tie correction otherwise;
+- a bootstrap interval for the ratio of two medians (new over base), resampling each side's independent
+  units (rounds) with replacement, seeded so that the same data always give the same interval;
 - confidence intervals for accuracies: Wilson's score interval for a proportion (one run scored on n
   examples) and Student's t interval for a mean (over seeds), with the t quantile from the regularised
   incomplete beta function.
@@ -10,6 +12,8 @@
 from __future__ import annotations
 
 import math
+import random
+import statistics
 from functools import cache
 from statistics import NormalDist
 
@@ -153,3 +157,30 @@ def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, fl
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = t_quantile(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
     return mean, mean - half, mean + half
+
+
+BOOTSTRAP_RESAMPLES = 4000
+
+
+def median_ratio_interval(
+    base: list[float], new: list[float], alpha: float, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
+    """(low, high): the ``alpha`` and ``1 - alpha`` quantiles of median(new) / median(base) over bootstrap
+    resamples of each side, so each bound is one-sided at level ``1 - alpha``. With few units the
+    percentile bootstrap is too narrow rather than too wide (the resampled median takes only the values
+    seen), which is why a caller that passes on ``high`` also requires several units a side."""
+    if not base or not new:
+        raise ValueError("a ratio interval needs at least one value on each side")
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(resamples):
+        b = statistics.median(rng.choices(base, k=len(base)))
+        n = statistics.median(rng.choices(new, k=len(new)))
+        ratios.append(n / b if b > 0 else math.inf)
+    ratios.sort()
+    return _quantile(ratios, alpha), _quantile(ratios, 1 - alpha)
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """The smallest value with at least a fraction ``q`` of ``ordered`` at or below it."""
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]

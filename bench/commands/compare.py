@@ -1,14 +1,25 @@
-"""``python -m bench compare BASE NEW``: the regressions between two runs; exit 1 if there are any."""
+"""``python -m bench compare BASE NEW``: the regressions between two runs.
+
+Exit codes: 0 every metric passed (for a timing: a slowdown beyond the threshold is ruled out); 1 a
+regression; 2 bad input or a comparison that cannot decide by its design (too few units to reach alpha,
+no cells in common); 3 an internal error; 4 no regression shown, but at least one timing inconclusive:
+the data neither show nor rule out a regression, and more rounds would tell.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 from bench.errors import BenchError
 
-HELP = "compare two runs: exit 0 none, 1 a regression, 2 bad input or a comparison that cannot decide"
+HELP = (
+    "compare two runs: exit 0 all passed, 1 a regression, 2 bad input or a comparison that cannot decide, "
+    "4 inconclusive (measure more rounds)"
+)
+EXIT_INCONCLUSIVE = 4
 
 
 def add_arguments(cmp: argparse.ArgumentParser) -> None:
@@ -83,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         bpb_threshold=args.bpb_threshold,
         mem_floor=args.mem_floor * 2**20,
     )
-    text = to_markdown(comp, show_unchanged=args.all)
+    text = to_markdown(comp, show_unchanged=args.all, alpha=args.alpha)
     print(text)
     if markdown is not None:
         write_output_file(markdown, text, MARK)
@@ -108,7 +119,16 @@ def run(args: argparse.Namespace) -> int:
             f"samples, e.g. {comp.underpowered[0]}: measure more rounds (bench run --rounds) or repeats, "
             "or raise --alpha"
         )
-    return 1 if comp.regressions else 0
+    if comp.regressions:
+        return 1
+    if comp.inconclusive:
+        print(
+            f"inconclusive: {len(comp.inconclusive)} timing(s) neither show nor rule out a regression "
+            f"beyond {args.threshold:g}; measure more rounds (bench run --rounds)",
+            file=sys.stderr,
+        )
+        return EXIT_INCONCLUSIVE
+    return 0
 
 
 # The first line of every markdown file compare writes (hidden when rendered): how compare knows a file is

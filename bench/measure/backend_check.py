@@ -15,6 +15,7 @@ import torch
 
 from bench.device import resolve_device
 from bench.errors import BenchError
+from bench.measure.upstream_check import check_upstream, not_installed
 from bench.plugins import call_of, describe_failure, model_error
 from bench.registry import MODELS, build, context_argument, describe_backends, list_models, reference_backend
 
@@ -112,21 +113,25 @@ def check_model(
 
 
 def check_backends(models: list[str] | None, device: str, seq_len: int) -> tuple[torch.device, list[dict]]:
-    """Rows for every backend of every model (default: all registered) on ``device``."""
+    """Rows for every backend of every model (default: all registered) on ``device``, then a row per
+    operator of those models checked against its upstream package's reference (``kind`` "upstream")."""
     dev = torch.device(resolve_device(device))
     rows = []
-    for name in models or list_models():
+    names = models or list_models()
+    for name in names:
         rows += check_model(name, dev, seq_len, ["float32", "bfloat16"])
-    return dev, rows
+    return dev, rows + check_upstream(names, seq_len)
 
 
 def validated(rows: list[dict]) -> bool:
-    """Whether any backend was checked at all."""
-    return any(r["status"] not in (NO_REFERENCE, NO_BACKENDS) for r in rows)
+    """Whether any backend was checked at all (the upstream operator checks do not count)."""
+    return any(r["status"] not in (NO_REFERENCE, NO_BACKENDS) for r in rows if r.get("kind") != "upstream")
 
 
 def all_ok(rows: list[dict]) -> bool:
-    return all(r["status"] in ("ok", NO_REFERENCE, NO_BACKENDS) for r in rows)
+    """Every backend and operator within tolerance; an upstream package that is not installed fails
+    nothing (its rows say so)."""
+    return all(r["status"] in ("ok", NO_REFERENCE, NO_BACKENDS) or not_installed(r) for r in rows)
 
 
 def _reference(name: str, reference: str, fn, call: str | None):

@@ -8,22 +8,27 @@ What each mode times, per call (the report repeats it):
 - ``prefill``: ``model.prefill(prompt)`` in inference mode, as a serving stack does it: the hidden states,
   the decoding state, and the logits of the last position only. Weights in the cell's dtype.
 - ``decode``: ``decode_tokens`` calls of ``model.step`` after a prompt of seq_len tokens; the prompt is
-  processed, untimed, before every call. Its memory is measured after the prompt (weights, the state and
-  what a step needs); the prompt's own peak is recorded beside it as ``prompt_peak_mem_bytes``.
+  processed once, untimed, and every call starts from a fresh copy of its state. Its memory is measured
+  after the prompt (weights, the state and what a step needs); the prompt's own peak is recorded beside it
+  as ``prompt_peak_mem_bytes``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import os
+import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from bench.measure.allocations import AllocationTrace
 from bench.measure.flops import peak_flops
-from bench.measure.launches import count_dispatches
-from bench.measure.memory import PeakMemory
+from bench.measure.launches import count_cpu_dispatches, count_dispatches
+from bench.measure.memory import ALLOCATOR_SOURCE, PeakMemory
 from bench.measure.timing import summarize, time_samples, warm_up
 from bench.registry import build, model_config
 from bench.spec.cells import TimingCell
@@ -88,13 +93,8 @@ def step_callable(
         return prefill, B * T, None
     if cell.mode == "decode":
         tokens = torch.randint(0, V, (cell.decode_tokens, B), generator=g).to(device)
-        holder: dict[str, Any] = {}
-
-        def setup():  # a fresh state after a prompt of seq_len tokens, rebuilt before every repeat
-            holder.pop("state", None)
-            with torch.inference_mode():
-                holder["state"] = model.prefill(ids)[1]
-
+        setup = PromptState(model, ids)
+        holder = setup.holder
         step = compiled(model.step, cell)
 
         def decode():
@@ -105,6 +105,37 @@ def step_callable(
 
         return decode, B * cell.decode_tokens, setup
     raise ValueError(f"mode {cell.mode!r} is not a timing mode")
+
+
+class PromptState:
+    """A decode cell's untimed setup: the state after a prompt of seq_len tokens, in ``holder["state"]``.
+
+    Called before every decoding call, it processes the prompt the first time and afterwards gives a fresh
+    copy of that prompt's state (the steps replace the state, so each call needs its own), which costs a
+    copy instead of a whole prefill: at T = 4096 the prefill before each call would cost more than the
+    steps timed. ``prompt()`` processes the prompt again, as the memory trace's prompt phase does. A state
+    that cannot be copied is rebuilt by a prefill each time."""
+
+    def __init__(self, model, ids: torch.Tensor):
+        self.model, self.ids, self.holder = model, ids, {}
+        self.copyable = True
+
+    def prompt(self) -> None:
+        self.holder.clear()  # the previous state goes before the prompt makes the next
+        with torch.inference_mode():
+            self.holder["prompt"] = self.holder["state"] = self.model.prefill(self.ids)[1]
+
+    def __call__(self) -> None:
+        if "prompt" not in self.holder or not self.copyable:
+            self.prompt()
+            return
+        self.holder.pop("state", None)
+        try:
+            with torch.inference_mode():
+                self.holder["state"] = copy.deepcopy(self.holder["prompt"])
+        except Exception:  # noqa: BLE001 - a plug-in's state that deepcopy cannot copy: prefill again
+            self.copyable = False
+            self.prompt()
 
 
 def model_flops_per_token(cell: TimingCell, model) -> float:
@@ -123,61 +154,88 @@ def model_flops_per_token(cell: TimingCell, model) -> float:
     return flops
 
 
-def warm_runtime(cell: TimingCell, device: torch.device) -> None:
-    """Run the cell's code once on a tiny copy of its model (short sequence, small vocabulary), so that
-    what PyTorch initialises on first use (the optimizer's first step alone imports ~150 MiB of compiler
-    machinery, kernels and thread pools register lazily) belongs to the runtime's baseline and not to the
-    model's memory. Nothing of the tiny model is kept."""
-    tiny = cell.model_copy(
-        update={"seq_len": min(cell.seq_len, 16), "vocab_size": min(cell.vocab_size, 64), "decode_tokens": 1}
-    )
-    model, autocast = make_model(tiny, device)
-    fn, _, setup = step_callable(tiny, model, device, autocast)
+def traced_cpu_memory(cell: TimingCell, device: torch.device) -> dict:
+    """The tensor bytes at the peak of one call (and of the decode cell's prompt), counted at the CPU
+    allocator, on a fresh copy of the cell's model built inside the trace, so that everything the call
+    has live counts: weights, optimizer state, the decoding state, the inputs, the activations. The first
+    call makes what stays between calls (AdamW's moments, caches); the second is the one measured. Its
+    dispatches per token are counted from the same trace."""
+    start = time.perf_counter()
+    with AllocationTrace() as trace:
+        model, autocast = make_model(cell, device)
+        fn, work, setup = step_callable(cell, model, device, autocast)
+        if cell.mode == "train":
+            fn()
+        if setup:
+            with trace.phase("prompt"):
+                setup.prompt()
+        with trace.phase("call"):
+            fn()
+    record = {
+        "peak_mem_bytes": trace.peaks["call"],
+        "dispatches_per_token": count_cpu_dispatches([trace.phase_events["call"]]) / work,
+        "peak_mem_source": ALLOCATOR_SOURCE,
+    }
     if setup:
-        setup()
+        record["prompt_peak_mem_bytes"] = trace.peaks["prompt"]
+    record["mem_trace_s"] = time.perf_counter() - start
+    return record
+
+
+def cuda_memory(memory: PeakMemory, fn, setup) -> dict:
+    """The CUDA figures of one call after warm-up: ``max_memory_allocated`` (the prompt's apart)."""
+    record: dict[str, Any] = {}
+    if setup:
+        memory.reset()
+        setup.prompt()
+        record["prompt_peak_mem_bytes"] = memory.peak()
+    memory.reset()
     fn()
+    stats = torch.cuda.memory_stats(memory.device)
+    return record | dict(
+        peak_mem_bytes=memory.peak(),
+        peak_mem_gross_bytes=memory.gross_peak(),
+        peak_mem_source=memory.source,
+        peak_mem_reserved_bytes=torch.cuda.max_memory_reserved(memory.device),
+        alloc_retries=stats.get("num_alloc_retries", 0),
+    )
+
+
+def resident_memory(memory: PeakMemory, isolated: bool) -> dict:
+    """The CPU's gross figure: the resident size at its peak over the timed calls (reset before them;
+    for decode the copies of the prompt's state between calls included), the runtime included."""
+    return dict(
+        peak_mem_gross_bytes=memory.gross_peak(),
+        mem_baseline_bytes=memory.baseline,
+        peak_mem_gross_source=memory.source
+        + ("" if isolated or memory.resettable else " (shared process: an upper bound)"),
+    )
 
 
 def measure_cell(cell: TimingCell, isolated: bool = True) -> dict:
     """Everything measured for a timing cell (train / prefill / decode), as a flat dict."""
     device = torch.device(cell.device)
+    cpu_start = time.process_time()
     if cell.threads:
         torch.set_num_threads(cell.threads)
-    if device.type == "cpu":
-        warm_runtime(cell, device)
-    memory = PeakMemory(device)  # the runtime's baseline: after imports, before the model
+    # The runtime's resident size after imports and before the model, for reading the CPU's gross figure
+    # against (what PyTorch initialises on first use, the optimizer's machinery say, lands in the gross
+    # figure: the exact count never sees it).
+    memory = PeakMemory(device)
     model, autocast = make_model(cell, device)
     fn, work, setup = step_callable(cell, model, device, autocast)
     warm = warm_up(fn, device, setup, min_calls=cell.warmup, max_calls=cell.warmup_max)
-
-    # One call after warm-up measures the memory; for decode, the prompt and the steps separately.
     record: dict[str, Any] = {}
-    if setup:
-        memory.reset()
-        setup()
-        record["prompt_peak_mem_bytes"] = memory.peak()
+    if device.type == "cuda":  # outside the timed region, once: the kernels one call launches, per token
+        record.update(cuda_memory(memory, fn, setup))
+        if setup:
+            setup()
+        record["dispatches_per_token"] = count_dispatches(fn, device) / work
+
     memory.reset()
-    fn()
-    record.update(
-        peak_mem_bytes=memory.peak(),
-        peak_mem_gross_bytes=memory.gross_peak(),
-        mem_baseline_bytes=memory.baseline,
-        peak_mem_source=memory.source
-        + ("" if isolated or memory.resettable else " (shared process: an upper bound)"),
-    )
-    if device.type == "cuda":
-        stats = torch.cuda.memory_stats(device)
-        record.update(
-            peak_mem_reserved_bytes=torch.cuda.max_memory_reserved(device),
-            alloc_retries=stats.get("num_alloc_retries", 0),
-        )
-
-    # Outside the timed region, once: the operator calls one call sends to the device, per token.
-    if setup:
-        setup()
-    record["dispatches_per_token"] = count_dispatches(fn, device) / work
-
     samples = time_samples(fn, cell.repeats, device, setup)
+    if device.type == "cpu":
+        record.update(resident_memory(memory, isolated))
     timing = summarize(samples, work)
     record.update(timing, warmup_calls=warm.calls, warmup_settled=warm.settled)
     if cell.compile:  # the first call compiled the model: its time beyond a steady call
@@ -201,5 +259,11 @@ def measure_cell(cell: TimingCell, isolated: bool = True) -> dict:
         peak_flops=peak,
         mfu=achieved / peak if peak else None,
         torch_threads=torch.get_num_threads(),
+        # read by OpenMP when the process started (bench/running/isolation.py sets it for cells)
+        thread_wait_policy=os.environ.get("OMP_WAIT_POLICY") or "OpenMP's default (spin, then sleep)",
     )
+    if device.type == "cpu":
+        del model, fn, setup  # the trace measures a copy of its own
+        record.update(traced_cpu_memory(cell, device))
+    record["cpu_s"] = time.process_time() - cpu_start  # every thread of the cell's process
     return record

@@ -8,8 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch._C._profiler import _EventType
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
+
+from bench.measure.allocations import walk
 
 # Inductor wraps each call of a compiled graph in a record_function of this form; the generated CPU kernels
 # it calls are recorded as its children, but only when compiled with cpp.enable_kernel_profile.
@@ -20,27 +23,59 @@ CPU_KERNEL_PROFILE_FLAG = "torch._inductor.config.cpp.enable_kernel_profile = Tr
 TRITON_LAUNCH_MARK = "triton::"
 
 
+def _is_op(event: Any) -> bool:
+    return event.tag == _EventType.TorchOp
+
+
 def _is_aten(event: Any) -> bool:
-    return event.name.startswith("aten::")
+    return _is_op(event) and event.name.startswith("aten::")
+
+
+def _is_launch(event: Any) -> bool:
+    return _is_aten(event) or (_is_op(event) and event.name.startswith(TRITON_LAUNCH_MARK))
 
 
 def _under_dispatch(event: Any) -> bool:
-    parent = event.cpu_parent
+    parent = event.parent
     while parent is not None:
-        if _is_aten(parent) or parent.name.startswith(TRITON_LAUNCH_MARK):
+        if _is_launch(parent):
             return True
-        parent = parent.cpu_parent
+        parent = parent.parent
     return False
 
 
 def _is_compiled_kernel(event: Any) -> bool:
-    parent = event.cpu_parent
+    parent = event.parent
     return (
-        parent is not None
+        _is_op(event)
+        and parent is not None
         and parent.name.startswith(COMPILED_GRAPH_MARK)
         and not _is_aten(event)
         and not event.name.startswith("##")
     )
+
+
+def count_cpu_dispatches(roots: list[Any]) -> int:
+    """The operator calls in the profiler event trees under ``roots`` (the rules of ``count_dispatches``
+    on the CPU), e.g. the subtree of one marked phase of an allocation trace."""
+    count, regions, regions_with_kernels = 0, set(), set()
+    for event in walk(roots):
+        if not _is_op(event):
+            continue
+        if event.name.startswith(COMPILED_GRAPH_MARK):
+            regions.add(event.id)
+        if _is_launch(event):
+            count += not _under_dispatch(event)
+        elif _is_compiled_kernel(event):
+            count += 1
+            regions_with_kernels.add(event.parent.id)
+    if regions - regions_with_kernels:
+        warnings.warn(
+            f"{len(regions - regions_with_kernels)} compiled region(s) recorded no generated kernel: compile "
+            f"with {CPU_KERNEL_PROFILE_FLAG} so that they are counted",
+            stacklevel=2,
+        )
+    return count
 
 
 def count_dispatches(fn: Callable[[], Any], device: torch.device | str) -> int:
@@ -54,9 +89,7 @@ def count_dispatches(fn: Callable[[], Any], device: torch.device | str) -> int:
     calls: the non-aten children of inductor's "## Call CompiledFxGraph ... ##" regions, which the profiler
     records only if the code was compiled with ``torch._inductor.config.cpp.enable_kernel_profile = True``
     (a warning says so when a compiled region shows none). Extern kernels called from compiled code (bmm,
-    mm) are aten calls and count through the first rule. A Triton kernel launch marked with a
-    ``record_function("triton::<name>")`` counts once, and nothing inside the mark does (under
-    TRITON_INTERPRET=1 the kernel runs there as host code). Backward passes run by ``fn`` count alike.
+    mm) are aten calls and count through the first rule. Backward passes run by ``fn`` count alike.
     """
     device = torch.device(device)
     activities = [ProfilerActivity.CPU]
@@ -67,27 +100,8 @@ def count_dispatches(fn: Callable[[], Any], device: torch.device | str) -> int:
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    events = prof.events()
     if device.type == "cuda":
-        return sum(1 for e in events if e.device_type == DeviceType.CUDA)
+        return sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
     if device.type != "cpu":
         raise ValueError(f"count_dispatches counts on cpu or cuda, not {device.type}")
-
-    count, regions, regions_with_kernels = 0, set(), set()
-    for event in events:
-        if event.device_type != DeviceType.CPU:
-            continue
-        if event.name.startswith(COMPILED_GRAPH_MARK):
-            regions.add(event.id)
-        if _is_aten(event) or event.name.startswith(TRITON_LAUNCH_MARK):
-            count += not _under_dispatch(event)
-        elif _is_compiled_kernel(event):
-            count += 1
-            regions_with_kernels.add(event.cpu_parent.id)
-    if regions - regions_with_kernels:
-        warnings.warn(
-            f"{len(regions - regions_with_kernels)} compiled region(s) recorded no generated kernel: compile "
-            f"with {CPU_KERNEL_PROFILE_FLAG} so that they are counted",
-            stacklevel=2,
-        )
-    return count
+    return count_cpu_dispatches(prof.profiler.kineto_results.experimental_event_tree())

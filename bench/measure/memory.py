@@ -1,14 +1,16 @@
-"""Peak memory of one phase of a cell, on CUDA and on the CPU, with the same recipe: reset the peak after
-warm-up, run once, read it.
+"""Peak memory of one phase of a cell as the device's own counters give it, with the same recipe: reset
+the peak after warm-up, run once, read it.
 
-CUDA: ``max_memory_allocated`` after ``reset_peak_memory_stats``: tensors only, the runtime excluded.
+CUDA: ``max_memory_allocated`` after ``reset_peak_memory_stats``: tensors only, the runtime excluded. It is
+the primary CUDA figure.
 
 CPU: the process's peak resident set size (``VmHWM``), which Linux lets a process reset to its current
-size (``/proc/self/clear_refs``, "5"). The PyTorch runtime itself holds ~180 MiB before any model exists,
-so the figure reported is net of a *baseline*: the resident size after imports and before the model is
-built (the weights count; the interpreter, torch's libraries and their allocator caches do not). Where the
-peak cannot be reset (no /proc, or not writable), the lifetime peak of the process is used, which the
-one-process-per-cell executor makes that cell's own, and the source says so.
+size (``/proc/self/clear_refs``, "5"); where the peak cannot be reset (no /proc, or not writable), the
+lifetime peak of the process, which the one-process-per-cell executor makes that cell's own. It is the
+*gross* CPU figure: the interpreter and torch's libraries (~180 MiB before any model exists), what the
+heap kept from earlier phases, pages rather than bytes. ``baseline`` is the resident size after imports
+and before the model is built, for reading the gross figure against. The primary CPU figure counts
+tensor bytes at the allocator instead (``bench.measure.allocations``), which none of that moves.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 
 _STATUS = Path("/proc/self/status")
+ALLOCATOR_SOURCE = "CPU allocator: tensor bytes live at the peak, from the profiler's memory events"
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
@@ -71,9 +74,9 @@ class PeakMemory:
         if device.type == "cuda":
             self.source = "cuda.max_memory_allocated"
         elif self.resettable:
-            self.source = "VmHWM after reset, minus the runtime baseline"
+            self.source = "resident size: VmHWM after a reset, runtime included"
         else:
-            self.source = "ru_maxrss (lifetime peak of the cell's process), minus the runtime baseline"
+            self.source = "resident size: ru_maxrss, the cell process's lifetime peak, runtime included"
 
     @staticmethod
     def _reset_cpu() -> bool:

@@ -23,7 +23,7 @@ import torch
 
 from bench import results
 
-SETTLE_WINDOW = 3
+SETTLE_WINDOW = 2  # two calls in a row no faster than before: a trend still shows, at a call less than 3
 SETTLE_TOLERANCE = 0.05  # the last calls at most 5% faster than the best before them
 DRIFT_LIMIT = 0.15
 

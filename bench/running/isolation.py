@@ -50,6 +50,23 @@ def run_in_process(cell: TimingCell | AccuracyCell, isolated: bool = False) -> d
 
 _context = None
 
+# How a cell's OpenMP threads wait for each other at the end of a parallel region. By default they spin
+# for a while, so when another job holds a core, a thread spins on one core while the partner it waits
+# for waits for the other. Measured on the 2-core machine with a CPU-burning job beside it (and other
+# load), prefill at T=1024, 2 threads, median over 5-6 rounds of each round's median call (range):
+# mamba 698 ms (680-2863) spinning, 75 ms (40-158) passive, 160 ms (40-305) with one thread;
+# transformer 1094 ms (703-1876), 28 ms (25-52), 84 ms (48-265). Passive waiting was the fastest and the
+# steadiest, and costs a quiet machine only a wake-up per region. A user's own setting is kept; the cell
+# records the one it ran under.
+THREAD_WAIT_POLICY = ("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _passive_thread_waiting() -> None:
+    """OpenMP reads the policy when it starts, in the forkserver's first import of torch: it is set in the
+    environment the server inherits, before the server starts."""
+    name, value = THREAD_WAIT_POLICY
+    os.environ.setdefault(name, value)
+
 
 def _fork_context():
     """A forkserver that imports torch, the harness and the built-in models once (``preload``): each cell
@@ -57,6 +74,7 @@ def _fork_context():
     seconds importing torch. The server runs no torch code, so no thread pool is forked in a locked state."""
     global _context
     if _context is None:
+        _passive_thread_waiting()
         _context = multiprocessing.get_context("forkserver")
         _context.set_forkserver_preload(["torch", "bench.running.isolation", "bench.running.preload"])
     return _context

@@ -199,7 +199,7 @@ def expand(spec: SweepSpec, models: list[ModelEntry], device: str) -> list[Timin
                 continue
             for batch in spec.batch_sizes:
                 for dtype in dtypes:
-                    for seq_len in sorted(spec.seq_lens):
+                    for seq_len in spec.lengths(mode):
                         cells.append(
                             TimingCell(
                                 model=entry.name,

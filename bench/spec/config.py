@@ -320,6 +320,11 @@ class SweepSpec(Strict):
         description="timing cells' sequence lengths, e.g. 256,1024",
         json_schema_extra=cli("--seq-lens", shapes=True),
     )
+    mode_seq_lens: dict[Literal["train", "prefill", "decode"], list[PositiveInt]] = Field(
+        default_factory=dict,
+        description="one timing mode's own lengths, in place of seq_lens for it (a table, e.g. "
+        "{prefill = [256, 1024, 4096]}); --seq-lens on the command line sets every mode's",
+    )
     batch_sizes: list[PositiveInt] = Field(
         default=[1], min_length=1, description="e.g. 1,4", json_schema_extra=cli("--batch-sizes", shapes=True)
     )
@@ -473,6 +478,19 @@ class SweepSpec(Strict):
                 "their training length is --train-len"
             )
         return self
+
+    @model_validator(mode="after")
+    def _seq_lens_flag_sets_every_mode(self, info: ValidationInfo) -> SweepSpec:
+        if "seq_lens" in given_flags(info):
+            self.mode_seq_lens = {}
+        for mode, lens in self.mode_seq_lens.items():
+            if not lens or len(set(lens)) != len(lens):
+                raise ValueError(f"mode_seq_lens.{mode} must list distinct lengths, got {lens}")
+        return self
+
+    def lengths(self, mode: str) -> list[int]:
+        """The timing cells' lengths for one mode."""
+        return sorted(self.mode_seq_lens.get(mode, self.seq_lens))
 
     @model_validator(mode="after")
     def _executor_options(self, info: ValidationInfo) -> SweepSpec:

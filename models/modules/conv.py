@@ -36,7 +36,8 @@ class CausalConv1d(nn.Conv1d):
         y = sum(padded[:, k : k + T] * taps[:, k] for k in range(keep + 1))
         if self.bias is not None:
             y = y + self.bias
-        return self._act(y), padded[:, padded.shape[1] - keep :]
+        # a copy, not a view: a view of ``padded`` would keep the whole prompt's input alive in the state
+        return self._act(y), padded[:, padded.shape[1] - keep :].clone()
 
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, C], state [B, K - 1, C] -> (y [B, C], new state)."""

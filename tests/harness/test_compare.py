@@ -1,14 +1,16 @@
-"""Regression checks: the ratio AND the significance rule, deterministic metrics, unmatched cells, exit
-codes, and the whole path end to end through two real sweeps."""
+"""Regression checks: the ratio AND the significance rule for a regression, a bootstrap bound of the ratio
+for a pass, "inconclusive" in between, deterministic metrics, unmatched cells, exit codes."""
 
+import math
 import random
+import statistics
 
 import pytest
 from scipy.stats import mannwhitneyu
 
 from bench import results
 from bench.analysis.compare import compare_runs, compare_timing
-from bench.analysis.stats import mann_whitney_u
+from bench.analysis.stats import mann_whitney_u, median_ratio_interval
 from bench.cli import main
 
 
@@ -41,12 +43,55 @@ def test_speedup_is_an_improvement():
 
 def test_equal_distributions_are_not_flagged():
     change = compare_timing("k", samples(1.0, 10, 1, 0.2), samples(1.0, 10, 2, 0.2), 0.1, 0.01)
-    assert change.verdict in ("unchanged", "not significant")
+    assert change.verdict in ("unchanged", "inconclusive")
 
 
-def test_thirty_percent_shift_with_two_samples_is_not_significant():
+def test_thirty_percent_shift_with_two_samples_is_inconclusive_not_a_pass():
     change = compare_timing("k", samples(1.0, 2, 1), samples(1.3, 2, 2), 0.1, 0.01)
-    assert change.verdict == "not significant" and change.p_value > 0.3
+    assert change.verdict == "inconclusive" and change.p_value > 0.3
+
+
+def test_a_pass_is_shown_by_rounds_whose_interval_rules_the_slowdown_out():
+    tight_base, tight_new = samples(1.0, 6, 1, 0.02), samples(1.0, 6, 2, 0.02)
+    change = compare_timing("k", tight_base, tight_new, 0.1, 0.01)
+    assert change.verdict == "unchanged" and change.interval[1] < 1.1
+    # the same numbers as repeats of one process show nothing about the next process
+    assert compare_timing("k", tight_base, tight_new, 0.1, 0.01, units="repeats").verdict == "inconclusive"
+    # three rounds a side are too few for the bootstrap to be trusted
+    assert compare_timing("k", tight_base[:3], tight_new[:3], 0.1, 0.01).verdict == "inconclusive"
+    # a ratio near 1 whose interval still reaches past the threshold rules nothing out
+    wide = compare_timing("k", samples(1.0, 6, 3, 0.4), samples(1.0, 6, 4, 0.4), 0.1, 0.01)
+    assert wide.verdict == "inconclusive" and wide.interval[1] > 1.1
+
+
+def test_the_busy_machine_case_of_issue_24_is_inconclusive_not_a_pass():
+    """Round medians of a 20 ms model on a 2-core machine with one core busy (two slow rounds), and the
+    same model 30% slower: the test cannot tell them apart, and that must not read as a pass."""
+    base = [0.027, 0.027, 0.085, 0.056, 0.024, 0.025]
+    new = [1.3 * x for x in (0.025, 0.060, 0.026, 0.024, 0.090, 0.027)]
+    change = compare_timing("k", base, new, 0.1, 0.01)
+    assert change.p_value > 0.01 and change.verdict == "inconclusive"
+
+
+def test_the_ratio_interval_is_seeded_and_brackets_the_ratio():
+    base, new = samples(1.0, 6, 1, 0.1), samples(1.2, 6, 2, 0.1)
+    low, high = median_ratio_interval(base, new, 0.01)
+    assert (low, high) == median_ratio_interval(base, new, 0.01)
+    assert low < statistics.median(new) / statistics.median(base) < high
+
+
+def test_a_real_fifteen_percent_slowdown_rarely_passes():
+    """Calibration of the pass rule: 6 rounds a side, 5% lognormal noise per round. A 15% slowdown (beyond
+    the 10% threshold) passes in at most 2 of 100 draws; identical runs pass in most."""
+    rng = random.Random(7)
+
+    def rounds(scale):
+        return [scale * math.exp(rng.gauss(0, 0.05)) for _ in range(6)]
+
+    slow = [compare_timing("k", rounds(1.0), rounds(1.15), 0.1, 0.01).verdict for _ in range(100)]
+    same = [compare_timing("k", rounds(1.0), rounds(1.0), 0.1, 0.01).verdict for _ in range(100)]
+    assert slow.count("unchanged") <= 2
+    assert same.count("unchanged") >= 50 and same.count("regression") <= 1
 
 
 def test_significant_but_small_change_is_unchanged():
@@ -69,6 +114,11 @@ def cell(key, time_s, mem=100 * MIB, state=10.0, status="ok", n=8, seed=0, **ext
     return rec
 
 
+def rounds(key, time_s, k=6, seed=0, **fields):
+    """A cell measured in k rounds of one run: one record per round, as `bench run --rounds k` writes."""
+    return [cell(key, time_s, seed=seed + r, round=r, run_id=f"run-{seed}", n=5, **fields) for r in range(k)]
+
+
 @pytest.fixture
 def runs(tmp_path):
     base, new = tmp_path / "base", tmp_path / "new"
@@ -76,17 +126,17 @@ def runs(tmp_path):
     write_run(
         base,
         [
-            cell("same", 1.0, seed=1),
-            cell("mem", 1.0, mem=100 * MIB, seed=2),
-            cell("gone", 1.0),
-            cell("breaks", 1.0),
+            *rounds("same", 1.0, seed=10),
+            *rounds("mem", 1.0, mem=100 * MIB, seed=20),
+            *rounds("gone", 1.0, seed=50),
+            *rounds("breaks", 1.0, seed=60),
         ],
     )
     write_run(
         new,
         [
-            cell("same", 1.0, seed=3),
-            cell("mem", 1.0, mem=150 * MIB, seed=4),
+            *rounds("same", 1.0, seed=30),
+            *rounds("mem", 1.0, mem=150 * MIB, seed=40),
             cell("added", 1.0),
             cell("breaks", 1.0, status="oom"),
         ],
@@ -139,6 +189,16 @@ def test_accuracy_past_the_training_length_is_compared_too(tmp_path):
     ]
 
 
+def test_an_inconclusive_timing_exits_4_with_the_advice(tmp_path, capsys):
+    base, new = tmp_path / "base", tmp_path / "new"
+    base.mkdir(), new.mkdir()
+    write_run(base, [cell("k", 1.0, n=8, seed=1)])  # one round a side: a pass cannot be shown
+    write_run(new, [cell("k", 1.0, n=8, seed=2)])
+    assert main(["compare", str(base), str(new), "--markdown", str(tmp_path / "cmp.md")]) == 4
+    assert "measure more rounds" in capsys.readouterr().err
+    assert "**inconclusive**" in (tmp_path / "cmp.md").read_text()
+
+
 def test_cli_exit_codes_and_markdown(runs, tmp_path, capsys):
     base, new = map(str, runs)
     md = tmp_path / "cmp.md"
@@ -156,7 +216,7 @@ def test_rounds_concatenated_into_one_file_pool_their_samples(tmp_path):
     results.append(path, cell("k", 1.0, n=3, seed=1))
     results.append(path, cell("k", 1.0, n=4, seed=2))
     comp = compare_runs(str(path), str(path))
-    assert [c.verdict for c in comp.changes if c.metric == "time"] == ["unchanged"]
+    assert [c.verdict for c in comp.changes if c.metric == "time"] == ["inconclusive"]  # one process a side
     from bench.analysis.compare import _load
 
     side = _load(str(path))["k"]
@@ -198,12 +258,12 @@ def test_rounds_are_the_units_when_both_sides_have_them(tmp_path):
 def test_runs_with_nothing_in_common_cannot_pass_the_gate(tmp_path, capsys):
     base, new = tmp_path / "base", tmp_path / "new"
     base.mkdir(), new.mkdir()
-    write_run(base, [cell("old-config", 1.0)])
-    write_run(new, [cell("new-config", 1.0)])
+    write_run(base, rounds("old-config", 1.0, seed=1))
+    write_run(new, rounds("new-config", 1.0, seed=2))
     assert main(["compare", str(base), str(new)]) == 2
     captured = capsys.readouterr()
     assert "share 0 cell(s), fewer than --min-common 1" in captured.err and "`old-config`" in captured.out
-    write_run(new, [cell("old-config", 1.0, seed=5)])
+    write_run(new, rounds("old-config", 1.0, seed=5))
     assert main(["compare", str(base), str(new)]) == 0
     assert main(["compare", str(base), str(new), "--min-common", "2"]) == 2
 

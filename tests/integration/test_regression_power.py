@@ -1,6 +1,8 @@
-"""The CI gate under load (issue 12's acceptance): with a CPU-burning process beside it on a 2-core
-machine, `bench compare` flags a 30% slowdown in at least 9 of 10 base/head pairs and at most 1 of 10
-pairs of identical runs, with the settings the README's CI recipe uses (6 rounds of 5 repeats)."""
+"""The CI gate under load (issues 12 and 24): with a CPU-burning process beside it on a 2-core machine,
+`bench compare` never passes a 30% slowdown (it is a regression, or inconclusive: exit 1 or 4) in at
+least 9 of 10 base/head pairs, and calls identical runs a regression in at most 1 of 10, with the
+settings the README's CI recipe uses (6 rounds of 5 repeats). How often identical runs pass is printed:
+that is what the load costs, the gate's honesty is what is asserted."""
 
 import subprocess
 import sys
@@ -50,11 +52,16 @@ def test_a_30_percent_slowdown_is_caught_and_identical_runs_pass(tmp_path, cpu_b
         assert main(["run", str(spec), "--out", str(out), "--no-progress", "--no-report"]) == 0
         return str(out)
 
-    flagged_slow = flagged_same = 0
+    slow, same = [], []
     for i in range(PAIRS):
         base = run(f"base-{i}", BASE_DELAY)
-        flagged_slow += main(["compare", base, run(f"slow-{i}", 1.3 * BASE_DELAY)]) == 1
-        flagged_same += main(["compare", base, run(f"same-{i}", BASE_DELAY)]) == 1
-    print(f"30% slowdown flagged in {flagged_slow}/{PAIRS} pairs; identical runs in {flagged_same}/{PAIRS}")
-    assert flagged_slow >= 9, f"a 30% slowdown was caught in {flagged_slow} of {PAIRS} pairs"
-    assert flagged_same <= 1, f"identical runs were flagged in {flagged_same} of {PAIRS} pairs"
+        slow.append(main(["compare", base, run(f"slow-{i}", 1.3 * BASE_DELAY)]))
+        same.append(main(["compare", base, run(f"same-{i}", BASE_DELAY)]))
+    print(
+        f"30% slowdown: regression {slow.count(1)}, inconclusive {slow.count(4)}, pass {slow.count(0)} of "
+        f"{PAIRS}; identical: regression {same.count(1)}, inconclusive {same.count(4)}, pass {same.count(0)}"
+    )
+    assert set(slow + same) <= {0, 1, 4}, f"a comparison could not be made: exit codes {slow}, {same}"
+    flagged = slow.count(1) + slow.count(4)
+    assert flagged >= 9, f"a 30% slowdown passed in {PAIRS - flagged} of {PAIRS} pairs (exit codes {slow})"
+    assert same.count(1) <= 1, f"identical runs were called a regression in {same.count(1)} of {PAIRS} pairs"

@@ -32,19 +32,27 @@ inter-quartile range):
   and an AdamW step. Float32 master weights; bf16/fp16 cells run the forward under autocast.
 - **prefill**: `model.prefill(prompt)` in inference mode, as a serving stack does it: every layer's
   hidden states and decoding state, and the output head at the last position only.
-- **decode**: `decode_tokens` calls of `model.step` after a prompt of T tokens (the prompt is processed,
-  untimed, before every repeat). FLOPs and MFU count a step at context T.
+- **decode**: `decode_tokens` calls of `model.step` after a prompt of T tokens (the prompt is processed
+  once, untimed; every repeat starts from a fresh copy of its state). FLOPs and MFU count a step at
+  context T.
 
-Peak memory is what one call needs above the runtime: on CUDA `max_memory_allocated` after a reset
-following warm-up; on the CPU the peak resident size after a reset following warm-up (Linux's
-`VmHWM`), minus the process's resident size after imports and before the model was built, so weights,
-gradients, optimizer state and activations count and the ~200 MiB of the PyTorch runtime does not. For
-decode, the peak after the prompt (weights, the state, a step); the prompt's own peak is listed apart.
+Peak memory is the tensor bytes live at the peak of one call: weights, gradients, optimizer state,
+the decoding state, the inputs and the activations, never the runtime. On CUDA `max_memory_allocated`
+after a reset following warm-up; on the CPU the same quantity counted exactly at PyTorch's CPU allocator
+(its allocation and free events, reported to the profiler, summed in order over a copy of the model
+built inside the count), so it repeats to the byte. For decode, the peak of the steps after the prompt
+(weights, the state, a step); the prompt's own peak is listed apart. The CPU's resident size, the
+runtime included, is kept as the gross figure.
 
 Flags: ⚠ the first two timed calls differ from the last two by more than 15% (drift), or the spread is
-wider than ±25%; † warm-up stopped at its cap before the timings settled."""
+wider than ±25%; † warm-up stopped at its cap before the timings settled. A flagged cell is too noisy to
+rank: it is greyed (and parenthesised) in the tables and the plots, and never marked fastest."""
 
 WIDE_SPREAD = 0.5  # IQR over median: beyond it a cell's number is flagged
+RANKING = (
+    "Bold: the fastest cell of its column among the cells not flagged; a greyed, parenthesised cell is "
+    "too noisy to rank."
+)
 
 
 def _si(x) -> str:
@@ -75,52 +83,183 @@ def _flags(row) -> str:
     return mark + ("†" if row.get("warmup_settled") is False else "")
 
 
-def _throughput_cell(row) -> str:
+def noisy(row) -> bool:
+    """Too noisy to rank: drifting, spread beyond ±25%, or warm-up that never settled."""
+    return _flags(row) != ""
+
+
+def _throughput_cell(row, fastest: bool = False) -> str:
     spread = row["iqr_s"] / row["median_s"] if row["median_s"] else float("nan")
     text = f"{_si(row['tokens_per_s'])} ±{100 * spread / 2:.0f}%{_flags(row)}"
     if pd.notna(row.get("mfu")):
-        return f"{text} ({100 * row['mfu']:.1f}% MFU)"
-    if pd.notna(row.get("achieved_flops")):
-        return f"{text} ({_si(row['achieved_flops'])}FLOP/s)"
-    return text
+        text = f"{text} ({100 * row['mfu']:.1f}% MFU)"
+    elif pd.notna(row.get("achieved_flops")):
+        text = f"{text} ({_si(row['achieved_flops'])}FLOP/s)"
+    if noisy(row):  # grey where the renderer allows colour; parenthesised and italic everywhere
+        return f'<span style="color:gray">*({text})*</span>'
+    return f"**{text}**" if fastest else text
+
+
+def ranked_cells(part: pd.DataFrame) -> pd.Series:
+    """Each cell's throughput text, the fastest cell that is not too noisy in each column (length, and
+    batch size and dtype where they vary) in bold; a noisy cell is greyed and never ranked."""
+    trusted = part[~part.apply(noisy, axis=1)]
+    groups = ["seq_len", *_varying(part)]
+    fastest = set(trusted.groupby(groups)["tokens_per_s"].idxmax()) if len(trusted) else set()
+    return pd.Series({i: _throughput_cell(row, i in fastest) for i, row in part.iterrows()}, dtype=object)
 
 
 LAUNCH_SECONDS = 5e-6  # a kernel launch on a current NVIDIA GPU through PyTorch: about 4-10 us
 
+# Whose code each backend runs, as the report names it; a backend not listed is named as its model names it.
+IMPLEMENTATIONS = {
+    "torch-chunked": "this project's PyTorch (chunk-parallel)",
+    "torch-recurrent": "this project's PyTorch (per-token reference)",
+    "torch": "this project's PyTorch (explicit attention)",
+    "sdpa-flash": "PyTorch SDPA (flash kernel)",
+    "sdpa-efficient": "PyTorch SDPA (memory-efficient kernel)",
+    "sdpa-math": "PyTorch SDPA (math kernel)",
+    "fla": "upstream fla kernels (Triton)",
+    "mamba_ssm": "upstream mamba-ssm kernels (CUDA, Triton)",
+    "titans-pytorch": "upstream titans-pytorch (PyTorch)",
+}
+
+
+def implementation(backend: str) -> str:
+    """The code a backend string runs, e.g. "torch-chunked+sdpa-flash" -> the memory's and the attention's."""
+    return " + ".join(IMPLEMENTATIONS.get(part, f"`{part}`") for part in backend.split("+"))
+
+
+def _implementations(rows: pd.DataFrame) -> str:
+    """Every cell's implementation: one when all the model's cells ran the same, else each with its modes."""
+    ran = rows.dropna(subset=["backend"]).groupby("backend", sort=True)["mode"].agg(lambda m: sorted(set(m)))
+    if len(ran) <= 1:
+        return "; ".join(implementation(b) for b in ran.index) or "–"
+    return "; ".join(f"{implementation(b)} ({', '.join(modes)})" for b, modes in ran.items())
+
+
+def _ceiling(row_device: str, per_token) -> str:
+    """The GPU estimate of the tokens/s a launch count allows: from CUDA kernel counts only."""
+    if per_token is None or pd.isna(per_token) or per_token <= 0:
+        return "–"
+    if row_device != "cuda":
+        return "not a cap here"  # operator calls on a CPU cost no launch
+    return _si(1 / (per_token * LAUNCH_SECONDS))
+
 
 def models_table(timing: pd.DataFrame) -> str:
-    """What is being compared: parameters, backend, forward FLOPs per token, state at each length, and the
-    operator calls per token each mode sends to the device, with the ceiling they set on a GPU."""
+    """What is being compared: parameters, backend and whose code it runs, forward FLOPs per token, state at
+    each length, the operator calls per token each mode sends to the device, and, for CUDA cells only, the
+    ceiling their kernel launches set (a GPU estimate)."""
     lens = sorted(timing["seq_len"].unique())
-    longest = lens[-1]
     unit, scale = byte_unit(timing["state_bytes"])
     modes = [m for m in TIMING_MODES if m in set(timing["mode"])]
-    header = ["model", "backend", "params", "non-embedding", *(f"FLOPs/token T={t}" for t in lens)]
+    longest = {m: timing.loc[timing["mode"] == m, "seq_len"].max() for m in modes}  # a mode's own lengths
+    devices = timing["device"] if "device" in timing else pd.Series(["cpu"] * len(timing), index=timing.index)
+    ceilings = (devices == "cuda").any()
+    header = ["model", "backend", "implementation that ran", "params", "non-embedding"]
+    header += [f"FLOPs/token T={t}" for t in lens]
     header += [f"state T={t} ({unit})" for t in lens]
-    header += [f"dispatches/token {m} T={longest}" for m in modes]
-    header += [f"launch-bound ceiling {m} (tokens/s)" for m in modes]
-    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    header += [f"dispatches/token {m} T={longest[m]}" for m in modes]
+    if ceilings:
+        header += [f"launch-bound ceiling {m}, GPU estimate (tokens/s)" for m in modes]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|---|" + "---:|" * (len(header) - 3)]
     flops_col = "forward_flops_per_token" if "forward_flops_per_token" in timing else "flops_per_token"
-    for label, rows in timing.groupby("label", sort=False):
+    for label, rows in timing.groupby("label", sort=True):
         first = rows.iloc[0]
         by_len = rows.drop_duplicates("seq_len").set_index("seq_len")
-        at_longest = rows[rows["seq_len"] == longest].drop_duplicates("mode").set_index("mode")
-        per_token = [
-            at_longest["dispatches_per_token"].get(m) if "dispatches_per_token" in at_longest else None
-            for m in modes
-        ]
+        per_token = [_at(rows, m, longest[m], "dispatches_per_token") for m in modes]
+        device = devices[rows.index].iloc[0]
         cells = [
             label,
             ", ".join(sorted(set(rows["backend"].dropna()))),
+            _implementations(rows),
             _si(first.get("n_params")),
             _si(first.get("n_params_non_embedding")),
             *(_si(by_len[flops_col].get(t)) if flops_col in by_len else "–" for t in lens),
             *(bytes_text(by_len["state_bytes"].get(t), scale) for t in lens),
             *("–" if d is None or pd.isna(d) else f"{d:.3g}" for d in per_token),
-            *("–" if d is None or pd.isna(d) or d <= 0 else _si(1 / (d * LAUNCH_SECONDS)) for d in per_token),
+            *((_ceiling(device, d) for d in per_token) if ceilings else ()),
         ]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
+
+
+def _at(rows: pd.DataFrame, mode: str, seq_len: int, column: str):
+    """A model's value of ``column`` in one mode at one length, or None."""
+    cell = rows[(rows["mode"] == mode) & (rows["seq_len"] == seq_len)]
+    return cell[column].iloc[0] if column in cell and len(cell) else None
+
+
+def _dispatch_text(timing: pd.DataFrame) -> str:
+    cuda = "device" in timing and (timing["device"] == "cuda").any()
+    text = (
+        "Parameters (non-embedding: all but the tied embedding), the backend that ran and whose code it is "
+        "(this project's own PyTorch, PyTorch's SDPA kernels, or the upstream packages' kernels), the "
+        "model's forward FLOPs per token (matmuls, averaged over a causal sequence, output head included), "
+        "the decoding state after T tokens, and the operator calls one call of each mode sends to the "
+        "device, per token (counted once per cell with the PyTorch profiler outside the timed region: on "
+        "CUDA the kernels launched, on the CPU the outermost aten operators plus the kernels of compiled "
+        "code). "
+    )
+    if cuda:
+        return text + (
+            f"On a GPU each launch costs a few microseconds however small its work, so at "
+            f"{LAUNCH_SECONDS * 1e6:g} us a launch (a typical CUDA launch through PyTorch, 4-10 us) the "
+            "CUDA kernel count alone bounds the tokens/s of a mode: the launch-bound ceiling, a GPU "
+            'estimate from the counted launches, not a measurement. CPU cells get none ("not a cap '
+            'here"): a CPU runs an operator without a launch, and measured CPU rates exceed what the same '
+            "count would allow on a GPU."
+        )
+    return text + (
+        "On the CPU an operator call is not a kernel launch and costs no launch latency, so these counts "
+        "set no ceiling here and none is shown; on a GPU the same code's CUDA kernel count gives a "
+        "launch-bound estimate (a CUDA run's report shows it)."
+    )
+
+
+def _rounds_text(timing: pd.DataFrame) -> str:
+    rounds = sorted(set(timing["rounds"])) if "rounds" in timing else [1]
+    repeats = sorted(set(timing["repeats"].dropna().astype(int))) if "repeats" in timing else []
+    per = f"{'/'.join(map(str, repeats))} repeats" if repeats else "the repeats"
+    text = "/".join(map(str, rounds))
+    return f"{per} in each of {text} round{'s' if rounds != [1] else ''} (a fresh process each), pooled"
+
+
+# How records written before the allocator count named their CPU figure: the resident size, net.
+RESIDENT_NET = "minus the runtime baseline"
+
+
+def _memory_title(timing: pd.DataFrame) -> str:
+    sources = timing["peak_mem_source"].dropna() if "peak_mem_source" in timing else pd.Series([], dtype=str)
+    if sources.str.contains(RESIDENT_NET).any():
+        return (
+            "Peak memory above the runtime (CPU: resident size net of the runtime, as records before the "
+            "allocator count measured it: not exact)"
+        )
+    return "Peak memory: tensor bytes live at the peak of one call"
+
+
+def gross_memory(timing: pd.DataFrame) -> list[str]:
+    """The CPU cells' resident size at its peak over the timed calls, runtime included: what the process
+    held, in pages, beside the exact tensor bytes above."""
+    cpu = timing[(timing["device"] == "cpu") & timing["peak_mem_gross_bytes"].notna()]
+    if not len(cpu):
+        return []
+    unit, scale = byte_unit(cpu["peak_mem_gross_bytes"])
+    out = [
+        f"**CPU resident size at its peak over the timed calls, gross ({unit})**: the process's `VmHWM`, "
+        "reset before the timed calls (for decode, the copies of the prompt's state between them included), "
+        "the Python and PyTorch runtime and whatever the heap kept included, so it is neither exact nor the "
+        "model's alone; the runtime's own share, before the model was built, was "
+        f"{bytes_text(cpu['mem_baseline_bytes'].median(), scale)} {unit} (median over cells).",
+        "",
+    ]
+    for mode in MODE_TITLES:
+        part = cpu[cpu["mode"] == mode]
+        if len(part):
+            out += [f"*{mode}*", "", _table(part, "peak_mem_gross_bytes", lambda v: bytes_text(v, scale)), ""]
+    return out
 
 
 def _series(frame: pd.DataFrame) -> pd.Series:
@@ -145,7 +284,10 @@ def _per_sample(timing: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _plot_modes(data: pd.DataFrame, y: str, ylabel: str, path: Path, lens: list[int], errorbar=None) -> None:
+def _plot_modes(
+    data: pd.DataFrame, y: str, ylabel: str, path: Path, lens: list[int], errorbar=None, grey=None
+) -> None:
+    """One panel per mode; ``grey``: points (mode, seq_len, y) to grey out as too noisy to rank."""
     modes = [m for m in TIMING_MODES if m in set(data["mode"])]
     fig, axes = plt.subplots(1, len(modes), figsize=(4.6 * len(modes), 3.8), squeeze=False)
     for ax, mode in zip(axes[0], modes, strict=True):
@@ -153,14 +295,21 @@ def _plot_modes(data: pd.DataFrame, y: str, ylabel: str, path: Path, lens: list[
             data=data[data["mode"] == mode], x="seq_len", y=y, hue="series", style="series", markers=True,
             dashes=False, estimator="median", errorbar=errorbar, ax=ax,
         )  # fmt: skip
+        if grey is not None and len(points := grey[grey["mode"] == mode]):
+            ax.scatter(
+                points["seq_len"], points[y], s=170, facecolors="none", edgecolors="gray", linewidths=2.5,
+                alpha=0.8, zorder=5, label="too noisy to rank",
+            )  # fmt: skip
         length_axis(ax, lens)
         log_y(ax)
         ax.set_title(mode)
         ax.set_xlabel("sequence length (tokens)")
         ax.set_ylabel(ylabel)
         ax.legend_.remove() if ax.legend_ else None
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, title="model", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    legend = {}  # every panel's entries, once each (the grey marker may appear in any panel)
+    for ax in axes[0]:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    fig.legend(legend.values(), legend.keys(), title="model", loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     save(fig, path, bbox_inches="tight")
 
@@ -192,18 +341,13 @@ def timing_section(rows: list[TimingRow], run_dir: Path) -> list[str]:
         WHAT_IS_TIMED,
         "",
         f"Model shape: d_model {first['d_model']}, {first['n_layers']} layers, vocabulary "
-        f"{first['vocab_size']}; {', '.join(sorted(set(timing['dtype'])))}.",
+        f"{first['vocab_size']}; batch size {', '.join(map(str, sorted(set(timing['batch_size']))))}; "
+        f"{', '.join(sorted(set(timing['dtype'])))}; each cell's median is over "
+        f"{_rounds_text(timing)}.",
         "",
         "## Models",
         "",
-        "Parameters (non-embedding: all but the tied embedding), the kernels that ran, the model's forward "
-        "FLOPs per token (matmuls, averaged over a causal sequence, output head included), the decoding "
-        "state after T tokens, and the operator calls one call of each mode sends to the device, per "
-        "token (counted once per cell with the PyTorch profiler outside the timed region: on CUDA the "
-        "kernels launched, on the CPU the outermost aten operators plus the kernels of compiled code). "
-        f"Each launch costs a GPU a few microseconds however small its work, so at {LAUNCH_SECONDS * 1e6:g} "
-        "us a launch (a typical CUDA launch through PyTorch, 4-10 us) the count alone caps the tokens/s "
-        "of a mode at the ceiling shown, whatever the FLOPs.",
+        _dispatch_text(timing),
         "",
         models_table(timing),
         "",
@@ -211,10 +355,10 @@ def timing_section(rows: list[TimingRow], run_dir: Path) -> list[str]:
     for mode, title in MODE_TITLES.items():
         part = timing[timing["mode"] == mode]
         if len(part):
-            part = part.assign(cell=part.apply(_throughput_cell, axis=1))
-            out += [f"## {title}", "", _table(part, "cell", str), ""]
+            part = part.assign(cell=ranked_cells(part))
+            out += [f"## {title}", "", RANKING, "", _table(part, "cell", str), ""]
     unit, scale = byte_unit(timing["peak_mem_bytes"])
-    out += [f"## Peak memory above the runtime ({unit})", ""]
+    out += [f"## {_memory_title(timing)} ({unit})", ""]
     for mode in MODE_TITLES:
         part = timing[timing["mode"] == mode]
         if len(part):
@@ -223,6 +367,7 @@ def timing_section(rows: list[TimingRow], run_dir: Path) -> list[str]:
         part = timing[timing["mode"] == "decode"]
         prompt = _table(part, "prompt_peak_mem_bytes", lambda v: bytes_text(v, scale))
         out += ["**decode: the prompt's own peak**", "", prompt, ""]
+    out += gross_memory(timing)
     state = timing.drop_duplicates(["label", "seq_len", "batch_size", "dtype"])
     s_unit, s_scale = byte_unit(state["state_bytes"])
     out += [
@@ -249,10 +394,12 @@ def timing_section(rows: list[TimingRow], run_dir: Path) -> list[str]:
 
     samples = _per_sample(timing)
     memory = timing.assign(mib=timing["peak_mem_bytes"] / 2**20)
+    noisy_points = timing[timing.apply(noisy, axis=1)].rename(columns={"tokens_per_s": "tps"})
     _plot_modes(
-        samples, "tps", "tokens/s (median, IQR of repeats)", run_dir / "throughput.png", lens, ("pi", 50)
-    )
-    _plot_modes(memory, "mib", "peak memory above runtime (MiB)", run_dir / "memory.png", lens)
+        samples, "tps", "tokens/s (median, IQR of repeats)", run_dir / "throughput.png", lens, ("pi", 50),
+        grey=noisy_points,
+    )  # fmt: skip
+    _plot_modes(memory, "mib", "peak tensor memory (MiB)", run_dir / "memory.png", lens)
     _plot_state(state, run_dir / "state_size.png", lens)
     out += ["## Plots", ""]
     plots = (
