@@ -1,21 +1,26 @@
 """Titans memory as Triton kernels: chunk_titans_memory's contract and results in one kernel launch per call.
 
 Why a file of its own rather than a backend argument of chunk_titans_memory: the two share the closed form
-(chunk.py derives it) and the coefficients of the gates' recurrence (chunk.chunk_coefficients, reused
-here), but nothing of how they run. chunk.py is PyTorch operators in a Python loop over chunks; this is a
-kernel that loops over the chunks itself, with a hand-written backward of its own. Keeping them apart
-keeps each readable, and a model picks one through its backend (model.MEMORY_BACKENDS) as it picks the
-per-token reference.
+(chunk.py derives it) and the recurrences of the gates' coefficients (channel_coefficients.py, which
+triton_gates.py runs inside the kernels), but nothing of how they run. chunk.py is PyTorch operators in a
+Python loop over chunks; this is a kernel that loops over the chunks itself, with a hand-written backward
+of its own. Keeping them apart keeps each readable, and a model picks one through its backend
+(model.MEMORY_BACKENDS) as it picks the per-token reference.
+
+The whole contract: gates per head, per memory layer or per input channel of each layer (mixed too), the
+memory LayerNorm's gain and bias, forgetting toward the initial memory, any initial state.
 
 What runs per call (triton_kernels.py has the kernels and their tiling):
-- PyTorch, for all chunks at once: the coefficients A, c, G, s, e of every chunk from the gates (a few
-  dozen operators whatever the length; autograd takes their gradients back to the gates), and a copy of the
-  state into working buffers;
-- one kernel launch, one program per (batch, head), looping over the chunks in order. A call that
-  continues a chunk an earlier call began (state.pos > 0) takes a second launch for that chunk's rest,
-  whose keys meet the chunk's base weights rather than the current ones.
+- PyTorch, a few operators whatever the length: each layer's gates stacked into one [3, B, H, T, C]
+  tensor (a gate of one value per head or layer broadcast over the channels, not copied), and a copy of
+  the state into working buffers;
+- one kernel launch, one program per (batch, head), looping over the chunks in order and forming each
+  chunk's coefficients from the gates inside it (triton_gates.py). A call that continues a chunk an earlier
+  call began (state.pos > 0) takes a second launch for that chunk's rest, whose keys meet the chunk's base
+  weights rather than the current ones.
 The backward is as many launches, over the chunks in reverse, from each chunk's starting memory, which the
-forward saves when a gradient is wanted; everything inside a chunk is recomputed.
+forward saves when a gradient is wanted; everything inside a chunk is recomputed, the gradients w.r.t. the
+gates included.
 
 Runs on CUDA, or on the CPU through Triton's interpreter (TRITON_INTERPRET=1 when the op is called), which
 the tests use. Memory depth 1 or 2 (depth 3 and more: chunk_titans_memory). A call computes in float32
@@ -420,7 +425,8 @@ def triton_chunk_titans_memory(
                   *(m for m in m0s if m is not None))  # fmt: skip
         # the chunks' starting memory is kept only for a backward
         cfg["save"] = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-        y, *outs = TritonChunkMemory.apply(cfg, q, k, v, *gates, *norm_params, *m0s, *weights, *momenta, *base)
+        args = (*gates, *norm_params, *m0s, *weights, *momenta, *base)
+        y, *outs = TritonChunkMemory.apply(cfg, q, k, v, *args)
     weights, momentum = tuple(outs[:depth]), tuple(outs[depth : 2 * depth])
     if end_pos == 0:
         new_base = weights

@@ -43,7 +43,7 @@ def _coefs(g_ptr, s_g, s_t, s_c, t0, n_tok, rows, ch, ch_mask, z, x, scr_ptr,
     th = tl.load(g_ptr + (t0 + rows)[:, None] * s_t + ch[None, :] * s_c, mask=mask, other=0.0)
     zero = th * 0.0
     p, r, A, c, E = zero, zero, zero, zero, zero
-    mm = tl.zeros((BLOCK_N, BLOCK_N), dtype=th.dtype)
+    mm = tl.full((BLOCK_N, BLOCK_N), 0.0, th.dtype)
     a_cum = _sum(zero, 0) + 1.0
     e_cum, c_cum = a_cum, a_cum * 0.0
     srow = rows[:, None] * BLOCK_C + ch[None, :]
