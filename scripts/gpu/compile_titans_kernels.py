@@ -62,7 +62,7 @@ def main() -> int:
     parser.add_argument("--chunk-size", type=int, default=16)
     parser.add_argument("--precision", default="ieee", choices=["ieee", "tf32"])
     args = parser.parse_args()
-    common = dict(ACT=ACT_CODES["gelu"], NORM=True, RESIDUAL=True, HAS_BASE=True, PRECISION=args.precision)
+    common = dict(ACT=ACT_CODES["gelu"], NORM=True, RESIDUAL=True, HAS_BASE=True, TO_INIT=True, PRECISION=args.precision)
     failed = 0
     for depth in (1, 2):
         hidden = args.head_dim if depth == 1 else args.hidden
