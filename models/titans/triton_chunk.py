@@ -100,6 +100,17 @@ def launch_config(chunk_size: int, head_dim: int, hidden: int) -> dict:
     return dict(BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_H=block_h, num_warps=8 if block_d >= 64 else 4)
 
 
+# A register bound for the depth-1 backward: without it, ptxas chose 32 or 128 registers for some flag
+# combinations (sm_90, D 64) and spilled 2-4 times as much as at 255; with it, the depth-2 kernels spilled
+# more, so they go without.
+D1_BACKWARD_MAXNREG = 255
+
+
+def _options(conf: dict, maxnreg: int | None = None) -> dict:
+    """A launch's compile options from launch_config's."""
+    return dict(num_warps=conf["num_warps"], maxnreg=maxnreg, num_stages=1)
+
+
 def _precision(dtype: torch.dtype) -> str:
     """tf32 for float32 products exactly when PyTorch's own float32 matmuls use it."""
     return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
@@ -259,9 +270,9 @@ def _gate_args(gates) -> list:
 
 def _coef_scratch(BH: int, conf: dict, depth: int, dtype, device) -> Tensor:
     """The gates' recurrences' scratch of the backward (triton_gates.py): per program the rows of the first
-    layer's, then of the second layer's tile."""
+    layer's recurrences and chains, then of the second layer's tile."""
     width = conf["BLOCK_D"] + (conf["BLOCK_H"] if depth == 2 else 0)
-    return torch.empty(BH, 2 * conf["BLOCK_N"] ** 2 * width, dtype=dtype, device=device)
+    return torch.empty(BH, (2 * conf["BLOCK_N"] + 3) * conf["BLOCK_N"] * width, dtype=dtype, device=device)
 
 
 def _launch_forward(kern, cfg, BH, H, q, k, v, y, gates, gain, bias, m0s, work_w, work_m, base, ckpt,
@@ -279,7 +290,7 @@ def _launch_forward(kern, cfg, BH, H, q, k, v, y, gates, gain, bias, m0s, work_w
             q, k, v, y, *strides, *_gate_args(gates), gain, bias, m0s[0], work_w[0], work_m[0],
             base[0] if base else dummy, *(ckpt or [dummy, dummy]), out_base[0] if out_base else dummy,
             H, t_len, csz, D, LN_EPS, BLOCK_N=conf["BLOCK_N"], BLOCK_D=conf["BLOCK_D"],
-            num_warps=conf["num_warps"], num_stages=1, **common,
+            **_options(conf), **common,
         )  # fmt: skip
         return
     hidden = work_w[0].shape[1]
@@ -288,7 +299,7 @@ def _launch_forward(kern, cfg, BH, H, q, k, v, y, gates, gain, bias, m0s, work_w
         q, k, v, y, *strides, *_gate_args(gates), gain, bias, *m0s, work_w[0], work_m[0], work_w[1],
         work_m[1], *(base or [dummy, dummy]), *(ckpt or [dummy] * 4), *(out_base or [dummy, dummy]),
         H, t_len, csz, D, hidden, LN_EPS, BLOCK_N=conf["BLOCK_N"], BLOCK_D=conf["BLOCK_D"],
-        BLOCK_H=conf["BLOCK_H"], num_warps=conf["num_warps"], num_stages=1, **common,
+        BLOCK_H=conf["BLOCK_H"], **_options(conf), **common,
     )  # fmt: skip
 
 
@@ -310,7 +321,7 @@ def _launch_backward(kern, cfg, BH, H, tensors, gates, gain, bias, m0s, d_norm, 
             q, k, v, dy, dq, dk, dv, *strides, *gate_args, gain, bias, m0s[0], d_norm[0], d_norm[1], d_m0[0],
             *ckpt, base[0] if base else dummy, lam_w[0], lam_m[0], d_base[0] if d_base else dummy,
             d_ob[0] if d_ob else dummy, cscr, H, t_len, csz, D, LN_EPS, BLOCK_N=conf["BLOCK_N"],
-            BLOCK_D=conf["BLOCK_D"], num_warps=conf["num_warps"], num_stages=1, **common,
+            BLOCK_D=conf["BLOCK_D"], **_options(conf, D1_BACKWARD_MAXNREG), **common,
         )  # fmt: skip
         return
     hidden = lam_w[0].shape[1]
@@ -322,7 +333,7 @@ def _launch_backward(kern, cfg, BH, H, tensors, gates, gain, bias, m0s, d_norm, 
         *ckpt, *(base or [dummy, dummy]), lam_w[0], lam_m[0], lam_w[1], lam_m[1],
         *(d_base or [dummy, dummy]), *(d_ob or [dummy, dummy]), scratch, cscr,
         H, t_len, csz, D, hidden, LN_EPS, BLOCK_N=conf["BLOCK_N"], BLOCK_D=conf["BLOCK_D"],
-        BLOCK_H=conf["BLOCK_H"], num_warps=conf["num_warps"], num_stages=1, **common,
+        BLOCK_H=conf["BLOCK_H"], **_options(conf), **common,
     )  # fmt: skip
 
 

@@ -18,8 +18,8 @@ two reductions, on chip, and no coefficient travels through global memory.
 
 The backward runs the same steps in reverse (channel_coefficients.py's adjoint recurrences), carrying the
 gradients w.r.t. r_j and p_j. It needs r_{j-1} and p_{j-1} at step j: the forward steps, run again, write
-their rows to a per-program scratch ([n, n, C] twice, reused by every tile and chunk: 32 KiB at chunk 16
-and 16 channels in fp32), from which the reverse steps read them back.
+their rows to a per-program scratch ([n, n, C] twice and the chains' [n, C] three times, reused by every
+tile and chunk: 35 KiB at chunk 16 and 16 channels in fp32), from which the reverse steps read them back.
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ def _coefs(g_ptr, s_g, s_t, s_c, t0, n_tok, rows, ch, ch_mask, z, x, scr_ptr,
     + s_g, alpha at + 2 s_g; token stride s_t, channel stride s_c, 0 for a gate shared by the channels);
     rows [BLOCK_N], ch [BLOCK_C] the tile's channel indices, ch_mask the real ones; z, x [BLOCK_N, BLOCK_C]
     the layer's inputs on the queries and the keys; scr_ptr: the program's scratch, written when SAVE.
-    Returns A, c, E [BLOCK_N, BLOCK_C] (zero past n_tok), Mdual [BLOCK_N, BLOCK_N], g, s [BLOCK_N, BLOCK_C],
-    A, c, E at the chunk's last token [BLOCK_C], and theta [BLOCK_N, BLOCK_C]."""
+    Returns A, c [BLOCK_N, BLOCK_C] (zero past n_tok), Mdual [BLOCK_N, BLOCK_N], g, s [BLOCK_N, BLOCK_C], and
+    A, c, E at the chunk's last token [BLOCK_C]."""
     mask = (rows < n_tok)[:, None] & ch_mask[None, :]
     th = tl.load(g_ptr + (t0 + rows)[:, None] * s_t + ch[None, :] * s_c, mask=mask, other=0.0)
     zero = th * 0.0
-    p, r, A, c, E = zero, zero, zero, zero, zero
+    p, r, A, c = zero, zero, zero, zero
     mm = tl.full((BLOCK_N, BLOCK_N), 0.0, th.dtype)
     a_cum = _sum(zero, 0) + 1.0
     e_cum, c_cum = a_cum, a_cum * 0.0
@@ -65,21 +65,29 @@ def _coefs(g_ptr, s_g, s_t, s_c, t0, n_tok, rows, ch, ch_mask, z, x, scr_ptr,
         c_cum = a_j * c_cum + e_cum
         A = tl.where(sel, a_cum[None, :], A)
         c = tl.where(sel, c_cum[None, :], c)
-        E = tl.where(sel, e_cum[None, :], E)
-    return A, c, E, -mm, -r, th * p, a_cum, c_cum, e_cum, th
+        if SAVE:
+            chains = scr_ptr + 2 * BLOCK_N * BLOCK_N * BLOCK_C + j * BLOCK_C + ch
+            tl.store(chains, a_cum)
+            tl.store(chains + BLOCK_N * BLOCK_C, c_cum)
+            tl.store(chains + 2 * BLOCK_N * BLOCK_C, e_cum)
+    return A, c, -mm, -r, th * p, a_cum, c_cum, e_cum
 
 
 @triton.jit
-def _coefs_bwd(g_ptr, s_g, s_t, s_c, dg_ptr, d_g, d_t, d_c, t0, n_tok, rows, ch, ch_mask, z, x, th, A, c, E,
+def _coefs_bwd(g_ptr, s_g, s_t, s_c, dg_ptr, d_g, d_t, d_c, t0, n_tok, rows, ch, ch_mask, z, x,
                dA, dc, dmd, dgl, dsl, dA_end, dc_end, de_end, scr_ptr,
                BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
-    """The backward of _coefs, after a _coefs with SAVE has written this tile's rows to the scratch.
+    """The backward of _coefs, after a _coefs with SAVE has written this tile's rows to the scratch (the
+    chains' rows too: read back as vectors, they are neither carried in registers nor extracted).
     dg_ptr: dL/dtheta of this sequence, head and tile (eta at + d_g, alpha at + 2 d_g; strides d_t, d_c),
-    written here; z, x, th, A, c, E as _coefs took and returned them; the gradients w.r.t. its outputs: dA,
-    dc [BLOCK_N, BLOCK_C], dmd (Mdual) [BLOCK_N, BLOCK_N], dgl, dsl (g, s) [BLOCK_N, BLOCK_C], and the end
-    values' dA_end, dc_end, de_end [BLOCK_C]. Returns the dual form's dL/dz and dL/dx."""
+    written here; z, x as _coefs took them; the gradients w.r.t. its outputs: dA, dc [BLOCK_N, BLOCK_C],
+    dmd (Mdual) [BLOCK_N, BLOCK_N], dgl, dsl (g, s) [BLOCK_N, BLOCK_C], and the end values' dA_end, dc_end,
+    de_end [BLOCK_C]. Returns the dual form's dL/dz and dL/dx."""
     n2 = BLOCK_N * BLOCK_C
     srow = rows[:, None] * BLOCK_C + ch[None, :]
+    chains = scr_ptr + 2 * BLOCK_N * n2 + ch
+    mask = (rows < n_tok)[:, None] & ch_mask[None, :]
+    th = tl.load(g_ptr + (t0 + rows)[:, None] * s_t + ch[None, :] * s_c, mask=mask, other=0.0)
     last = n_tok - 1
     p_last = tl.load(scr_ptr + last * n2 + srow)
     lam_r = -dgl
@@ -100,10 +108,11 @@ def _coefs_bwd(g_ptr, s_g, s_t, s_c, dg_ptr, d_g, d_t, d_c, t0, n_tok, rows, ch,
         p_prev = tl.where(j > 0, tl.load(scr_ptr + prev * n2 + srow), 0.0)
         r_prev = tl.where(j > 0, tl.load(scr_ptr + (BLOCK_N + prev) * n2 + srow), 0.0)
         # m_j[i] = sum_c r_j[i, c] x[i, c] z[j, c]
-        w = _row(dm, rows, j)[:, None] * _row(z, rows, j)[None, :]
+        dm_j = _row(dm, rows, j)[:, None]
+        w = dm_j * _row(z, rows, j)[None, :]
         lam_r += w * x
         dx += w * r_j
-        dz = tl.where(sel, _sum(_row(dm, rows, j)[:, None] * r_j * x, 0)[None, :], dz)
+        dz = tl.where(sel, _sum(dm_j * r_j * x, 0)[None, :], dz)
         # r_j = a_j r_{j-1} - theta p_j;  p_j = e_j p_{j-1} off the diagonal, 1 on it
         dth -= lam_r * p_j
         lam_p -= th * lam_r
@@ -113,14 +122,16 @@ def _coefs_bwd(g_ptr, s_g, s_t, s_c, dg_ptr, d_g, d_t, d_c, t0, n_tok, rows, ch,
         lam_a += _row(dA, rows, j)
         lam_c += _row(dc, rows, j)
         lam_e += lam_c
-        da += lam_a * tl.where(j > 0, _row(A, rows, j - 1), 1.0) + lam_c * _row(c, rows, j - 1)
-        de += lam_e * tl.where(j > 0, _row(E, rows, j - 1), 1.0)
+        a_prev = tl.where(j > 0, tl.load(chains + prev * BLOCK_C), 1.0)
+        c_prev = tl.where(j > 0, tl.load(chains + n2 + prev * BLOCK_C), 0.0)
+        e_prev = tl.where(j > 0, tl.load(chains + 2 * n2 + prev * BLOCK_C), 1.0)
+        da += lam_a * a_prev + lam_c * c_prev
+        de += lam_e * e_prev
         g_off = (t0 + j) * d_t + ch * d_c
         tl.store(dg_ptr + d_g + g_off, de, mask=ch_mask)
         tl.store(dg_ptr + 2 * d_g + g_off, -da, mask=ch_mask)
         lam_a, lam_c, lam_e = a_j * lam_a, a_j * lam_c, e_j * lam_e
         lam_r = a_j[None, :] * lam_r
         lam_p = tl.where(sel, 0.0, e_j[None, :] * lam_p)
-    mask = (rows < n_tok)[:, None] & ch_mask[None, :]
     tl.store(dg_ptr + (t0 + rows)[:, None] * d_t + ch[None, :] * d_c, dth, mask=mask)
     return dz, dx

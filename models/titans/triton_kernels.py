@@ -41,8 +41,9 @@ multiprocessor's registers or shared memory: what is on chip at a time is one ti
 chunk's keys, queries and values, the accumulators, the gates' coefficient tiles ([n, D] for the first
 layer, [n, BLOCK_H] for the second) and their recurrence's rows; the tiles stream through the L2 cache,
 which holds the state of every head at once (16 heads: 4-6 MiB). Depth 1 keeps its whole [D, D] weights
-and momentum (and M0) in registers from the first chunk to the last (at D 64: 32 KiB, 32 values per thread
-at 8 warps), and its backward the gradient likewise.
+and momentum in registers from the first chunk to the last (at D 64: 32 KiB, 32 values per thread at 8
+warps); its backward, which holds more per chunk, keeps the gradient in its buffers, read and written once
+per chunk (from cache).
 
 Backward. The forward saves each chunk's starting memory (``SAVE``); the backward walks the chunks in
 reverse, recomputes the chunk's forward from that memory, and carries dL/d(memory) from the chunk's end to
@@ -114,8 +115,6 @@ def titans_fwd_d1_kernel(
     bias = tl.load(nb_ptr + h * D + cols, mask=mask_d, other=0.0)
     w = tl.load(w_ptr + state + off, mask=mask, other=0.0)
     m = tl.load(m_ptr + state + off, mask=mask, other=0.0)
-    if TO_INIT:
-        m0 = tl.load(m0_ptr + h * D * D + off, mask=mask, other=0.0)
     if HAS_BASE:
         kb = tl.load(bw_ptr + state + off, mask=mask, other=0.0)
     for ci in range(n_chunks):
@@ -125,7 +124,7 @@ def titans_fwd_d1_kernel(
         qq = _rows(q_ptr, sq_b, sq_h, sq_t, sq_d, b, h, t0, n_tok, rows, cols, mask_d, dt)
         vv = _rows(v_ptr, sv_b, sv_h, sv_t, sv_d, b, h, t0, n_tok, rows, cols, mask_d, dt)
         kv = _key_target(kk, vv, gain, bias, rows < n_tok, RESIDUAL)[0]
-        A, c, E, md, g, s, a_end, c_end, e_end, th = _coefs(
+        A, c, md, g, s, a_end, c_end, e_end = _coefs(
             gate, sg_g, sg_t, sg_c, t0, n_tok, rows, cols, mask_d, qq, kk, w_ptr, BLOCK_N, BLOCK_D, False
         )
         chunk = pid.to(tl.int64) * n_chunks + ci
@@ -139,7 +138,8 @@ def titans_fwd_d1_kernel(
         delta = _key_error(_dot_t(kk, kb, PRECISION), kv, 2.0 * gain * gain, mask_d, D, eps, NORM)[0]
         out = _dot_t(A * qq, w, PRECISION) + _dot_t(c * qq, m, PRECISION) - _dot(md, delta, PRECISION)
         w_new = w * a_end[None, :] + m * c_end[None, :] - _t_dot(delta, g * kk, PRECISION)
-        if TO_INIT:
+        if TO_INIT:  # read per chunk (from cache): registers hold the memory
+            m0 = tl.load(m0_ptr + h * D * D + off, mask=mask, other=0.0)
             out += _dot_t((1.0 - A) * qq, m0, PRECISION)
             w_new += m0 * (1.0 - a_end)[None, :]
         y = _readout(out, qq, gain, bias, mask_d, D, eps, NORM, RESIDUAL)
@@ -167,7 +167,7 @@ def titans_bwd_d1_kernel(
     starting memory from the forward. dg: dL/d(gates) [3, B, H, T, C], written; dnw, dnb [BH, D] and dm0
     [BH, D, D]: dL/d(gain, bias, M0) of this program, added to. dbw: dL/d(base) (HAS_BASE); dob: dL/d(the
     base the forward wrote), added at the last chunk's start (ADD_BASE_GRAD). cscr: the gates' recurrence's
-    scratch, [BH, 2, BLOCK_N, BLOCK_N, BLOCK_D]. dy, dq, dk, dv have y's strides."""
+    scratch, [BH, 2 BLOCK_N + 3, BLOCK_N, BLOCK_D]. dy, dq, dk, dv have y's strides."""
     pid = tl.program_id(0)
     b, h = (pid // n_heads).to(tl.int64), pid % n_heads  # int64: strided q, k, v can be large
     dt = lw_ptr.dtype.element_ty
@@ -179,16 +179,11 @@ def titans_bwd_d1_kernel(
     mask = mask_d[:, None] & mask_d[None, :]
     gate = g_ptr + b * sg_b + h * sg_h
     dgate = dg_ptr + b * dg_b + h * dg_h
-    cscr = cscr_ptr + pid.to(tl.int64) * 2 * BLOCK_N * BLOCK_N * BLOCK_D
+    cscr = cscr_ptr + pid.to(tl.int64) * (2 * BLOCK_N + 3) * BLOCK_N * BLOCK_D
     gain = tl.load(nw_ptr + h * D + cols, mask=mask_d, other=0.0)
     bias = tl.load(nb_ptr + h * D + cols, mask=mask_d, other=0.0)
     wsq = 2.0 * gain * gain
     dgain, dbias = gain * 0.0, gain * 0.0
-    lw = tl.load(lw_ptr + state + off, mask=mask, other=0.0)
-    lm = tl.load(lm_ptr + state + off, mask=mask, other=0.0)
-    if TO_INIT:
-        m0 = tl.load(m0_ptr + h * D * D + off, mask=mask, other=0.0)
-        dm0 = m0 * 0.0
     for i in range(n_chunks):
         ci = n_chunks - 1 - i
         t0 = ci * csz
@@ -198,10 +193,13 @@ def titans_bwd_d1_kernel(
         vv = _rows(v_ptr, sv_b, sv_h, sv_t, sv_d, b, h, t0, n_tok, rows, cols, mask_d, dt)
         dy = _rows(dy_ptr, sy_b, sy_h, sy_t, 1, b, h, t0, n_tok, rows, cols, mask_d, dt)
         kv, target = _key_target(kk, vv, gain, bias, rows < n_tok, RESIDUAL)
-        A, c, E, md, g, s, a_end, c_end, e_end, th = _coefs(
+        A, c, md, g, s, a_end, c_end, e_end = _coefs(
             gate, sg_g, sg_t, sg_c, t0, n_tok, rows, cols, mask_d, qq, kk, cscr, BLOCK_N, BLOCK_D, True
         )
         chunk = pid.to(tl.int64) * n_chunks + ci
+        # dL/d(memory) at the chunk end, read per chunk (from cache): registers hold the chunk's memory
+        lw = tl.load(lw_ptr + state + off, mask=mask, other=0.0)
+        lm = tl.load(lm_ptr + state + off, mask=mask, other=0.0)
         w = tl.load(cw_ptr + chunk * D * D + off, mask=mask, other=0.0)
         m = tl.load(cm_ptr + chunk * D * D + off, mask=mask, other=0.0)
         if HAS_BASE:
@@ -211,7 +209,8 @@ def titans_bwd_d1_kernel(
         delta, o_k, r_k, err = _key_error(_dot_t(kk, kb, PRECISION), kv, wsq, mask_d, D, eps, NORM)
         qa, qc = A * qq, c * qq
         out = _dot_t(qa, w, PRECISION) + _dot_t(qc, m, PRECISION) - _dot(md, delta, PRECISION)
-        if TO_INIT:
+        if TO_INIT:  # read per chunk (from cache): registers hold the memory and its gradient
+            m0 = tl.load(m0_ptr + h * D * D + off, mask=mask, other=0.0)
             out += _dot_t((1.0 - A) * qq, m0, PRECISION)
         dout, dq, dg_, db_ = _readout_bwd(dy, out, gain, mask_d, D, eps, NORM, RESIDUAL)
         dgain += dg_
@@ -233,17 +232,11 @@ def titans_bwd_d1_kernel(
             dA -= qq * dq0
             dq += (1.0 - A) * dq0
             da_end -= _sum(lw * m0, 0)
-            dm0 += lw * (1.0 - a_end)[None, :] + _t_dot(dout, (1.0 - A) * qq, PRECISION)
+            dm0 = lw * (1.0 - a_end)[None, :] + _t_dot(dout, (1.0 - A) * qq, PRECISION)
+            dm0 += tl.load(dm0_ptr + state + off, mask=mask, other=0.0)
+            tl.store(dm0_ptr + state + off, dm0, mask=mask)
         lw_new = lw * a_end[None, :] + _t_dot(dout, qa, PRECISION)
         lm = lw * c_end[None, :] + lm * e_end[None, :] + _t_dot(dout, qc, PRECISION)
-        # the gates' coefficients, and the dual form's share of dq and dk
-        tl.debug_barrier()  # the scratch rows written by _coefs are read by other threads
-        dz, dx = _coefs_bwd(gate, sg_g, sg_t, sg_c, dgate, dg_g, dg_t, dg_c, t0, n_tok, rows, cols, mask_d,
-                            qq, kk, th, A, c, E, dA, dc, dmd, -kk * ul, -kk * um, da_end, dc_end, de_end,
-                            cscr, BLOCK_N, BLOCK_D)  # fmt: skip
-        tl.debug_barrier()  # read before the next chunk's _coefs writes them
-        dq += dz
-        dk += dx
         # the keys: delta from P = K B^T, kv = 2 gain (k + bias - v)
         dkv, dp, dw2 = _key_error_bwd(dd, delta, o_k, r_k, err, wsq, mask_d, D, NORM)
         dtarget = 2.0 * gain[None, :] * dkv
@@ -263,16 +256,20 @@ def titans_bwd_d1_kernel(
         if ADD_BASE_GRAD:
             last = ci == n_chunks - 1
             lw_new += tl.load(dob_ptr + state + off, mask=tl.where(last, mask, False), other=0.0)
-        lw = lw_new
-        _store_rows(dq_ptr, dq, sy_b, sy_h, sy_t, b, h, t0, n_tok, rows, cols, mask_d)
-        _store_rows(dk_ptr, dk, sy_b, sy_h, sy_t, b, h, t0, n_tok, rows, cols, mask_d)
+        tl.debug_barrier()  # every thread holding a copy of lw, lm has read them
+        tl.store(lw_ptr + state + off, lw_new, mask=mask)
+        tl.store(lm_ptr + state + off, lm, mask=mask)
+        # the gates' coefficients and the dual form's share of dq and dk, last: the chunk's memory is no
+        # longer live (registers); the barrier above also orders the scratch rows _coefs wrote
+        dz, dx = _coefs_bwd(gate, sg_g, sg_t, sg_c, dgate, dg_g, dg_t, dg_c, t0, n_tok, rows, cols, mask_d,
+                            qq, kk, dA, dc, dmd, -kk * ul, -kk * um, da_end, dc_end, de_end,
+                            cscr, BLOCK_N, BLOCK_D)  # fmt: skip
+        tl.debug_barrier()  # read before the next chunk's _coefs writes them
+        _store_rows(dq_ptr, dq + dz, sy_b, sy_h, sy_t, b, h, t0, n_tok, rows, cols, mask_d)
+        _store_rows(dk_ptr, dk + dx, sy_b, sy_h, sy_t, b, h, t0, n_tok, rows, cols, mask_d)
         _store_rows(dv_ptr, dv, sy_b, sy_h, sy_t, b, h, t0, n_tok, rows, cols, mask_d)
-    tl.store(lw_ptr + state + off, lw, mask=mask)
-    tl.store(lm_ptr + state + off, lm, mask=mask)
     _add_vec(dnw_ptr + pid.to(tl.int64) * D, dgain, cols, mask_d)
     _add_vec(dnb_ptr + pid.to(tl.int64) * D, dbias, cols, mask_d)
-    if TO_INIT:
-        tl.store(dm0_ptr + state + off, tl.load(dm0_ptr + state + off, mask=mask, other=0.0) + dm0, mask=mask)
 
 
 # -- depth 2: M(x) = x + gain LN(W2 act(W1 x)) + bias, tiled over the hidden units -------------------------
@@ -316,7 +313,7 @@ def titans_fwd_d2_kernel(
         vv = _rows(v_ptr, sv_b, sv_h, sv_t, sv_d, b, h, t0, n_tok, rows, cols, mask_d, dt)
         kv = _key_target(kk, vv, gain, bias, rows < n_tok, RESIDUAL)[0]
         chunk = pid.to(tl.int64) * n_chunks + ci
-        A1, c1, E1, md1, g1, s1, a1_end, c1_end, e1_end, th1 = _coefs(
+        A1, c1, md1, g1, s1, a1_end, c1_end, e1_end = _coefs(
             gate1, sg1_g, sg1_t, sg1_c, t0, n_tok, rows, cols, mask_d, qq, kk, w1_ptr, BLOCK_N, BLOCK_D, False
         )
         # pass 1: the keys up to the last layer's output, whose LayerNorm needs every hidden tile
@@ -362,7 +359,7 @@ def titans_fwd_d2_kernel(
                 out1 += _dot_t((1.0 - A1) * qq, m01, PRECISION)
                 w1_new += m01 * (1.0 - a1_end)[None, :]
             z2 = _act(out1, ACT)
-            A2, c2, E2, md2_t, g2, s2, a2_end, c2_end, e2_end, th2 = _coefs(
+            A2, c2, md2_t, g2, s2, a2_end, c2_end, e2_end = _coefs(
                 gate2 + hid0 * sg2_c, sg2_g, sg2_t, sg2_c, t0, n_tok, rows, hrows, hid0 + hrows < HID, z2, x2,
                 w1_ptr, BLOCK_N, BLOCK_H, False,
             )  # fmt: skip
@@ -406,7 +403,7 @@ def titans_bwd_d2_kernel(
     chunk's start; cw*, cm*: the chunks' starting memory from the forward; dg1, dg2: dL/d(gates), written;
     dnw, dnb [BH, D], dm01, dm02 [BH, ...]: dL/d(gain, bias, M0) of this program, added to; dbw*: dL/d(base)
     (HAS_BASE); dob*: dL/d(the base the forward wrote), added at the last chunk's start (ADD_BASE_GRAD);
-    scratch [BH, BLOCK_N, HID]; cscr: the gates' recurrences' scratch, [BH, 2, BLOCK_N, BLOCK_N, BLOCK_D]
+    scratch [BH, BLOCK_N, HID]; cscr: the gates' recurrences' scratch, [BH, 2 BLOCK_N + 3, BLOCK_N, BLOCK_D]
     for the first layer, then [2, BLOCK_N, BLOCK_N, BLOCK_H] for the second."""
     pid = tl.program_id(0)
     b, h = (pid // n_heads).to(tl.int64), pid % n_heads  # int64: strided q, k, v can be large
@@ -419,8 +416,8 @@ def titans_bwd_d2_kernel(
     state = pid.to(tl.int64) * size
     init = h.to(tl.int64) * size
     scratch = pid.to(tl.int64) * BLOCK_N * HID
-    cscr1 = cscr_ptr + pid.to(tl.int64) * 2 * BLOCK_N * BLOCK_N * (BLOCK_D + BLOCK_H)
-    cscr2 = cscr1 + 2 * BLOCK_N * BLOCK_N * BLOCK_D
+    cscr1 = cscr_ptr + pid.to(tl.int64) * (2 * BLOCK_N + 3) * BLOCK_N * (BLOCK_D + BLOCK_H)
+    cscr2 = cscr1 + (2 * BLOCK_N + 3) * BLOCK_N * BLOCK_D
     gate1 = g1_ptr + b * sg1_b + h * sg1_h
     gate2 = g2_ptr + b * sg2_b + h * sg2_h
     dgate1 = dg1_ptr + b * dg1_b + h * dg1_h
@@ -440,7 +437,7 @@ def titans_bwd_d2_kernel(
         kv, target = _key_target(kk, vv, gain, bias, rows < n_tok, RESIDUAL)
         chunk = pid.to(tl.int64) * n_chunks + ci
         start = chunk * size  # this chunk's starting memory in cw*, cm*
-        A1, c1, E1, md1, g1, s1, a1_end, c1_end, e1_end, th1 = _coefs(
+        A1, c1, md1, g1, s1, a1_end, c1_end, e1_end = _coefs(
             gate1, sg1_g, sg1_t, sg1_c, t0, n_tok, rows, cols, mask_d, qq, kk, cscr1, BLOCK_N, BLOCK_D, True
         )
         qa1, qc1 = A1 * qq, c1 * qq
@@ -476,7 +473,7 @@ def titans_bwd_d2_kernel(
                 m01 = tl.load(m01_ptr + init + off1, mask=mask1, other=0.0)
                 out1 += _dot_t((1.0 - A1) * qq, m01, PRECISION)
             z2 = _act(out1, ACT)
-            A2, c2, E2, md2_t, g2, s2, a2_end, c2_end, e2_end, th2 = _coefs(
+            A2, c2, md2_t, g2, s2, a2_end, c2_end, e2_end = _coefs(
                 gate2 + hid0 * sg2_c, sg2_g, sg2_t, sg2_c, t0, n_tok, rows, hrows, hid0 + hrows < HID, z2, x2,
                 cscr2, BLOCK_N, BLOCK_H, False,
             )  # fmt: skip
@@ -523,12 +520,12 @@ def titans_bwd_d2_kernel(
             d1 = _act_grad(p1, ACT) * back1
             out1 = _dot_t(qa1, w1, PRECISION) + _dot_t(qc1, m1, PRECISION) - _dot(md1, d1, PRECISION)
             if TO_INIT:
-                m01 = tl.load(m01_ptr + init + off1, mask=mask1, other=0.0)
-                m02 = tl.load(m02_ptr + init + off2, mask=mask2, other=0.0)
-                out1 += _dot_t((1.0 - A1) * qq, m01, PRECISION)
+                out1 += _dot_t(
+                    (1.0 - A1) * qq, tl.load(m01_ptr + init + off1, mask=mask1, other=0.0), PRECISION
+                )
             z2 = _act(out1, ACT)
             hmask = hid0 + hrows < HID
-            A2, c2, E2, md2_t, g2, s2, a2_end, c2_end, e2_end, th2 = _coefs(
+            A2, c2, md2_t, g2, s2, a2_end, c2_end, e2_end = _coefs(
                 gate2 + hid0 * sg2_c, sg2_g, sg2_t, sg2_c, t0, n_tok, rows, hrows, hmask, z2, x2,
                 cscr2, BLOCK_N, BLOCK_H, True,
             )  # fmt: skip
@@ -542,15 +539,30 @@ def titans_bwd_d2_kernel(
             lw2_new = lw2 * a2_end[None, :] + _t_dot(dout2, A2 * z2, PRECISION)
             lm2_new = lw2 * c2_end[None, :] + lm2 * e2_end[None, :] + _t_dot(dout2, c2 * z2, PRECISION)
             if TO_INIT:
+                m02 = tl.load(m02_ptr + init + off2, mask=mask2, other=0.0)
                 dz0 = _dot(dout2, m02, PRECISION)
                 dA2 -= z2 * dz0
                 dz2 += (1.0 - A2) * dz0
                 da2_end -= _sum(lw2 * m02, 0)
                 dm02 = lw2 * (1.0 - a2_end)[None, :] + _t_dot(dout2, (1.0 - A2) * z2, PRECISION)
+                dm02 += tl.load(dm02_ptr + state + off2, mask=mask2, other=0.0)
+            # first layer: what needs no retrieval gradient (the update), before the gates' backward
+            ul1 += _dot(d1, lw1, PRECISION)
+            um1 += _dot(d1, lm1, PRECISION)
+            dd1 = -_dot_t(g1 * kk, lw1, PRECISION) - _dot_t(s1 * kk, lm1, PRECISION)
+            da1_end += _sum(lw1 * w1, 0)
+            dc1_end += _sum(lw1 * m1, 0)
+            de1_end += _sum(lm1 * m1, 0)
+            lw1_new = lw1 * a1_end[None, :]
+            lm1_new = lw1 * c1_end[None, :] + lm1 * e1_end[None, :]
+            if TO_INIT:
+                m01 = tl.load(m01_ptr + init + off1, mask=mask1, other=0.0)
+                da1_end -= _sum(lw1 * m01, 0)
+                dm01 = lw1 * (1.0 - a1_end)[None, :] + tl.load(dm01_ptr + state + off1, mask=mask1, other=0.0)
             tl.debug_barrier()  # the scratch rows written by _coefs are read by other threads
             dz2_g, dx2_g = _coefs_bwd(
                 gate2 + hid0 * sg2_c, sg2_g, sg2_t, sg2_c, dgate2 + hid0 * dg2_c, dg2_g, dg2_t, dg2_c, t0,
-                n_tok, rows, hrows, hmask, z2, x2, th2, A2, c2, E2, dA2, dc2, dmd2, -x2 * ul2, -x2 * um2,
+                n_tok, rows, hrows, hmask, z2, x2, dA2, dc2, dmd2, -x2 * ul2, -x2 * um2,
                 da2_end, dc2_end, de2_end, cscr2, BLOCK_N, BLOCK_H,
             )  # fmt: skip
             tl.debug_barrier()  # read before the next tile's _coefs writes them
@@ -561,20 +573,12 @@ def titans_bwd_d2_kernel(
             dqa1 += _dot(dout1, w1, PRECISION)
             dqc1 += _dot(dout1, m1, PRECISION)
             dmd1 -= _dot_t(dout1, d1, PRECISION)
-            lw1_new = lw1 * a1_end[None, :] + _t_dot(dout1, qa1, PRECISION)
-            lm1_new = lw1 * c1_end[None, :] + lm1 * e1_end[None, :] + _t_dot(dout1, qc1, PRECISION)
-            # first layer: update
-            ul1 += _dot(d1, lw1, PRECISION)
-            um1 += _dot(d1, lm1, PRECISION)
-            dd1 = -_dot_t(g1 * kk, lw1, PRECISION) - _dot_t(s1 * kk, lm1, PRECISION)
+            lw1_new += _t_dot(dout1, qa1, PRECISION)
+            lm1_new += _t_dot(dout1, qc1, PRECISION)
             dd1 -= _t_dot(md1, dout1, PRECISION)
-            da1_end += _sum(lw1 * w1, 0)
-            dc1_end += _sum(lw1 * m1, 0)
-            de1_end += _sum(lm1 * m1, 0)
             if TO_INIT:
-                dq01 += _dot(dout1, m01, PRECISION)
-                da1_end -= _sum(lw1 * m01, 0)
-                dm01 = lw1 * (1.0 - a1_end)[None, :] + _t_dot(dout1, (1.0 - A1) * qq, PRECISION)
+                dq01 += _dot(dout1, tl.load(m01_ptr + init + off1, mask=mask1, other=0.0), PRECISION)
+                dm01 += _t_dot(dout1, (1.0 - A1) * qq, PRECISION)
             # the keys' first error: delta1 = act'(P1) * (delta2 B2)
             dback1 = _act_grad(p1, ACT) * dd1
             dd2 += _dot_t(dback1, kb2, PRECISION)
@@ -587,9 +591,6 @@ def titans_bwd_d2_kernel(
                 dkb2 += tl.load(dbw2_ptr + state + off2, mask=mask2, other=0.0)
             else:
                 lw2_new += dkb2
-            if TO_INIT:
-                dm01 += tl.load(dm01_ptr + state + off1, mask=mask1, other=0.0)
-                dm02 += tl.load(dm02_ptr + state + off2, mask=mask2, other=0.0)
             tl.debug_barrier()  # every thread holding a copy of the tile has read it
             if HAS_BASE:
                 tl.store(dbw2_ptr + state + off2, dkb2, mask=mask2)
@@ -610,7 +611,7 @@ def titans_bwd_d2_kernel(
         dk -= g1 * ul1 + s1 * um1
         dz1_g, dx1_g = _coefs_bwd(
             gate1, sg1_g, sg1_t, sg1_c, dgate1, dg1_g, dg1_t, dg1_c, t0, n_tok, rows, cols, mask_d, qq, kk,
-            th1, A1, c1, E1, dA1, dc1, dmd1, -kk * ul1, -kk * um1, da1_end, dc1_end, de1_end, cscr1,
+            dA1, dc1, dmd1, -kk * ul1, -kk * um1, da1_end, dc1_end, de1_end, cscr1,
             BLOCK_N, BLOCK_D,
         )  # fmt: skip
         dq += dz1_g
