@@ -52,6 +52,18 @@ per program holds one partial gradient between the third and fourth pass, and a 
 gates' recurrence (triton_gates.py). The gradients w.r.t. the gates are written per token and channel,
 those w.r.t. the LN's gain and bias and M0 summed per program over the chunks (the host sums over the
 batch).
+
+Cost and spills. The gates' recurrence is n sequential steps per chunk, layer and channel tile, each
+[n, C] elementwise work and two reductions on the CUDA cores (the dual form's sum over channels cannot be
+one tl.dot per chunk when every channel has its own G); gates per head or layer take the same path,
+broadcast. Its backward's scratch is per program (2 n + 3) n C values: 143 KiB for the first layer at chunk
+16 and D 64, 35 KiB for a tile of 16 hidden units, read back within the chunk (L1, L2). Compiled for
+sm_90 at chunk 16, D 64, hidden 256 and 8 warps, every kernel takes 255 registers; spilled per thread, on
+the default memory's path (no base, forgetting by decay) and with every flag on (scripts/gpu/
+compile_titans_kernels.py): forward depth 1 240 / 528 B, backward depth 1 2.4 / 3.3 KB, forward depth 2
+192 / 352 B, backward depth 2 688 / 792 B. What spills is the chunk's [n, D] tiles held across the
+recurrence's loop and, at depth 1, the [D, D] products: the depth-1 backward holds five [D, D] matrices
+per chunk (weights, momentum, their gradients, the keys' base gradient), 80 values per thread.
 """
 
 from __future__ import annotations
