@@ -48,7 +48,8 @@ from models.titans.triton_chunk import MAX_DEPTH as TRITON_MAX_DEPTH
 from models.titans.triton_chunk import triton_chunk_titans_memory, triton_problem
 
 # backend -> (op for whole sequences, op for decoding one token at a time). The Triton kernels decode too:
-# one token is one launch (plus the gates' coefficients), against a few dozen operators token by token.
+# one token is one launch (the gates' coefficients formed inside it), against a few dozen operators token
+# by token.
 MEMORY_BACKENDS = {
     "torch-chunked": (chunk_titans_memory, fused_recurrent_titans_memory),
     "torch-recurrent": (naive_recurrent_titans_memory, naive_recurrent_titans_memory),
@@ -56,18 +57,17 @@ MEMORY_BACKENDS = {
 }
 
 
-def resolve_memory_backend(requested: str, memory_depth: int, kernel_problem: str | None = None) -> str:
+def resolve_memory_backend(requested: str, memory_depth: int) -> str:
     """The memory's backend, fixed at build time: "auto" is "triton" on CUDA for the memories its kernels
-    hold, else "torch-chunked"; an explicit "triton" that cannot run here, or for this memory
-    (``kernel_problem``: what of the config its kernels do not implement), is an error, never a fallback
-    (on a machine without CUDA it runs only under TRITON_INTERPRET=1, Triton's CPU interpreter)."""
+    hold (depths 1 and 2, every gate form and variant), else "torch-chunked"; an explicit "triton" that
+    cannot run here is an error, never a fallback (on a machine without CUDA it runs only under
+    TRITON_INTERPRET=1, Triton's CPU interpreter)."""
     if requested not in ("auto", *MEMORY_BACKENDS):
         choices = ", ".join(MEMORY_BACKENDS)
         raise ValueError(f"unknown Titans backend {requested!r}; choose from auto, {choices}")
     reason = triton_problem()
     if reason is None and memory_depth > TRITON_MAX_DEPTH:
         reason = f"its kernels hold memories of depth 1 to {TRITON_MAX_DEPTH}, not {memory_depth}"
-    reason = reason or kernel_problem
     if requested == "auto":
         return "triton" if torch.cuda.is_available() and reason is None else "torch-chunked"
     if requested == "triton" and reason is not None:
@@ -147,17 +147,7 @@ class LMM(Mixer):
             raise ValueError(f"n_persistent must be >= 0, got {n_persistent}")
         if memory_init_scale <= 0:
             raise ValueError(f"memory_init_scale must be > 0, got {memory_init_scale}")
-        outside = [
-            what
-            for what, used in (
-                (f"{gate_granularity} gates (they hold gates per head)", gate_granularity != "head"),
-                ("the memory LayerNorm's gain and bias", memory_norm and memory_norm_affine),
-                ("forgetting toward the initial memory", forgetting == "to_init"),
-            )
-            if used
-        ]
-        kernel_problem = f"its kernels do not implement {', '.join(outside)}" if outside else None
-        self.backend = resolve_memory_backend(backend, memory_depth, kernel_problem)
+        self.backend = resolve_memory_backend(backend, memory_depth)
         self.memory_op, self.memory_step_op = MEMORY_BACKENDS[self.backend]
         self.n_heads, self.head_dim = n_heads, head_dim
         self.activation, self.chunk_size, self.max_lr = activation, chunk_size, max_lr
@@ -582,20 +572,13 @@ class TitansWindowConfig(TitansHybridConfig):
     window: PositiveInt | None = 512
 
 
-# What the Triton kernels implement of the memory, and so of the default model: see LMM's kernel_problem.
-TRITON_SCOPE = (
-    "the Triton kernels implement gates per head and the memory LayerNorm without gain and bias "
-    "(build with gate_granularity='head', memory_norm_affine=False); the default memory runs torch-chunked"
-)
-
-
 def titans_backends() -> dict[str, bool | str]:
     """What runs here for the default Titans memory (bench list and validate build the defaults)."""
     return {
         "auto": True,
         "torch-chunked": True,
         "torch-recurrent": True,
-        "triton": triton_problem() or TRITON_SCOPE,
+        "triton": triton_problem() or True,
     }
 
 

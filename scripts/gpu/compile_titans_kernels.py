@@ -7,7 +7,8 @@ Triton's NVIDIA backend (with the ptxas it ships) compiles for a named architect
 what the CPU interpreter cannot show is checked here: that every kernel compiles (dot shapes, layouts,
 types of loop-carried values), and what it costs in registers, spills and shared memory at the launch
 configuration models/titans/triton_chunk.py would use. One line per kernel; exit status 1 if one fails to
-compile. The flags that switch code paths on (base, saved memory, written base, base gradient) are all on.
+compile. The flags that switch code paths on (base, saved memory, written base, base gradient, forgetting
+toward the initial memory) are all on.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
 from models.titans import triton_kernels as kernels  # noqa: E402
-from models.titans.triton_chunk import ACT_CODES, launch_config  # noqa: E402
+from models.titans.triton_chunk import ACT_CODES, D1_BACKWARD_MAXNREG, launch_config  # noqa: E402
 
 
 def signature(fn, constants: dict, dtype: str) -> dict:
@@ -62,7 +63,9 @@ def main() -> int:
     parser.add_argument("--chunk-size", type=int, default=16)
     parser.add_argument("--precision", default="ieee", choices=["ieee", "tf32"])
     args = parser.parse_args()
-    common = dict(ACT=ACT_CODES["gelu"], NORM=True, RESIDUAL=True, HAS_BASE=True, PRECISION=args.precision)
+    common = dict(
+        ACT=ACT_CODES["gelu"], NORM=True, RESIDUAL=True, HAS_BASE=True, TO_INIT=True, PRECISION=args.precision
+    )
     failed = 0
     for depth in (1, 2):
         hidden = args.head_dim if depth == 1 else args.hidden
@@ -75,6 +78,7 @@ def main() -> int:
             (getattr(kernels, f"titans_bwd_d{depth}_kernel"), dict(ADD_BASE_GRAD=True)),
         ):
             constants = {**conf, **common, **extra}
+            maxnreg = D1_BACKWARD_MAXNREG if fn is kernels.titans_bwd_d1_kernel else None
             src = triton.compiler.ASTSource(
                 fn=fn, signature=signature(fn, constants, "fp32"), constexprs=constants
             )
@@ -82,7 +86,7 @@ def main() -> int:
                 compiled = triton.compile(
                     src,
                     target=GPUTarget("cuda", args.arch, 32),
-                    options=dict(num_warps=num_warps, num_stages=1),
+                    options=dict(num_warps=num_warps, num_stages=1, maxnreg=maxnreg),
                 )
             except Exception as err:  # noqa: BLE001 - report every kernel, then fail
                 print(f"{fn.__name__}: FAILED: {type(err).__name__}: {str(err)[:2000]}")
