@@ -16,7 +16,7 @@ TINY = dict(vocab_size=37, d_model=32, n_layers=2)
 
 # A sweep through the command line that runs in seconds: the smallest model, few repeats, on the CPU.
 TINY_SWEEP = (
-    "--d-model 16 --n-layers 1 --vocab-size 32 --repeats 2 --warmup 1 --device cpu --no-progress"
+    "--d-model 16 --n-layers 1 --vocab-size 32 --repeats 2 --warmup 1 --rounds 1 --device cpu --no-progress"
 ).split()
 
 

@@ -11,6 +11,7 @@ from bench.measure.upstream import (  # noqa: F401 - the tests' names for the lo
     INSTALL_HINT,
     LOADERS,
     _fla_naive,
+    _mamba_module,
     fla_delta_rule_chunkwise,
     fla_delta_rule_recurrence,
     fla_gated_delta_rule_recurrence,

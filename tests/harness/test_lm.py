@@ -430,3 +430,19 @@ def test_the_lm_report_section(tmp_path):
     assert "| late | timeout | timeout | timeout | – |" in text
     for png in ("lm_bpb_by_position.png", "lm_training_curves.png"):
         assert (out / png).stat().st_size > 1000
+
+
+def test_an_lm_section_whose_every_cell_failed_says_so(tmp_path):
+    """A sweep killed before any lm cell finished still gets its report: the cells are listed as failed and
+    the documents line says none were scored."""
+    from bench.analysis.report import accuracy_sections
+    from bench.results import parse_row
+
+    source = write_corpus(tmp_path / "c")
+    cell = lm_cell(source, 32).model_copy(update={"label": "dead", "task_label": "lm"})
+    row = parse_row({"key": cell.key, **cell.model_dump(), "status": "crashed", "error": "worker died"})
+    out = tmp_path / "run"
+    out.mkdir()
+    text = "\n".join(accuracy_sections([row], out))
+    assert "held-out test documents scored at each length" in text and "none, no cell finished." in text
+    assert "| dead | crashed |" in text

@@ -352,7 +352,7 @@ ACCEPTED = [
 ]
 MESSAGES = [
     case(
-        run_("--models", "transformer", "--warmup", "20"), "--warmup 20 is above 12, the most warm-up calls"
+        run_("--models", "transformer", "--warmup", "20"), "--warmup 20 is above 8, the most warm-up calls"
     ),
     case(run_("--models", "transformer", "--threads", "4096"), "--threads 4096 is more than the"),
     case(["run", "--resume", "own", "--timeout", "5", "--no-progress"], "--timeout was 900.0, now 5.0"),

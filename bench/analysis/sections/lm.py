@@ -386,7 +386,10 @@ def _merge(values: list, row, group: list[int]) -> float | None:
 
 def documents_text(rows: list[AccuracyRow], summary: pd.DataFrame, task: str) -> list[str]:
     part = summary[(summary["task_label"] == task) & (summary["status"] == "ok")]
-    counts = part.groupby("eval_len")["n_examples"].max().dropna().astype(int)
+    if part.empty or "n_examples" not in part:  # no cell finished: nothing was scored
+        counts = pd.Series(dtype=int)
+    else:
+        counts = part.groupby("eval_len")["n_examples"].max().dropna().astype(int)
     first = next(r for r in rows if r.task_label == task)
     args = first.task_args
     text = (
@@ -394,7 +397,7 @@ def documents_text(rows: list[AccuracyRow], summary: pd.DataFrame, task: str) ->
         + (f"tokenizer `{args['tokenizer']}`" if args.get("tokenizer") else "bytes as tokens")
         + "; held-out test documents scored at each length (those with at least T tokens, the first in "
         "name order up to the evaluation's sample count): "
-        + ", ".join(f"T={n}: {c}" for n, c in counts.items())
+        + (", ".join(f"T={n}: {c}" for n, c in counts.items()) or "none, no cell finished")
         + "."
     )
     out = [text]
