@@ -351,9 +351,7 @@ ACCEPTED = [
     case(["run", "pipetask.toml"], "pipetask.toml: field 'tasks.0.label'"),
 ]
 MESSAGES = [
-    case(
-        run_("--models", "transformer", "--warmup", "20"), "--warmup 20 is above 8, the most warm-up calls"
-    ),
+    case(run_("--models", "transformer", "--warmup", "20"), "--warmup 20 is above 8, the most warm-up calls"),
     case(run_("--models", "transformer", "--threads", "4096"), "--threads 4096 is more than the"),
     case(["run", "--resume", "own", "--timeout", "5", "--no-progress"], "--timeout was 900.0, now 5.0"),
     case(["run", "--resume", "own", "--repeats", "3", "--no-progress"], "--repeats was 5, now 3"),
