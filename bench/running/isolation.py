@@ -7,6 +7,7 @@ an OOM, a segfault or a hang cannot take the sweep down with it.
 from __future__ import annotations
 
 import ctypes
+import gc
 import json
 import multiprocessing
 import multiprocessing.forkserver
@@ -109,6 +110,10 @@ def shutdown() -> None:
 
 def _child(cell_json: str, out_path: str, stderr_path: str) -> None:
     _die_with_parent()
+    # What the forkserver imported lives as long as this process: out of the collector's sight, a full
+    # collection between the cell's phases (bench.measure.memory) walks the cell's objects only, about
+    # 5 ms instead of 0.25 s over the runtime's.
+    gc.freeze()
     # The cell's own stderr goes to a file, so a crash can be reported with its last lines.
     fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 2)

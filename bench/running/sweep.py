@@ -174,14 +174,17 @@ def run_sweep(
     folder.write_text(results.MANIFEST, results.manifest_text(run_dir, manifest, resume))
     folder.write_text("spec.json", spec.model_dump_json(indent=2))
 
-    total = len(cells) * spec.rounds
+    # Rounds re-time the timing cells; an accuracy cell trains the same seed to the same result, so it runs
+    # in the first round only.
+    timed = [c for c in cells if c.mode != "accuracy"]
+    total = len(cells) + len(timed) * (spec.rounds - 1)
     try:
         with (
             stop_on_signals(),
             tqdm(total=total, desc=spec.name, unit="cell", disable=not progress, dynamic_ncols=True) as bar,
         ):
             for round_index in range(spec.rounds):
-                ordered = round_order(cells, round_index, spec.seed)
+                ordered = round_order(cells if round_index == 0 else timed, round_index, spec.seed)
                 execute(spec, ordered, ledger, bar, round_index, run_dir)
             # Learning-rate grids that do not bracket their choice grow, a step at a time.
             while extra := grid_extensions(spec, cells, run_dir / results.RESULTS):

@@ -376,12 +376,13 @@ class SweepSpec(Strict):
         description="CPU threads for torch (at most the cores here; default: torch's)",
         json_schema_extra=cli("--threads"),
     )
-    # Every cell measured `rounds` times, each time in a fresh process, the cells in a new seeded order
-    # each round, so that machine drift does not fall on one model; compare treats a round as the unit.
+    # Every timing cell measured `rounds` times, each time in a fresh process, the cells in a new seeded
+    # order each round, so that machine drift does not fall on one model; compare treats a round as the
+    # unit. Accuracy cells train once: a seed's training is deterministic, a second round would repeat it.
     rounds: PositiveInt = Field(
         default=1,
-        description="measure every cell this many times, each in a fresh process, in a new seeded order per "
-        "round (what `compare` counts as independent units)",
+        description="measure every timing cell this many times, each in a fresh process, in a new seeded "
+        "order per round (what `compare` counts as independent units); accuracy cells run once",
         json_schema_extra=cli("--rounds"),
     )
     # Every model through torch.compile (outside the timed region; the first call's time is recorded), every

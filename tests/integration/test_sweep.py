@@ -119,3 +119,24 @@ def test_parallel_accuracy_cells_overlap_and_timing_cells_run_alone(tmp_path):
     timing = [s for s in spans.values() if s[2] != "accuracy"]
     assert any(overlap(a, b) for i, a in enumerate(accuracy) for b in accuracy[i + 1 :])
     assert not any(overlap(t, a) for t in timing for a in accuracy)
+
+
+def test_rounds_retime_the_timing_cells_and_train_the_accuracy_cells_once(tmp_path):
+    """A second round measures the timing cells again in fresh processes; an accuracy cell trains once (the
+    same seed would give the same result), and a resume of the finished run has nothing left to do."""
+    out = tmp_path / "run"
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        'tasks = [{ name = "mqar", label = "mqar-small", args = { vocab_size = 16, num_kv_pairs = 2 } }]\n'
+        "[accuracy]\nsteps = 4\nwarmup_steps = 1\nthreshold = false\nthreads = 1\n"
+        "eval_factors = [1]\nval_samples = 8\neval_samples = 8\nbatch_size = 8\n"
+    )
+    args = ["--models", "transformer", "--modes", "prefill,accuracy", "--seq-lens", "16", "--train-len", "16"]
+    flags = list(TINY)
+    flags[flags.index("--rounds") + 1] = "2"
+    assert main(["run", str(spec), *args, "--out", str(out), *flags, "--no-report"]) == 0
+    records = results.read_records(out / results.RESULTS)
+    rounds = sorted((r["mode"], r["round"]) for r in records)
+    assert rounds == [("accuracy", 0), ("prefill", 0), ("prefill", 1)]
+    assert main(["run", "--resume", str(out), "--no-report", "--no-progress"]) == 0
+    assert len(results.read_records(out / results.RESULTS)) == 3
