@@ -11,6 +11,7 @@ run cannot give (one sample, one document) is shown without an interval and neve
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import statistics
@@ -21,7 +22,9 @@ from bench.analysis.plotting import si
 from bench.analysis.report import section_of
 from bench.analysis.sections.lm import summarize_lm
 from bench.analysis.selection import by_length, summarize
+from bench.errors import BenchError
 from bench.results import AccuracyRow, TimingRow, load_rows, read_manifest
+from bench.spec.config import PRESETS, default_spec, preset_spec
 
 BOOTSTRAP = 2000
 
@@ -265,6 +268,48 @@ NOT_MEASURED = (
 )
 
 
+def today_preset(name: str | None) -> dict | None:
+    """The sweep a preset of this name runs today (as stored in a run's spec.json), or None."""
+    try:
+        if name in PRESETS:
+            return json.loads(preset_spec(name).model_dump_json())
+        if name == default_spec("cpu").name:
+            return json.loads(default_spec("cpu").model_dump_json())
+    except BenchError:
+        return None
+    return None
+
+
+def runs_lines(runs: list[Path]) -> list[str]:
+    """Where each run comes from: its commit, whether the tree was clean, when it ran, and whether the
+    preset of its name still runs what it ran (a run of an older definition answers an older question)."""
+    lines = [
+        "| run | commit | tree | ran | its sweep against today's preset of that name |",
+        "|---|---|---|---|---|",
+    ]
+    for run in runs:
+        manifest = read_manifest(run)
+        try:
+            ran = json.loads((run / "spec.json").read_text())
+        except (OSError, ValueError):
+            ran = None
+        today = today_preset(manifest.get("name"))
+        if today is None or ran is None:
+            versus = "no preset of that name" if today is None else "no spec.json"
+        else:
+            changed = sorted(k for k in set(ran) | set(today) if k != "out" and ran.get(k) != today.get(k))
+            versus = (
+                "the same" if not changed else "**changed since**: " + ", ".join(f"`{k}`" for k in changed)
+            )
+        commit = str(manifest.get("git_commit") or "?")[:10]
+        tree = "**dirty**" if manifest.get("git_dirty") else "clean"
+        lines.append(
+            f"| [{run.name}]({run.name}/REPORT.md) | {commit} | {tree} | "
+            f"{str(manifest.get('created_at') or '?')[:10]} | {versus} |"
+        )
+    return lines
+
+
 def summary_markdown(runs: list[Path], root: Path) -> str:
     found = questions(runs, root)
     dirty = []
@@ -285,6 +330,7 @@ def summary_markdown(runs: list[Path], root: Path) -> str:
     if dirty:
         out += [f"**Generated from runs made on a dirty tree: {', '.join(dirty)}.**", ""]
     out += ["## At a glance", "", *glance_lines(found), "", "## Not measured", "", NOT_MEASURED, ""]
+    out += ["## The runs", "", *runs_lines(runs), ""]
     out += ["## Every question", ""]
     for q in found:
         out += ranking_lines(q)

@@ -58,3 +58,28 @@ def test_two_runs_ranked_with_their_evidence(tmp_path, capsys):
     (tmp_path / "mine.md").write_text("my notes")
     assert main(["summary", str(speed), "--out", str(tmp_path / "mine.md")]) == 2
     assert (tmp_path / "mine.md").read_text() == "my notes"
+
+
+def test_the_page_says_where_each_run_comes_from(tmp_path):
+    """A run of a preset whose definition has changed since is marked so, with the fields that differ; a
+    run on a dirty tree is marked dirty; a run of no preset says that."""
+    import json
+
+    from bench.spec.config import preset_spec
+
+    old, own = tmp_path / "cpu-recall", tmp_path / "mine"
+    for run, name, dirty in ((old, "cpu-recall", True), (own, "my-sweep", False)):
+        run.mkdir()
+        results.append(run / results.RESULTS, timing("fast", [0.01, 0.011, 0.012]))
+        (run / results.MANIFEST).write_text(
+            json.dumps({"name": name, "git_commit": "abc1234def99", "git_dirty": dirty})
+        )
+    spec = json.loads(preset_spec("cpu-recall").model_dump_json())
+    (old / "spec.json").write_text(json.dumps({**spec, "timeout_s": 1}))
+    assert main(["summary", str(old), str(own)]) == 0
+    page = (tmp_path / "README.md").read_text()
+    assert (
+        "| [cpu-recall](cpu-recall/REPORT.md) | abc1234def | **dirty** | ? | **changed since**: `timeout_s` |"
+        in page
+    )
+    assert "| [mine](mine/REPORT.md) | abc1234def | clean | ? | no preset of that name |" in page
