@@ -123,6 +123,12 @@ def calibration_lines(rows: list[AccuracyRow], metric: str, higher_is_better: bo
     return [f"**Calibration ({wanted}): {verdict}** — " + "; ".join(parts) + "."]
 
 
+def calibration_verdict(rows: list[AccuracyRow], metric: str, higher_is_better: bool) -> str | None:
+    """ "PASS" or "FAIL" for the run's calibration model over all its tasks; None when it names none."""
+    lines = calibration_lines(rows, metric, higher_is_better)
+    return None if not lines else ("PASS" if "): PASS**" in lines[0] else "FAIL")
+
+
 def quality_section(rows: list[AccuracyRow], metric: str, higher_is_better: bool = True) -> list[str]:
     """The lines that head an accuracy section, each a paragraph."""
     lines = [

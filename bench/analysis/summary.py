@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.analysis.plotting import si
+from bench.analysis.quality import calibration_verdict
 from bench.analysis.report import section_of
 from bench.analysis.sections.lm import summarize_lm
 from bench.analysis.selection import by_length, summarize
@@ -47,6 +48,7 @@ class Question:
     higher_is_better: bool
     figures: list[Figure]
     link: str  # the report (and section) that supports it
+    caveat: str = ""  # what limits the ranking: a smoke test, a calibration that failed or was never set
 
     def ranked(self) -> list[Figure]:
         return sorted(self.figures, key=lambda f: -f.value if self.higher_is_better else f.value)
@@ -131,9 +133,21 @@ def _memory(name: str, rows: list[TimingRow]) -> list[Question]:
     return out
 
 
+def caveat(rows: list[AccuracyRow], metric: str, higher_is_better: bool) -> str:
+    """Why a training run's ranking may not stand: a smoke test never ranks; a calibration model that
+    failed (or none named) means the budget may be too short for any model to converge."""
+    if any(r.smoke_test for r in rows):
+        return "smoke test: not a ranking"
+    verdict = calibration_verdict(rows, metric, higher_is_better)
+    if verdict is None:
+        return "no calibration model"
+    return "" if verdict == "PASS" else "calibration FAIL: ranks learning speed"
+
+
 def _accuracy(name: str, rows: list[AccuracyRow]) -> list[Question]:
     """Recall and state tracking: past the training length at the longest evaluation, and at L."""
     out = []
+    limits = caveat(rows, "accuracy", True)
     long = by_length(rows)
     if not len(long):
         return out
@@ -157,7 +171,7 @@ def _accuracy(name: str, rows: list[AccuracyRow]) -> list[Question]:
             if figures:
                 title = f"{kind}: {task}, {where}"
                 out.append(Question(title, what + " (mean over seeds, 95% interval)", True, figures,
-                                    f"{name}/REPORT.md"))  # fmt: skip
+                                    f"{name}/REPORT.md", limits))  # fmt: skip
     return out
 
 
@@ -172,6 +186,7 @@ def _lm(name: str, rows: list[AccuracyRow]) -> list[Question]:
     if not len(summary):
         return out
     ok = summary[summary["status"] == "ok"]
+    limits = caveat(rows, "bpb", False)
     for task in dict.fromkeys(ok["task_label"]):
         part = ok[ok["task_label"] == task]
         train_len = int(part["train_len"].iloc[0])
@@ -182,8 +197,9 @@ def _lm(name: str, rows: list[AccuracyRow]) -> list[Question]:
             low, high = interval if isinstance(interval, (list, tuple)) else (None, None)
             figures.append(Figure(r["label"], r["bpb"], low, high, name))
         if figures:
-            out.append(Question(f"language modelling: {task}", f"bits per byte at T = {train_len} (95% t "
-                                "interval over documents)", False, figures, f"{name}/REPORT.md"))  # fmt: skip
+            what = f"bits per byte at T = {train_len} (95% t interval over documents)"
+            title = f"language modelling: {task}"
+            out.append(Question(title, what, False, figures, f"{name}/REPORT.md", limits))
         longest = part[part["eval_len"] == part["eval_len"].max()]
         gains = []
         for _, r in longest.iterrows():
@@ -199,6 +215,7 @@ def _lm(name: str, rows: list[AccuracyRow]) -> list[Question]:
                     True,
                     gains,
                     f"{name}/REPORT.md",
+                    limits,
                 )
             )
     return out
@@ -229,9 +246,11 @@ def number(x: float) -> str:
 
 def ranking_lines(q: Question) -> list[str]:
     ranked = q.ranked()
-    lines = [f"### {q.title}", "", f"{q.what}; {'higher' if q.higher_is_better else 'lower'} is better. "
-             f"Source: [{q.link}]({q.link}).", "", "| rank | model | value | vs the next |",
-             "|---:|---|---:|---|"]  # fmt: skip
+    better = "higher" if q.higher_is_better else "lower"
+    note = f" **Caveat: {q.caveat}.**" if q.caveat else ""
+    lines = [f"### {q.title} ({q.link.split('/')[0]})", "",
+             f"{q.what}; {better} is better. Source: [{q.link}]({q.link}).{note}", "",
+             "| rank | model | value | vs the next |", "|---:|---|---:|---|"]  # fmt: skip
     for i, f in enumerate(ranked):
         bounds = f.low is not None and f.high is not None and f.low != f.high
         interval = f" [{number(f.low)}, {number(f.high)}]" if bounds else ""
@@ -246,7 +265,10 @@ TITANS = "titans-"  # how the glance table finds the Titans models among the lab
 def glance_lines(found: list[Question]) -> list[str]:
     """One row per question: the best model, the best Titans model and its rank, and whether the best
     model's lead over it is beyond noise."""
-    lines = ["| question | best | best Titans (rank) | lead beyond noise? |", "|---|---|---|---|"]
+    lines = [
+        "| question | run | best | best Titans (rank) | lead beyond noise? | caveat |",
+        "|---|---|---|---|---|---|",
+    ]
     for q in found:
         ranked = q.ranked()
         titans = next(((i, f) for i, f in enumerate(ranked) if f.label.startswith(TITANS)), None)
@@ -255,8 +277,9 @@ def glance_lines(found: list[Question]) -> list[str]:
         i, f = titans
         lead = "it is the best" if i == 0 else evidence(ranked[0], f)
         lines.append(
-            f"| {q.title} | {ranked[0].label} {number(ranked[0].value)} | {f.label} {number(f.value)} "
-            f"({i + 1} of {len(ranked)}) | {lead} |"
+            f"| {q.title} | [{q.link.split('/')[0]}]({q.link}) | {ranked[0].label} "
+            f"{number(ranked[0].value)} | {f.label} {number(f.value)} ({i + 1} of {len(ranked)}) | {lead} | "
+            f"{q.caveat or '–'} |"
         )
     return lines
 

@@ -50,10 +50,13 @@ def test_two_runs_ranked_with_their_evidence(tmp_path, capsys):
     tied = [line for line in page.splitlines() if line.startswith("| 2 | titans-")]
     assert tied[0].endswith("| within noise |")
     # recall past L: titans-a ahead of other beyond their intervals over seeds; at L within noise
-    assert "| recall: mqar, past L at T = 128 | titans-a 91 | titans-a 91 (1 of 2) | it is the best |" in page
-    at_l = page.split("### recall: mqar, at L = 32")[1].split("###")[0]
+    assert (
+        "| recall: mqar, past L at T = 128 | [acc](acc/REPORT.md) | titans-a 91 | titans-a 91 (1 of 2) | "
+        "it is the best | no calibration model |"
+    ) in page
+    at_l = page.split("### recall: mqar, at L = 32 (acc)")[1].split("###")[0]
     assert "| 1 | titans-a | 99" in at_l and "| within noise |" in at_l
-    assert "| inference state at T = 1024 | fast " in page and "| exact |" in page
+    assert "| inference state at T = 1024 | [speed](speed/REPORT.md) | fast " in page and "| exact |" in page
     # it never replaces a file it did not write
     (tmp_path / "mine.md").write_text("my notes")
     assert main(["summary", str(speed), "--out", str(tmp_path / "mine.md")]) == 2
@@ -83,3 +86,17 @@ def test_the_page_says_where_each_run_comes_from(tmp_path):
         in page
     )
     assert "| [mine](mine/REPORT.md) | abc1234def | clean | ? | no preset of that name |" in page
+
+
+def test_a_smoke_test_is_not_a_ranking(tmp_path):
+    """Cells trained as a smoke test (the default run's few steps) are listed with that caveat."""
+    run = tmp_path / "default"
+    run.mkdir()
+    for seed in range(2):
+        for label, acc in (("titans-a", 0.2), ("other", 0.1)):
+            results.append(run / results.RESULTS, {**recall(label, seed, acc, acc), "smoke_test": True})
+    assert main(["summary", str(run)]) == 0
+    page = (tmp_path / "README.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| recall: mqar, at L = 32 |")]
+    assert rows and rows[0].endswith("| smoke test: not a ranking |")
+    assert "**Caveat: smoke test: not a ranking.**" in page
