@@ -22,6 +22,7 @@ from bench.analysis.plotting import si
 from bench.analysis.quality import calibration_verdict
 from bench.analysis.report import section_of
 from bench.analysis.sections.lm import summarize_lm
+from bench.analysis.sections.timing import noisy
 from bench.analysis.selection import by_length, summarize
 from bench.errors import BenchError
 from bench.results import AccuracyRow, TimingRow, load_rows, read_manifest
@@ -78,8 +79,12 @@ def _throughput(name: str, rows: list[TimingRow]) -> list[Question]:
     for mode in ("train", "prefill", "decode"):
         for length in sorted({r.seq_len for r in rows if r.mode == mode}):
             cells = [r for r in rows if r.mode == mode and r.seq_len == length and r.ok and r.samples_s]
+            # a cell its report greys as too noisy (drift, a wide spread, warm-up unsettled) is not ranked
+            unranked = sorted(r.label for r in cells if noisy(r.model_dump()))
             figures = []
             for r in cells:
+                if r.label in unranked:
+                    continue
                 work = r.tokens_per_call or 0
                 rates = [work / s for s in r.samples_s if s > 0]
                 bounds = median_interval(rates)
@@ -92,6 +97,7 @@ def _throughput(name: str, rows: list[TimingRow]) -> list[Question]:
                         True,
                         figures,
                         f"{name}/REPORT.md",
+                        "too noisy to rank: " + ", ".join(unranked) if unranked else "",
                     )
                 )
     return out

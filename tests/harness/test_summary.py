@@ -3,6 +3,10 @@ ranked with the strength of the evidence between neighbours, within-noise cases 
 
 from __future__ import annotations
 
+import statistics
+
+import numpy
+
 from bench import results
 from bench.cli import main
 from bench.commands.summary import MARK
@@ -11,7 +15,8 @@ from bench.commands.summary import MARK
 def timing(label, samples, state=1024):
     return {"key": f"{label}/prefill", "status": "ok", "mode": "prefill", "model": label, "label": label,
             "seq_len": 1024, "samples_s": samples, "tokens_per_call": 1024, "state_bytes": state,
-            "peak_mem_bytes": 2**20}  # fmt: skip
+            "peak_mem_bytes": 2**20, "median_s": statistics.median(samples),
+            "iqr_s": float(numpy.subtract(*numpy.percentile(samples, [75, 25])))}  # fmt: skip
 
 
 def recall(label, seed, acc_l, acc_beyond):
@@ -33,6 +38,7 @@ def test_two_runs_ranked_with_their_evidence(tmp_path, capsys):
         timing("fast", [0.010, 0.011, 0.010, 0.0105, 0.0102]),
         timing("titans-a", [0.020, 0.021, 0.020, 0.0205, 0.0203], state=4096),
         timing("titans-b", [0.0201, 0.0209, 0.0199, 0.0204, 0.0206], state=4096),
+        timing("jumpy", [0.005, 0.03, 0.005, 0.03, 0.005]),  # the fastest median, far too noisy to rank
     ):
         results.append(speed / results.RESULTS, record)
     for seed in range(3):
@@ -44,9 +50,11 @@ def test_two_runs_ranked_with_their_evidence(tmp_path, capsys):
     page = (tmp_path / "README.md").read_text()
     assert page.startswith(MARK)
     # throughput: fast is twice as fast, beyond its interval; the two Titans models cannot be told apart
-    rows = [line for line in page.splitlines() if line.startswith("| 1 | fast |")]
+    speed_block = page.split("### prefill throughput at T = 1024 (speed)")[1].split("###")[0]
+    rows = [line for line in speed_block.splitlines() if line.startswith("| 1 | fast |")]
     assert rows and rows[0].endswith("| significant |")
     assert "| 2 | titans-a |" in page or "| 2 | titans-b |" in page
+    assert "| jumpy |" not in speed_block and "**Caveat: too noisy to rank: jumpy.**" in speed_block
     tied = [line for line in page.splitlines() if line.startswith("| 2 | titans-")]
     assert tied[0].endswith("| within noise |")
     # recall past L: titans-a ahead of other beyond their intervals over seeds; at L within noise
