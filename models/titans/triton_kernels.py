@@ -90,6 +90,7 @@ from .triton_parts import (
     _sum,
     _t_dot,
     _tile_offsets,
+    _to_init_bwd,
 )
 
 GELU, SILU = 0, 1  # ACT
@@ -240,12 +241,11 @@ def titans_bwd_d1_kernel(
         dk = -(g * ul + s * um)
         da_end, dc_end, de_end = _sum(lw * w, 0), _sum(lw * m, 0), _sum(lm * m, 0)
         if TO_INIT:
-            dq0 = _dot(dout, m0, PRECISION)
-            dA -= qq * dq0
-            dq += (1.0 - A) * dq0
-            da_end -= _sum(lw * m0, 0)
-            dm0 = lw * (1.0 - a_end)[None, :] + _t_dot(dout, (1.0 - A) * qq, PRECISION)
-            dm0 += tl.load(dm0_ptr + state + off, mask=mask, other=0.0)
+            dm0 = tl.load(dm0_ptr + state + off, mask=mask, other=0.0)
+            dA_, dq_, da_end_, dm0 = _to_init_bwd(dout, qq, A, m0, lw, a_end, dm0, PRECISION)
+            dA += dA_
+            dq += dq_
+            da_end += da_end_
             tl.store(dm0_ptr + state + off, dm0, mask=mask)
         lw_new = lw * a_end[None, :] + _t_dot(dout, qa, PRECISION)
         lm = lw * c_end[None, :] + lm * e_end[None, :] + _t_dot(dout, qc, PRECISION)
@@ -552,12 +552,11 @@ def titans_bwd_d2_kernel(
             lm2_new = lw2 * c2_end[None, :] + lm2 * e2_end[None, :] + _t_dot(dout2, c2 * z2, PRECISION)
             if TO_INIT:
                 m02 = tl.load(m02_ptr + init + off2, mask=mask2, other=0.0)
-                dz0 = _dot(dout2, m02, PRECISION)
-                dA2 -= z2 * dz0
-                dz2 += (1.0 - A2) * dz0
-                da2_end -= _sum(lw2 * m02, 0)
-                dm02 = lw2 * (1.0 - a2_end)[None, :] + _t_dot(dout2, (1.0 - A2) * z2, PRECISION)
-                dm02 += tl.load(dm02_ptr + state + off2, mask=mask2, other=0.0)
+                dm02 = tl.load(dm02_ptr + state + off2, mask=mask2, other=0.0)
+                dA2_, dz2_, da2_end_, dm02 = _to_init_bwd(dout2, z2, A2, m02, lw2, a2_end, dm02, PRECISION)
+                dA2 += dA2_
+                dz2 += dz2_
+                da2_end += da2_end_
             # first layer: what needs no retrieval gradient (the update), before the gates' backward
             ul1 += _dot(d1, lw1, PRECISION)
             um1 += _dot(d1, lm1, PRECISION)

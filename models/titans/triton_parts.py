@@ -183,6 +183,16 @@ def _t_dot(a, b, PRECISION: tl.constexpr):
     return tl.dot(tl.trans(a), b, input_precision=PRECISION)
 
 
+@triton.jit
+def _to_init_bwd(dout, x, A, m0, lw, a_end, dm0_before, PRECISION: tl.constexpr):
+    """The backward of forgetting toward M0 in one layer's chunk: the readout gained ((1 - A) o X) M0^T and
+    the end-of-chunk weights M0 diag(1 - A_end). Returns what it adds to dA, dX and dA_end, and dM0 with
+    ``dm0_before`` (the later chunks' share) included."""
+    dx0 = _dot(dout, m0, PRECISION)
+    dm0 = lw * (1.0 - a_end)[None, :] + _t_dot(dout, (1.0 - A) * x, PRECISION) + dm0_before
+    return -x * dx0, (1.0 - A) * dx0, -_sum(lw * m0, 0), dm0
+
+
 # -- the depth-2 memory's hidden tiles ----------------------------------------------------------------------
 @triton.jit
 def _tile_offsets(hid0, hrows, cols, D, HID):
