@@ -84,11 +84,12 @@ def convergence_lines(rows: list[AccuracyRow]) -> list[str]:
     ]
 
 
-def calibration_lines(rows: list[AccuracyRow], metric: str, higher_is_better: bool) -> list[str]:
-    """PASS or FAIL for the run's calibration model (``[accuracy.calibration]``), task by task."""
+def calibration(rows: list[AccuracyRow], metric: str, higher_is_better: bool) -> tuple[str, str] | None:
+    """The run's calibration model (``[accuracy.calibration]``) judged task by task: its verdict over all
+    tasks ("PASS" or "FAIL") and the report's line that says it; None when the run names none."""
     spec = next((r.calibration for r in rows if r.calibration), None)
     if not spec:
-        return []
+        return None
     choices = choose_lrs(rows)
     chosen = [r for r in rows if is_chosen(r, choices)]
     bar, must_converge = spec.get("min_score"), spec.get("converged", True)
@@ -120,13 +121,13 @@ def calibration_lines(rows: list[AccuracyRow], metric: str, higher_is_better: bo
     bar_text = "" if bar is None else (f" ≥ {100 * bar:.0f}%" if metric == "accuracy" else f" ≤ {bar}")
     wanted = f"{spec['model']}{bar_text}" + (", converged" if must_converge else "")
     verdict = "PASS" if verdicts and all(verdicts) else "FAIL"
-    return [f"**Calibration ({wanted}): {verdict}** — " + "; ".join(parts) + "."]
+    return verdict, f"**Calibration ({wanted}): {verdict}** — " + "; ".join(parts) + "."
 
 
-def calibration_verdict(rows: list[AccuracyRow], metric: str, higher_is_better: bool) -> str | None:
-    """ "PASS" or "FAIL" for the run's calibration model over all its tasks; None when it names none."""
-    lines = calibration_lines(rows, metric, higher_is_better)
-    return None if not lines else ("PASS" if "): PASS**" in lines[0] else "FAIL")
+def calibration_lines(rows: list[AccuracyRow], metric: str, higher_is_better: bool) -> list[str]:
+    """PASS or FAIL for the run's calibration model, task by task (no line when it names none)."""
+    judged = calibration(rows, metric, higher_is_better)
+    return [] if judged is None else [judged[1]]
 
 
 def quality_section(rows: list[AccuracyRow], metric: str, higher_is_better: bool = True) -> list[str]:

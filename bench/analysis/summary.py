@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.analysis.plotting import si
-from bench.analysis.quality import calibration_verdict
+from bench.analysis.quality import calibration
 from bench.analysis.report import section_of
 from bench.analysis.sections.lm import summarize_lm
 from bench.analysis.sections.timing import noisy
@@ -144,10 +144,10 @@ def caveat(rows: list[AccuracyRow], metric: str, higher_is_better: bool) -> str:
     failed (or none named) means the budget may be too short for any model to converge."""
     if any(r.smoke_test for r in rows):
         return "smoke test: not a ranking"
-    verdict = calibration_verdict(rows, metric, higher_is_better)
-    if verdict is None:
+    judged = calibration(rows, metric, higher_is_better)
+    if judged is None:
         return "no calibration model"
-    return "" if verdict == "PASS" else "calibration FAIL: ranks learning speed"
+    return "" if judged[0] == "PASS" else "calibration FAIL: ranks learning speed"
 
 
 def _accuracy(name: str, rows: list[AccuracyRow]) -> list[Question]:
@@ -302,22 +302,22 @@ def today_preset(name: str | None) -> dict | None:
     try:
         if name in PRESETS:
             return json.loads(preset_spec(name).model_dump_json())
-        if name == default_spec("cpu").name:
-            return json.loads(default_spec("cpu").model_dump_json())
+        default = default_spec("cpu")
+        if name == default.name:
+            return json.loads(default.model_dump_json())
     except BenchError:
         return None
     return None
 
 
-def runs_lines(runs: list[Path]) -> list[str]:
+def runs_lines(manifests: dict[Path, dict]) -> list[str]:
     """Where each run comes from: its commit, whether the tree was clean, when it ran, and whether the
     preset of its name still runs what it ran (a run of an older definition answers an older question)."""
     lines = [
         "| run | commit | tree | ran | its sweep against today's preset of that name |",
         "|---|---|---|---|---|",
     ]
-    for run in runs:
-        manifest = read_manifest(run)
+    for run, manifest in manifests.items():
         try:
             ran = json.loads((run / "spec.json").read_text())
         except (OSError, ValueError):
@@ -341,11 +341,8 @@ def runs_lines(runs: list[Path]) -> list[str]:
 
 def summary_markdown(runs: list[Path], root: Path) -> str:
     found = questions(runs, root)
-    dirty = []
-    for run in runs:
-        manifest = read_manifest(run)
-        if manifest.get("git_dirty"):
-            dirty.append(run.name)
+    manifests = {run: read_manifest(run) for run in runs}
+    dirty = [run.name for run, manifest in manifests.items() if manifest.get("git_dirty")]
     out = [
         "# What the committed reports answer",
         "",
@@ -359,7 +356,7 @@ def summary_markdown(runs: list[Path], root: Path) -> str:
     if dirty:
         out += [f"**Generated from runs made on a dirty tree: {', '.join(dirty)}.**", ""]
     out += ["## At a glance", "", *glance_lines(found), "", "## Not measured", "", NOT_MEASURED, ""]
-    out += ["## The runs", "", *runs_lines(runs), ""]
+    out += ["## The runs", "", *runs_lines(manifests), ""]
     out += ["## Every question", ""]
     for q in found:
         out += ranking_lines(q)

@@ -8,7 +8,7 @@ import pytest
 
 from bench import results
 from bench.cli import main
-from tests.helpers import TINY_SWEEP
+from tests.helpers import TINY_SWEEP, tiny_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -132,8 +132,7 @@ def test_rounds_retime_the_timing_cells_and_train_the_accuracy_cells_once(tmp_pa
         "eval_factors = [1]\nval_samples = 8\neval_samples = 8\nbatch_size = 8\n"
     )
     args = ["--models", "transformer", "--modes", "prefill,accuracy", "--seq-lens", "16", "--train-len", "16"]
-    flags = list(TINY)
-    flags[flags.index("--rounds") + 1] = "2"
+    flags = tiny_sweep("--rounds", "2")
     assert main(["run", str(spec), *args, "--out", str(out), *flags, "--no-report"]) == 0
     records = results.read_records(out / results.RESULTS)
     rounds = sorted((r["mode"], r["round"]) for r in records)
