@@ -113,11 +113,13 @@ def _memory(name: str, rows: list[TimingRow]) -> list[Question]:
             for r in cells
             if r.peak_mem_bytes is not None
         ]
+        # what the figure counts is the record's own words (tensor bytes at the allocator, or a resident size)
+        sources = sorted({str(getattr(r, "peak_mem_source", None) or "source not recorded") for r in cells})
         if figures:
             out.append(
                 Question(
                     f"peak memory, {mode} at T = {longest}",
-                    "MiB above the runtime (one measurement per cell: no interval)",
+                    f"MiB at the peak of one call ({'; '.join(sources)}); one figure per cell: no interval",
                     False,
                     figures,
                     f"{name}/REPORT.md",

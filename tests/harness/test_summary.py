@@ -65,6 +65,8 @@ def test_two_runs_ranked_with_their_evidence(tmp_path, capsys):
     at_l = page.split("### recall: mqar, at L = 32 (acc)")[1].split("###")[0]
     assert "| 1 | titans-a | 99" in at_l and "| within noise |" in at_l
     assert "| inference state at T = 1024 | [speed](speed/REPORT.md) | fast " in page and "| exact |" in page
+    # a memory figure says what it counts, in the record's words (these synthetic records name nothing)
+    assert "MiB at the peak of one call (source not recorded)" in page
     # it never replaces a file it did not write
     (tmp_path / "mine.md").write_text("my notes")
     assert main(["summary", str(speed), "--out", str(tmp_path / "mine.md")]) == 2
