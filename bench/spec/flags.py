@@ -110,14 +110,15 @@ def sweep_flags() -> list[SweepFlag]:
 
 def add_sweep_flags(parser: argparse.ArgumentParser) -> None:
     for flag in sweep_flags():
+        # argparse formats help with %: a schema description's "5%" would break `--help`
+        text = flag.help.replace("%", "%%")
+        metavar = flag.option.lstrip("-").replace("-", "_").upper()  # not the dotted dest
         if flag.kind == "switch":
-            parser.add_argument(
-                flag.option, dest=flag.dest, action="store_true", default=None, help=flag.help
-            )
+            parser.add_argument(flag.option, dest=flag.dest, action="store_true", default=None, help=text)
         elif flag.kind == "choice":
-            parser.add_argument(flag.option, dest=flag.dest, choices=flag.choices, help=flag.help)
+            parser.add_argument(flag.option, dest=flag.dest, choices=flag.choices, help=text)
         else:
-            parser.add_argument(flag.option, dest=flag.dest, help=flag.help)
+            parser.add_argument(flag.option, dest=flag.dest, help=text, metavar=metavar)
 
 
 def _items(flag: SweepFlag, text: str) -> list[str]:

@@ -3,6 +3,7 @@
 import pytest
 
 from bench.cli import main
+from bench.commands import COMMANDS
 
 
 @pytest.mark.parametrize(
@@ -37,3 +38,12 @@ def test_list_shows_backends(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "transformer" in out and "sdpa-flash" in out
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_every_help_page_prints(command, capsys):
+    """`--help` formats every flag's text (argparse reads a bare % in it as a format directive)."""
+    with pytest.raises(SystemExit) as done:
+        main([*([command] if command else []), "--help"])
+    assert done.value.code == 0
+    assert "usage: python -m bench" in capsys.readouterr().out
