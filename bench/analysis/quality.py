@@ -74,10 +74,10 @@ def convergence_lines(rows: list[AccuracyRow]) -> list[str]:
     text = f"**Convergence** ({rule}): {len(improving)} of {len(checked)} runs at the chosen rates"
     if not improving:
         return [text + " were still improving: every model trained to its plateau."]
-    by_model: dict[str, list[str]] = {}
+    by_model: dict[str, list[int]] = {}
     for r in improving:
-        by_model.setdefault(f"{r.label} on {r.task_label}", []).append(f"seed {r.seed}")
-    listed = "; ".join(f"{k} ({', '.join(v)})" for k, v in by_model.items())
+        by_model.setdefault(f"{r.label} on {r.task_label}", []).append(r.seed)
+    listed = "; ".join(f"{k} ({', '.join(f'seed {s}' for s in sorted(v))})" for k, v in by_model.items())
     return [
         text + f" were still improving: {listed}. Their figures rank how fast they learn within this "
         "budget, not what they can learn."
@@ -109,7 +109,7 @@ def calibration(rows: list[AccuracyRow], metric: str, higher_is_better: bool) ->
         ok = bool(mine) and len(scores) == len(mine)
         if bar is not None:
             ok = ok and score is not None and (score >= bar if higher_is_better else score <= bar)
-        improving = [r.seed for r in mine if r.still_improving]
+        improving = sorted(r.seed for r in mine if r.still_improving)
         if must_converge:
             ok = ok and not improving and all(r.still_improving is not None for r in mine)
         verdicts.append(ok)

@@ -59,6 +59,9 @@ def cost_lines(rows: list[TimingRow | AccuracyRow]) -> list[str]:
     return [text + ".", ""]
 
 
+BUSY_CORES = 0.5  # other work using more than half a core when a run starts makes its timings suspect
+
+
 def provenance_lines(manifest: dict) -> list[str]:
     """What a reader must know before trusting the numbers: a dirty tree, and a machine that was busy."""
     out = []
@@ -68,11 +71,17 @@ def provenance_lines(manifest: dict) -> list[str]:
             "changes): the code that measured these numbers is not a commit anyone can check out."
         )
     start, end = manifest.get("load_average_start"), manifest.get("load_average_end")
+    busy_start, busy_end = manifest.get("busy_cores_start"), manifest.get("busy_cores_end")
     cores = manifest.get("cpu_count") or 1
     if start is not None:
-        text = f"Machine load (1-minute average) before the run: {start[0]:.2f} on {cores} cores"
-        text += f"; at its end: {end[0]:.2f}" if end else ""
-        busy = start[0] > 0.5
+        text = f"Machine load before the run: 1-minute average {start[0]:.2f} on {cores} cores"
+        if busy_start is not None:
+            text += f", {busy_start:.2f} cores busy in the second before it started"
+        if end:
+            text += f"; at its end: {end[0]:.2f}"
+            text += f" ({busy_end:.2f} cores busy)" if busy_end is not None else ""
+        # the 1-second sample decides where there is one: the average still counts work that just ended
+        busy = (busy_start if busy_start is not None else start[0]) > BUSY_CORES
         out.append(
             text
             + (

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import os
 import signal
 from collections import Counter
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from bench.device import resolve_device
 from bench.errors import BenchError
 from bench.registry import list_models
 from bench.results.outputs import REPORT_FILES, claim_folder
-from bench.running import environment, slurm
+from bench.running import environment, machine_load, slurm
 from bench.running.executors import run_local, run_ray
 from bench.running.grid import grid_extensions
 from bench.running.isolation import shutdown
@@ -160,7 +159,9 @@ def run_sweep(
     folder.record(results.RESULTS)
     ledger = Ledger(cells, run_dir / results.RESULTS, resume, retry_failed)
     manifest = environment.collect(seed=spec.seed)
-    manifest["load_average_start"] = os.getloadavg()  # a busy machine shows in the report
+    before = machine_load.sample()  # a busy machine shows in the report
+    manifest["load_average_start"] = before["load_average"]
+    manifest["busy_cores_start"] = before["busy_cores"]
     if command:
         manifest["command"] = command
     manifest.update(
@@ -195,7 +196,9 @@ def run_sweep(
                 execute(spec, extra, ledger, bar, 0, run_dir)
     finally:
         shutdown()
-        manifest["load_average_end"] = os.getloadavg()
+        after = machine_load.sample()
+        manifest["load_average_end"] = after["load_average"]
+        manifest["busy_cores_end"] = after["busy_cores"]
         folder.write_text(results.MANIFEST, results.manifest_text(run_dir, manifest, resume))
     statuses = Counter(status for (key, r), status in ledger.done.items() if r == 0)
     return SweepOutcome(run_dir, dict(statuses))
