@@ -50,12 +50,50 @@ def lr_lines(rows: list[AccuracyRow]) -> list[str]:
         if edge and len({r.lr for r in group}) > 1:
             edges.append(f"{label} on {task} ({lr_text(choices[(label, task)].lr)}, {edge})")
     out.append("Grids extended: " + ("; ".join(extended) if extended else "none") + ".")
+    stopped = early_stopped_choices(rows)
+    if stopped:
+        out.append(
+            "**Chosen among rates whose runs the early stop ended** (validation accuracy reached the "
+            "threshold, each run at its own step): "
+            + "; ".join(stopped)
+            + ". Their validation losses come from different points of training, the chosen rate's from "
+            "fewer steps than the others', so there the choice ranks how fast a rate reaches the ceiling, "
+            "not the loss at the end of one budget."
+        )
     if edges:
         out.append(
             "**Still at an edge of the rates tried** (`lr_extend` allowed no further growth): "
             + "; ".join(edges)
             + ". The best rate may lie beyond; these models are not ranked on a bracketed choice."
         )
+    return out
+
+
+def early_stopped_choices(rows: list[AccuracyRow]) -> list[str]:
+    """The groups where the chosen rate and another rate both had every run stopped by the early-stopping
+    threshold, the chosen one's sooner: "label on task (mean steps of the chosen rate's runs against the
+    other stopped rates')"."""
+    choices = choose_lrs(rows)
+    out = []
+    for (label, task), group in _groups(rows).items():
+        choice = choices[(label, task)]
+        if choice.rule != "validation loss":
+            continue
+        by_rate: dict[float, list[AccuracyRow]] = {}
+        for r in group:
+            by_rate.setdefault(r.lr, []).append(r)
+        stopped = {
+            lr: sum(r.steps_run or 0 for r in runs) / len(runs)
+            for lr, runs in by_rate.items()
+            if all(r.ok and r.stop_reason == "threshold" for r in runs)
+        }
+        if choice.lr not in stopped or len(stopped) < 2:
+            continue
+        rest = [steps for lr, steps in stopped.items() if lr != choice.lr]
+        if stopped[choice.lr] < sum(rest) / len(rest):
+            out.append(
+                f"{label} on {task} ({stopped[choice.lr]:.0f} steps against {sum(rest) / len(rest):.0f})"
+            )
     return out
 
 

@@ -81,16 +81,22 @@ def provenance_lines(manifest: dict) -> list[str]:
             text += f"; at its end: {end[0]:.2f}"
             text += f" ({busy_end:.2f} cores busy)" if busy_end is not None else ""
         # the 1-second sample decides where there is one: the average still counts work that just ended
-        busy = (busy_start if busy_start is not None else start[0]) > BUSY_CORES
-        out.append(
-            text
-            + (
+        if busy_start is not None:
+            verdict = (
                 ". **The machine was busy with other work when the run started**: timings and wall clocks "
                 "are slower than on a quiet machine, and noisier."
-                if busy
+                if busy_start > BUSY_CORES
                 else "."
             )
-        )
+        else:
+            verdict = (
+                ". **Other work loaded the machine in the minute before the run started** (the average "
+                "cannot tell whether it was still running): timings and wall clocks may be slower than on "
+                "a quiet machine, and noisier."
+                if start[0] > BUSY_CORES
+                else "."
+            )
+        out.append(text + verdict)
     return [x for line in out for x in (line, "")]
 
 

@@ -201,3 +201,21 @@ def test_calibration_and_convergence_are_checked_from_the_records():
     assert "): PASS**" in calibration_lines(passed, "accuracy", True)[0]
     [text] = convergence_lines(rows)
     assert "1 of 3 runs at the chosen rates were still improving: transformer on mqar-b (seed 0)" in text
+
+
+def test_a_choice_between_rates_the_early_stop_ended_says_it_ranks_speed_to_the_ceiling():
+    from bench.analysis.quality import early_stopped_choices, lr_lines
+
+    def run(lr, seed, loss, steps, stop, label="m"):
+        return record(label, lr, seed, 0.99, (0.99, 0.5), val_loss=loss, steps=steps, stop_reason=stop)
+
+    rows = [
+        # both rates reach the threshold: the larger sooner, with the lower loss at its stop
+        *(run(1e-3, s, 0.05, 300, "threshold") for s in range(3)),
+        *(run(3e-3, s, 0.01, 100, "threshold") for s in range(3)),
+        # here the other rate ran its whole budget without reaching it: no such comparison
+        *(run(1e-3, s, 0.05, 300, "threshold", "n") for s in range(3)),
+        *(run(3e-3, s, 0.90, 600, "steps", "n") for s in range(3)),
+    ]
+    assert early_stopped_choices(rows) == ["m on mqar (100 steps against 300)"]
+    assert any("ranks how fast a rate reaches the ceiling" in line for line in lr_lines(rows))
