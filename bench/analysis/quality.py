@@ -19,6 +19,16 @@ def _groups(rows: list[AccuracyRow]) -> dict[tuple[str, str], list[AccuracyRow]]
     return out
 
 
+def edge_choices(rows: list[AccuracyRow]) -> list[str]:
+    """The models and tasks whose chosen rate still sits at an edge of the rates tried: "label on task"."""
+    grid = sorted({r.lr for r in rows if r.lr is not None and r.lr_origin == "grid"})
+    return [
+        f"{label} on {task}"
+        for (label, task), group in _groups(rows).items()
+        if len({r.lr for r in group}) > 1 and grid_edge(group, grid)
+    ]
+
+
 def lr_lines(rows: list[AccuracyRow]) -> list[str]:
     """The rule, the grid, the groups whose grid was extended, and the choices left at an edge."""
     choices = choose_lrs(rows)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.analysis.plotting import si
-from bench.analysis.quality import calibration
+from bench.analysis.quality import calibration, early_stopped_choices, edge_choices
 from bench.analysis.report import section_of
 from bench.analysis.sections.lm import summarize_lm
 from bench.analysis.sections.timing import noisy
@@ -143,19 +143,30 @@ def _memory(name: str, rows: list[TimingRow]) -> list[Question]:
 
 def caveat(rows: list[AccuracyRow], metric: str, higher_is_better: bool) -> str:
     """Why a training run's ranking may not stand: a smoke test never ranks; a calibration model that
-    failed (or none named) means the budget may be too short for any model to converge."""
+    failed (or none named) means the budget may be too short for any model to converge; rates chosen at
+    an edge of the grid, or among runs the early stop ended at different steps, are not bracketed."""
     if any(r.smoke_test for r in rows):
         return "smoke test: not a ranking"
     judged = calibration(rows, metric, higher_is_better)
-    if judged is None:
-        return "no calibration model"
-    return "" if judged[0] == "PASS" else "calibration FAIL: ranks learning speed"
+    out = [
+        "no calibration model"
+        if judged is None
+        else ""
+        if judged[0] == "PASS"
+        else "calibration FAIL: ranks learning speed"
+    ]
+    edges = edge_choices(rows)
+    if edges:
+        out.append(f"rate at a grid edge: {len(edges)} model(s)")
+    stopped = early_stopped_choices(rows)
+    if stopped:
+        out.append(f"rate chosen by speed to the early stop: {len(stopped)} model(s)")
+    return "; ".join(x for x in out if x)
 
 
 def _accuracy(name: str, rows: list[AccuracyRow]) -> list[Question]:
     """Recall and state tracking: past the training length at the longest evaluation, and at L."""
     out = []
-    limits = caveat(rows, "accuracy", True)
     long = by_length(rows)
     if not len(long):
         return out
@@ -165,6 +176,7 @@ def _accuracy(name: str, rows: list[AccuracyRow]) -> list[Question]:
         part = summary[summary["task_label"] == task]
         longest = part["eval_len"].max()
         train_len = int(part["train_len"].iloc[0])
+        limits = caveat([r for r in rows if r.task_label == task], "accuracy", True)  # this task's runs
         for length, column, what, where in (
             (train_len, "accuracy", f"accuracy % at the training length (T = {train_len})",
              f"at L = {train_len}"),
@@ -283,7 +295,12 @@ def glance_lines(found: list[Question]) -> list[str]:
         if titans is None:
             continue
         i, f = titans
-        lead = "it is the best" if i == 0 else evidence(ranked[0], f)
+        if i > 0:
+            lead = evidence(ranked[0], f)
+        elif len(ranked) > 1:
+            lead = f"it is the best; over {ranked[1].label}: {evidence(f, ranked[1])}"
+        else:
+            lead = "it is the only one"
         lines.append(
             f"| {q.title} | [{q.link.split('/')[0]}]({q.link}) | {ranked[0].label} "
             f"{number(ranked[0].value)} | {f.label} {number(f.value)} ({i + 1} of {len(ranked)}) | {lead} | "

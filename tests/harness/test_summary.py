@@ -60,7 +60,7 @@ def test_two_runs_ranked_with_their_evidence(tmp_path, capsys):
     # recall past L: titans-a ahead of other beyond their intervals over seeds; at L within noise
     assert (
         "| recall: mqar, past L at T = 128 | [acc](acc/REPORT.md) | titans-a 91 | titans-a 91 (1 of 2) | "
-        "it is the best | no calibration model |"
+        "it is the best; over other: significant | no calibration model |"
     ) in page
     at_l = page.split("### recall: mqar, at L = 32 (acc)")[1].split("###")[0]
     assert "| 1 | titans-a | 99" in at_l and "| within noise |" in at_l
@@ -110,3 +110,32 @@ def test_a_smoke_test_is_not_a_ranking(tmp_path):
     rows = [line for line in page.splitlines() if line.startswith("| recall: mqar, at L = 32 |")]
     assert rows and rows[0].endswith("| smoke test: not a ranking |")
     assert "**Caveat: smoke test: not a ranking.**" in page
+
+
+def test_a_question_carries_its_own_tasks_caveats():
+    """The caveat of a task's question comes from that task's runs: a calibration that failed on another
+    task, or a rate left at the grid's edge there, does not mark it."""
+    from bench.analysis.summary import caveat
+    from tests.harness.test_report_accuracy import record
+
+    calibration = {"model": "best", "min_score": 0.9, "converged": True}
+
+    def run(task, lr, seed, loss, acc, improving=False):
+        return record("m", lr, seed, acc, (acc, acc), val_loss=loss, task=task, lr_origin="grid",
+                      still_improving=improving, calibration=calibration)  # fmt: skip
+
+    good = [
+        run("a", lr, s, loss, 0.99) for lr, loss in ((1e-3, 0.2), (3e-3, 0.1), (1e-2, 0.3)) for s in range(3)
+    ]
+    # on "b" the largest rate wins (an edge) and the model is still improving below the bar
+    bad = [
+        run("b", lr, s, loss, 0.5, True)
+        for lr, loss in ((1e-3, 0.9), (3e-3, 0.8), (1e-2, 0.7))
+        for s in range(3)
+    ]
+    assert caveat(good, "accuracy", True) == ""
+    assert (
+        caveat(bad, "accuracy", True)
+        == "calibration FAIL: ranks learning speed; rate at a grid edge: 1 model(s)"
+    )
+    assert caveat(good + bad, "accuracy", True).startswith("calibration FAIL")  # the run as a whole
