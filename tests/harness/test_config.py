@@ -99,7 +99,8 @@ def test_every_sweep_flag_comes_from_one_schema_declaration():
     assert len(declared) >= 20 and {f.option for f in sweep_flags()} == set(declared)
     for option, (name, description) in declared.items():
         action = options[option]
-        assert action.help == description and action.dest == "sweep__" + name.replace(".", "__")
+        # the help as argparse prints it (a % in a description is escaped as %%)
+        assert action.help % {} == description and action.dest == "sweep__" + name.replace(".", "__")
     command_options = {o for o in options if o not in declared}
     assert command_options == {
         "-h", "--help", "--preset", "--resume", "--retry-failed", "--strict", "--no-progress", "--no-report",
