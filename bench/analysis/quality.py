@@ -19,14 +19,16 @@ def _groups(rows: list[AccuracyRow]) -> dict[tuple[str, str], list[AccuracyRow]]
     return out
 
 
-def edge_choices(rows: list[AccuracyRow]) -> list[str]:
-    """The models and tasks whose chosen rate still sits at an edge of the rates tried: "label on task"."""
+def edge_choices(rows: list[AccuracyRow]) -> dict[tuple[str, str], str]:
+    """(label, task) -> "upper edge" / "lower edge", for the groups of more than one rate whose chosen rate
+    still sits at an edge of the rates tried."""
     grid = sorted({r.lr for r in rows if r.lr is not None and r.lr_origin == "grid"})
-    return [
-        f"{label} on {task}"
-        for (label, task), group in _groups(rows).items()
-        if len({r.lr for r in group}) > 1 and grid_edge(group, grid)
-    ]
+    out = {}
+    for key, group in _groups(rows).items():
+        edge = grid_edge(group, grid)
+        if edge and len({r.lr for r in group}) > 1:
+            out[key] = edge
+    return out
 
 
 def lr_lines(rows: list[AccuracyRow]) -> list[str]:
@@ -51,14 +53,15 @@ def lr_lines(rows: list[AccuracyRow]) -> list[str]:
     out = [f"**Learning rates**: chosen per model and task as {rule}, from the grid "
            f"{', '.join(map(lr_text, grid))}, grown x3 beyond an edge where the choice sat, as many times "
            "as the sweep's `lr_extend` allows."]  # fmt: skip
-    extended, edges = [], []
+    extended = []
     for (label, task), group in _groups(rows).items():
         added = sorted({r.lr for r in group if r.lr_origin == "extended"})
         if added:
             extended.append(f"{label} on {task} (+{', '.join(map(lr_text, added))})")
-        edge = grid_edge(group, grid)
-        if edge and len({r.lr for r in group}) > 1:
-            edges.append(f"{label} on {task} ({lr_text(choices[(label, task)].lr)}, {edge})")
+    edges = [
+        f"{label} on {task} ({lr_text(choices[(label, task)].lr)}, {edge})"
+        for (label, task), edge in edge_choices(rows).items()
+    ]
     out.append("Grids extended: " + ("; ".join(extended) if extended else "none") + ".")
     stopped = early_stopped_choices(rows)
     if stopped:
@@ -100,10 +103,9 @@ def early_stopped_choices(rows: list[AccuracyRow]) -> list[str]:
         if choice.lr not in stopped or len(stopped) < 2:
             continue
         rest = [steps for lr, steps in stopped.items() if lr != choice.lr]
-        if stopped[choice.lr] < sum(rest) / len(rest):
-            out.append(
-                f"{label} on {task} ({stopped[choice.lr]:.0f} steps against {sum(rest) / len(rest):.0f})"
-            )
+        others = sum(rest) / len(rest)
+        if stopped[choice.lr] < others:
+            out.append(f"{label} on {task} ({stopped[choice.lr]:.0f} steps against {others:.0f})")
     return out
 
 

@@ -148,20 +148,18 @@ def caveat(rows: list[AccuracyRow], metric: str, higher_is_better: bool) -> str:
     if any(r.smoke_test for r in rows):
         return "smoke test: not a ranking"
     judged = calibration(rows, metric, higher_is_better)
-    out = [
-        "no calibration model"
-        if judged is None
-        else ""
-        if judged[0] == "PASS"
-        else "calibration FAIL: ranks learning speed"
-    ]
+    out = []
+    if judged is None:
+        out.append("no calibration model")
+    elif judged[0] != "PASS":
+        out.append("calibration FAIL: ranks learning speed")
     edges = edge_choices(rows)
     if edges:
         out.append(f"rate at a grid edge: {len(edges)} model(s)")
     stopped = early_stopped_choices(rows)
     if stopped:
         out.append(f"rate chosen by speed to the early stop: {len(stopped)} model(s)")
-    return "; ".join(x for x in out if x)
+    return "; ".join(out)
 
 
 def _accuracy(name: str, rows: list[AccuracyRow]) -> list[Question]:
