@@ -165,6 +165,7 @@ class TrainRecipe(Lenient):
     steps: int | None = None
     lr: float | None = None
     threshold: float | None = None
+    stop_rule: str | None = None  # None: stored before the rule was a setting ("ceiling")
     warmup_steps: int | None = None
     eval_every: int | None = None
 

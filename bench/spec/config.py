@@ -131,8 +131,16 @@ class TrainSettings(Strict):
     warmup_steps: NonNegativeInt = 300
     weight_decay: NonNegativeFloat = 0.1
     grad_clip: PositiveFloat | None = 1.0
-    # Stop once validation accuracy reaches it; None (`false` in TOML): never, every model trains `steps`.
+    # The early stop's ceiling: validation accuracy at which training may end; None (`false` in TOML):
+    # never, every model trains `steps`.
     threshold: float | None = Field(default=0.99, gt=0, le=1)
+    # When the ceiling ends a run. "converged": once the validation accuracy is at the ceiling *and* the
+    # convergence check (bench/train/loop.py) applied as if the run ended there says its validation loss
+    # has stopped falling, so the loss the run leaves, which the learning rate is chosen by, is the one
+    # it had settled at, not the loss at whichever step a fast rate reached the ceiling. "ceiling": at
+    # the first validation at the ceiling (cheaper; then the early stop can decide the rate, and the
+    # report says where it did).
+    stop_rule: Literal["converged", "ceiling"] = "converged"
     # State passing (recurrent models, on a task with a stream of text): row i of each batch continues row
     # i of the batch before, and the model starts from the state the previous batch left (detached: the
     # gradient stops at the window boundary), so training sees states longer than the window. Set per model

@@ -1,9 +1,12 @@
 """The training loop of accuracy cells: a fresh model trained for a step budget on seeded batches.
 
 AdamW with warm-up and cosine decay (bench.train.optim), gradient clipping, a fresh batch every step.
-The step budget decides: training stops at ``steps``, at the first validation whose score reaches
-``threshold`` (when the scorer allows an early stop and a threshold is set), or when the loss or the
-gradient norm stops being finite (status "diverged"; the sweep goes on). ``max_seconds`` is a safety cap
+The step budget decides: training stops at ``steps``; at a validation whose score has reached
+``threshold`` (when the scorer allows an early stop and a threshold is set), under the ``stop_rule``
+"converged" only once the convergence check below, applied as if the run ended there, finds its
+validation loss no longer falling (stop reason "converged"), under "ceiling" at the first such
+validation ("threshold"); or when the loss or the gradient norm stops being finite (status "diverged";
+the sweep goes on). ``max_seconds`` is a safety cap
 on the wall clock; a run it stops records ``cap_bound`` so that reports show it as such, never as a plain
 low score. The final model is validated once more if the last step had no validation: its validation loss
 (``val_loss``) is what the learning-rate grid is chosen by.
@@ -111,8 +114,12 @@ def train(
         if step % s.eval_every == 0 or step in (s.steps, check_step):
             score = check().score
             if stops_early and s.threshold is not None and score is not None and score >= s.threshold:
-                out["stop_reason"] = "threshold"
-                break
+                if s.stop_rule == "ceiling":
+                    out["stop_reason"] = "threshold"
+                    break
+                if step < s.steps and convergence(val_loss_curve, step)["still_improving"] is False:
+                    out["stop_reason"] = "converged"
+                    break
         if step < s.steps and time.perf_counter() - start >= s.max_seconds:
             out["stop_reason"] = "max_seconds"  # the cap bound: the step budget was not reached
             break
@@ -129,7 +136,7 @@ def train(
             f"val_{score_name}": val_curve[-1][1] if finished else None,
             f"best_val_{score_name}": best,
             "val_loss": val_loss_curve[-1][1] if finished else None,
-            # A run that reached the early-stopping threshold stopped at the ceiling: it has converged.
+            # A run the "ceiling" rule stopped is taken as converged: it reached the task's ceiling.
             **(
                 {"still_improving": False, "val_loss_drop_last_20pct": None}
                 if out["stop_reason"] == "threshold"

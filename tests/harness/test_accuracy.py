@@ -153,6 +153,7 @@ def test_presets_and_defaults():
         assert len(acc.lrs) == 3 and acc.lr_extend >= 1 and len(acc.seeds) == 3, name
         assert acc.param_budget is not None and acc.calibration is not None, name
         assert acc.max_seconds < spec.timeout_s and acc.threads == 1, name
+        assert acc.threshold is None or acc.stop_rule == "converged", name  # the stop never picks the rate
         cells = expand(spec, spec.models, "cpu")
         assert len({c.key for c in cells}) == len(cells), name
         # the same budget for every model of a task: the comparison is at equal steps
