@@ -8,8 +8,24 @@ import math
 
 from bench.analysis.text import lr_text
 from bench.results import AccuracyRow
-from bench.results.lr_choice import choose_lrs, grid_edge, is_chosen
+from bench.results.lr_choice import choose_lrs, grid_edge, is_chosen, score_direction
 from bench.train.loop import STILL_IMPROVING, STILL_IMPROVING_NATS
+
+
+def at_ceiling(row: AccuracyRow) -> bool:
+    """Whether the run ended with its validation score at the early stop's threshold: it solved what the
+    task asks (a loss still falling there only makes its right answers more confident)."""
+    metric, higher = score_direction(row)
+    score, threshold = row.get(f"val_{metric}"), row.train.threshold
+    return higher and threshold is not None and score is not None and score >= threshold
+
+
+def still_learning(row: AccuracyRow) -> bool:
+    """Whether the run was still learning when its budget ended: its validation loss still falling
+    (``still_improving``, as recorded) and its score below the ceiling. Such a figure ranks how fast the
+    model learns, not what it can learn; at the ceiling there is nothing left to learn, so a falling loss
+    there does not count."""
+    return bool(row.still_improving) and not at_ceiling(row)
 
 
 def _groups(rows: list[AccuracyRow]) -> dict[tuple[str, str], list[AccuracyRow]]:
@@ -120,24 +136,34 @@ def convergence_lines(rows: list[AccuracyRow]) -> list[str]:
     choices = choose_lrs(rows)
     chosen = [r for r in rows if is_chosen(r, choices) and r.ok]
     checked = [r for r in chosen if r.still_improving is not None]
-    improving = [r for r in checked if r.still_improving]
+    improving = [r for r in checked if still_learning(r)]
+    confident = sum(1 for r in checked if r.still_improving and at_ceiling(r))
     rule = (
         f"validation loss still falling by more than {STILL_IMPROVING:.0%} of its value and "
         f"{STILL_IMPROVING_NATS} nats over the last 20% of the budget"
     )
+    if any(r.train.threshold is not None for r in checked):
+        rule += ", with the validation score below the early stop's threshold"
     if not checked:
         return [f"**Convergence**: not recorded for these runs ({rule} is the check)."]
     text = f"**Convergence** ({rule}): {len(improving)} of {len(checked)} runs at the chosen rates"
-    if not improving:
-        return [text + " were still improving: every model trained to its plateau."]
     by_model: dict[str, list[int]] = {}
     for r in improving:
         by_model.setdefault(f"{r.label} on {r.task_label}", []).append(r.seed)
     listed = "; ".join(f"{k} ({', '.join(f'seed {s}' for s in sorted(v))})" for k, v in by_model.items())
-    return [
-        text + f" were still improving: {listed}. Their figures rank how fast they learn within this "
-        "budget, not what they can learn."
-    ]
+    if improving:
+        text += (
+            f" were still improving: {listed}. Their figures rank how fast they learn within this budget, "
+            "not what they can learn."
+        )
+    else:
+        text += " were still improving: every model trained to its plateau."
+    if confident:
+        text += (
+            f" Not counted: {confident} run{'s' if confident > 1 else ''} at the threshold whose loss was still "
+            "falling (the task solved; the right answers growing more confident)."
+        )
+    return [text]
 
 
 def calibration(rows: list[AccuracyRow], metric: str, higher_is_better: bool) -> tuple[str, str] | None:
@@ -165,7 +191,7 @@ def calibration(rows: list[AccuracyRow], metric: str, higher_is_better: bool) ->
         ok = bool(mine) and len(scores) == len(mine)
         if bar is not None:
             ok = ok and score is not None and (score >= bar if higher_is_better else score <= bar)
-        improving = sorted(r.seed for r in mine if r.still_improving)
+        improving = sorted(r.seed for r in mine if still_learning(r))
         if must_converge:
             ok = ok and not improving and all(r.still_improving is not None for r in mine)
         verdicts.append(ok)

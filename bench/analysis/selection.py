@@ -11,6 +11,7 @@ import math
 import pandas as pd
 
 from bench.analysis.plotting import model_styles, plt, save
+from bench.analysis.quality import still_learning
 from bench.analysis.stats import t_interval, wilson_interval
 from bench.analysis.text import fmt, lr_text, span, table
 from bench.errors import BenchError
@@ -244,7 +245,7 @@ def _improving(runs: list[AccuracyRow]) -> str:
     checked = [r for r in runs if r.still_improving is not None]
     if not checked:
         return "–"
-    count = sum(bool(r.still_improving) for r in checked)
+    count = sum(still_learning(r) for r in checked)
     return f"**{count} of {len(checked)}**" if count else f"0 of {len(checked)}"
 
 

@@ -203,6 +203,27 @@ def test_calibration_and_convergence_are_checked_from_the_records():
     assert "1 of 3 runs at the chosen rates were still improving: transformer on mqar-b (seed 0)" in text
 
 
+def test_a_run_at_the_ceiling_whose_loss_still_falls_counts_as_converged():
+    """At the early stop's threshold the task is solved; its loss still falling is confidence growing,
+    not learning left to do: the calibration passes and the convergence line says what it left out."""
+    from bench.analysis.quality import calibration_lines, convergence_lines
+
+    calibration = {"model": "transformer", "min_score": 0.95, "converged": True}
+    ceiling = {"lr": 1e-3, "steps": 600, "threshold": 0.99}
+    rows = [
+        record("transformer", 1e-3, 0, 0.995, (0.99, 0.5), val_loss=0.02, still_improving=True,
+               stop_reason="steps", train=ceiling, calibration=calibration),
+        record("other", 1e-3, 0, 0.9, (0.9, 0.1), val_loss=0.3, still_improving=True,
+               stop_reason="steps", train=ceiling, calibration=calibration),
+    ]  # fmt: skip
+    [line] = calibration_lines(rows, "accuracy", True)
+    assert "): PASS**" in line and "still improving" not in line
+    [text] = convergence_lines(rows)
+    assert "with the validation score below the early stop's threshold" in text
+    assert "1 of 2 runs at the chosen rates were still improving: other on mqar (seed 0)" in text
+    assert "Not counted: 1 run at the threshold whose loss was still falling" in text
+
+
 def test_a_choice_between_rates_the_early_stop_ended_says_it_ranks_speed_to_the_ceiling():
     from bench.analysis.quality import early_stopped_choices, lr_lines
 
