@@ -66,15 +66,15 @@ def lr_lines(rows: list[AccuracyRow]) -> list[str]:
             "the rate with the lowest mean validation loss over seeds at the end of the training budget "
             "(accuracy and bits per byte are reported, never used to choose)"
         )
-        if any(r.stop_reason == "converged" for r in rows):
-            rule += (
-                "; the early stop ended a run only once its validation accuracy was at the threshold and "
-                "its validation loss had stopped falling (the convergence check below), so a stopped "
-                "run's loss is the one it had settled at"
-            )
     out = [f"**Learning rates**: chosen per model and task as {rule}, from the grid "
            f"{', '.join(map(lr_text, grid))}, grown x3 beyond an edge where the choice sat, as many times "
            "as the sweep's `lr_extend` allows."]  # fmt: skip
+    if any(r.stop_reason == "converged" for r in rows):
+        out[0] += (
+            " The early stop ended a run only once its validation accuracy was at the threshold and its "
+            "validation loss had stopped falling (the convergence check below), so a stopped run's loss "
+            "is the one it had settled at."
+        )
     extended = []
     for (label, task), group in _groups(rows).items():
         added = sorted({r.lr for r in group if r.lr_origin == "extended"})

@@ -240,3 +240,7 @@ def test_a_choice_between_rates_the_early_stop_ended_says_it_ranks_speed_to_the_
     ]
     assert early_stopped_choices(rows) == ["m on mqar (100 steps against 300)"]
     assert any("ranks how fast a rate reaches the ceiling" in line for line in lr_lines(rows))
+    # The "converged" rule's stops (the loss settled first) are not such a choice, and the rule says so.
+    settled = [r.model_copy(update={"stop_reason": "converged"}) for r in rows if r.label == "m"]
+    assert early_stopped_choices(settled) == []
+    assert "a stopped run's loss is the one it had settled at" in lr_lines(settled)[0]
