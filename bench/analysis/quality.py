@@ -95,12 +95,68 @@ def lr_lines(rows: list[AccuracyRow]) -> list[str]:
             "fewer steps than the others', so there the choice ranks how fast a rate reaches the ceiling, "
             "not the loss at the end of one budget."
         )
+    untold = untold_choices(rows)
+    if untold:
+        out.append(
+            "**Rates the training length does not tell apart** (mean validation losses within "
+            f"{STILL_IMPROVING_NATS} nats of the chosen rate's, the convergence tolerance) whose accuracy past "
+            f"it, at the longest length evaluated, differs by {100 * BEYOND_SPREAD:.0f} points or more: "
+            + "; ".join(untold)
+            + ". There a model's figure past L depends on a choice the validation at L does not make."
+        )
     if edges:
         out.append(
             "**Still at an edge of the rates tried** (`lr_extend` allowed no further growth): "
             + "; ".join(edges)
             + ". The best rate may lie beyond; these models are not ranked on a bracketed choice."
         )
+    return out
+
+
+BEYOND_SPREAD = 0.10  # rates whose scores past L differ by this much make the choice matter there
+
+
+def _beyond(runs: list[AccuracyRow]) -> float | None:
+    """The mean over runs of the accuracy past the training length at the longest length evaluated."""
+    values = []
+    for r in runs:
+        longest = max(r.accuracy_by_len, key=lambda e: e.eval_len, default=None)
+        if longest is None or longest.beyond_train is None:
+            return None
+        values.append(longest.beyond_train)
+    return sum(values) / len(values) if values else None
+
+
+def untold_choices(rows: list[AccuracyRow]) -> list[str]:
+    """The accuracy groups where another rate's mean validation loss is within the convergence tolerance
+    (``STILL_IMPROVING_NATS``) of the chosen rate's, so the validation at the training length does not
+    tell them apart, yet their accuracy past it differs by ``BEYOND_SPREAD`` or more: "label on task
+    (chosen 3e-3: 62%; 9e-3: 79%)", the figures at the longest length evaluated."""
+    choices = choose_lrs(rows)
+    out = []
+    for (label, task), group in _groups(rows).items():
+        choice = choices[(label, task)]
+        if choice.rule != "validation loss" or score_direction(group[0]) != ("accuracy", True):
+            continue
+        by_rate: dict[float, list[AccuracyRow]] = {}
+        for r in group:
+            by_rate.setdefault(r.lr, []).append(r)
+        losses = {
+            lr: sum(r.val_loss for r in runs) / len(runs)
+            for lr, runs in by_rate.items()
+            if all(r.ok and r.val_loss is not None and math.isfinite(r.val_loss) for r in runs)
+        }
+        if choice.lr not in losses:
+            continue
+        tied = [lr for lr in sorted(losses) if losses[lr] - losses[choice.lr] <= STILL_IMPROVING_NATS]
+        beyond = {lr: _beyond(by_rate[lr]) for lr in tied}
+        known = [v for v in beyond.values() if v is not None]
+        if len(tied) < 2 or len(known) < len(tied) or max(known) - min(known) < BEYOND_SPREAD:
+            continue
+        rates = [f"chosen {lr_text(choice.lr)}: {100 * beyond[choice.lr]:.0f}%"] + [
+            f"{lr_text(lr)}: {100 * beyond[lr]:.0f}%" for lr in tied if lr != choice.lr
+        ]
+        out.append(f"{label} on {task} ({'; '.join(rates)})")
     return out
 
 

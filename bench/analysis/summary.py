@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.analysis.plotting import si
-from bench.analysis.quality import calibration, early_stopped_choices, edge_choices
+from bench.analysis.quality import calibration, early_stopped_choices, edge_choices, untold_choices
 from bench.analysis.report import section_of
 from bench.analysis.sections.lm import summarize_lm
 from bench.analysis.sections.timing import noisy
@@ -159,6 +159,9 @@ def caveat(rows: list[AccuracyRow], metric: str, higher_is_better: bool) -> str:
     stopped = early_stopped_choices(rows)
     if stopped:
         out.append(f"rate chosen by speed to the early stop: {len(stopped)} model(s)")
+    untold = untold_choices(rows)
+    if untold:
+        out.append(f"past L, a rate choice validation at L does not make: {len(untold)} model(s)")
     return "; ".join(out)
 
 

@@ -224,6 +224,27 @@ def test_a_run_at_the_ceiling_whose_loss_still_falls_counts_as_converged():
     assert "Not counted: 1 run at the threshold whose loss was still falling" in text
 
 
+def test_rates_the_validation_cannot_tell_apart_are_named_where_they_differ_past_l():
+    from bench.analysis.quality import lr_lines, untold_choices
+
+    def run(label, lr, seed, loss, beyond):
+        return record(label, lr, seed, 1.0, (1.0, beyond), beyond=beyond, val_loss=loss)
+
+    rows = [
+        # losses 0.002 apart (within the 0.01-nat tolerance), 30 points apart past L: named
+        *(run("m", 1e-3, s, 0.004, 0.5) for s in range(3)),
+        *(run("m", 3e-3, s, 0.002, 0.8) for s in range(3)),
+        # as close at L, as close past L: the choice does not matter there
+        *(run("n", 1e-3, s, 0.004, 0.79) for s in range(3)),
+        *(run("n", 3e-3, s, 0.002, 0.8) for s in range(3)),
+        # far apart at L: validation decides
+        *(run("o", 1e-3, s, 0.5, 0.1) for s in range(3)),
+        *(run("o", 3e-3, s, 0.002, 0.8) for s in range(3)),
+    ]
+    assert untold_choices(rows) == ["m on mqar (chosen 3e-3: 80%; 1e-3: 50%)"]
+    assert any("does not tell apart" in line and "m on mqar" in line for line in lr_lines(rows))
+
+
 def test_a_choice_between_rates_the_early_stop_ended_says_it_ranks_speed_to_the_ceiling():
     from bench.analysis.quality import early_stopped_choices, lr_lines
 
