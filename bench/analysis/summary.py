@@ -330,6 +330,40 @@ def today_preset(name: str | None) -> dict | None:
     return None
 
 
+# Settings that change nothing while another is unset: the early stop's rule without its threshold.
+ACTS_ONLY_WITH = {"accuracy.stop_rule": "accuracy.threshold"}
+
+
+def _acted(run: Path, ran: dict, path: str) -> bool:
+    """Whether the setting at ``path`` (``accuracy.threshold``) was set in the stored sweep and in at least
+    one of its accuracy cells as they ran (a task whose scorer never stops early trains without one)."""
+    value = ran
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    if value is None:
+        return False
+    name = path.split(".")[-1]
+    return any(
+        isinstance(row, AccuracyRow) and row.train.get(name) is not None
+        for row in load_rows(run)
+    )
+
+
+def changed_settings(ran: dict, today: dict, prefix: str = "") -> list[str]:
+    """The settings that differ between a run's stored sweep and today's, as dotted paths into the tables
+    (``accuracy.stop_rule``), so that a reader can tell whether the change touches what was measured."""
+    out = []
+    for key in sorted(set(ran) | set(today)):
+        if not prefix and key == "out":
+            continue
+        a, b = ran.get(key), today.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_settings(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
 def runs_lines(manifests: dict[Path, dict]) -> list[str]:
     """Where each run comes from: its commit, whether the tree was clean, when it ran, and whether the
     preset of its name still runs what it ran (a run of an older definition answers an older question)."""
@@ -346,10 +380,14 @@ def runs_lines(manifests: dict[Path, dict]) -> list[str]:
         if today is None or ran is None:
             versus = "no preset of that name" if today is None else "no spec.json"
         else:
-            changed = sorted(k for k in set(ran) | set(today) if k != "out" and ran.get(k) != today.get(k))
+            changed = changed_settings(ran, today)
+            inert = [k for k in changed if k in ACTS_ONLY_WITH and not _acted(run, ran, ACTS_ONLY_WITH[k])]
             versus = (
                 "the same" if not changed else "**changed since**: " + ", ".join(f"`{k}`" for k in changed)
             )
+            if inert:
+                versus += " (" + "; ".join(f"`{k}` acts only with `{ACTS_ONLY_WITH[k]}`, which no cell of "
+                                         "this run had" for k in inert) + ")"  # fmt: skip
         commit = str(manifest.get("git_commit") or "?")[:10]
         tree = "**dirty**" if manifest.get("git_dirty") else "clean"
         lines.append(

@@ -88,13 +88,20 @@ def test_the_page_says_where_each_run_comes_from(tmp_path):
             json.dumps({"name": name, "git_commit": "abc1234def99", "git_dirty": dirty})
         )
     spec = json.loads(preset_spec("cpu-recall").model_dump_json())
-    (old / "spec.json").write_text(json.dumps({**spec, "timeout_s": 1}))
+    # a setting the stored sweep predates (absent there) and one changed since: named by their paths
+    accuracy = {k: v for k, v in spec["accuracy"].items() if k != "stop_rule"}
+    (old / "spec.json").write_text(json.dumps({**spec, "timeout_s": 1, "accuracy": accuracy}))
     assert main(["summary", str(old), str(own)]) == 0
     page = (tmp_path / "README.md").read_text()
     assert (
-        "| [cpu-recall](cpu-recall/REPORT.md) | abc1234def | **dirty** | ? | **changed since**: `timeout_s` |"
-        in page
-    )
+        "| [cpu-recall](cpu-recall/REPORT.md) | abc1234def | **dirty** | ? | **changed since**: "
+        "`accuracy.stop_rule`, `timeout_s` (`accuracy.stop_rule` acts only with `accuracy.threshold`, which "
+        "no cell of this run had) |" in page
+    )  # its one cell is a timing cell: no early stop ran
+    (old / "spec.json").write_text(json.dumps({**spec, "accuracy": accuracy}))
+    results.append(old / results.RESULTS, {**recall("m", 0, 1.0, 0.5), "train": {"lr": 1e-3, "threshold": 0.99}})
+    assert main(["summary", str(old), str(own)]) == 0
+    assert "**changed since**: `accuracy.stop_rule` |" in (tmp_path / "README.md").read_text()
     assert "| [mine](mine/REPORT.md) | abc1234def | clean | ? | no preset of that name |" in page
 
 
