@@ -35,6 +35,14 @@ def _groups(rows: list[AccuracyRow]) -> dict[tuple[str, str], list[AccuracyRow]]
     return out
 
 
+def _by_rate(group: list[AccuracyRow]) -> dict[float, list[AccuracyRow]]:
+    """One group's runs by learning rate."""
+    out: dict[float, list[AccuracyRow]] = {}
+    for r in group:
+        out.setdefault(r.lr, []).append(r)
+    return out
+
+
 def edge_choices(rows: list[AccuracyRow]) -> dict[tuple[str, str], str]:
     """(label, task) -> "upper edge" / "lower edge", for the groups of more than one rate whose chosen rate
     still sits at an edge of the rates tried."""
@@ -138,9 +146,7 @@ def untold_choices(rows: list[AccuracyRow]) -> list[str]:
         choice = choices[(label, task)]
         if choice.rule != "validation loss" or score_direction(group[0]) != ("accuracy", True):
             continue
-        by_rate: dict[float, list[AccuracyRow]] = {}
-        for r in group:
-            by_rate.setdefault(r.lr, []).append(r)
+        by_rate = _by_rate(group)
         losses = {
             lr: sum(r.val_loss for r in runs) / len(runs)
             for lr, runs in by_rate.items()
@@ -170,9 +176,7 @@ def early_stopped_choices(rows: list[AccuracyRow]) -> list[str]:
         choice = choices[(label, task)]
         if choice.rule != "validation loss":
             continue
-        by_rate: dict[float, list[AccuracyRow]] = {}
-        for r in group:
-            by_rate.setdefault(r.lr, []).append(r)
+        by_rate = _by_rate(group)
         stopped = {
             lr: sum(r.steps_run or 0 for r in runs) / len(runs)
             for lr, runs in by_rate.items()
