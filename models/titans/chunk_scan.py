@@ -81,10 +81,11 @@ def _dual_form(neg_g: Tensor, z: Tensor, x: Tensor) -> tuple[Tensor, Tensor | No
     return ((neg_g * x.unsqueeze(-3)) @ z.unsqueeze(-1)).squeeze(-1), None
 
 
-def _retrieval_terms(dout, delta, m, pz, z, x, neg_g):
+def _retrieval_terms(dout, delta, m, pz, z, x, neg_g, dneg_out=None):
     """For out = zac [W^T; S^T] + m delta with m = _dual_form(neg_g, z, x): the gradients w.r.t. delta and
     m (the first layer, z None) or, else, w.r.t. delta, neg_g, x, and m's share of the gradient w.r.t. z.
-    Batched or per chunk alike."""
+    Batched or per chunk alike. dneg_out: where to write the gradient w.r.t. a per-channel neg_g (it is
+    n times larger than the rest: written once into its place rather than gathered afterwards)."""
     dm = dout @ delta.mT
     if z is None:
         return m.mT @ dout, dm, None, None
@@ -93,7 +94,7 @@ def _retrieval_terms(dout, delta, m, pz, z, x, neg_g):
         return m.mT @ dout, dm * pz, dpz.mT @ z, dpz @ x
     zd = dm.unsqueeze(-1) * z.unsqueeze(-2)  # [..., j, i, C]: dm[j, i] z[j, c]
     dz = (dm.unsqueeze(-2) @ (neg_g * x.unsqueeze(-3))).squeeze(-2)
-    return m.mT @ dout, zd * x.unsqueeze(-3), (zd * neg_g).sum(-3), dz
+    return m.mT @ dout, torch.mul(zd, x.unsqueeze(-3), out=dneg_out), (zd * neg_g).sum(-3), dz
 
 
 def forward_step(ws, base, new_ws, lhs0, kv, xgs0_t, m0, w2, layers, activation: str, norm: bool):
@@ -285,13 +286,22 @@ def backward_step(lam, new_lam, last, ws, base, lhs0, xgs0, m0, layers, fwd, h, 
         if cross[0].shape[-2] == 1:
             dmix[i] = torch.bmm(lam[i].view(N, K, -1), ws[i].view(N, K, -1).mT)
         else:
-            dmix[i] = torch.einsum("nrcd,nscd->nrsc", lam[i].view(N, K, d, -1), ws[i].view(N, K, d, -1))
+            dmix[i] = _mix_grad(lam[i].view(N, K, d, -1), ws[i].view(N, K, d, -1))
     # dL/dlhs0: the keys' rows (through the base) and the retrieval's zac_0 rows
     d_lhs0 = torch.bmm(d_right0, ws[0].mT)
     if base is not None:
         d_lhs0[:, :n, :D] = torch.bmm(gp[0], bt[0].mT)
     dxgs0 = torch.bmm(deltas[0], lam_w[0].mT)
     return new_lam, (d_lhs0, gd[-1], dxgs0, dm0, dmix, dac, dgs, dneg), dbase
+
+
+def _mix_grad(lam: Tensor, w: Tensor) -> Tensor:
+    """dL/d(end-of-chunk coefficients) per channel: lam, w [N, K, C, d_out] (dL/d(memory) at the chunk end,
+    the memory at its start, by row block) -> [N, K, K, C], <lam block r, w block s> summed over d_out.
+    One broadcast product (K^2 times the memory's size, in cache at these sizes) and one sum: an einsum
+    copied both operands into K x d_out blocks per channel for thousands of tiny matmuls, four times slower
+    on the CPU and more operator calls."""
+    return (lam.unsqueeze(2) * w.unsqueeze(1)).sum(-1)
 
 
 def _decays(mix: Tensor, d_in: int) -> Tensor:
@@ -484,7 +494,7 @@ class MemoryScan(torch.autograd.Function):
             last = _retrieval_terms(dout, torch.stack(deltas[-1]), torch.stack(m_ret[-1]), pz, z, x, negs[-1])
         if late:
             negs_last, douts_last = negs[-1].unbind(0), dout.unbind(0)
-            last, dneg_late = [None] * n_chunks, [None] * n_chunks
+            last, dneg_last = [None] * n_chunks, torch.empty_like(negs[-1])
         else:
             dneg_last = last[1]
             columns = (t.unbind(0) if t is not None else [None] * n_chunks for t in (dout, *last))
@@ -507,10 +517,9 @@ class MemoryScan(torch.autograd.Function):
             h_j = [h[j] for h in hs]
             lhs0_j, xgs0_j, m0_j = per_chunk[j]
             if late:
-                terms = _retrieval_terms(
-                    douts_last[j], deltas[-1][j], m_ret[-1][j], None, zs[-1][j], xs[-1][j], negs_last[j]
-                )
-                last[j], dneg_late[j] = (douts_last[j], *terms), terms[1]
+                terms = _retrieval_terms(douts_last[j], deltas[-1][j], m_ret[-1][j], None, zs[-1][j],
+                                         xs[-1][j], negs_last[j], dneg_out=dneg_last[j])  # fmt: skip
+                last[j] = (douts_last[j], *terms)
             lam, g, db = step(lam, new, last[j], ctx.starts[j], b, lhs0_j, xgs0_j, m0_j, layer_chunks[j],
                               ctx.per_chunk[j], h_j, ln_ops[j], activation, norm)  # fmt: skip
             grads.append(g)
@@ -520,8 +529,6 @@ class MemoryScan(torch.autograd.Function):
         # through the keys' LayerNorm.
         grads = grads[::-1]
         d_lhs0, gd, dxgs0 = (torch.stack([g[f] for g in grads]) for f in range(3))
-        if late:
-            dneg_last = torch.stack(dneg_late)
         dm0 = dneg_last if L == 1 else torch.stack([g[3] for g in grads])
         dmixes = [torch.stack([g[4][i] for g in grads]).view(mixes[i].shape) for i in range(L)]
         dacs, dgss = (
