@@ -1,4 +1,4 @@
-"""Shared layers: the causal convolution's one-token paths equal its whole-sequence form."""
+"""Shared layers: the causal convolution equals F.conv1d and its one-token paths its whole-sequence form."""
 
 from __future__ import annotations
 
@@ -25,6 +25,29 @@ def test_causal_conv_token_by_token_equals_whole_sequence(bias: bool) -> None:
     assert torch.allclose(torch.cat(ys_forward, 1), y_full, rtol=1e-12, atol=1e-12)
     assert torch.allclose(torch.stack(ys_step, 1), y_full, rtol=1e-12, atol=1e-12)
     assert torch.equal(state, state_full) and torch.equal(step_state, state_full)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_causal_conv_equals_conv1d_with_gradients(bias: bool, with_state: bool) -> None:
+    """The shifted multiply-adds against PyTorch's depthwise convolution over the inputs padded on the
+    left (with zeros, or with the state given): outputs and gradients w.r.t. input, state, weight, bias."""
+    torch.manual_seed(0)
+    conv = CausalConv1d(6, 4, bias=bias, activation=None).double()
+    x = torch.randn(2, 9, 6, dtype=torch.float64, requires_grad=True)
+    state = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True) if with_state else None
+    y, new_state = conv(x, state)
+    left = state if with_state else x.new_zeros(2, 3, 6)
+    padded = torch.cat([left, x], dim=1).transpose(1, 2)
+    expected = torch.nn.functional.conv1d(padded, conv.weight, conv.bias, groups=6).transpose(1, 2)
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(new_state, x[:, -3:])
+    grad = torch.randn_like(y)
+    leaves = [x, conv.weight] + ([conv.bias] if bias else []) + ([state] if with_state else [])
+    got = torch.autograd.grad(y, leaves, grad)
+    want = torch.autograd.grad(expected, leaves, grad)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", ["torch", "sdpa-math"])
