@@ -26,7 +26,7 @@ from bench.analysis.sections.timing import noisy
 from bench.analysis.selection import by_length, summarize
 from bench.errors import BenchError
 from bench.results import AccuracyRow, TimingRow, load_rows, read_manifest
-from bench.spec.config import PRESETS, default_spec, preset_spec
+from bench.spec.config import PRESETS, TrainSettings, default_spec, preset_spec
 
 BOOTSTRAP = 2000
 
@@ -242,12 +242,11 @@ def _lm(name: str, rows: list[AccuracyRow]) -> list[Question]:
     return out
 
 
-def questions(runs: list[Path], root: Path) -> list[Question]:
-    """Every question the runs answer, in the order of the list above."""
+def questions(runs: dict[Path, list], root: Path) -> list[Question]:
+    """Every question the runs (run -> its stored rows) answer, in the order of the list above."""
     found: list[Question] = []
-    for run in runs:
+    for run, rows in runs.items():
         name = str(run.relative_to(root)) if run.is_relative_to(root) else str(run)
-        rows = load_rows(run)
         timing = [r for r in rows if isinstance(r, TimingRow)]
         accuracy = [r for r in rows if isinstance(r, AccuracyRow)]
         found += _throughput(name, timing) + _memory(name, timing)
@@ -330,23 +329,18 @@ def today_preset(name: str | None) -> dict | None:
     return None
 
 
-# Settings that change nothing while another is unset: the early stop's rule without its threshold.
-ACTS_ONLY_WITH = {"accuracy.stop_rule": "accuracy.threshold"}
-
-
-def _acted(run: Path, ran: dict, path: str) -> bool:
-    """Whether the setting at ``path`` (``accuracy.threshold``) was set in the stored sweep and in at least
-    one of its accuracy cells as they ran (a task whose scorer never stops early trains without one)."""
-    value = ran
-    for key in path.split("."):
-        value = value.get(key) if isinstance(value, dict) else None
-    if value is None:
-        return False
-    name = path.split(".")[-1]
-    return any(
-        isinstance(row, AccuracyRow) and row.train.get(name) is not None
-        for row in load_rows(run)
-    )
+def inert_settings(changed: list[str], rows: list) -> dict[str, str]:
+    """Of the changed settings (dotted paths), those of the training loop that could not act in any of a
+    run's accuracy cells because the setting they need was unset in every one (TrainSettings.ACTS_ONLY_WITH):
+    path -> the path of the one it needs. A run without accuracy cells trained nothing they could change."""
+    trained = [row.train for row in rows if isinstance(row, AccuracyRow)]
+    out = {}
+    for path in changed:
+        table, _, name = path.rpartition(".")
+        needs = TrainSettings.ACTS_ONLY_WITH.get(name) if table == "accuracy" else None
+        if needs is not None and all(getattr(train, needs, None) is None for train in trained):
+            out[path] = f"{table}.{needs}"
+    return out
 
 
 def changed_settings(ran: dict, today: dict, prefix: str = "") -> list[str]:
@@ -364,9 +358,10 @@ def changed_settings(ran: dict, today: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def runs_lines(manifests: dict[Path, dict]) -> list[str]:
+def runs_lines(manifests: dict[Path, dict], rows: dict[Path, list]) -> list[str]:
     """Where each run comes from: its commit, whether the tree was clean, when it ran, and whether the
-    preset of its name still runs what it ran (a run of an older definition answers an older question)."""
+    preset of its name still runs what it ran (a run of an older definition answers an older question).
+    rows: each run's stored rows."""
     lines = [
         "| run | commit | tree | ran | its sweep against today's preset of that name |",
         "|---|---|---|---|---|",
@@ -381,13 +376,13 @@ def runs_lines(manifests: dict[Path, dict]) -> list[str]:
             versus = "no preset of that name" if today is None else "no spec.json"
         else:
             changed = changed_settings(ran, today)
-            inert = [k for k in changed if k in ACTS_ONLY_WITH and not _acted(run, ran, ACTS_ONLY_WITH[k])]
+            inert = inert_settings(changed, rows[run])
             versus = (
                 "the same" if not changed else "**changed since**: " + ", ".join(f"`{k}`" for k in changed)
             )
             if inert:
-                versus += " (" + "; ".join(f"`{k}` acts only with `{ACTS_ONLY_WITH[k]}`, which no cell of "
-                                         "this run had" for k in inert) + ")"  # fmt: skip
+                versus += " (" + "; ".join(f"`{k}` acts only with `{needs}`, which no cell of this run had"
+                                         for k, needs in inert.items()) + ")"  # fmt: skip
         commit = str(manifest.get("git_commit") or "?")[:10]
         tree = "**dirty**" if manifest.get("git_dirty") else "clean"
         lines.append(
@@ -398,7 +393,8 @@ def runs_lines(manifests: dict[Path, dict]) -> list[str]:
 
 
 def summary_markdown(runs: list[Path], root: Path) -> str:
-    found = questions(runs, root)
+    rows = {run: load_rows(run) for run in runs}
+    found = questions(rows, root)
     manifests = {run: read_manifest(run) for run in runs}
     dirty = [run.name for run, manifest in manifests.items() if manifest.get("git_dirty")]
     out = [
@@ -414,7 +410,7 @@ def summary_markdown(runs: list[Path], root: Path) -> str:
     if dirty:
         out += [f"**Generated from runs made on a dirty tree: {', '.join(dirty)}.**", ""]
     out += ["## At a glance", "", *glance_lines(found), "", "## Not measured", "", NOT_MEASURED, ""]
-    out += ["## The runs", "", *runs_lines(manifests), ""]
+    out += ["## The runs", "", *runs_lines(manifests, rows), ""]
     out += ["## Every question", ""]
     for q in found:
         out += ranking_lines(q)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import tomllib
 from pydantic import (
@@ -141,6 +141,10 @@ class TrainSettings(Strict):
     # the first validation at the ceiling (cheaper; then the early stop can decide the rate, and the
     # report says where it did).
     stop_rule: Literal["converged", "ceiling"] = "converged"
+    # Settings that act only while another is set, setting -> the one it needs: the loop never consults
+    # the stop rule without a threshold. Where a sweep changed one that could not act in any of its cells,
+    # the summary page says so (bench/analysis/summary.py).
+    ACTS_ONLY_WITH: ClassVar[dict[str, str]] = {"stop_rule": "threshold"}
     # State passing (recurrent models, on a task with a stream of text): row i of each batch continues row
     # i of the batch before, and the model starts from the state the previous batch left (detached: the
     # gradient stops at the window boundary), so training sees states longer than the window. Set per model

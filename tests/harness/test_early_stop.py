@@ -31,9 +31,9 @@ def scripted_run(validations: list[tuple[float, float]], **settings) -> dict:
 
 
 # At the ceiling from step 30 on; the loss keeps falling fast until step 100 and is flat from there.
-AT_CEILING_STILL_LEARNING = [(1.0, 0.5), (0.5, 0.9)] + [(0.4 - 0.05 * i, 0.995) for i in range(8)] + [
-    (0.02, 1.0)
-]
+AT_CEILING_STILL_LEARNING = (
+    [(1.0, 0.5), (0.5, 0.9)] + [(0.4 - 0.05 * i, 0.995) for i in range(8)] + [(0.02, 1.0)]
+)
 
 
 def test_the_converged_rule_runs_on_past_the_ceiling_until_the_loss_settles():

@@ -99,7 +99,9 @@ def test_the_page_says_where_each_run_comes_from(tmp_path):
         "no cell of this run had) |" in page
     )  # its one cell is a timing cell: no early stop ran
     (old / "spec.json").write_text(json.dumps({**spec, "accuracy": accuracy}))
-    results.append(old / results.RESULTS, {**recall("m", 0, 1.0, 0.5), "train": {"lr": 1e-3, "threshold": 0.99}})
+    results.append(
+        old / results.RESULTS, {**recall("m", 0, 1.0, 0.5), "train": {"lr": 1e-3, "threshold": 0.99}}
+    )
     assert main(["summary", str(old), str(own)]) == 0
     assert "**changed since**: `accuracy.stop_rule` |" in (tmp_path / "README.md").read_text()
     assert "| [mine](mine/REPORT.md) | abc1234def | clean | ? | no preset of that name |" in page
