@@ -107,8 +107,8 @@ def lr_lines(rows: list[AccuracyRow]) -> list[str]:
     if untold:
         out.append(
             "**Rates the training length does not tell apart** (mean validation losses within "
-            f"{STILL_IMPROVING_NATS} nats of the chosen rate's, the convergence tolerance) whose accuracy past "
-            f"it, at the longest length evaluated, differs by {100 * BEYOND_SPREAD:.0f} points or more: "
+            f"{STILL_IMPROVING_NATS} nats of the chosen rate's, the convergence tolerance) whose accuracy "
+            f"past it, at the longest length evaluated, differs by {100 * BEYOND_SPREAD:.0f} points or more: "
             + "; ".join(untold)
             + ". There a model's figure past L depends on a choice the validation at L does not make."
         )
@@ -146,14 +146,10 @@ def untold_choices(rows: list[AccuracyRow]) -> list[str]:
         choice = choices[(label, task)]
         if choice.rule != "validation loss" or score_direction(group[0]) != ("accuracy", True):
             continue
-        by_rate = _by_rate(group)
-        losses = {
-            lr: sum(r.val_loss for r in runs) / len(runs)
-            for lr, runs in by_rate.items()
-            if all(r.ok and r.val_loss is not None and math.isfinite(r.val_loss) for r in runs)
-        }
-        if choice.lr not in losses:
+        losses = choice.means  # the mean validation loss per rate the choice compared
+        if not math.isfinite(losses.get(choice.lr, math.inf)):
             continue
+        by_rate = _by_rate(group)
         tied = [lr for lr in sorted(losses) if losses[lr] - losses[choice.lr] <= STILL_IMPROVING_NATS]
         beyond = {lr: _beyond(by_rate[lr]) for lr in tied}
         known = [v for v in beyond.values() if v is not None]
@@ -220,8 +216,8 @@ def convergence_lines(rows: list[AccuracyRow]) -> list[str]:
         text += " were still improving: every model trained to its plateau."
     if confident:
         text += (
-            f" Not counted: {confident} run{'s' if confident > 1 else ''} at the threshold whose loss was still "
-            "falling (the task solved; the right answers growing more confident)."
+            f" Not counted: {confident} run{'s' if confident > 1 else ''} at the threshold whose loss was "
+            "still falling (the task solved; the right answers growing more confident)."
         )
     return [text]
 

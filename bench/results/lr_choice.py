@@ -16,7 +16,7 @@ beyond it: the sweep then trains the group again at that edge times 3 (or divide
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bench.errors import BenchError
 from bench.registry import SCORERS, TASKS
@@ -31,6 +31,9 @@ class Choice:
 
     lr: float | None
     rule: str  # "validation loss", "validation score" (older records) or "only rate"
+    # per rate, the mean over its runs of what the rule compares (lower is better; inf where a run did not
+    # finish or has no value): the mean validation loss under "validation loss"
+    means: dict[float, float] = field(default_factory=dict)
 
 
 def scorer_of(row: AccuracyRow):
@@ -90,7 +93,8 @@ def choose_lrs(rows: list[AccuracyRow]) -> dict[tuple[str, str], Choice]:
             mean = sum(values) / len(values) if all(math.isfinite(v) for v in values) else math.inf
             scores[lr] = (mean, 0 if by_loss else steps, lr)
         best = min(lrs, key=lambda lr: scores[lr])
-        choices[key] = Choice(best, "validation loss" if by_loss else "validation score")
+        means = {lr: score[0] for lr, score in scores.items()}
+        choices[key] = Choice(best, "validation loss" if by_loss else "validation score", means)
     return choices
 
 

@@ -300,7 +300,7 @@ def _mix_grad(lam: Tensor, w: Tensor) -> Tensor:
     the memory at its start, by row block) -> [N, K, K, C], <lam block r, w block s> summed over d_out.
     One broadcast product (K^2 times the memory's size, in cache at these sizes) and one sum: an einsum
     copied both operands into K x d_out blocks per channel for thousands of tiny matmuls, four times slower
-    on the CPU and more operator calls."""
+    on the CPU (though it counts as fewer operator calls)."""
     return (lam.unsqueeze(2) * w.unsqueeze(1)).sum(-1)
 
 

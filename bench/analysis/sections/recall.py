@@ -351,8 +351,9 @@ def recall_section(rows: list[AccuracyRow], run_dir: Path) -> list[str]:
         "One row per model, task and learning rate, over its seeds (✓: the chosen rate). `val loss`: the "
         "validation cross-entropy of the final model (nats per asked token), what the rate is chosen by; "
         "`val accuracy`: its accuracy at the training length (%); `still improving`: runs whose validation "
-        "loss was still falling at the end; `stopped by`: `converged` (validation accuracy at the threshold and the validation loss no "
-        "longer falling), `threshold` (validation accuracy reached it: the older rule), "
+        "loss was still falling at the end; `stopped by`: `converged` (validation accuracy at the threshold "
+        "and the validation loss no longer falling), `threshold` (validation accuracy reached it: the older "
+        "rule), "
         "`steps` (the budget), `max_seconds` (the safety cap bound: counted in `cap bound`), `diverged`; "
         "`seconds`: wall clock of the training loop, `CPU s`: the CPU time of its process (on a shared "
         "machine, about what a quiet one would take). " + time_text(rows),
