@@ -353,10 +353,9 @@ def recall_section(rows: list[AccuracyRow], run_dir: Path) -> list[str]:
         "`val accuracy`: its accuracy at the training length (%); `still improving`: runs whose validation "
         "loss was still falling at the end; `stopped by`: `converged` (validation accuracy at the threshold "
         "and the validation loss no longer falling), `threshold` (validation accuracy reached it: the older "
-        "rule), "
-        "`steps` (the budget), `max_seconds` (the safety cap bound: counted in `cap bound`), `diverged`; "
-        "`seconds`: wall clock of the training loop, `CPU s`: the CPU time of its process (on a shared "
-        "machine, about what a quiet one would take). " + time_text(rows),
+        "rule), `steps` (the budget), `max_seconds` (the safety cap bound: counted in `cap bound`), "
+        "`diverged`; `seconds`: wall clock of the training loop, `CPU s`: the CPU time of its process (on a "
+        "shared machine, about what a quiet one would take). " + time_text(rows),
         "",
         *training_table(rows, "accuracy"),
         "",
