@@ -187,12 +187,17 @@ def early_stopped_choices(rows: list[AccuracyRow]) -> list[str]:
     return out
 
 
+def chosen_still_learning(rows: list[AccuracyRow]) -> tuple[list[AccuracyRow], list[AccuracyRow]]:
+    """Of the ok runs at the chosen rates, those whose convergence was checked, and those of them still
+    learning when their budget ended (``still_learning``)."""
+    choices = choose_lrs(rows)
+    checked = [r for r in rows if is_chosen(r, choices) and r.ok and r.still_improving is not None]
+    return checked, [r for r in checked if still_learning(r)]
+
+
 def convergence_lines(rows: list[AccuracyRow]) -> list[str]:
     """The runs at the chosen rate still improving when their budget ended."""
-    choices = choose_lrs(rows)
-    chosen = [r for r in rows if is_chosen(r, choices) and r.ok]
-    checked = [r for r in chosen if r.still_improving is not None]
-    improving = [r for r in checked if still_learning(r)]
+    checked, improving = chosen_still_learning(rows)
     confident = sum(1 for r in checked if r.still_improving and at_ceiling(r))
     rule = (
         f"validation loss still falling by more than {STILL_IMPROVING:.0%} of its value and "

@@ -155,7 +155,7 @@ def cell_text(row, name: str = "accuracy", intervals: bool = True) -> str:
     if solved is not None and not pd.isna(solved) and len(seeds) > 1:
         text += f", {int(solved)} of {len(seeds)} solved"
     if len(seeds) > 1 and (max(seeds) - min(seeds) > SPLIT or 0 < (solved or 0) < len(seeds)):
-        text += " (seeds " + " / ".join(f"{100 * v:.0f}" for v in seeds) + ")"  # a split: never just a mean
+        text += " (seeds " + " / ".join(f"{100 * v:.1f}" for v in seeds) + ")"  # a split: never just a mean
     if row.get("ok_seeds", 1) < row.get("seeds", 1):
         text += f" ({row['seeds'] - row['ok_seeds']} of {row['seeds']} seeds failed)"
     if row.get("nonfinite", 0) > 0:

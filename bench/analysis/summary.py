@@ -3,10 +3,15 @@ memory, state size, recall beyond the training length, state tracking, language 
 generalisation), the models ranked with the strength of the evidence between neighbours, a link to the
 report section that supports it, and what no run measured.
 
-Evidence: every figure comes with a 95% interval (bootstrap over timing samples for speed; Student's t over
-seeds, or Wilson over examples, for accuracy; t over documents for bits per byte); two neighbours in a
-ranking are "significant" when their intervals do not overlap and "within noise" when they do. A figure a
-run cannot give (one sample, one document) is shown without an interval and never called significant.
+Evidence: every figure comes with a 95% interval over the unit that repeats independently: for speed,
+Student's t over the rounds (each a fresh process) where a cell has several, else a bootstrap over the
+repeats of its one process (narrower than the truth: they share its state, and the question says so); for
+accuracy, t over seeds (Wilson over examples for one seed); for the context beyond L, t over seeds. Two
+neighbours are "significant" when their intervals do not overlap and "within noise" when they do; bits per
+byte, scored by every model on the same documents, are compared pairwise (a t interval of the per-document
+differences). A cell its report greys as too noisy is ranked, marked in its row and beside its verdicts;
+equal values share a rank. A figure a run cannot give (one sample, one document) is shown without an
+interval and never called significant.
 """
 
 from __future__ import annotations
@@ -18,12 +23,22 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from bench.analysis.plotting import si
-from bench.analysis.quality import calibration, early_stopped_choices, edge_choices, untold_choices
+from bench.analysis.quality import (
+    calibration,
+    chosen_still_learning,
+    early_stopped_choices,
+    edge_choices,
+    untold_choices,
+)
 from bench.analysis.report import section_of
-from bench.analysis.sections.lm import summarize_lm
+from bench.analysis.sections.lm import NEGLIGIBLE_BPB, summarize_lm
+from bench.analysis.sections.recall import chance_levels
 from bench.analysis.sections.timing import noisy
-from bench.analysis.selection import by_length, summarize
+from bench.analysis.selection import SOLVED, SPLIT, by_length, summarize
+from bench.analysis.stats import t_interval
 from bench.errors import BenchError
 from bench.results import AccuracyRow, TimingRow, load_rows, read_manifest
 from bench.spec.config import PRESETS, TrainSettings, default_spec, preset_spec
@@ -40,6 +55,9 @@ class Figure:
     low: float | None
     high: float | None
     source: str  # the report it comes from, relative to the summary page
+    note: str = ""  # shown after the value: seeds solved, seeds that split, why it is not compared
+    noisy: bool = False  # its report greys it as too noisy: ranked, never called significant
+    paired: list[float] | None = None  # per-document values, the same documents for every model
 
 
 @dataclass
@@ -51,8 +69,17 @@ class Question:
     link: str  # the report (and section) that supports it
     caveat: str = ""  # what limits the ranking: a smoke test, a calibration that failed or was never set
 
+    negligible: float | None = None  # values closer to 0 than this are too small to matter (same unit)
+
     def ranked(self) -> list[Figure]:
         return sorted(self.figures, key=lambda f: -f.value if self.higher_is_better else f.value)
+
+    def ranks(self) -> list[int]:
+        """Competition ranks of ``ranked()``: equal values share the better rank (1, 1, 3)."""
+        ranked, out = self.ranked(), []
+        for i, f in enumerate(ranked):
+            out.append(out[-1] if i and f.value == ranked[i - 1].value else i + 1)
+        return out
 
 
 def median_interval(samples: list[float], seed: int = 0) -> tuple[float, float] | None:
@@ -64,40 +91,80 @@ def median_interval(samples: list[float], seed: int = 0) -> tuple[float, float] 
     return medians[int(0.025 * BOOTSTRAP)], medians[int(0.975 * BOOTSTRAP) - 1]
 
 
-def evidence(a: Figure, b: Figure) -> str:
-    """Whether two neighbours of a ranking differ beyond their intervals."""
+def evidence(a: Figure, b: Figure, negligible: float | None = None) -> str:
+    """Whether two neighbours of a ranking differ beyond noise: paired per-document differences where
+    both have them, else whether their intervals overlap; where a cell its report greys as too noisy is
+    one of them, the verdict says so."""
+    verdict = _evidence(a, b, negligible)
+    return f"{verdict} (a noisy cell)" if (a.noisy or b.noisy) and verdict != "equal" else verdict
+
+
+def _evidence(a: Figure, b: Figure, negligible: float | None) -> str:
+    if a.value == b.value:
+        return "equal"
+    if negligible is not None and abs(a.value) < negligible and abs(b.value) < negligible:
+        return f"both under {negligible}: negligible"
+    if a.paired and b.paired and len(a.paired) == len(b.paired) >= 2:
+        _, low, high = t_interval([x - y for x, y in zip(a.paired, b.paired, strict=True)])
+        return "significant (paired)" if low > 0 or high < 0 else "within noise (paired)"
     if None in (a.low, a.high, b.low, b.high):
         return "no interval"
     if a.low == a.high == a.value and b.low == b.high == b.value:  # counted exactly
-        return "exact" if a.value != b.value else "equal"
+        return "exact"
     apart = a.high < b.low or b.high < a.low
     return "significant" if apart else "within noise"
+
+
+def _rate(r: TimingRow) -> float | None:
+    """Tokens/s as the report gives it: the work of a call over the median call time of all its rounds."""
+    if r.tokens_per_s:
+        return r.tokens_per_s
+    return r.tokens_per_call / r.median_s if r.tokens_per_call and r.median_s else None
+
+
+def _rate_interval(r: TimingRow) -> tuple[tuple[float, float] | None, str]:
+    """A 95% interval of a cell's tokens/s and what it is over: its rounds where it has several (each a
+    fresh process, the unit that repeats), else the repeats of its one process."""
+    work = r.tokens_per_call or 0
+    rounds = [math.log(work / m) for m in r.round_medians_s if m > 0 and work > 0]
+    if len(rounds) >= 2:  # on the log scale: a rate is positive and its noise multiplicative
+        _, low, high = t_interval(rounds)
+        return (math.exp(low), math.exp(high)), "rounds"
+    bounds = median_interval([work / s for s in r.samples_s if s > 0])
+    return bounds, "repeats"
 
 
 def _throughput(name: str, rows: list[TimingRow]) -> list[Question]:
     out = []
     for mode in ("train", "prefill", "decode"):
         for length in sorted({r.seq_len for r in rows if r.mode == mode}):
-            cells = [r for r in rows if r.mode == mode and r.seq_len == length and r.ok and r.samples_s]
-            # a cell its report greys as too noisy (drift, a wide spread, warm-up unsettled) is not ranked
-            unranked = sorted(r.label for r in cells if noisy(r.model_dump()))
-            figures = []
+            cells = [r for r in rows if r.mode == mode and r.seq_len == length and r.ok and _rate(r)]
+            # a cell its report greys as too noisy (drift in any round, a wide spread, warm-up unsettled) is
+            # ranked and marked, never called significant
+            figures, units = [], set()
             for r in cells:
-                if r.label in unranked:
-                    continue
-                work = r.tokens_per_call or 0
-                rates = [work / s for s in r.samples_s if s > 0]
-                bounds = median_interval(rates)
-                figures.append(Figure(r.label, statistics.median(rates), *(bounds or (None, None)), name))
+                bounds, unit = _rate_interval(r)
+                units.add(unit if bounds else "none")
+                bad = noisy(r.model_dump())
+                figures.append(
+                    Figure(r.label, _rate(r), *(bounds or (None, None)), name,
+                           note="too noisy: drift, spread or warm-up" if bad else "", noisy=bad)
+                )  # fmt: skip
             if figures:
+                over = {
+                    "rounds": "95% t interval over its rounds, each a fresh process, on the log scale",
+                    "repeats": "95% bootstrap interval over the repeats of its one process (they share its "
+                    "state: narrower than a fresh process would show)",
+                    "none": "no interval (too few samples)",
+                }
+                what = "; ".join(over[u] for u in ("rounds", "repeats", "none") if u in units)
                 out.append(
                     Question(
                         f"{mode} throughput at T = {length}",
-                        "tokens/s (median over repeats and rounds; 95% bootstrap interval of the median)",
+                        f"tokens/s (tokens per call over the median call time, as in the report; {what})",
                         True,
                         figures,
                         f"{name}/REPORT.md",
-                        "too noisy to rank: " + ", ".join(unranked) if unranked else "",
                     )
                 )
     return out
@@ -107,7 +174,9 @@ def _memory(name: str, rows: list[TimingRow]) -> list[Question]:
     out = []
     longest = max((r.seq_len for r in rows), default=None)
     for mode in ("train", "prefill", "decode"):
-        cells = [r for r in rows if r.mode == mode and r.seq_len == longest and r.ok]
+        # each mode at the longest length it was measured at (training is often timed shorter)
+        at = max((r.seq_len for r in rows if r.mode == mode and r.ok), default=None)
+        cells = [r for r in rows if r.mode == mode and r.seq_len == at and r.ok]
         figures = [
             Figure(r.label, r.peak_mem_bytes / 2**20, None, None, name)
             for r in cells
@@ -118,7 +187,7 @@ def _memory(name: str, rows: list[TimingRow]) -> list[Question]:
         if figures:
             out.append(
                 Question(
-                    f"peak memory, {mode} at T = {longest}",
+                    f"peak memory, {mode} at T = {at}",
                     f"MiB at the peak of one call ({'; '.join(sources)}); one figure per cell: no interval",
                     False,
                     figures,
@@ -162,6 +231,13 @@ def caveat(rows: list[AccuracyRow], metric: str, higher_is_better: bool) -> str:
     untold = untold_choices(rows)
     if untold:
         out.append(f"past L, a rate choice validation at L does not make: {len(untold)} model(s)")
+    checked, improving = chosen_still_learning(rows)
+    if improving and (judged is None or judged[0] == "PASS"):  # a FAIL already says it
+        models = len({r.label for r in improving})
+        out.append(
+            f"{len(improving)} of {len(checked)} runs at the chosen rates still improving "
+            f"({models} model(s)): their places rank learning speed"
+        )
     return "; ".join(out)
 
 
@@ -173,6 +249,7 @@ def _accuracy(name: str, rows: list[AccuracyRow]) -> list[Question]:
         return out
     summary = summarize(long)
     kind = "state tracking" if section_of(rows[0]) == "state" else "recall"
+    chance = chance_levels(rows)
     for task in dict.fromkeys(summary["task_label"]):
         part = summary[summary["task_label"] == task]
         longest = part["eval_len"].max()
@@ -186,14 +263,38 @@ def _accuracy(name: str, rows: list[AccuracyRow]) -> list[Question]:
         ):  # fmt: skip
             at = part[(part["eval_len"] == length) & part[column].notna()]
             figures = [
-                Figure(r["label"], 100 * r[column], _pct(r, f"{column}_low"), _pct(r, f"{column}_high"), name)
+                Figure(r["label"], 100 * r[column], _pct(r, f"{column}_low"), _pct(r, f"{column}_high"), name,
+                       note=_seeds_note(r, column))
                 for _, r in at.iterrows()
-            ]
+            ]  # fmt: skip
             if figures:
+                seeds = int(at["seeds"].max())
+                over = (
+                    f"mean over {seeds} seeds, 95% t interval over them; a seed solved it at "
+                    f"≥ {100 * SOLVED:.0f}% at L"
+                    if seeds > 1
+                    else "one seed, 95% Wilson interval over its examples"
+                )
                 title = f"{kind}: {task}, {where}"
-                out.append(Question(title, what + " (mean over seeds, 95% interval)", True, figures,
-                                    f"{name}/REPORT.md", limits))  # fmt: skip
+                what_full = what + f" ({over}; {chance[task]})" if chance.get(task) else what + f" ({over})"
+                out.append(Question(title, what_full, True, figures, f"{name}/REPORT.md", limits))
     return out
+
+
+def _seeds_note(row, column: str) -> str:
+    """How many seeds solved the task (at L), and each seed's figure where they split: a mean alone would
+    hide a model that solves the task in one seed and not in another."""
+    values = row.get(f"{column}_seeds")
+    values = values if isinstance(values, list) else []
+    if len(values) < 2:
+        return ""
+    solved = row.get("solved") if column == "accuracy" else None
+    out = []
+    if solved is not None and not pd.isna(solved):
+        out.append(f"{int(solved)} of {len(values)} seeds solved it")
+    if max(values) - min(values) > SPLIT or 0 < (solved or 0) < len(values):
+        out.append("seeds " + " / ".join(f"{100 * v:.1f}" for v in values))
+    return "; ".join(out)
 
 
 def _pct(row, key: str) -> float | None:
@@ -208,6 +309,7 @@ def _lm(name: str, rows: list[AccuracyRow]) -> list[Question]:
         return out
     ok = summary[summary["status"] == "ok"]
     limits = caveat(rows, "bpb", False)
+    chance = chance_levels(rows)
     for task in dict.fromkeys(ok["task_label"]):
         part = ok[ok["task_label"] == task]
         train_len = int(part["train_len"].iloc[0])
@@ -216,27 +318,35 @@ def _lm(name: str, rows: list[AccuracyRow]) -> list[Question]:
         for _, r in at_l.iterrows():
             interval = r.get("bpb_interval")
             low, high = interval if isinstance(interval, (list, tuple)) else (None, None)
-            figures.append(Figure(r["label"], r["bpb"], low, high, name))
+            documents = r.get("bpb_documents")
+            paired = list(documents) if isinstance(documents, list) else None
+            figures.append(Figure(r["label"], r["bpb"], low, high, name, paired=paired))
         if figures:
-            what = f"bits per byte at T = {train_len} (95% t interval over documents)"
+            what = (
+                f"bits per byte at T = {train_len} (95% t interval over documents; neighbours compared by "
+                "the t interval of their per-document differences, every model scoring the same documents"
+                + (f"; {chance[task]})" if chance.get(task) else ")")
+            )
             title = f"language modelling: {task}"
             out.append(Question(title, what, False, figures, f"{name}/REPORT.md", limits))
         longest = part[part["eval_len"] == part["eval_len"].max()]
         gains = []
         for _, r in longest.iterrows():
-            interval = r.get("context_gain_interval")
-            if r.get("context_gain") is not None and isinstance(interval, (list, tuple)):
-                gains.append(Figure(r["label"], r["context_gain"], interval[0], interval[1], name))
+            seeds, interval = r.get("context_gain_seeds"), r.get("context_gain_seed_interval")
+            if isinstance(seeds, list) and len(seeds) >= 2 and isinstance(interval, (list, tuple)):
+                gains.append(Figure(r["label"], sum(seeds) / len(seeds), interval[0], interval[1], name))
         if gains:
             out.append(
                 Question(
                     f"length generalisation: {task}",
-                    f"bits per byte the context beyond L = {train_len} is worth past L (> 0: used; 95% t "
-                    "interval over documents)",
+                    f"bits per byte the context beyond L = {train_len} is worth past L (> 0: used; mean over "
+                    f"seeds, each seed's documents pooled, 95% t interval over the seeds; under "
+                    f"{NEGLIGIBLE_BPB} counts as negligible, as in the report)",
                     True,
                     gains,
                     f"{name}/REPORT.md",
                     limits,
+                    negligible=NEGLIGIBLE_BPB,
                 )
             )
     return out
@@ -265,7 +375,7 @@ def number(x: float) -> str:
 
 
 def ranking_lines(q: Question) -> list[str]:
-    ranked = q.ranked()
+    ranked, ranks = q.ranked(), q.ranks()
     better = "higher" if q.higher_is_better else "lower"
     note = f" **Caveat: {q.caveat}.**" if q.caveat else ""
     lines = [f"### {q.title} ({q.link.split('/')[0]})", "",
@@ -274,8 +384,9 @@ def ranking_lines(q: Question) -> list[str]:
     for i, f in enumerate(ranked):
         bounds = f.low is not None and f.high is not None and f.low != f.high
         interval = f" [{number(f.low)}, {number(f.high)}]" if bounds else ""
-        nxt = evidence(f, ranked[i + 1]) if i + 1 < len(ranked) else ""
-        lines.append(f"| {i + 1} | {f.label} | {number(f.value)}{interval} | {nxt} |")
+        extra = f" ({f.note})" if f.note else ""
+        nxt = evidence(f, ranked[i + 1], q.negligible) if i + 1 < len(ranked) else ""
+        lines.append(f"| {ranks[i]} | {f.label} | {number(f.value)}{interval}{extra} | {nxt} |")
     return lines + [""]
 
 
@@ -290,21 +401,24 @@ def glance_lines(found: list[Question]) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for q in found:
-        ranked = q.ranked()
+        ranked, ranks = q.ranked(), q.ranks()
         titans = next(((i, f) for i, f in enumerate(ranked) if f.label.startswith(TITANS)), None)
         if titans is None:
             continue
         i, f = titans
-        if i > 0:
-            lead = evidence(ranked[0], f)
+        tied = [g.label for g in ranked if g.value == ranked[0].value]
+        if ranks[i] == 1 and len(tied) > 1:
+            lead = f"tied best with {len(tied) - 1} other(s)"
+        elif i > 0:
+            lead = evidence(ranked[0], f, q.negligible)
         elif len(ranked) > 1:
-            lead = f"it is the best; over {ranked[1].label}: {evidence(f, ranked[1])}"
+            lead = f"it is the best; over {ranked[1].label}: {evidence(f, ranked[1], q.negligible)}"
         else:
             lead = "it is the only one"
+        best = ranked[0].label if len(tied) == 1 else f"{len(tied)} tied: {', '.join(tied)}"
         lines.append(
-            f"| {q.title} | [{q.link.split('/')[0]}]({q.link}) | {ranked[0].label} "
-            f"{number(ranked[0].value)} | {f.label} {number(f.value)} ({i + 1} of {len(ranked)}) | {lead} | "
-            f"{q.caveat or '–'} |"
+            f"| {q.title} | [{q.link.split('/')[0]}]({q.link}) | {best} {number(ranked[0].value)} | "
+            f"{f.label} {number(f.value)} ({ranks[i]} of {len(ranked)}) | {lead} | {q.caveat or '–'} |"
         )
     return lines
 

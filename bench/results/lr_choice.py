@@ -119,6 +119,10 @@ def next_rate(rows: list[AccuracyRow], initial: list[float], extend: int) -> flo
     choice = choose_lrs(rows).get((rows[0].label, rows[0].task_label))
     if choice is None or choice.lr is None:
         return None
+    if not math.isfinite(choice.means.get(choice.lr, 0.0)) and any(
+        r.status not in ("ok", "diverged") for r in rows if r.lr == choice.lr
+    ):
+        return None  # every rate failed, and not by diverging (OOM, crash, timeout): a new rate would too
     tried = sorted({r.lr for r in rows if r.lr is not None})
     low, high = min(initial), max(initial)
     if choice.lr == tried[-1]:

@@ -81,6 +81,7 @@ class TimingRow(Row):
     warmup_calls: int | None = None
     warmup_settled: bool | None = None
     rounds: int = 1
+    round_medians_s: list[float] = Field(default_factory=list)  # one per round pooled (a fresh process each)
     peak_mem_bytes: int | None = None
     peak_mem_gross_bytes: int | None = None
     prompt_peak_mem_bytes: int | None = None

@@ -118,10 +118,17 @@ def _check_pooled_fields(record: dict[str, Any], run: str | Path) -> None:
 
 
 def pool_rounds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per key: the latest, its ``samples_s`` the samples of every ok record of that key."""
+    """One record per key: the latest, its ``samples_s`` the samples of every ok record of that key, and
+    ``round_medians_s`` one median per ok record (a round is a fresh process: the unit an interval over
+    processes needs). A pooled cell is drifting when any of its rounds drifted, settled only when every
+    round's warm-up settled, and its ``drift`` is its rounds' largest: no round's trouble is hidden by
+    the round that happened to run last."""
     latest: dict[str, dict[str, Any]] = {}
     samples: dict[str, list[float]] = {}
-    rounds: dict[str, int] = {}
+    medians: dict[str, list[float]] = {}
+    drifting: dict[str, bool] = {}
+    drift: dict[str, float] = {}
+    settled: dict[str, list[bool | None]] = {}
     for record in records:
         key = record.get("key")
         if key is None:
@@ -130,11 +137,29 @@ def pool_rounds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         latest[key] = record
         if record.get("status") == "ok" and isinstance(record.get("samples_s"), list):
             samples.setdefault(key, []).extend(record["samples_s"])
-            rounds[key] = rounds.get(key, 0) + 1
+            if record["samples_s"]:
+                medians.setdefault(key, []).append(statistics.median(record["samples_s"]))
+            drifting[key] = drifting.get(key, False) or record.get("drifting") is True
+            value = record.get("drift")
+            if isinstance(value, (int, float)) and abs(value) >= abs(drift.get(key, 0.0)):
+                drift[key] = value
+            settled.setdefault(key, []).append(record.get("warmup_settled"))
     pooled = []
     for key, record in latest.items():
-        if rounds.get(key, 0) > 1 and record.get("status") == "ok":
-            record = {**record, **summary(samples[key], record.get("tokens_per_call")), "rounds": rounds[key]}
+        rounds = len(settled.get(key, []))
+        if rounds > 1 and record.get("status") == "ok":
+            flags = settled[key]
+            record = {
+                **record,
+                **summary(samples[key], record.get("tokens_per_call")),
+                "rounds": rounds,
+                "round_medians_s": medians.get(key, []),
+                "drifting": drifting[key],
+                "drift": drift.get(key, record.get("drift")),
+                "warmup_settled": False if False in flags else (None if None in flags else True),
+            }
+        elif record.get("status") == "ok" and medians.get(key):
+            record = {**record, "round_medians_s": medians[key][-1:]}
         pooled.append(record)
     return pooled
 

@@ -52,37 +52,47 @@ class Ledger:
                 for r in results.read_records(path)
                 if "key" in r
             }
-        self.oom_at: dict[tuple, int] = {}  # group -> shortest length that ran out of memory
+        # (group, round) -> the shortest length that ran out of memory in that round: a round's OOM (a
+        # transient one: another job on the GPU) says nothing of the lengths another round measured
+        self.oom_at: dict[tuple, int] = {}
         self.add(cells)
 
     def add(self, cells: list[AnyCell]) -> None:
-        """Cells the sweep added (an extended learning-rate grid): their earlier outcomes count too."""
+        """Cells the sweep added (an extended learning-rate grid): their earlier outcomes count too. Under
+        ``retry_failed`` earlier OOMs are retried, so the boundary is learned again from the retries."""
+        if self.retry_failed:
+            return
         by_key = {c.key: c for c in cells}
-        for (key, _), status in self.done.items():
+        for (key, round_index), status in self.done.items():
             if status == "oom" and key in by_key:
-                self._note_oom(by_key[key])
+                self._note_oom(by_key[key], round_index)
 
-    def _note_oom(self, cell: AnyCell) -> None:
-        self.oom_at[cell.group] = min(self.oom_at.get(cell.group, cell.length), cell.length)
+    def _note_oom(self, cell: AnyCell, round_index: int) -> None:
+        where = (cell.group, round_index)
+        self.oom_at[where] = min(self.oom_at.get(where, cell.length), cell.length)
 
     def needs_run(self, cell: AnyCell, round_index: int = 0) -> bool:
         previous = self.done.get((cell.key, round_index))
         return previous is None or (self.retry_failed and previous != "ok")
 
-    def skip_reason(self, cell: AnyCell) -> str | None:
-        shortest = self.oom_at.get(cell.group)
+    def skip_reason(self, cell: AnyCell, round_index: int = 0) -> str | None:
+        shortest = self.oom_at.get((cell.group, round_index))
         if shortest is not None and cell.length > shortest:
             return f"skipped: out of memory at seq_len {shortest}"
         return None
 
     def settle(self, cell: AnyCell, round_index: int = 0) -> bool:
         """Whether ``cell`` must be measured now; a cell that is done needs nothing, one that the skip rule
-        rules out is recorded as skipped here, and later rounds re-measure only cells that ran fine."""
+        rules out is recorded as skipped here, and later rounds re-measure only cells that ran fine. A
+        later round's OOM leaves the longer cells unmeasured in that round without a record: a "skipped"
+        record would stand, as the latest, over the measurement their first round made."""
         if not self.needs_run(cell, round_index):
             return False
         if round_index > 0 and self.done.get((cell.key, 0)) != "ok":
             return False
-        reason = self.skip_reason(cell)
+        reason = self.skip_reason(cell, round_index)
+        if reason and round_index > 0:
+            return False
         if reason:
             self.record(cell, skipped(reason), round_index)
             return False
@@ -90,7 +100,7 @@ class Ledger:
 
     def record(self, cell: AnyCell, outcome: dict, round_index: int = 0) -> None:
         if outcome["status"] == "oom":
-            self._note_oom(cell)
+            self._note_oom(cell, round_index)
         self.done[(cell.key, round_index)] = outcome["status"]
         stamp = {"round": round_index, "run_id": self.run_id, "finished_at": time.time()}
         results.append(self.path, {"key": cell.key, **cell.model_dump(), **outcome, **stamp})

@@ -25,7 +25,6 @@ and wait until none is left in the queue.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import math
 import os
@@ -405,28 +404,7 @@ def cells_in_flight(run_dir: Path) -> dict[str, str]:
     return found
 
 
-@contextlib.contextmanager
-def _sole_driver(run_dir: Path):
-    """One driver per run: two would submit the same cells. The lock dies with its process, so a
-    driver killed with SIGKILL never blocks the --resume that follows."""
-    folder = run_dir / FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "driver.lock", "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            raise BenchError(
-                f"{run_dir} is being run by another driver (pid {lock.read().strip() or '?'}); stop it first"
-            ) from None
-        lock.truncate(0)
-        lock.write(str(os.getpid()))
-        lock.flush()
-        yield
-
-
 def run_slurm(
     cells: list[AnyCell], ledger: Ledger, spec: SweepSpec, bar, round_index: int, run_dir: Path
 ) -> None:
-    with _sole_driver(run_dir):
-        SlurmRun(spec, ledger, bar, round_index, run_dir).run(cells)
+    SlurmRun(spec, ledger, bar, round_index, run_dir).run(cells)  # run_sweep holds the run's lock

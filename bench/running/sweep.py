@@ -17,8 +17,9 @@ from bench import results
 from bench.device import resolve_device
 from bench.errors import BenchError
 from bench.registry import list_models
-from bench.results.outputs import REPORT_FILES, claim_folder
+from bench.results.outputs import REPORT_FILES, Folder, claim_folder
 from bench.running import environment, machine_load, slurm
+from bench.running.driver_lock import LOCK, sole_driver
 from bench.running.executors import run_local, run_ray
 from bench.running.grid import grid_extensions
 from bench.running.isolation import shutdown
@@ -115,7 +116,7 @@ def changed_fields(before: dict, after: dict, prefix: str = "") -> list[str]:
 @dataclass
 class SweepOutcome:
     run_dir: Path
-    statuses: dict[str, int]  # status -> count, over every cell of the run (earlier invocations too)
+    statuses: dict[str, int]  # status -> count over every cell and round of the run (earlier invocations too)
 
 
 def run_sweep(
@@ -151,12 +152,37 @@ def run_sweep(
         device = slurm.slurm_device(spec)  # the compute nodes', not this login node's
     else:
         device = resolve_device(spec.device)
-    models = spec.models or [ModelEntry(name=n) for n in list_models()]
+    models = spec.models or _every_model(run_dir, resume)
     check_models(spec, models)
     cells = expand(spec, models, device)
     check_calls(cells)
     folder.create()
-    folder.record(results.RESULTS)
+    folder.record(results.RESULTS, LOCK)
+    with sole_driver(run_dir):
+        return _drive(spec, cells, run_dir, folder, device, resume, retry_failed, progress, command)
+
+
+def _every_model(run_dir: Path, resume: bool) -> list[ModelEntry]:
+    """A sweep that names no models runs every registered one; resumed, the ones its first invocation
+    found (its manifest's ``models``), so that a plug-in installed since is not trained into an old run."""
+    stored = results.read_manifest(run_dir).get("models") if resume else None
+    if isinstance(stored, list) and stored and all(isinstance(n, str) for n in stored):
+        return [ModelEntry(name=n) for n in stored]
+    return [ModelEntry(name=n) for n in list_models()]
+
+
+def _drive(
+    spec: SweepSpec,
+    cells: list,
+    run_dir: Path,
+    folder: Folder,
+    device: str,
+    resume: bool,
+    retry_failed: bool,
+    progress: bool,
+    command: str | None,
+) -> SweepOutcome:
+    """The run itself, under its lock: the manifest, the rounds, the grids' growth."""
     ledger = Ledger(cells, run_dir / results.RESULTS, resume, retry_failed)
     manifest = environment.collect(seed=spec.seed)
     before = machine_load.sample()  # a busy machine shows in the report
@@ -171,6 +197,7 @@ def run_sweep(
         rounds=spec.rounds,
         executor=spec.executor,
         run_id=ledger.run_id,  # each record names the invocation that measured it
+        models=list(dict.fromkeys(c.model for c in cells)),  # what a sweep naming no models found registered
     )
     folder.write_text(results.MANIFEST, results.manifest_text(run_dir, manifest, resume))
     folder.write_text("spec.json", spec.model_dump_json(indent=2))
@@ -200,5 +227,7 @@ def run_sweep(
         manifest["load_average_end"] = after["load_average"]
         manifest["busy_cores_end"] = after["busy_cores"]
         folder.write_text(results.MANIFEST, results.manifest_text(run_dir, manifest, resume))
-    statuses = Counter(status for (key, r), status in ledger.done.items() if r == 0)
+    # every round counts: a cell ok in its first round and crashed in a later one is a failure, as the
+    # report (its latest record) and compare both say
+    statuses = Counter(ledger.done.values())
     return SweepOutcome(run_dir, dict(statuses))

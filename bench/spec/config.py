@@ -474,6 +474,26 @@ class SweepSpec(Strict):
         return self
 
     @model_validator(mode="after")
+    def _warmup_within_the_budget(self) -> SweepSpec:
+        """A warm-up as long as the budget never reaches the rate the cell, its key and the report name,
+        nor decays from it."""
+        if ACCURACY_MODE not in self.modes:
+            return self
+        for task in self.tasks:
+            steps = task.steps or self.accuracy.steps
+            if self.accuracy.warmup_steps >= steps:
+                where = (
+                    f"task {task.display!r} (steps = {steps})"
+                    if task.steps
+                    else f"[accuracy] steps = {steps}"
+                )
+                raise ValueError(
+                    f"[accuracy] warmup_steps = {self.accuracy.warmup_steps} is not below the step budget of "
+                    f"{where}: the learning rate would never reach lr"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _flags_fit_the_modes(self, info: ValidationInfo) -> SweepSpec:
         """Flags that set what only some modes use, given where no such mode runs, are mistakes."""
         given = given_flags(info)

@@ -114,7 +114,7 @@ def train(
         if step % s.eval_every == 0 or step in (s.steps, check_step):
             score = check().score
             if stops_early and s.threshold is not None and score is not None and score >= s.threshold:
-                if s.stop_rule == "ceiling":
+                if s.stop_rule == "ceiling" and step < s.steps:  # at the last step the budget ended it
                     out["stop_reason"] = "threshold"
                     break
                 if step < s.steps and convergence(val_loss_curve, step)["still_improving"] is False:

@@ -24,6 +24,9 @@ def world(tmp_path, monkeypatch):
     (tmp_path / "notoml.toml").write_text("models = [unclosed\n")
     (tmp_path / "unknown.toml").write_text("models = ['transformer']\nseq_lenz = [4]\n")
     (tmp_path / "nomodels.toml").write_text("models = []\n")
+    (tmp_path / "longwarmup.toml").write_text(
+        "models = ['transformer']\nmodes = ['accuracy']\ntasks = [{ name = 'mqar', steps = 200 }]\n"
+    )  # the [accuracy] table's default warm-up of 300 steps is longer than the task's budget
     (tmp_path / "broken_plugin.py").write_text("def build(:\n")
     for name, records in (("base", ["a", "b"]), ("other", ["c"])):
         (tmp_path / name).mkdir()
@@ -102,6 +105,7 @@ RUN = [
     (["notoml.toml"], "not valid TOML"),
     (["unknown.toml"], "unknown field 'seq_lenz'"),
     (["nomodels.toml"], "field 'models'"),
+    (["longwarmup.toml"], "warmup_steps = 300 is not below the step budget of task 'mqar' (steps = 200)"),
     (["--models", "transformer", "--out", "afile"], "is a file, not a directory"),
     (["--models", "transformer", "--out", "afile/run"], "--out: cannot write the folder"),
     (["--models", "transformer", "--out", "/proc/bench-run"], "--out: cannot write the folder"),

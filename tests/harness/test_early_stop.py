@@ -55,3 +55,12 @@ def test_the_ceiling_rule_stops_at_the_first_validation_at_the_ceiling():
 def test_a_run_below_the_ceiling_trains_its_whole_budget():
     out = scripted_run([(1.0 - 0.001 * i, 0.5) for i in range(30)])
     assert out["stop_reason"] == "steps" and out["steps_run"] == 200
+
+
+def test_the_ceiling_reached_at_the_last_step_is_the_budget_ending_and_its_convergence_is_checked():
+    """Under the "ceiling" rule a run first at the ceiling on its very last step used its whole budget: its
+    stop is the budget's, and whether it was still learning is measured, not assumed."""
+    falling = [(1.0 - 0.04 * i, 0.5) for i in range(19)] + [(0.2, 0.995)]  # steps 10..190 below, 200 at it
+    out = scripted_run(falling, stop_rule="ceiling")
+    assert out["stop_reason"] == "steps" and out["steps_run"] == 200
+    assert out["still_improving"] is True and out["val_loss_drop_last_20pct"] > 0.1

@@ -107,3 +107,17 @@ def test_a_capped_extension_is_reported_at_the_edge(tmp_path):
     assert main(["run", "--resume", str(tmp_path / "run"), "--no-progress"]) == 0
     lines = (tmp_path / "run" / "results.jsonl").read_text().splitlines()
     assert len(lines) == 4 and len({json.loads(x)["key"] for x in lines}) == 4
+
+
+def test_the_grid_grows_past_divergence_but_not_past_failures_a_rate_does_not_cause():
+    """Every rate failed: when they diverged, a smaller rate may train, so the grid grows downward; when
+    they ran out of memory, crashed or timed out, a new rate would fail the same way, so it does not."""
+    from tests.harness.test_report_accuracy import record
+
+    def runs(status):
+        return [record("m", lr, seed, None, (0.0, 0.0), status=status, lr_origin="grid")
+                for lr in (1e-3, 3e-3, 1e-2) for seed in range(3)]  # fmt: skip
+
+    assert next_rate(runs("diverged"), [1e-3, 3e-3, 1e-2], 1) == 3.33e-4  # 1e-3 / 3, to 3 digits
+    for status in ("oom", "crashed", "timeout"):
+        assert next_rate(runs(status), [1e-3, 3e-3, 1e-2], 1) is None, status

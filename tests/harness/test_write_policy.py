@@ -97,3 +97,36 @@ def test_resume_keeps_the_first_invocations_manifest_and_appends_its_own(tmp_pat
     assert "--resume" in resumed["command"] and resumed["run_id"] != first["run_id"]
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert {r["run_id"] for r in records} == {first["run_id"]}  # every cell was measured by the first
+
+
+def test_a_run_folder_has_one_driver_at_a_time(tmp_path, capsys):
+    """A second invocation on a run's folder while the first still runs it (a --resume started too early,
+    two default folders named in the same second) is refused, before it measures or writes anything; the
+    lock goes with its holder."""
+    from bench.running.driver_lock import sole_driver
+
+    out = tmp_path / "run"
+    assert main(["run", *TINY, *CELL, "--out", str(out)]) == 0
+    before = (out / "results.jsonl").read_text()
+    with sole_driver(out):  # the first driver, still running
+        assert main(["run", "--resume", str(out), "--retry-failed", "--no-progress", "--no-report"]) == 2
+        assert "is being run by another invocation" in capsys.readouterr().err
+    assert (out / "results.jsonl").read_text() == before
+    assert main(["run", "--resume", str(out), "--no-progress", "--no-report"]) == 0  # released
+
+
+def test_strict_counts_every_round(tmp_path, monkeypatch, capsys):
+    """A cell ok in its first round and crashed in its second fails --strict: the report (its latest
+    record) and compare both call it failed, so the exit code does too."""
+    from bench.commands.run import EXIT_CELLS_FAILED
+    from bench.running import sweep
+
+    def execute(spec, cells, ledger, bar, round_index, run_dir):
+        for cell in cells:
+            status = "ok" if round_index == 0 else "crashed"
+            ledger.record(cell, {"status": status, "wall_s": 0.0, "samples_s": [0.01]}, round_index)
+
+    monkeypatch.setattr(sweep, "execute", execute)
+    out = tmp_path / "run"
+    assert main(["run", *TINY, *CELL, "--rounds", "2", "--strict", "--out", str(out)]) == EXIT_CELLS_FAILED
+    assert "--strict: not every cell finished ok (1 crashed, 1 ok)" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """A sweep killed with SIGKILL loses at most the cell in flight; --resume finishes it without redoing
 finished cells; --retry-failed re-runs the failed ones; Ray runs the same cells as the local executor."""
 
+import json
 import os
 import signal
 import subprocess
@@ -119,3 +120,26 @@ def test_ray_executor_runs_the_same_cells_as_local(tmp_path):
     as_set = lambda f: set(zip(f["key"], f["status"], strict=True))  # noqa: E731
     assert as_set(local) == as_set(ray)
     assert ("skipped" in set(ray["status"])) and ("oom" in set(ray["status"]))
+
+
+def test_a_resumed_sweep_naming_no_models_keeps_the_models_it_found(tmp_path):
+    """A sweep without a model list runs every registered model; resumed, it runs the ones its first
+    invocation recorded, not a plug-in registered since."""
+    from bench.registry import list_models
+    from bench.running.sweep import _every_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"models": ["transformer", "mamba2"]}))
+    assert [m.name for m in _every_model(run, resume=True)] == ["transformer", "mamba2"]
+    assert [m.name for m in _every_model(run, resume=False)] == list(list_models())
+    (run / "manifest.json").write_text(json.dumps({"command": "an older run's manifest, without models"}))
+    assert [m.name for m in _every_model(run, resume=True)] == list(list_models())
+    # and a run records the models its cells came from
+    out = tmp_path / "tiny"
+    argv = ["run", "--models", "tests.plugins.gru:build", "--modes", "prefill", "--seq-lens", "8",
+            "--repeats", "1", "--warmup", "1", "--isolation", "none", "--no-report", "--no-progress",
+            "--d-model", "16", "--n-layers", "1", "--vocab-size", "32", "--device", "cpu",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads((out / "manifest.json").read_text())["models"] == ["tests.plugins.gru:build"]

@@ -113,6 +113,7 @@ def _pool(entries: list[EvalEntry], train_len: int, length: int) -> dict:
                     (beyond["nll_truncated_beyond"] - beyond["nll_beyond"]) / LN2 / beyond["bytes_beyond"]
                 )
         out["bpb_interval"] = _t(overall)
+        out["bpb_documents"] = overall  # the same documents in every model's cells: paired comparisons
         out["context_gain"] = sum(gains) / len(gains) if gains else None
         out["context_gain_interval"] = _t(gains)
     # Over seeds: each seed's own figure past L (its documents pooled), for an interval over training runs
