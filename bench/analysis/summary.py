@@ -195,7 +195,7 @@ def _memory(name: str, rows: list[TimingRow]) -> list[Question]:
                 )
             )
     cells = [r for r in rows if r.seq_len == longest and r.ok and r.state_bytes is not None]
-    states = {r.label: r.state_bytes for r in cells}
+    states = {r.label: r.state_bytes / (r.batch_size or 1) for r in cells}  # recorded for the whole batch
     if states:
         figures = [Figure(label, b / 2**20, b / 2**20, b / 2**20, name) for label, b in states.items()]
         out.append(

@@ -286,6 +286,25 @@ def smoke_note(rows: list[AccuracyRow]) -> list[str]:
     ]
 
 
+HYBRIDS = {"titans-mal": "a sliding window", "titans-mag": "a sliding window", "titans-mac": "a segment"}
+
+
+def context_note(rows: list[AccuracyRow]) -> str:
+    """What the context column means, naming only the hybrids and the control this run has."""
+    models = {r.model for r in rows}
+    text = "Context: what the attention of a model can see."
+    hybrids = [f"{name}: {what}" for name, what in HYBRIDS.items() if name in models]
+    if hybrids:
+        text += (
+            f" The hybrids ({'; '.join(hybrids)}) get a quarter of the training length unless the "
+            "sweep says otherwise, shorter than the distances asked, so recall beyond it must come from "
+            "their memory."
+        )
+    if any(r.label == "transformer-swa" for r in rows):
+        text += " `transformer-swa` is the same sliding-window attention without a memory, the control."
+    return text
+
+
 def chance_levels(rows: list[AccuracyRow]) -> dict[str, str]:
     """Task label -> its chance level in words (bench.tasks: ``Task.chance``), where the task is known."""
     out = {}
@@ -329,10 +348,7 @@ def recall_section(rows: list[AccuracyRow], run_dir: Path) -> list[str]:
         "that a mean of a bimodal set is never read as a typical result.",
         "",
         *quality_section(rows, "accuracy"),
-        "Context: what the attention of a model can see. The hybrids (titans-mal and titans-mag: a "
-        "sliding window; titans-mac: a segment) get a quarter of the training length unless the sweep says "
-        "otherwise, shorter than the distances asked, so recall beyond it must come from their memory; "
-        "`transformer-swa` is the same sliding-window attention without a memory, the control. "
+        context_note(rows) + " "
         f"lr: the chosen rate, from {len(lrs) or 1} tried ({', '.join(lr_text(x) for x in lrs) or 'one'}); "
         "every run is in the training table and results.jsonl.",
         "",
