@@ -245,15 +245,18 @@ def parse_row(record: dict[str, Any]) -> TimingRow | AccuracyRow:
 def load_rows(run: str | Path) -> list[TimingRow | AccuracyRow]:
     """One typed row per finished cell of a run (rounds pooled; see ``bench.results.store.load``); a record
     that is not one (another version's, a damaged one) is bad input naming the file, cell and field."""
-    rows = []
-    for record in finished_records(run):
-        try:
-            rows.append(parse_row(record))
-        except ValidationError as err:
-            first = err.errors()[0]
-            field = ".".join(str(p) for p in first["loc"])
-            raise BenchError(
-                f"{str(results_path(run))!r}: cell {record.get('key')!r}: field {field!r}: {first['msg']} "
-                "(written by another version, or damaged)"
-            ) from None
-    return rows
+    return [parse_stored(record, run) for record in finished_records(run)]
+
+
+def parse_stored(record: dict[str, Any], run: str | Path) -> TimingRow | AccuracyRow:
+    """The typed row of a record read from ``run``'s results: one that is not one (another version's, a
+    damaged one) is bad input naming the file, the cell and the field."""
+    try:
+        return parse_row(record)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise BenchError(
+            f"{str(results_path(run))!r}: cell {record.get('key')!r}: field {field!r}: {first['msg']} "
+            "(written by another version, or damaged)"
+        ) from None

@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench import results
-from bench.results import AccuracyRow, parse_row
+from bench.results import AccuracyRow
 from bench.results.lr_choice import next_rate
+from bench.results.rows import parse_stored
 from bench.spec.cells import AccuracyCell
 from bench.spec.config import SweepSpec
 
@@ -21,7 +22,7 @@ def _latest_rows(path: Path, keys: set[str]) -> dict[str, AccuracyRow]:
         return rows
     for record in results.read_records(path):
         if record.get("key") in keys and "status" in record:
-            rows[record["key"]] = parse_row(record)
+            rows[record["key"]] = parse_stored(record, path)
     return rows
 
 

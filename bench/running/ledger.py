@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 from bench import results
+from bench.errors import BenchError
 from bench.running.notices import cell_failed
 from bench.spec.cells import AccuracyCell, TimingCell
 
@@ -47,11 +48,12 @@ class Ledger:
         self.run_id = uuid.uuid4().hex[:12]
         self.done: dict[tuple[str, int], str] = {}
         if resume and path.exists():
-            self.done = {
-                (r["key"], r.get("round", 0)): r.get("status", "ok")
-                for r in results.read_records(path)
-                if "key" in r
-            }
+            for r in results.read_records(path):
+                if "key" not in r:
+                    continue
+                if not isinstance(r["key"], str) or not isinstance(r.get("round", 0), int):
+                    raise BenchError(f"{str(path)!r}: a record's 'key' or 'round' is damaged: {r['key']!r}")
+                self.done[(r["key"], r.get("round", 0))] = r.get("status", "ok")
         # (group, round) -> the shortest length that ran out of memory in that round: a round's OOM (a
         # transient one: another job on the GPU) says nothing of the lengths another round measured
         self.oom_at: dict[tuple, int] = {}

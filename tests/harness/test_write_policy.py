@@ -130,3 +130,15 @@ def test_strict_counts_every_round(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     assert main(["run", *TINY, *CELL, "--rounds", "2", "--strict", "--out", str(out)]) == EXIT_CELLS_FAILED
     assert "--strict: not every cell finished ok (1 crashed, 1 ok)" in capsys.readouterr().err
+
+
+def test_a_damaged_record_stops_a_resume_with_the_file_named(tmp_path, capsys):
+    """A record whose key is not a string (a damaged line, another tool's) is bad input, exit 2, not an
+    internal error."""
+    out = tmp_path / "run"
+    assert main(["run", *TINY, *CELL, "--out", str(out)]) == 0
+    with open(out / "results.jsonl", "a") as f:
+        f.write(json.dumps({"key": ["not", "a", "string"], "status": "ok"}) + "\n")
+    assert main(["run", "--resume", str(out), "--no-progress", "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert "results.jsonl" in err and "damaged" in err
