@@ -42,6 +42,7 @@ def test_accuracy_sweep_through_the_cli(tmp_path):
         eval_factors = [1, 2]
         batch_size = 8
         steps = 6
+        warmup_steps = 1
         eval_every = 3
         val_samples = 16
         eval_samples = 16
@@ -91,6 +92,7 @@ def test_a_grid_of_learning_rates_and_seeds_through_the_cli(tmp_path):
         eval_factors = [1, 2, 4]
         batch_size = 8
         steps = 4
+        warmup_steps = 1
         eval_every = 2
         val_samples = 16
         eval_samples = 32
