@@ -173,7 +173,7 @@ def test_difficulty_axis_and_smoke_test_note(tmp_path):
 def test_seeds_that_split_are_shown_one_by_one_with_how_many_solved():
     cells = [record("m", 1e-3, s, 0.5, (acc, acc), val_loss=0.1) for s, acc in enumerate((1.0, 0.99, 0.008))]
     line = table(by_length(cells)).splitlines()[-1]
-    assert "66.6 [" in line and ", 2 of 3 solved (seeds 100 / 99 / 1)" in line
+    assert "66.6 [" in line and ", 2 of 3 solved (seeds 100.0 / 99.0 / 0.8)" in line
     agree = [record("n", 1e-3, s, 0.5, (1.0, 1.0), val_loss=0.1) for s in range(3)]
     assert "3 of 3 solved |" in table(by_length(agree)).splitlines()[-1]  # no split: no per-seed list
 
