@@ -138,6 +138,12 @@ def summarize(long: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def seeds_split(seeds: list[float], solved: float | None) -> bool:
+    """Whether a cell's seeds split (some solved and some not, or figures more than SPLIT apart), so that
+    each seed's figure must be shown beside their mean."""
+    return len(seeds) > 1 and (max(seeds) - min(seeds) > SPLIT or 0 < (solved or 0) < len(seeds))
+
+
 def cell_text(row, name: str = "accuracy", intervals: bool = True) -> str:
     """A summary row's figure in percent, with its interval and what went wrong."""
     if row["status"] != "ok":
@@ -154,7 +160,7 @@ def cell_text(row, name: str = "accuracy", intervals: bool = True) -> str:
     solved = row.get("solved") if name == "accuracy" else None
     if solved is not None and not pd.isna(solved) and len(seeds) > 1:
         text += f", {int(solved)} of {len(seeds)} solved"
-    if len(seeds) > 1 and (max(seeds) - min(seeds) > SPLIT or 0 < (solved or 0) < len(seeds)):
+    if seeds_split(seeds, solved):
         text += " (seeds " + " / ".join(f"{100 * v:.1f}" for v in seeds) + ")"  # a split: never just a mean
     if row.get("ok_seeds", 1) < row.get("seeds", 1):
         text += f" ({row['seeds'] - row['ok_seeds']} of {row['seeds']} seeds failed)"

@@ -37,7 +37,7 @@ from bench.analysis.report import section_of
 from bench.analysis.sections.lm import NEGLIGIBLE_BPB, summarize_lm
 from bench.analysis.sections.recall import chance_levels
 from bench.analysis.sections.timing import noisy
-from bench.analysis.selection import SOLVED, SPLIT, by_length, summarize
+from bench.analysis.selection import SOLVED, by_length, seeds_split, summarize
 from bench.analysis.stats import t_interval
 from bench.errors import BenchError
 from bench.results import AccuracyRow, TimingRow, load_rows, read_manifest
@@ -292,7 +292,7 @@ def _seeds_note(row, column: str) -> str:
     out = []
     if solved is not None and not pd.isna(solved):
         out.append(f"{int(solved)} of {len(values)} seeds solved it")
-    if max(values) - min(values) > SPLIT or 0 < (solved or 0) < len(values):
+    if seeds_split(values, solved):
         out.append("seeds " + " / ".join(f"{100 * v:.1f}" for v in values))
     return "; ".join(out)
 
