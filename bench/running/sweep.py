@@ -29,7 +29,7 @@ from bench.spec.cells import expand
 from bench.spec.config import ModelEntry, SweepSpec
 from bench.spec.flags import field_text
 
-RUN_FILES = (results.MANIFEST, "spec.json")
+RUN_FILES = (results.MANIFEST, "spec.json", LOCK)  # the lock too: a file of that name is rewritten
 
 
 def new_run_dir(spec: SweepSpec, out: str | None, report: bool = True) -> Path:

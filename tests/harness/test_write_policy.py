@@ -142,3 +142,15 @@ def test_a_damaged_record_stops_a_resume_with_the_file_named(tmp_path, capsys):
     assert main(["run", "--resume", str(out), "--no-progress", "--no-report"]) == 2
     err = capsys.readouterr().err
     assert "results.jsonl" in err and "damaged" in err
+
+
+def test_a_lock_file_the_harness_did_not_write_is_never_rewritten(tmp_path):
+    """The run's lock file is written into the run folder; one of that name that the user put in an
+    otherwise empty folder is refused like any other file, before the work."""
+    from bench.running.driver_lock import LOCK
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK).write_text("mine")
+    assert main(["run", *TINY, *CELL, "--out", str(out)]) == 2
+    assert (out / LOCK).read_text() == "mine" and not (out / "results.jsonl").exists()
