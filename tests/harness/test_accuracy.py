@@ -182,7 +182,7 @@ def test_presets_and_defaults():
     assert {c.model_args.get("allow_neg_eigval") for c in cells if c.label.endswith("-negeig")} == {True}
     assert {c.model_args.get("chunk_size") for c in cells if c.label.startswith("titans-lmm-chunk")} == {4, 1}
     steps = {(c.task_label or c.task, c.train.steps) for c in cells}
-    assert steps == {("parity", 300), ("modular", 600)} or steps == {("parity", 300), ("z5", 600)}
+    assert steps == {("parity", 300), ("modular", 3000)} or steps == {("parity", 300), ("z5", 3000)}
     # cpu-lm and cpu-length: bytes of the standard library, no threshold, scored to 8x the training length.
     for name in ("cpu-lm", "cpu-length"):
         lm = preset_spec(name)
