@@ -100,6 +100,30 @@ def provenance_lines(manifest: dict) -> list[str]:
     return [x for line in out for x in (line, "")]
 
 
+def carried_over_lines(manifest: dict, rows: list) -> list[str]:
+    """Cells whose records another run measured (a run id that is neither this run's nor one of its
+    resumptions'), copied into this one: the environment table is this run's, not theirs."""
+    if not manifest.get("run_id"):
+        return []  # an older manifest: its invocations cannot be told apart
+    ours = {
+        manifest["run_id"],
+        *(m.get("run_id") for m in manifest.get("resumed", []) if isinstance(m, dict)),
+    }
+    theirs: dict[str, int] = {}
+    for row in rows:
+        if row.run_id and row.run_id not in ours:
+            theirs[row.run_id] = theirs.get(row.run_id, 0) + 1
+    if not theirs:
+        return []
+    runs = ", ".join(f"{run} ({n})" for run, n in sorted(theirs.items()))
+    return [
+        f"**{sum(theirs.values())} of {len(rows)} cells were measured by another run** and copied into this "
+        f"one (run id and cells: {runs}): the commit, command and environment below are this run's, not "
+        "theirs.",
+        "",
+    ]
+
+
 def section_of(row: AccuracyRow) -> str:
     """The report section of an accuracy record: the one its scorer named, else (an older record, or a
     cell that never finished) the one the scorer it names, or its task's scorer, names now."""
@@ -154,7 +178,12 @@ def write_report(
 def _render(
     rows: list[TimingRow | AccuracyRow], manifest: dict, name: str, source: Path, run_dir: Path
 ) -> None:
-    out = [f"# Benchmark report: {name}", "", *provenance_lines(manifest)]
+    out = [
+        f"# Benchmark report: {name}",
+        "",
+        *provenance_lines(manifest),
+        *carried_over_lines(manifest, rows),
+    ]
     out += [
         f"Generated from `{source.name}` ({len(rows)} cells).",
         "",

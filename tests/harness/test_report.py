@@ -50,3 +50,20 @@ def test_report_from_a_small_results_file(tmp_path):
     assert "| attn | 8.0 | 32.0 |" in text and "| rnn | 4.0 | 4.0 |" in text
     for png in ("throughput.png", "memory.png", "state_size.png"):
         assert (tmp_path / png).exists()
+
+
+def test_cells_another_run_measured_are_named_as_such(tmp_path):
+    """Records copied in from another run keep that run's id; the report says they are not this run's, and
+    says nothing when every record is this run's or one of its resumptions'."""
+    path = tmp_path / results.RESULTS
+    for run_id, t in (("first", 128), ("later", 256), ("other", 512), ("other", 1024)):
+        results.append(path, {**record("rnn", "train", t, 1000.0), "run_id": run_id})
+    manifest = {"name": "unit", "device": "cpu", "packages": {}, "run_id": "first"}
+    results.write_manifest(tmp_path, {**manifest, "resumed": [{"run_id": "later"}]})
+    text = write_report(tmp_path).read_text()
+    assert (
+        "**2 of 4 cells were measured by another run** and copied into this one (run id and cells: other (2))"
+        in text
+    )
+    results.write_manifest(tmp_path, {**manifest, "resumed": [{"run_id": "later"}, {"run_id": "other"}]})
+    assert "measured by another run" not in write_report(tmp_path).read_text()
