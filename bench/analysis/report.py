@@ -100,11 +100,11 @@ def provenance_lines(manifest: dict) -> list[str]:
     return [x for line in out for x in (line, "")]
 
 
-def carried_over_lines(manifest: dict, rows: list) -> list[str]:
-    """Cells whose records another run measured (a run id that is neither this run's nor one of its
-    resumptions'), copied into this one: the environment table is this run's, not theirs."""
+def carried_over(manifest: dict, rows: list) -> dict[str, int]:
+    """Cells whose records another run measured, by that run's id: a run id that is neither this run's nor
+    one of its resumptions'. Empty for an older manifest, whose invocations cannot be told apart."""
     if not manifest.get("run_id"):
-        return []  # an older manifest: its invocations cannot be told apart
+        return {}
     ours = {
         manifest["run_id"],
         *(m.get("run_id") for m in manifest.get("resumed", []) if isinstance(m, dict)),
@@ -113,6 +113,12 @@ def carried_over_lines(manifest: dict, rows: list) -> list[str]:
     for row in rows:
         if row.run_id and row.run_id not in ours:
             theirs[row.run_id] = theirs.get(row.run_id, 0) + 1
+    return theirs
+
+
+def carried_over_lines(manifest: dict, rows: list) -> list[str]:
+    """The report's warning that some cells were copied in: the environment table is not theirs."""
+    theirs = carried_over(manifest, rows)
     if not theirs:
         return []
     runs = ", ".join(f"{run} ({n})" for run, n in sorted(theirs.items()))

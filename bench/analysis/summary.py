@@ -33,7 +33,7 @@ from bench.analysis.quality import (
     edge_choices,
     untold_choices,
 )
-from bench.analysis.report import section_of
+from bench.analysis.report import carried_over, section_of
 from bench.analysis.sections.lm import NEGLIGIBLE_BPB, summarize_lm
 from bench.analysis.sections.recall import chance_levels
 from bench.analysis.sections.timing import noisy
@@ -498,6 +498,9 @@ def runs_lines(manifests: dict[Path, dict], rows: dict[Path, list]) -> list[str]
                 versus += " (" + "; ".join(f"`{k}` acts only with `{needs}`, which no cell of this run had"
                                          for k, needs in inert.items()) + ")"  # fmt: skip
         commit = str(manifest.get("git_commit") or "?")[:10]
+        copied = sum(carried_over(manifest, rows[run]).values())
+        if copied:
+            commit += f" ({copied} of {len(rows[run])} cells copied from another run: see its report)"
         tree = "**dirty**" if manifest.get("git_dirty") else "clean"
         lines.append(
             f"| [{run.name}]({run.name}/REPORT.md) | {commit} | {tree} | "

@@ -114,6 +114,16 @@ def test_the_page_says_where_each_run_comes_from(tmp_path):
     assert main(["summary", str(old), str(own)]) == 0
     assert "**changed since**: `accuracy.stop_rule` |" in (tmp_path / "README.md").read_text()
     assert "| [mine](mine/REPORT.md) | abc1234def | clean | ? | no preset of that name |" in page
+    # a cell another run measured, copied in: the commit named is not its commit
+    (own / results.MANIFEST).write_text(
+        json.dumps({"name": "my-sweep", "git_commit": "abc1234def99", "run_id": "me"})
+    )
+    results.append(own / results.RESULTS, {**timing("slow", [0.02, 0.021, 0.022]), "run_id": "other"})
+    assert main(["summary", str(old), str(own)]) == 0
+    assert (
+        "| abc1234def (1 of 2 cells copied from another run: see its report) | clean |"
+        in (tmp_path / "README.md").read_text()
+    )
 
 
 def test_a_smoke_test_is_not_a_ranking(tmp_path):
