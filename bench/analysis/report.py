@@ -4,6 +4,7 @@ names: bench/analysis/sections), and the cells that did not finish."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from bench import results
@@ -109,11 +110,7 @@ def carried_over(manifest: dict, rows: list) -> dict[str, int]:
         manifest["run_id"],
         *(m.get("run_id") for m in manifest.get("resumed", []) if isinstance(m, dict)),
     }
-    theirs: dict[str, int] = {}
-    for row in rows:
-        if row.run_id and row.run_id not in ours:
-            theirs[row.run_id] = theirs.get(row.run_id, 0) + 1
-    return theirs
+    return Counter(row.run_id for row in rows if row.run_id and row.run_id not in ours)
 
 
 def carried_over_lines(manifest: dict, rows: list) -> list[str]:
