@@ -5,6 +5,7 @@ names: bench/analysis/sections), and the cells that did not finish."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench import results
@@ -63,42 +64,65 @@ def cost_lines(rows: list[TimingRow | AccuracyRow]) -> list[str]:
 BUSY_CORES = 0.5  # other work using more than half a core when a run starts makes its timings suspect
 
 
-def provenance_lines(manifest: dict) -> list[str]:
-    """What a reader must know before trusting the numbers: a dirty tree, and a machine that was busy."""
+def provenance_lines(manifest: dict, rows: Sequence[TimingRow | AccuracyRow] = ()) -> list[str]:
+    """What a reader must know before trusting the numbers: a dirty tree, invocations of one run on
+    different commits, and a machine that was busy, for the first invocation and each resumption (with
+    the cells each measured, by its run id in ``rows``)."""
+    invocations = [manifest, *(m for m in manifest.get("resumed", []) if isinstance(m, dict))]
+    measured = Counter(row.run_id for row in rows if row.run_id)
     out = []
-    if manifest.get("git_dirty"):
+    for i, entry in enumerate(invocations):
+        if entry.get("git_dirty"):
+            who = "" if i == 0 else f" (the resumption of {entry.get('created_at')})"
+            out.append(
+                f"**Generated from a dirty tree**{who} (commit {entry.get('git_commit')} with uncommitted "
+                "changes): the code that measured these numbers is not a commit anyone can check out."
+            )
+    commits = list(dict.fromkeys(str(e.get("git_commit")) for e in invocations if e.get("git_commit")))
+    if len(commits) > 1:
         out.append(
-            f"**Generated from a dirty tree** (commit {manifest.get('git_commit')} with uncommitted "
-            "changes): the code that measured these numbers is not a commit anyone can check out."
+            f"**Its invocations ran different commits** ({', '.join(commits)}, in order): cells measured "
+            "by one and by another may differ by the code between them."
         )
-    start, end = manifest.get("load_average_start"), manifest.get("load_average_end")
-    busy_start, busy_end = manifest.get("busy_cores_start"), manifest.get("busy_cores_end")
-    cores = manifest.get("cpu_count") or 1
-    if start is not None:
-        text = f"Machine load before the run: 1-minute average {start[0]:.2f} on {cores} cores"
-        if busy_start is not None:
-            text += f", {busy_start:.2f} cores busy in the second before it started"
-        if end:
-            text += f"; at its end: {end[0]:.2f}"
-            text += f" ({busy_end:.2f} cores busy)" if busy_end is not None else ""
-        # the 1-second sample decides where there is one: the average still counts work that just ended
-        if busy_start is not None:
-            verdict = (
-                ". **The machine was busy with other work when the run started**: timings and wall clocks "
-                "are slower than on a quiet machine, and noisier."
-                if busy_start > BUSY_CORES
-                else "."
-            )
-        else:
-            verdict = (
-                ". **Other work loaded the machine in the minute before the run started** (the average "
-                "cannot tell whether it was still running): timings and wall clocks may be slower than on "
-                "a quiet machine, and noisier."
-                if start[0] > BUSY_CORES
-                else "."
-            )
-        out.append(text + verdict)
+    for i, entry in enumerate(invocations):
+        line = _load_line(entry, manifest.get("cpu_count") or 1, None if i == 0 else entry.get("created_at"))
+        if line and len(invocations) > 1 and entry.get("run_id"):
+            line += f" It measured {measured[entry['run_id']]} of the {len(rows)} cells."
+        if line:
+            out.append(line)
     return [x for line in out for x in (line, "")]
+
+
+def _load_line(entry: dict, cores: int, resumed_at: str | None) -> str | None:
+    """The machine's load when one invocation started (and ended), with a verdict on it; None without a
+    sample."""
+    start, end = entry.get("load_average_start"), entry.get("load_average_end")
+    busy_start, busy_end = entry.get("busy_cores_start"), entry.get("busy_cores_end")
+    if start is None:
+        return None
+    when = "before the run" if resumed_at is None else f"when the run was resumed ({resumed_at})"
+    text = f"Machine load {when}: 1-minute average {start[0]:.2f} on {cores} cores"
+    if busy_start is not None:
+        text += f", {busy_start:.2f} cores busy in the second before it started"
+    if end:
+        text += f"; at its end: {end[0]:.2f}"
+        text += f" ({busy_end:.2f} cores busy)" if busy_end is not None else ""
+    which = "the run" if resumed_at is None else "this invocation"
+    # the 1-second sample decides where there is one: the average still counts work that just ended
+    if busy_start is not None:
+        return text + (
+            f". **The machine was busy with other work when {which} started**: timings and wall clocks "
+            "are slower than on a quiet machine, and noisier."
+            if busy_start > BUSY_CORES
+            else "."
+        )
+    return text + (
+        f". **Other work loaded the machine in the minute before {which} started** (the average "
+        "cannot tell whether it was still running): timings and wall clocks may be slower than on "
+        "a quiet machine, and noisier."
+        if start[0] > BUSY_CORES
+        else "."
+    )
 
 
 def carried_over(manifest: dict, rows: list) -> dict[str, int]:
@@ -184,7 +208,7 @@ def _render(
     out = [
         f"# Benchmark report: {name}",
         "",
-        *provenance_lines(manifest),
+        *provenance_lines(manifest, rows),
         *carried_over_lines(manifest, rows),
     ]
     out += [
