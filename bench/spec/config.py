@@ -195,7 +195,7 @@ class AccuracySettings(TrainSettings):
     threads: PositiveInt | None = None  # CPU threads for torch; None: the sweep's
     # Fair training: every model is trained at every learning rate of `lrs` (None: just `lr`) and every
     # seed of `seeds` (None: the sweep's seed); reports pick each model's best learning rate by
-    # validation accuracy and give the mean over seeds with a 95% interval.
+    # validation loss (bench/results/lr_choice.py) and give the mean over seeds with a 95% interval.
     lrs: list[PositiveFloat] | None = Field(default=None, min_length=1)
     seeds: list[int] | None = Field(default=None, min_length=1)
     # A grid brackets its optimum, or the sweep extends it: when a model's chosen rate is the largest (the
@@ -665,7 +665,15 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 
 def load_spec(path: str | Path) -> SweepSpec:
-    return parse_spec(read_toml(path), str(path))
+    data = read_toml(path)
+    accuracy = data.get("accuracy")
+    # The schema refuses lr beside lrs only where lr differs from its default: a saved spec.json carries
+    # both. A file someone wrote with both means one of them is ignored, whatever its value.
+    if isinstance(accuracy, dict) and "lr" in accuracy and "lrs" in accuracy:
+        raise BenchError(
+            f"{path}: [accuracy] sets lr and lrs; give one (with lrs, every model trains at each rate)"
+        )
+    return parse_spec(data, str(path))
 
 
 def default_spec(device: str) -> SweepSpec:

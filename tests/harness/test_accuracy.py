@@ -6,7 +6,7 @@ import bench
 from bench.cli import build_parser, main
 from bench.errors import BenchError
 from bench.spec.cells import cell_from_json, expand
-from bench.spec.config import ModelEntry, TrainSettings, default_spec, parse_spec, preset_spec
+from bench.spec.config import ModelEntry, TrainSettings, default_spec, load_spec, parse_spec, preset_spec
 from bench.tasks import make_task
 from bench.train import lr_at
 from bench.train.cell import run_accuracy_cell
@@ -316,3 +316,13 @@ def test_the_sliding_window_control_comes_with_the_default_model_list():
     cells = accuracy_cells_of(["transformer", by_hand], swa_control=True)
     assert [c.model_args for c in cells if c.label == "transformer-swa"] == [{"window": 9}] * 2
     assert "transformer-swa" not in {c.label for c in accuracy_cells_of(None, swa_control=False)}
+
+
+def test_a_sweep_file_with_lr_beside_lrs_is_refused_whatever_lr_is(tmp_path):
+    # lr at its default too: the schema cannot tell that from a saved spec.json, the file can
+    path = tmp_path / "both.toml"
+    path.write_text("[accuracy]\nlr = 3e-3\nlrs = [1e-3, 1e-2]\n")
+    with pytest.raises(BenchError, match=r"both.toml: \[accuracy\] sets lr and lrs; give one"):
+        load_spec(path)
+    path.write_text("[accuracy]\nlrs = [1e-3, 1e-2]\n")
+    assert load_spec(path).accuracy.lrs == [1e-3, 1e-2]
