@@ -224,6 +224,31 @@ def test_a_run_at_the_ceiling_whose_loss_still_falls_counts_as_converged():
     assert "Not counted: 1 run at the threshold whose loss was still falling" in text
 
 
+def test_a_stop_that_the_validations_noise_made_does_not_pass_the_calibration():
+    """The recorded check compares two validations; one noisy end can call a falling loss stopped. Here
+    the loss falls by 5% over the last 20% but its last validation sits above the one at 80% (the shape
+    of a byte-level LM run at 2,400 steps): the calibration says the stop is not shown and fails."""
+    from bench.analysis.quality import calibration_lines, fitted_fall
+
+    calibration = {"model": "best", "converged": True}
+    falling = [[1920, 2.04], [1980, 2.12], [2040, 2.10], [2100, 2.08], [2160, 2.06], [2220, 2.04],
+               [2280, 2.02], [2340, 2.00], [2400, 2.05]]  # fmt: skip
+    flat = [[1920, 2.04], [1980, 2.06], [2040, 2.02], [2100, 2.05], [2160, 2.03], [2220, 2.05],
+            [2280, 2.03], [2340, 2.04], [2400, 2.04]]  # fmt: skip
+
+    def run(curve):
+        return record("m", 1e-3, 0, 0.5, (0.5, 0.4), val_loss=curve[-1][1], still_improving=False,
+                      val_loss_curve=curve, calibration=calibration)  # fmt: skip
+
+    fall, start, n = fitted_fall(run(falling))
+    assert n == 9 and fall / start > 0.03
+    [line] = calibration_lines([run(falling)], "accuracy", True)
+    assert "FAIL" in line
+    assert "not shown to have stopped (seed 0: a line through its last 9 validations falls" in line
+    [line] = calibration_lines([run(flat)], "accuracy", True)
+    assert "PASS" in line and "not shown" not in line
+
+
 def test_rates_the_validation_cannot_tell_apart_are_named_where_they_differ_past_l():
     from bench.analysis.quality import lr_lines, untold_choices
 
