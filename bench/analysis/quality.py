@@ -32,8 +32,8 @@ def fitted_fall(row: AccuracyRow) -> tuple[float, float, int] | None:
     """The fall of the validation loss over the last 20% of the steps the run took, read off a least-squares
     line through every validation there rather than off its two ends; the line's value where that stretch
     starts; and the number of validations. None with fewer than 3. Between two validations a loss moves by
-    its noise as well as by what the model learned (byte-level LM at 600-6,000 steps: by 1-2% of its
-    value), as much as the 1% the recorded check asks."""
+    its noise as well as by what the model learned (byte-level LM at 2,400-6,000 steps: by 1-2% of
+    its value), as much as the 1% the recorded check asks."""
     points = [(s, v) for s, v in row.val_loss_curve if v is not None and math.isfinite(v)]
     if not points:
         return None
@@ -291,7 +291,8 @@ def calibration(rows: list[AccuracyRow], metric: str, higher_is_better: bool) ->
         if bar is not None:
             ok = ok and score is not None and (score >= bar if higher_is_better else score <= bar)
         improving = sorted(r.seed for r in mine if still_learning(r))
-        undecided = [why for r in sorted(mine, key=lambda r: r.seed) if (why := stopped_by_noise(r))]
+        seeds = sorted(mine, key=lambda r: r.seed)
+        undecided = [why for r in seeds if (why := stopped_by_noise(r))] if must_converge else []
         if must_converge:
             ok = ok and not improving and not undecided and all(r.still_improving is not None for r in mine)
         verdicts.append(ok)
@@ -299,7 +300,7 @@ def calibration(rows: list[AccuracyRow], metric: str, higher_is_better: bool) ->
         detail = f"{task}: {label} {shown} at the training length over {len(mine)} seeds"
         if improving:
             detail += f", still improving in seed(s) {', '.join(map(str, improving))}"
-        if undecided and must_converge:
+        if undecided:
             detail += f", not shown to have stopped ({'; '.join(undecided)})"
         parts.append(detail + (" ✓" if ok else " ✗"))
     bar_text = "" if bar is None else (f" ≥ {100 * bar:.0f}%" if metric == "accuracy" else f" ≤ {bar}")

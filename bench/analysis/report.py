@@ -39,7 +39,7 @@ def _environment(manifest: dict) -> str:
         ("git commit", f"{manifest.get('git_commit')}{' (dirty)' if manifest.get('git_dirty') else ''}"),
         ("command", f"`{manifest.get('command')}`"),
         ("started", manifest.get("created_at")),
-        *(("resumed", f"{m.get('created_at')}: `{m.get('command')}`") for m in manifest.get("resumed", [])),
+        *(("resumed", f"{m.get('created_at')}: `{m.get('command')}`") for m in invocations(manifest)[1:]),
         ("seed", manifest.get("seed")),
         ("rounds", manifest.get("rounds", 1)),
     ]
@@ -64,29 +64,34 @@ def cost_lines(rows: list[TimingRow | AccuracyRow]) -> list[str]:
 BUSY_CORES = 0.5  # other work using more than half a core when a run starts makes its timings suspect
 
 
+def invocations(manifest: dict) -> list[dict]:
+    """The run's invocations, each its manifest entry: the first, then each resumption in order."""
+    return [manifest, *(m for m in manifest.get("resumed", []) if isinstance(m, dict))]
+
+
 def provenance_lines(manifest: dict, rows: Sequence[TimingRow | AccuracyRow] = ()) -> list[str]:
     """What a reader must know before trusting the numbers: a dirty tree, invocations of one run on
     different commits, and a machine that was busy, for the first invocation and each resumption (with
     the cells each measured, by its run id in ``rows``)."""
-    invocations = [manifest, *(m for m in manifest.get("resumed", []) if isinstance(m, dict))]
+    runs = invocations(manifest)
     measured = Counter(row.run_id for row in rows if row.run_id)
     out = []
-    for i, entry in enumerate(invocations):
+    for i, entry in enumerate(runs):
         if entry.get("git_dirty"):
             who = "" if i == 0 else f" (the resumption of {entry.get('created_at')})"
             out.append(
                 f"**Generated from a dirty tree**{who} (commit {entry.get('git_commit')} with uncommitted "
                 "changes): the code that measured these numbers is not a commit anyone can check out."
             )
-    commits = list(dict.fromkeys(str(e.get("git_commit")) for e in invocations if e.get("git_commit")))
+    commits = list(dict.fromkeys(str(e.get("git_commit")) for e in runs if e.get("git_commit")))
     if len(commits) > 1:
         out.append(
             f"**Its invocations ran different commits** ({', '.join(commits)}, in order): cells measured "
             "by one and by another may differ by the code between them."
         )
-    for i, entry in enumerate(invocations):
+    for i, entry in enumerate(runs):
         line = _load_line(entry, manifest.get("cpu_count") or 1, None if i == 0 else entry.get("created_at"))
-        if line and len(invocations) > 1 and entry.get("run_id"):
+        if line and len(runs) > 1 and entry.get("run_id"):
             line += f" It measured {measured[entry['run_id']]} of the {len(rows)} cells."
         if line:
             out.append(line)
@@ -130,10 +135,7 @@ def carried_over(manifest: dict, rows: list) -> dict[str, int]:
     one of its resumptions'. Empty for an older manifest, whose invocations cannot be told apart."""
     if not manifest.get("run_id"):
         return {}
-    ours = {
-        manifest["run_id"],
-        *(m.get("run_id") for m in manifest.get("resumed", []) if isinstance(m, dict)),
-    }
+    ours = {m.get("run_id") for m in invocations(manifest)}
     return Counter(row.run_id for row in rows if row.run_id and row.run_id not in ours)
 
 

@@ -226,8 +226,8 @@ def test_a_run_at_the_ceiling_whose_loss_still_falls_counts_as_converged():
 
 def test_a_stop_that_the_validations_noise_made_does_not_pass_the_calibration():
     """The recorded check compares two validations; one noisy end can call a falling loss stopped. Here
-    the loss falls by 5% over the last 20% but its last validation sits above the one at 80% (the shape
-    of a byte-level LM run at 2,400 steps): the calibration says the stop is not shown and fails."""
+    the loss falls by 5% over the last 20% but its last validation sits above the one at 80%: the
+    calibration says the stop is not shown and fails."""
     from bench.analysis.quality import calibration_lines, fitted_fall
 
     calibration = {"model": "best", "converged": True}
